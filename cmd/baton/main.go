@@ -1,0 +1,141 @@
+// Command baton is a reverse-proxy load balancer for releasing software with
+// no downtime. One binary: serve, check, demo.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/baton-lb/baton/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `baton — a reverse-proxy load balancer for releases with no downtime
+
+Usage:
+  baton serve -c baton.yaml     run the proxy
+  baton check -c baton.yaml     validate a config; exit 1 with every error
+  baton demo [-c FILE]          run the example config with built-in demo backends
+  baton version                 print the version
+
+Run "baton COMMAND -h" for a command's flags.
+`
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return cmdServe(rest, stdout, stderr)
+	case "check":
+		return cmdCheck(rest, stdout, stderr)
+	case "demo":
+		return cmdDemo(rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "baton", version)
+		return exitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "baton: unknown command %q\n\n%s", cmd, usage)
+	return exitUsage
+}
+
+// configFlag parses "-c FILE" for a subcommand.
+func parseFlags(name string, args []string, stderr io.Writer, required bool) (path string, code int, ok bool) {
+	fs := flag.NewFlagSet("baton "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&path, "c", "", "config file (YAML)")
+	fs.StringVar(&path, "config", "", "config file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return "", exitOK, false
+		}
+		return "", exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "baton %s: unexpected argument %q\n", name, fs.Arg(0))
+		return "", exitUsage, false
+	}
+	if required && path == "" {
+		fmt.Fprintf(stderr, "baton %s: -c FILE is required\n", name)
+		return "", exitUsage, false
+	}
+	return path, exitOK, true
+}
+
+func cmdServe(args []string, stdout, stderr io.Writer) int {
+	path, code, ok := parseFlags("serve", args, stderr, true)
+	if !ok {
+		return code
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		printConfigErrors(stderr, err)
+		return exitFail
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	if err := serve(ctx, cfg, stderr, nil); err != nil {
+		fmt.Fprintln(stderr, "baton:", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	path, code, ok := parseFlags("check", args, stderr, true)
+	if !ok {
+		return code
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		printConfigErrors(stderr, err)
+		return exitFail
+	}
+	backends := 0
+	for _, p := range cfg.Pools {
+		backends += len(p.Backends)
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d pool(s), %d backend(s), listening on %s)\n", path, len(cfg.Pools), backends, cfg.Listen)
+	return exitOK
+}
+
+func printConfigErrors(w io.Writer, err error) {
+	errs := config.Errors(err)
+	for _, e := range errs {
+		fmt.Fprintln(w, e)
+	}
+	if len(errs) > 1 {
+		fmt.Fprintf(w, "%d errors\n", len(errs))
+	}
+}
+
+// signalContext ends on SIGTERM or SIGINT: baton then stops accepting,
+// lets requests in flight finish and exits 0.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+}

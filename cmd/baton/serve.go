@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/control"
+	"github.com/baton-lb/baton/proxy"
+)
+
+// newLogger builds the one logger baton passes down.
+func newLogger(c config.Log, w io.Writer) zerolog.Logger {
+	lvl, err := zerolog.ParseLevel(c.Level)
+	if err != nil {
+		lvl = zerolog.InfoLevel
+	}
+	out := w
+	if c.Format == "console" || (c.Format == "auto" && isTerminal(w)) {
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05"}
+	}
+	return zerolog.New(out).Level(lvl).With().Timestamp().Logger()
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// serve runs baton until ctx ends, then shuts down gracefully: it stops
+// accepting, lets requests in flight finish for up to the shutdown timeout,
+// and returns nil. ready, when set, is called with the listeners' addresses
+// once baton accepts traffic.
+func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(traffic, admin net.Addr)) error {
+	log := newLogger(cfg.Log, logw)
+	reg, err := control.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	srv := proxy.New(cfg, reg.Table(), log)
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening for traffic: %w", err)
+	}
+	var admin *http.Server
+	var adminAddr net.Addr
+	if cfg.Admin.Listen != "off" {
+		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listening for admin: %w", err)
+		}
+		adminAddr = aln.Addr()
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			_, _ = io.WriteString(w, "ok\n")
+		})
+		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error().Err(err).Msg("admin listener stopped")
+			}
+		}()
+	}
+
+	reg.Start()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	ev := log.Info().Str("listen", ln.Addr().String()).Int("pools", len(cfg.Pools))
+	if adminAddr != nil {
+		ev = ev.Str("admin", adminAddr.String())
+	}
+	ev.Msg("baton is serving")
+	if ready != nil {
+		ready(ln.Addr(), adminAddr)
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		reg.Close()
+		return fmt.Errorf("serving: %w", err)
+	}
+
+	log.Info().Dur("timeout", cfg.Server.ShutdownTimeout).Msg("shutting down: no new connections, finishing requests in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn().Err(err).Int32("connections", srv.OpenConnections()).
+			Msg("shutdown timeout reached; exiting with connections still open")
+	}
+	if admin != nil {
+		_ = admin.Shutdown(sctx)
+	}
+	reg.Close()
+	log.Info().Msg("baton stopped")
+	return nil
+}

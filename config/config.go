@@ -1,0 +1,376 @@
+// Package config holds baton's YAML configuration: its types, their defaults,
+// loading with line numbers, and validation that reports every error at once.
+//
+// The file defines membership, addresses and defaults. Runtime decisions made
+// through the admin API or by the judge (drains, ejections, canary share) are an
+// overlay kept by the control package; they are not part of this package.
+//
+// Config values are plain data. They are built by Load, never mutated after
+// Validate, and safe to share between goroutines once loaded.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole file.
+type Config struct {
+	// Listen is the address client traffic is served on, as host:port.
+	// Default ":8080".
+	Listen string `yaml:"listen"`
+
+	Admin  Admin  `yaml:"admin"`
+	Log    Log    `yaml:"log"`
+	Server Server `yaml:"server"`
+
+	// Pools are the applications behind baton. At least one is required.
+	Pools []Pool `yaml:"pools"`
+}
+
+// Admin is the admin listener (health of baton itself now; API later).
+type Admin struct {
+	// Listen is host:port for the admin listener. Default "127.0.0.1:9090".
+	// Empty string in the file means the default; "off" disables it.
+	Listen string `yaml:"listen"`
+}
+
+// Log configures baton's own logs and the access log.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is json, console (readable, for people), or auto (the default):
+	// console when standard error is a terminal, json otherwise.
+	Format string `yaml:"format"`
+	// Access turns the per-request access log on. Default true. When off it
+	// costs nothing per request.
+	Access *bool `yaml:"access"`
+}
+
+// Server is the client-facing side of the proxy.
+type Server struct {
+	// ReadHeaderTimeout bounds reading a request's headers (and a small body
+	// that arrives with them). A slow client is cut off after it. Default 10s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// IdleTimeout is how long a keep-alive client connection may wait for its
+	// next request. Default 60s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// BodyIdleTimeout is the longest a client may go without sending a byte
+	// of its request body or accepting a byte of the response. It restarts
+	// whenever a body makes progress, so it never cuts a long upload or
+	// download that keeps moving. Default 60s.
+	BodyIdleTimeout time.Duration `yaml:"body_idle_timeout"`
+	// MaxRequestBody is the largest request body accepted; larger ones get 413.
+	// Bodies are streamed, so this is a policy limit, not a memory cost.
+	// Default 1GiB. Zero in the file means the default.
+	MaxRequestBody Size `yaml:"max_request_body"`
+	// MaxHeaderBytes is the largest request header block (request line,
+	// headers, cookies); larger ones get 431. Default 32KiB.
+	MaxHeaderBytes Size `yaml:"max_header_bytes"`
+	// MaxConnections caps concurrent client connections. Default 262144.
+	MaxConnections int `yaml:"max_connections"`
+	// ShutdownTimeout is how long SIGTERM waits for in-flight requests before
+	// baton exits anyway. Default 30s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Pool is one application: the backends that serve it and how to reach them.
+type Pool struct {
+	// Name identifies the pool in logs, metrics and the admin API. Required,
+	// unique, letters, digits, '-', '_' and '.'.
+	Name string `yaml:"name"`
+	// Routes select requests for this pool. A pool without routes is the
+	// default pool: it receives every request no route matches. At most one
+	// pool may be the default.
+	Routes []Route `yaml:"routes"`
+	// StableVersion is the version that gets the traffic the canary does not.
+	// Default: the one version the backends share, or, with a canary, the
+	// one version that is not the canary's.
+	StableVersion string `yaml:"stable_version"`
+	// Canary sends a share of the pool's requests to a second version.
+	Canary Canary `yaml:"canary"`
+	// Balance is round_robin (default: smooth weighted round-robin, exact
+	// ratios) or least_inflight (power of two choices, weight-aware).
+	Balance string `yaml:"balance"`
+
+	Timeouts    Timeouts    `yaml:"timeouts"`
+	Connections Connections `yaml:"connections"`
+	HealthCheck HealthCheck `yaml:"health_check"`
+	Outlier     Outlier     `yaml:"outlier"`
+	Retries     Retries     `yaml:"retries"`
+
+	// DrainTimeout is how long a drain lets in-flight requests and streams
+	// finish before it closes what is still open. Default 30s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+
+	Backends []Backend `yaml:"backends"`
+}
+
+// Route matches requests by host and path prefix; both must match.
+type Route struct {
+	// Host is an exact host name ("shop.example.com") or a wildcard for one or
+	// more labels ("*.example.com"). Empty matches any host. Compared without
+	// the port and case-insensitively.
+	Host string `yaml:"host"`
+	// PathPrefix must start with "/". Empty means "/". Matched against the
+	// normalised path (dot segments resolved, repeated slashes merged); the
+	// backend still receives the path exactly as the client sent it.
+	PathPrefix string `yaml:"path_prefix"`
+}
+
+// Canary is the pool's second version and its share of requests.
+type Canary struct {
+	// Version of the canary backends. Empty: no canary.
+	Version string `yaml:"version"`
+	// Weight is the canary's share of the pool's requests in percent, 0–100
+	// (fractions allowed). Zero: the canary gets no requests.
+	Weight float64 `yaml:"weight"`
+}
+
+// Timeouts towards backends.
+type Timeouts struct {
+	// Connect bounds establishing a TCP connection. Default 2s.
+	Connect time.Duration `yaml:"connect"`
+	// ResponseHeader bounds the wait from the request being sent to the
+	// response headers arriving. Default 30s.
+	ResponseHeader time.Duration `yaml:"response_header"`
+	// Idle is the longest a backend may go without sending or accepting a byte
+	// while a body is in flight. Default 60s.
+	Idle time.Duration `yaml:"idle"`
+	// Total bounds the whole exchange, body streaming included. Zero (the
+	// default) means no overall limit: long streams run as long as they move.
+	Total time.Duration `yaml:"total"`
+}
+
+// Connections are the pooled keep-alive connections to each backend.
+type Connections struct {
+	// Max caps connections per backend; a request finding none free waits up
+	// to the connect timeout and then gets 503. Zero (the default): no cap.
+	Max int `yaml:"max"`
+	// IdleTimeout closes a pooled connection unused for this long. Keep it
+	// below the backends' own keep-alive timeout (Node.js: 5s) so that baton,
+	// not the backend, closes idle connections. Default 4s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+}
+
+// HealthCheck configures active checks. They always run: a backend gets
+// traffic only once a check has passed.
+type HealthCheck struct {
+	// Path for an HTTP GET check. Empty (the default): a TCP connect check.
+	Path string `yaml:"path"`
+	// Host header for HTTP checks. Default: the backend's address.
+	Host string `yaml:"host"`
+	// Interval between checks of one backend. Default 2s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout of one check. Default 1s; must be below Interval.
+	Timeout time.Duration `yaml:"timeout"`
+	// ExpectStatus is the status an HTTP check must return. Zero (the
+	// default): any 2xx or 3xx.
+	ExpectStatus int `yaml:"expect_status"`
+	// Rise is how many passes in a row bring an unhealthy backend back.
+	// Default 2. A new or re-enabled backend needs one pass.
+	Rise int `yaml:"rise"`
+	// Fall is how many failures in a row mark a healthy backend down.
+	// Default 3.
+	Fall int `yaml:"fall"`
+}
+
+// Outlier is passive detection: backends that fail live requests are ejected.
+type Outlier struct {
+	// ConsecutiveFailures ejects a backend after this many gateway failures
+	// in a row (connection refused or reset, timeouts, 502/503/504 from the
+	// backend). Default 5. Set -1 to disable.
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// BaseEjection is the first ejection's length; each further ejection
+	// doubles it up to MaxEjection. After it, the backend returns only once
+	// active checks pass. Default 10s.
+	BaseEjection time.Duration `yaml:"base_ejection"`
+	// MaxEjection caps the ejection time. Default 5m.
+	MaxEjection time.Duration `yaml:"max_ejection"`
+}
+
+// Retries of requests that failed before a response reached the client.
+type Retries struct {
+	// Attempts is the most tries per request, the first included, 1–5.
+	// Default 2. 1 disables retries.
+	Attempts int `yaml:"attempts"`
+	// BudgetPercent caps retries at this share of the pool's requests over the
+	// last 10 seconds (at least 10 retries are always allowed). Default 20.
+	BudgetPercent *int `yaml:"budget_percent"`
+}
+
+// Backend is one server of a pool.
+type Backend struct {
+	// Name is unique within the pool; the admin API and logs use it.
+	Name string `yaml:"name"`
+	// Address is host:port (IP or name).
+	Address string `yaml:"address"`
+	// Version label of the software the backend runs. Default "default".
+	Version string `yaml:"version"`
+	// Weight is the backend's share within its version, 0–1000. Default 100.
+	// Zero: no new requests.
+	Weight *int `yaml:"weight"`
+}
+
+// Defaults. Each documents the field it fills.
+const (
+	DefaultListen            = ":8080"
+	DefaultAdminListen       = "127.0.0.1:9090"
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 60 * time.Second
+	DefaultBodyIdleTimeout   = 60 * time.Second
+	DefaultMaxRequestBody    = Size(1 << 30)
+	DefaultMaxHeaderBytes    = Size(32 << 10)
+	DefaultMaxConnections    = 256 * 1024
+	DefaultShutdownTimeout   = 30 * time.Second
+
+	DefaultConnectTimeout        = 2 * time.Second
+	DefaultResponseHeaderTimeout = 30 * time.Second
+	DefaultIdleBodyTimeout       = 60 * time.Second
+	DefaultConnIdleTimeout       = 4 * time.Second
+	DefaultHealthInterval        = 2 * time.Second
+	DefaultHealthTimeout         = 1 * time.Second
+	DefaultRise                  = 2
+	DefaultFall                  = 3
+	DefaultConsecutiveFailures   = 5
+	DefaultBaseEjection          = 10 * time.Second
+	DefaultMaxEjection           = 5 * time.Minute
+	DefaultRetryAttempts         = 2
+	DefaultRetryBudgetPercent    = 20
+	DefaultDrainTimeout          = 30 * time.Second
+	DefaultWeight                = 100
+	DefaultVersion               = "default"
+
+	BalanceRoundRobin    = "round_robin"
+	BalanceLeastInflight = "least_inflight"
+
+	MaxWeight = 1000
+)
+
+// applyDefaults fills every field the file left empty. It runs before
+// Validate, which then sees only explicit choices and defaults.
+func (c *Config) applyDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = DefaultAdminListen
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "auto"
+	}
+	if c.Log.Access == nil {
+		t := true
+		c.Log.Access = &t
+	}
+	s := &c.Server
+	setDur(&s.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDur(&s.IdleTimeout, DefaultIdleTimeout)
+	setDur(&s.BodyIdleTimeout, DefaultBodyIdleTimeout)
+	setDur(&s.ShutdownTimeout, DefaultShutdownTimeout)
+	if s.MaxRequestBody == 0 {
+		s.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if s.MaxHeaderBytes == 0 {
+		s.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if s.MaxConnections == 0 {
+		s.MaxConnections = DefaultMaxConnections
+	}
+	for i := range c.Pools {
+		c.Pools[i].applyDefaults()
+	}
+}
+
+func (p *Pool) applyDefaults() {
+	if p.Balance == "" {
+		p.Balance = BalanceRoundRobin
+	}
+	t := &p.Timeouts
+	setDur(&t.Connect, DefaultConnectTimeout)
+	setDur(&t.ResponseHeader, DefaultResponseHeaderTimeout)
+	setDur(&t.Idle, DefaultIdleBodyTimeout)
+	setDur(&p.Connections.IdleTimeout, DefaultConnIdleTimeout)
+	h := &p.HealthCheck
+	setDur(&h.Interval, DefaultHealthInterval)
+	setDur(&h.Timeout, DefaultHealthTimeout)
+	if h.Rise == 0 {
+		h.Rise = DefaultRise
+	}
+	if h.Fall == 0 {
+		h.Fall = DefaultFall
+	}
+	o := &p.Outlier
+	if o.ConsecutiveFailures == 0 {
+		o.ConsecutiveFailures = DefaultConsecutiveFailures
+	}
+	setDur(&o.BaseEjection, DefaultBaseEjection)
+	setDur(&o.MaxEjection, DefaultMaxEjection)
+	if p.Retries.Attempts == 0 {
+		p.Retries.Attempts = DefaultRetryAttempts
+	}
+	if p.Retries.BudgetPercent == nil {
+		v := DefaultRetryBudgetPercent
+		p.Retries.BudgetPercent = &v
+	}
+	setDur(&p.DrainTimeout, DefaultDrainTimeout)
+	for i := range p.Backends {
+		b := &p.Backends[i]
+		if b.Version == "" {
+			b.Version = DefaultVersion
+		}
+		if b.Weight == nil {
+			w := DefaultWeight
+			b.Weight = &w
+		}
+	}
+	if p.StableVersion == "" {
+		p.StableVersion = p.inferStable()
+	}
+}
+
+// inferStable returns the single version that is not the canary's, or "" when
+// there is none or more than one (Validate reports it).
+func (p *Pool) inferStable() string {
+	stable := ""
+	for _, b := range p.Backends {
+		if b.Version == p.Canary.Version {
+			continue
+		}
+		if stable != "" && stable != b.Version {
+			return ""
+		}
+		stable = b.Version
+	}
+	return stable
+}
+
+func setDur(d *time.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = def
+	}
+}
+
+// AccessLog reports whether the access log is on.
+func (l Log) AccessLog() bool { return l.Access == nil || *l.Access }
+
+// WeightOf returns the backend's weight after defaults.
+func (b Backend) WeightOf() int {
+	if b.Weight == nil {
+		return DefaultWeight
+	}
+	return *b.Weight
+}
+
+// Budget returns the retry budget in percent after defaults.
+func (r Retries) Budget() int {
+	if r.BudgetPercent == nil {
+		return DefaultRetryBudgetPercent
+	}
+	return *r.BudgetPercent
+}
+
+// IsDefault reports whether the pool takes requests no route matches.
+func (p Pool) IsDefault() bool { return len(p.Routes) == 0 }

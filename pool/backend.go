@@ -1,0 +1,214 @@
+package pool
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// State is a backend's admin state, set by config, the admin API or a drain.
+// It is separate from health: a backend receives new requests only when it is
+// Active and healthy (see Backend.admits).
+type State int32
+
+const (
+	// Active backends are in rotation.
+	Active State = iota
+	// Draining backends get no new requests; in-flight ones finish.
+	Draining
+	// Drained backends have nothing in flight and no open connection.
+	Drained
+	// Ejected backends were taken out at once by an operator.
+	Ejected
+)
+
+func (s State) String() string {
+	switch s {
+	case Active:
+		return "active"
+	case Draining:
+		return "draining"
+	case Drained:
+		return "drained"
+	case Ejected:
+		return "ejected"
+	}
+	return "unknown"
+}
+
+// Health is what active checks and passive outlier detection concluded.
+type Health int32
+
+const (
+	// Unknown: not checked yet since the backend joined or was enabled. It
+	// gets no traffic until a check passes.
+	Unknown Health = iota
+	Up
+	Down
+)
+
+func (h Health) String() string {
+	switch h {
+	case Up:
+		return "healthy"
+	case Down:
+		return "unhealthy"
+	}
+	return "unchecked"
+}
+
+// Result is how one request to a backend ended, as far as the backend's
+// record is concerned. The proxy's classifier produces it.
+type Result uint8
+
+const (
+	// ResultOK: a response that is not a server error.
+	ResultOK Result = iota
+	// ResultError: the backend answered with a 5xx of its own (500, 501, …).
+	ResultError
+	// ResultGatewayFailure: refused, reset, timed out, garbage, or a
+	// 502/503/504 from the backend. Counts towards outlier ejection.
+	ResultGatewayFailure
+	// ResultNotSent: the request never reached the backend (connection
+	// refused, nothing written); the backend is still blamed for it.
+	ResultNotSent
+	// ResultClientGone: the client went away or sent a bad body; not the
+	// backend's fault.
+	ResultClientGone
+)
+
+// spec is the part of a backend that the file or the admin API sets.
+type spec struct {
+	address string
+	version string
+	weight  int
+}
+
+// Backend is one server of a pool. It lives as long as the pool has a backend
+// of that name, across config reloads, and keeps its counters, connections,
+// health and admin state.
+//
+// Its methods are safe for concurrent use; its hot counters are atomics.
+// Backend values must not be copied.
+type Backend struct {
+	pool *Pool
+	name string
+
+	spec  atomic.Pointer[spec]
+	conns atomic.Pointer[Conns]
+
+	state  atomic.Int32 // State
+	health atomic.Int32 // Health
+
+	inflight atomic.Int64
+	requests atomic.Uint64
+	errors   atomic.Uint64
+
+	// Outlier detection.
+	consecutive  atomic.Int32 // gateway failures in a row
+	ejections    atomic.Int32 // passive ejections since last reset, for backoff
+	ejectedUntil atomic.Int64 // nanotime before which checks do not count
+	lastEjected  atomic.Int64 // nanotime of the last passive ejection
+
+	drainStart atomic.Int64 // nanotime the current drain began
+
+	checkNow chan struct{} // asks the health loop for an immediate check
+	stop     chan struct{} // closed when the backend leaves its pool
+	lastErr  atomic.Pointer[string]
+}
+
+// Name returns the backend's name, unique within its pool.
+func (b *Backend) Name() string { return b.name }
+
+// Address returns host:port.
+func (b *Backend) Address() string { return b.spec.Load().address }
+
+// Version returns the version label.
+func (b *Backend) Version() string { return b.spec.Load().version }
+
+// Weight returns the configured weight (0–1000).
+func (b *Backend) Weight() int { return b.spec.Load().weight }
+
+// State returns the admin state.
+func (b *Backend) State() State { return State(b.state.Load()) }
+
+// Health returns the health verdict.
+func (b *Backend) Health() Health { return Health(b.health.Load()) }
+
+// Inflight returns the requests being served now.
+func (b *Backend) Inflight() int64 { return b.inflight.Load() }
+
+// Requests returns the requests finished since the backend joined.
+func (b *Backend) Requests() uint64 { return b.requests.Load() }
+
+// Errors returns the requests that failed on the backend's side.
+func (b *Backend) Errors() uint64 { return b.errors.Load() }
+
+// OpenConns returns the connections baton has open to the backend.
+func (b *Backend) OpenConns() int { return b.conns.Load().Open() }
+
+// LastError returns the last failure recorded for the backend, or "".
+func (b *Backend) LastError() string {
+	if p := b.lastErr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Conns returns the backend's connections.
+func (b *Backend) Conns() *Conns { return b.conns.Load() }
+
+// Pool returns the backend's pool.
+func (b *Backend) Pool() *Pool { return b.pool }
+
+// admits reports whether the backend takes new requests: admin state and
+// health composed in one place.
+func (b *Backend) admits() bool {
+	return State(b.state.Load()) == Active && Health(b.health.Load()) == Up
+}
+
+// acquire counts a request in flight if the backend admits it. The order —
+// count first, then check — is what lets a drain trust "inflight == 0": a
+// request that raced with the drain either sees the new state and backs off,
+// or is counted before the drain looks.
+func (b *Backend) acquire() bool {
+	b.inflight.Add(1)
+	if b.admits() {
+		return true
+	}
+	b.inflight.Add(-1)
+	return false
+}
+
+// Release ends a request picked from this backend and records its result.
+// Every successful Pick is followed by exactly one Release.
+func (b *Backend) Release(r Result) {
+	b.requests.Add(1)
+	switch r {
+	case ResultOK:
+		if b.consecutive.Load() != 0 {
+			b.consecutive.Store(0)
+		}
+	case ResultError:
+		b.errors.Add(1)
+		if b.consecutive.Load() != 0 {
+			b.consecutive.Store(0)
+		}
+	case ResultGatewayFailure, ResultNotSent:
+		b.errors.Add(1)
+		n := b.consecutive.Add(1)
+		if lim := b.pool.settings().Outlier.ConsecutiveFailures; lim > 0 && int(n) >= lim {
+			b.pool.ejectOutlier(b, int(n))
+		}
+	}
+	b.inflight.Add(-1)
+}
+
+// NoteError records the reason of the latest failure, for the admin API.
+func (b *Backend) NoteError(msg string) {
+	b.lastErr.Store(&msg)
+}
+
+var epoch = time.Now()
+
+// Nanotime returns a monotonic clock reading in nanoseconds.
+func Nanotime() int64 { return int64(time.Since(epoch)) }

@@ -1,0 +1,605 @@
+// Package pool owns backends: their connections, admin state, health and
+// in-flight counters, and picking one for a request — first the version (the
+// canary's exact share), then a backend of that version by weight.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/baton-lb/baton/config"
+)
+
+// ErrNoBackend is returned by Pick when no backend of the pool admits new
+// requests (all drained, ejected, unhealthy or at weight 0).
+var ErrNoBackend = errors.New("no backend available")
+
+// ErrUnknownBackend is returned for a backend name the pool does not have.
+var ErrUnknownBackend = errors.New("unknown backend")
+
+// view is an immutable snapshot of who gets traffic, rebuilt whenever
+// membership, weights, state, health or the canary share change. The request
+// path reads it with one atomic load.
+type view struct {
+	cfg      *config.Pool
+	stable   *group
+	canary   *group // nil without a canary version
+	canaryBP uint64 // canary share in basis points, 0..10000
+}
+
+// group is one version's backends that admit requests, in schedule order.
+type group struct {
+	version string
+	sched   []*Backend
+	next    atomic.Uint64
+}
+
+// Pool is one application's set of backends.
+//
+// It is safe for concurrent use: Pick and Release run on the request path
+// without locks; configuration and state changes serialise on mu and publish
+// a new view. Pool values must not be copied.
+type Pool struct {
+	name string
+	log  zerolog.Logger
+
+	view  atomic.Pointer[view]
+	split atomic.Uint64 // requests that went through the version split
+
+	mu       sync.Mutex // protects cfg, backends, order, stable, canary*; serialises rebuilds
+	cfg      *config.Pool
+	backends map[string]*Backend
+	order    []*Backend
+	stable   string
+	canaryV  string
+	canaryPc float64
+
+	budget  retryBudget
+	started bool // guarded by mu
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New returns a pool configured from cfg. Its background work (health checks,
+// connection expiry, drain deadlines) starts with Start.
+func New(cfg config.Pool, log zerolog.Logger) *Pool {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{
+		name:     cfg.Name,
+		log:      log.With().Str("pool", cfg.Name).Logger(),
+		backends: make(map[string]*Backend),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	p.Configure(cfg)
+	return p
+}
+
+// Name returns the pool's name.
+func (p *Pool) Name() string { return p.name }
+
+// settings returns the pool's current configuration.
+func (p *Pool) settings() *config.Pool { return p.view.Load().cfg }
+
+// Settings returns the pool's current configuration. It must not be modified.
+func (p *Pool) Settings() *config.Pool { return p.settings() }
+
+// Configure applies a pool's configuration: new backends join (unchecked,
+// so without traffic until a health check passes), known ones keep their
+// connections, counters and state, and backends no longer listed stop
+// receiving requests and are closed once idle.
+func (p *Pool) Configure(cfg config.Pool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.cfg
+	c := cfg
+	c.Backends = append([]config.Backend(nil), cfg.Backends...)
+	p.cfg = &c
+
+	if old == nil || old.StableVersion != c.StableVersion {
+		p.stable = c.StableVersion
+	}
+	if old == nil || old.Canary != c.Canary {
+		p.canaryV, p.canaryPc = c.Canary.Version, c.Canary.Weight
+	}
+
+	seen := make(map[string]bool, len(c.Backends))
+	order := make([]*Backend, 0, len(c.Backends))
+	for _, bc := range c.Backends {
+		seen[bc.Name] = true
+		sp := &spec{address: bc.Address, version: bc.Version, weight: bc.WeightOf()}
+		b, ok := p.backends[bc.Name]
+		if !ok {
+			b = p.newBackendLocked(bc.Name, sp)
+		} else {
+			p.updateBackendLocked(b, sp)
+		}
+		order = append(order, b)
+	}
+	for name, b := range p.backends {
+		if !seen[name] {
+			p.removeLocked(b)
+		}
+	}
+	p.order = order
+	p.rebuildLocked()
+}
+
+func (p *Pool) newBackendLocked(name string, sp *spec) *Backend {
+	b := &Backend{
+		pool:     p,
+		name:     name,
+		checkNow: make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+	}
+	b.spec.Store(sp)
+	b.conns.Store(p.newConns(sp.address))
+	b.health.Store(int32(Unknown))
+	p.backends[name] = b
+	if p.running() {
+		p.startHealth(b)
+	}
+	return b
+}
+
+func (p *Pool) newConns(addr string) *Conns {
+	return NewConns(addr, p.cfg.Timeouts.Connect, p.cfg.Connections.IdleTimeout, p.cfg.Connections.Max)
+}
+
+func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
+	old := b.spec.Load()
+	if *old == *sp && b.conns.Load().dialTimeout == p.cfg.Timeouts.Connect &&
+		b.conns.Load().idleTimeout == p.cfg.Connections.IdleTimeout && b.conns.Load().max == p.cfg.Connections.Max {
+		return
+	}
+	b.spec.Store(sp)
+	if old.address != sp.address {
+		// A new address is a new server: it must pass a check first.
+		b.health.Store(int32(Unknown))
+		b.kick()
+	}
+	prev := b.conns.Swap(p.newConns(sp.address))
+	if State(b.state.Load()) != Active {
+		b.conns.Load().reuse.Store(false)
+	}
+	prev.Retire()
+}
+
+func (p *Pool) removeLocked(b *Backend) {
+	delete(p.backends, b.name)
+	b.state.Store(int32(Draining))
+	b.conns.Load().Retire()
+	close(b.stop)
+	p.log.Info().Str("backend", b.name).Msg("backend removed from the pool; its in-flight requests finish")
+}
+
+// rebuildLocked publishes a new view from the current members.
+func (p *Pool) rebuildLocked() {
+	v := &view{cfg: p.cfg}
+	v.stable = p.groupLocked(p.stable)
+	if p.canaryV != "" && p.canaryV != p.stable {
+		v.canary = p.groupLocked(p.canaryV)
+		v.canaryBP = uint64(p.canaryPc*100 + 0.5)
+	}
+	p.view.Store(v)
+}
+
+func (p *Pool) groupLocked(version string) *group {
+	g := &group{version: version}
+	var members []*Backend
+	var weights []int
+	for _, b := range p.order {
+		sp := b.spec.Load()
+		if sp.version != version || !b.admits() {
+			continue
+		}
+		members = append(members, b)
+		weights = append(weights, sp.weight)
+	}
+	g.sched = buildSchedule(members, weights)
+	return g
+}
+
+// rebuild publishes a new view after a state or health change.
+func (p *Pool) rebuild() {
+	p.mu.Lock()
+	p.rebuildLocked()
+	p.mu.Unlock()
+}
+
+// Pick chooses a backend for a request and counts it in flight; the caller
+// must call Release on it exactly once. exclude (may be nil) is a backend that
+// already failed this request: another is preferred, but exclude is returned
+// when it is the only one left.
+//
+// Pick takes no lock and does not allocate.
+func (p *Pool) Pick(exclude *Backend) (*Backend, error) {
+	v := p.view.Load()
+	first, second := v.stable, v.canary
+	if second != nil && v.canaryBP > 0 {
+		// Exact share: request n goes to the canary when floor(n·share)
+		// steps up, so after N requests the canary had floor(N·share).
+		n := p.split.Add(1)
+		if n*v.canaryBP/10000 != (n-1)*v.canaryBP/10000 {
+			first, second = second, first
+		}
+	} else {
+		second = nil
+	}
+	if b := first.pick(v.cfg.Balance, exclude); b != nil {
+		return b, nil
+	}
+	if second != nil {
+		if b := second.pick(v.cfg.Balance, exclude); b != nil {
+			return b, nil
+		}
+	} else if v.canary != nil {
+		// The canary at 0 % still serves when nothing else can.
+		if b := v.canary.pick(v.cfg.Balance, exclude); b != nil {
+			return b, nil
+		}
+	}
+	if exclude != nil && exclude.acquire() {
+		return exclude, nil
+	}
+	return nil, ErrNoBackend
+}
+
+func (g *group) pick(balance string, exclude *Backend) *Backend {
+	n := uint64(len(g.sched))
+	if n == 0 {
+		return nil
+	}
+	if balance == config.BalanceLeastInflight {
+		return g.pickLeast(exclude)
+	}
+	tries := min(n, 64)
+	for range tries {
+		b := g.sched[(g.next.Add(1)-1)%n]
+		if b != exclude && b.acquire() {
+			return b
+		}
+	}
+	return nil
+}
+
+// pickLeast is the power of two choices, weight-aware: two draws from the
+// weighted schedule, and the one with fewer requests in flight per unit of
+// weight wins.
+func (g *group) pickLeast(exclude *Backend) *Backend {
+	n := uint64(len(g.sched))
+	for range 4 {
+		a := g.sched[rand.Uint64N(n)]
+		c := g.sched[rand.Uint64N(n)]
+		if a == exclude {
+			a = c
+		}
+		if c == exclude {
+			c = a
+		}
+		if a == exclude {
+			continue
+		}
+		if a != c && c.inflight.Load()*int64(a.Weight()) < a.inflight.Load()*int64(c.Weight()) {
+			a = c
+		}
+		if a.acquire() {
+			return a
+		}
+	}
+	return nil
+}
+
+// Backend returns the named backend, or nil.
+func (p *Pool) Backend(name string) *Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backends[name]
+}
+
+// Backends returns the pool's backends in configuration order.
+func (p *Pool) Backends() []*Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*Backend(nil), p.order...)
+}
+
+// StableVersion returns the version that gets the traffic the canary does not.
+func (p *Pool) StableVersion() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stable
+}
+
+// Canary returns the canary version and its share in percent ("" and 0
+// without a canary).
+func (p *Pool) Canary() (version string, percent float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.canaryV, p.canaryPc
+}
+
+// SetCanary sets the canary version and its share of the pool's requests in
+// percent (0–100). An empty version ends the canary.
+func (p *Pool) SetCanary(version string, percent float64) error {
+	if percent < 0 || percent > 100 {
+		return fmt.Errorf("canary weight must be 0..100 percent, got %g", percent)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if version != "" && version == p.stable {
+		return fmt.Errorf("version %q is already the stable version", version)
+	}
+	p.canaryV, p.canaryPc = version, percent
+	p.rebuildLocked()
+	return nil
+}
+
+// Split returns how many requests went through the version split with a
+// canary present.
+func (p *Pool) Split() uint64 { return p.split.Load() }
+
+func (p *Pool) lookup(name string) (*Backend, error) {
+	b := p.backends[name]
+	if b == nil {
+		return nil, fmt.Errorf("%w %q in pool %q", ErrUnknownBackend, name, p.name)
+	}
+	return b, nil
+}
+
+// Drain stops new requests to the backend and closes its idle connections.
+// In-flight requests and streams finish, up to the pool's drain timeout.
+// Draining a backend that is draining or drained changes nothing.
+func (p *Pool) Drain(name string) (*Backend, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, err := p.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	switch State(b.state.Load()) {
+	case Draining, Drained:
+		return b, nil
+	}
+	b.drainStart.Store(Nanotime())
+	b.state.Store(int32(Draining))
+	b.conns.Load().SetReuse(false)
+	p.rebuildLocked()
+	p.log.Info().Str("backend", name).Msg("draining backend")
+	return b, nil
+}
+
+// Eject takes the backend out of rotation at once; in-flight requests finish.
+func (p *Pool) Eject(name string) (*Backend, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, err := p.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if State(b.state.Load()) == Ejected {
+		return b, nil
+	}
+	b.state.Store(int32(Ejected))
+	b.conns.Load().SetReuse(false)
+	p.rebuildLocked()
+	p.log.Info().Str("backend", name).Msg("backend ejected by operator")
+	return b, nil
+}
+
+// Enable puts the backend back into rotation. It receives requests once a
+// health check passes, which is run at once.
+func (p *Pool) Enable(name string) (*Backend, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, err := p.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if State(b.state.Load()) == Active {
+		return b, nil
+	}
+	b.health.Store(int32(Unknown))
+	b.state.Store(int32(Active))
+	b.conns.Load().SetReuse(true)
+	b.kick()
+	p.rebuildLocked()
+	p.log.Info().Str("backend", name).Msg("backend enabled; it gets traffic once a health check passes")
+	return b, nil
+}
+
+// DrainStatus is what a drain is still waiting for.
+type DrainStatus struct {
+	Inflight int64
+	Conns    int
+}
+
+// Idle reports whether nothing is left.
+func (s DrainStatus) Idle() bool { return s.Inflight == 0 && s.Conns == 0 }
+
+func (s DrainStatus) String() string {
+	return fmt.Sprintf("%d request(s) in flight, %d open connection(s)", s.Inflight, s.Conns)
+}
+
+// Status returns what the backend still has in flight and open.
+func (b *Backend) Status() DrainStatus {
+	return DrainStatus{Inflight: b.inflight.Load(), Conns: b.conns.Load().Open()}
+}
+
+// WaitDrained waits until a draining backend has no request in flight and no
+// open connection from baton, then marks it drained. When the pool's drain
+// timeout passes first, the backend's remaining connections are closed (long
+// streams end) and the wait goes on until they are gone. It returns early
+// with ctx's error and what is still open; the drain stays in force.
+func (b *Backend) WaitDrained(ctx context.Context) (DrainStatus, error) {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if st, done := b.pool.checkDrain(b); done {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return b.Status(), ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// checkDrain advances a drain: enforces the drain timeout and flips the state
+// to drained once idle. done is true when the backend is drained, or no longer
+// draining at all.
+func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
+	switch State(b.state.Load()) {
+	case Drained:
+		return b.Status(), true
+	case Draining:
+	default:
+		return b.Status(), true
+	}
+	c := b.conns.Load()
+	c.CloseIdle()
+	st := b.Status()
+	if st.Idle() {
+		if b.state.CompareAndSwap(int32(Draining), int32(Drained)) {
+			p.log.Info().Str("backend", b.name).Msg("backend drained")
+		}
+		return st, true
+	}
+	if time.Duration(Nanotime()-b.drainStart.Load()) >= p.settings().DrainTimeout {
+		p.log.Warn().Str("backend", b.name).Stringer("open", st).
+			Msg("drain timeout reached; closing the backend's remaining connections")
+		c.CloseAll()
+	}
+	return st, false
+}
+
+// Start begins the pool's background work: one health-check loop per backend
+// and a housekeeping tick. Close stops it.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running() {
+		return
+	}
+	p.started = true
+	p.wg.Add(1)
+	go p.housekeeping()
+	for _, b := range p.order {
+		p.startHealth(b)
+	}
+}
+
+func (p *Pool) running() bool { return p.started }
+
+// Close stops the pool's background work and closes every connection.
+func (p *Pool) Close() {
+	p.cancel()
+	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.backends {
+		b.conns.Load().Retire()
+		b.conns.Load().CloseAll()
+	}
+}
+
+// housekeeping runs once a second: idle connection expiry, drain progress,
+// and the retry budget's window.
+func (p *Pool) housekeeping() {
+	defer p.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := Nanotime()
+		for _, b := range p.Backends() {
+			b.conns.Load().CloseExpired(now)
+			if b.State() == Draining {
+				p.checkDrain(b)
+			}
+		}
+		p.budget.tick(p.totalRequests())
+	}
+}
+
+func (p *Pool) totalRequests() int64 {
+	var n uint64
+	for _, b := range p.Backends() {
+		n += b.requests.Load()
+	}
+	return int64(n)
+}
+
+// AllowRetry reports whether one more retry fits the pool's retry budget
+// (retries at most the configured share of requests over the last 10 s, with
+// 10 always allowed) and, if so, counts it.
+func (p *Pool) AllowRetry() bool {
+	return p.budget.allow(p.totalRequests(), p.settings().Retries.Budget())
+}
+
+// Retries returns how many retries the pool made.
+func (p *Pool) Retries() int64 { return p.budget.retries.Load() }
+
+// retryBudget keeps per-second totals of requests and retries for 10 s.
+type retryBudget struct {
+	retries atomic.Int64
+	mu      sync.Mutex // protects ring and pos
+	ring    [10][2]int64
+	pos     int
+}
+
+func (r *retryBudget) tick(requests int64) {
+	r.mu.Lock()
+	r.pos = (r.pos + 1) % len(r.ring)
+	r.ring[r.pos] = [2]int64{requests, r.retries.Load()}
+	r.mu.Unlock()
+}
+
+func (r *retryBudget) allow(requests int64, percent int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	oldest := r.ring[(r.pos+1)%len(r.ring)]
+	reqs := requests - oldest[0]
+	used := r.retries.Load() - oldest[1]
+	if used+1 > max(10, reqs*int64(percent)/100) {
+		return false
+	}
+	r.retries.Add(1)
+	return true
+}
+
+// SortedVersions returns the versions present in the pool, stable first.
+func (p *Pool) SortedVersions() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	set := map[string]bool{}
+	for _, b := range p.order {
+		set[b.spec.Load().version] = true
+	}
+	out := make([]string, 0, len(set))
+	for v := range set {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if (out[i] == p.stable) != (out[j] == p.stable) {
+			return out[i] == p.stable
+		}
+		return out[i] < out[j]
+	})
+	return out
+}

@@ -1,0 +1,675 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/pool"
+)
+
+const (
+	// maxBufferedRequestBody: request bodies up to this size with a known
+	// length are read before forwarding, so a request that never reached a
+	// backend can be sent to another. Larger ones stream.
+	maxBufferedRequestBody = 64 << 10
+	// maxBufferedResponseBody: responses up to this size with a known length
+	// are read whole before the client gets a byte, which frees the backend
+	// connection at once and lets a failure mid-body become a clean 502 (or a
+	// retry). Larger ones, chunked and close-delimited ones stream.
+	maxBufferedResponseBody = 64 << 10
+	ioBufSize               = 32 << 10
+	maxLogTarget            = 1024
+)
+
+// exchange is one client request's trip through baton. Exchanges are pooled;
+// a streamed response keeps its exchange until fasthttp closes the stream
+// (CloseWithError), otherwise it goes back when the handler returns.
+type exchange struct {
+	s *Server
+
+	pool *pool.Pool
+	cfg  *config.Pool
+	b    *pool.Backend
+	conn *pool.Conn
+
+	start    time.Time
+	deadline time.Time // overall deadline of the exchange; zero: none
+	class    Class
+	status   int
+	attempts int
+	bytesOut int64
+	isHead   bool
+
+	// Request body.
+	bodyLen    int64  // >0 length, 0 none, bodyChunked
+	body       []byte // a buffered body (replayable)
+	streamBody bool   // the body streams from the client (not replayable)
+	wrote      int64  // bytes of this attempt the backend's kernel accepted
+
+	// Response body streaming state.
+	framing    framing
+	left       int64 // bytes left in the body or the current chunk
+	chunkCRLF  bool  // a chunk's data ended; its CRLF comes next
+	done       bool  // the body ended cleanly
+	closeConn  bool
+	readErr    error
+	clientConn net.Conn
+
+	// For the access log after the handler returned.
+	method, target, host []byte
+	clientIP             []byte
+
+	sc      reqScan
+	ct      connTokens
+	scratch []byte
+	pathBuf []byte
+	absBuf  []byte
+	ioBuf   []byte
+}
+
+func (x *exchange) reset() {
+	s, sc, scratch, pathBuf, absBuf, ioBuf, body := x.s, x.sc, x.scratch, x.pathBuf, x.absBuf, x.ioBuf, x.body
+	method, target, host, ip := x.method, x.target, x.host, x.clientIP
+	*x = exchange{s: s, sc: sc, scratch: scratch[:0], pathBuf: pathBuf[:0], absBuf: absBuf[:0], ioBuf: ioBuf,
+		body: body[:0], method: method[:0], target: target[:0], host: host[:0], clientIP: ip[:0]}
+	x.sc.conn.reset()
+}
+
+// serve handles one request. It returns true when a streamed response now
+// owns the exchange.
+func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
+	s := x.s
+	h := &ctx.Request.Header
+	x.isHead = h.IsHead()
+	x.clientIP = appendIP(x.clientIP, ctx.RemoteAddr())
+	if s.accessLog {
+		x.method = append(x.method, h.Method()...)
+		uri := h.RequestURI()
+		x.target = append(x.target, uri[:min(len(uri), maxLogTarget)]...)
+		x.host = append(x.host, h.Host()...)
+	}
+
+	host := h.Host()
+	if len(host) == 0 {
+		return x.reply(ctx, 400, "the request has no Host header", true)
+	}
+	if h.IsConnect() {
+		return x.reply(ctx, 405, "CONNECT is not supported", true)
+	}
+	x.scratch = x.sc.scan(h.RawHeaders(), x.scratch)
+	if x.sc.te && h.ContentLength() != -1 {
+		// fasthttp ignores "Transfer-Encoding: identity"; a request framed by
+		// anything but chunked is ambiguous to someone on the path.
+		return x.reply(ctx, 400, "Transfer-Encoding must be chunked", true)
+	}
+	if x.sc.bareLF || x.sc.folded {
+		// Normalised for the backend; the client connection ends after this
+		// response so nothing after the irregular bytes is read as a request.
+		ctx.SetConnectionClose()
+	}
+	target, absHost, ok := x.splitTarget(h.RequestURI())
+	if !ok {
+		return x.reply(ctx, 400, "the request target must be a path, an absolute http(s) URL or *", true)
+	}
+	if absHost != nil {
+		host = absHost
+	}
+	var path []byte
+	path, x.pathBuf = routePath(x.pathBuf, target)
+	p := s.table.Load().Match(host, path)
+	if p == nil {
+		return x.reply(ctx, 404, "no route for this host and path", false)
+	}
+	x.pool = p
+	x.cfg = p.Settings()
+	if t := x.cfg.Timeouts.Total; t > 0 {
+		x.deadline = x.start.Add(t)
+	}
+
+	switch cl := h.ContentLength(); {
+	case cl == -1:
+		x.bodyLen, x.streamBody = bodyChunked, true
+	case cl > 0:
+		if int64(cl) > s.maxBody {
+			return x.reply(ctx, 413, "the request body is larger than "+strconv.FormatInt(s.maxBody, 10)+" bytes", true)
+		}
+		x.bodyLen = int64(cl)
+		if cl <= maxBufferedRequestBody {
+			if err := x.readBody(ctx, cl); err != nil {
+				x.class = classify(err, stageSend, 0)
+				return x.reply(ctx, x.class.Status(), "reading the request body: "+err.Error(), true)
+			}
+		} else {
+			x.streamBody = true
+		}
+	}
+
+	idempotent := h.IsGet() || h.IsHead() || h.IsOptions()
+	var tried *pool.Backend
+	for attempt := 1; ; attempt++ {
+		b, err := p.Pick(tried)
+		if err != nil {
+			x.class = ClassNoBackend
+			return x.reply(ctx, 503, "no backend of pool "+p.Name()+" is available", false)
+		}
+		x.b, x.attempts, x.wrote = b, attempt, 0
+		st, err := x.roundTrip(ctx, b, target, absHost)
+		if err == nil {
+			return x.respond(ctx)
+		}
+		x.class = classify(err, st, 0)
+		if x.conn != nil {
+			x.conn.Close()
+			x.conn = nil
+		}
+		if x.class == ClassClientGone || x.class == ClassClientError {
+			if errors.Is(err, errBodyTooLarge) {
+				x.class = ClassClientError
+				return x.reply(ctx, 413, "the request body is larger than "+strconv.FormatInt(s.maxBody, 10)+" bytes", true)
+			}
+			return x.reply(ctx, x.class.Status(), "reading the request body: "+err.Error(), true)
+		}
+		b.NoteError(x.class.String() + ": " + err.Error())
+		// Never reached the backend: safe to send anywhere, whatever the
+		// method, as long as the body can be sent again. Possibly reached:
+		// only idempotent requests with a replayable body. Timeouts are not
+		// retried: that would double the load on a slow backend.
+		notSent := st == stageConnect || (st == stageSend && x.wrote == 0)
+		retry := attempt < x.cfg.Retries.Attempts &&
+			((notSent && x.replayable()) ||
+				(idempotent && !x.streamBody && (x.class == ClassReset || x.class == ClassBadResponse)))
+		if retry && p.AllowRetry() {
+			b.Release(x.class.Result())
+			x.b = nil
+			tried = b
+			ctx.Response.Reset()
+			s.log.Debug().Str("pool", p.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
+				Err(err).Msg("retrying on another backend")
+			continue
+		}
+		s.log.Warn().Str("pool", p.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
+			Err(err).Msg("request failed")
+		return x.reply(ctx, x.class.Status(), x.failureText(), false)
+	}
+}
+
+// replayable: the request body can be sent again (none, buffered, or a
+// stream of which nothing was read yet).
+func (x *exchange) replayable() bool {
+	return !x.streamBody || x.wrote == 0
+}
+
+func (x *exchange) failureText() string {
+	switch x.class {
+	case ClassConnectFailed:
+		return "could not connect to the backend"
+	case ClassConnectTimeout:
+		return "connecting to the backend timed out"
+	case ClassPoolFull:
+		return "the backend has no free connection"
+	case ClassTimeout:
+		return "the backend did not respond in time"
+	case ClassBadResponse:
+		return "the backend sent an invalid response"
+	}
+	return "the backend closed the connection"
+}
+
+// splitTarget returns the target to send (origin-form) and, for an
+// absolute-form target, its authority, which replaces Host (RFC 9112 §3.2.2).
+func (x *exchange) splitTarget(uri []byte) (target, host []byte, ok bool) {
+	if len(uri) > 0 && uri[0] == '/' || string(uri) == "*" {
+		return uri, nil, true
+	}
+	var rest []byte
+	switch {
+	case len(uri) > 7 && equalFoldLower(uri[:7], "http://"):
+		rest = uri[7:]
+	case len(uri) > 8 && equalFoldLower(uri[:8], "https://"):
+		rest = uri[8:]
+	default:
+		return nil, nil, false
+	}
+	i := bytes.IndexAny(rest, "/?#")
+	if i < 0 {
+		i = len(rest)
+	}
+	host = rest[:i]
+	if len(host) == 0 || bytes.IndexByte(host, '@') >= 0 {
+		return nil, nil, false
+	}
+	target = rest[i:]
+	if len(target) == 0 || target[0] != '/' {
+		x.absBuf = append(append(x.absBuf[:0], '/'), target...)
+		target = x.absBuf
+	}
+	return target, host, true
+}
+
+// readBody reads a small request body whole, so it can be sent again.
+func (x *exchange) readBody(ctx *fasthttp.RequestCtx, n int) error {
+	if cap(x.body) < n {
+		x.body = make([]byte, n, max(n, 4<<10))
+	}
+	x.body = x.body[:n]
+	r := ctx.Request.BodyStream()
+	if r == nil {
+		return &clientError{err: io.ErrUnexpectedEOF, gone: true}
+	}
+	if _, err := io.ReadFull(r, x.body); err != nil {
+		return clientReadError(err)
+	}
+	return nil
+}
+
+func clientReadError(err error) error {
+	if isClosedByPeer(err) || isTimeout(err) {
+		return &clientError{err: err, gone: true}
+	}
+	return &clientError{err: err}
+}
+
+// roundTrip sends the request to b and reads the response head (and a small
+// body) into ctx.Response.
+func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, absHost []byte) (stage, error) {
+	h := &ctx.Request.Header
+	now := time.Now()
+	conn, err := b.Conns().Get(pool.Nanotime(), x.bound(now.Add(x.cfg.Timeouts.Connect)))
+	if err != nil {
+		return stageConnect, err
+	}
+	x.conn = conn
+	nc := conn.NetConn()
+	headerDeadline := x.bound(now.Add(x.cfg.Timeouts.ResponseHeader))
+	if err := nc.SetDeadline(headerDeadline); err != nil {
+		return stageSend, err
+	}
+	head := appendRequestHead(conn.Head(), h, &x.sc, target, absHost, x.clientIP, "http", x.bodyLen)
+	var body []byte
+	if !x.streamBody {
+		body = x.body
+	}
+	x.wrote, err = conn.WriteHead(head, body)
+	if err != nil {
+		return stageSend, err
+	}
+	if x.streamBody {
+		if err := x.sendBody(ctx, conn); err != nil {
+			return stageSend, err
+		}
+		if err := nc.SetDeadline(x.bound(time.Now().Add(x.cfg.Timeouts.ResponseHeader))); err != nil {
+			return stageSend, err
+		}
+	}
+	br := conn.Reader()
+	rh, scratch, err := readResponseHead(br, &ctx.Response.Header, x.isHead, &x.ct, x.scratch)
+	x.scratch = scratch
+	if err != nil {
+		return stageResponse, err
+	}
+	x.framing, x.left, x.closeConn = rh.framing, rh.length, rh.closeConn
+	if rh.framing == frameLength && rh.length <= maxBufferedResponseBody {
+		if err := x.readSmallBody(ctx, conn, int(rh.length)); err != nil {
+			return stageBody, err
+		}
+		x.framing = frameNone
+	}
+	return stageResponse, nil
+}
+
+// bound caps t at the exchange's overall deadline.
+func (x *exchange) bound(t time.Time) time.Time {
+	if !x.deadline.IsZero() && x.deadline.Before(t) {
+		return x.deadline
+	}
+	return t
+}
+
+// sendBody streams the request body from the client to the backend.
+func (x *exchange) sendBody(ctx *fasthttp.RequestCtx, conn *pool.Conn) error {
+	r := ctx.Request.BodyStream()
+	if r == nil {
+		return &clientError{err: io.ErrUnexpectedEOF, gone: true}
+	}
+	if x.ioBuf == nil {
+		x.ioBuf = make([]byte, ioBufSize)
+	}
+	// Room for a chunk-size line before the data and CRLF after it.
+	const pre = 10
+	buf := x.ioBuf
+	cc := ctx.Conn()
+	nc := conn.NetConn()
+	var sent int64
+	for {
+		now := time.Now()
+		_ = cc.SetReadDeadline(now.Add(x.s.bodyIdle))
+		n, rerr := r.Read(buf[pre : len(buf)-2])
+		if n > 0 {
+			sent += int64(n)
+			if sent > x.s.maxBody {
+				return &clientError{err: errBodyTooLarge}
+			}
+			out := buf[pre : pre+n]
+			if x.bodyLen == bodyChunked {
+				size := strconv.AppendInt(buf[:0:pre], int64(n), 16)
+				k := len(size) + 2
+				start := pre - k
+				copy(buf[start:], size)
+				buf[pre-2], buf[pre-1] = '\r', '\n'
+				buf[pre+n], buf[pre+n+1] = '\r', '\n'
+				out = buf[start : pre+n+2]
+			}
+			_ = nc.SetWriteDeadline(x.bound(now.Add(x.cfg.Timeouts.Idle)))
+			w, werr := conn.Write(out)
+			x.wrote += int64(w)
+			if werr != nil {
+				return werr
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return clientReadError(rerr)
+		}
+	}
+	if x.bodyLen == bodyChunked {
+		w, err := conn.Write([]byte("0\r\n\r\n"))
+		x.wrote += int64(w)
+		return err
+	}
+	if sent != x.bodyLen {
+		return &clientError{err: io.ErrUnexpectedEOF, gone: true}
+	}
+	return nil
+}
+
+// readSmallBody reads a response body of known small length into the
+// response, so the backend connection is free before the client reads.
+func (x *exchange) readSmallBody(ctx *fasthttp.RequestCtx, conn *pool.Conn, n int) error {
+	br := conn.Reader()
+	if br.Buffered() < n {
+		_ = conn.NetConn().SetReadDeadline(x.bound(time.Now().Add(x.cfg.Timeouts.Idle)))
+	}
+	for n > 0 {
+		b, err := br.Peek(min(n, br.Size()))
+		ctx.Response.AppendBody(b)
+		_, _ = br.Discard(len(b))
+		n -= len(b)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// respond completes a request whose response head arrived: either the body
+// is already in the response (or there is none) and the backend connection
+// goes back, or the body streams through this exchange.
+func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
+	x.status = ctx.Response.StatusCode()
+	x.class = classify(nil, stageResponse, x.status)
+	if x.framing == frameNone {
+		x.bytesOut = int64(len(ctx.Response.Body()))
+		x.releaseConn(!x.closeConn)
+		x.finish()
+		return false
+	}
+	x.clientConn = ctx.Conn()
+	size := -1
+	if x.framing == frameLength {
+		size = int(x.left)
+	}
+	ctx.Response.SetBodyStream(x, size)
+	return true
+}
+
+func (x *exchange) releaseConn(reuse bool) {
+	if x.conn == nil {
+		return
+	}
+	if reuse {
+		x.conn.Release(pool.Nanotime())
+	} else {
+		x.conn.Close()
+	}
+	x.conn = nil
+}
+
+// Read streams the response body from the backend; fasthttp calls it while
+// writing the response to the client.
+func (x *exchange) Read(p []byte) (int, error) {
+	if x.done {
+		return 0, io.EOF
+	}
+	if x.readErr != nil {
+		return 0, x.readErr
+	}
+	n, err := x.read(p)
+	x.bytesOut += int64(n)
+	if err != nil && err != io.EOF {
+		x.readErr = err
+		x.class = classify(err, stageBody, 0)
+		if x.b != nil {
+			x.b.NoteError(x.class.String() + " in the response body: " + err.Error())
+		}
+	}
+	return n, err
+}
+
+func (x *exchange) read(p []byte) (int, error) {
+	br := x.conn.Reader()
+	if br.Buffered() == 0 {
+		// About to wait for the network: renew the backend's idle deadline
+		// and the client's write deadline, which fasthttp set once for the
+		// whole response.
+		now := time.Now()
+		_ = x.conn.NetConn().SetReadDeadline(x.bound(now.Add(x.cfg.Timeouts.Idle)))
+		_ = x.clientConn.SetWriteDeadline(now.Add(x.s.bodyIdle))
+	}
+	switch x.framing {
+	case frameLength:
+		n, err := br.Read(p[:min(int64(len(p)), x.left)])
+		x.left -= int64(n)
+		if x.left == 0 {
+			x.done = true
+			return n, nil
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, err
+	case frameClose:
+		n, err := br.Read(p)
+		if err == io.EOF {
+			x.done = true
+		}
+		return n, err
+	}
+	// Chunked: one backend chunk per Read, so fasthttp forwards each chunk as
+	// it arrives (server-sent events, long polls).
+	if x.left == 0 {
+		if x.chunkCRLF {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				return 0, chunkErr(err)
+			}
+			if len(trimCR(line)) != 0 {
+				return 0, badResponse("chunk data longer than its size")
+			}
+			x.chunkCRLF = false
+		}
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return 0, chunkErr(err)
+		}
+		size, ok := parseChunkSize(trimCR(line))
+		if !ok {
+			return 0, badResponse("chunk size %.20q", line)
+		}
+		if size == 0 {
+			// Trailer fields end the body; baton does not forward them.
+			for {
+				line, err := br.ReadSlice('\n')
+				if err != nil {
+					return 0, chunkErr(err)
+				}
+				if len(trimCR(line)) == 0 {
+					break
+				}
+			}
+			x.done = true
+			return 0, io.EOF
+		}
+		x.left = size
+	}
+	n, err := br.Read(p[:min(int64(len(p)), x.left)])
+	x.left -= int64(n)
+	if x.left == 0 {
+		x.chunkCRLF = true
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func chunkErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	if errors.Is(err, bufio.ErrBufferFull) {
+		return badResponse("chunk header line too long")
+	}
+	return err
+}
+
+func trimCR(line []byte) []byte {
+	line = line[:len(line)-1] // the LF
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		line = line[:len(line)-1]
+	}
+	return line
+}
+
+// parseChunkSize parses a chunk-size line: hex digits, then optional
+// whitespace and chunk extensions, which are ignored.
+func parseChunkSize(line []byte) (int64, bool) {
+	var n int64
+	i := 0
+	for ; i < len(line); i++ {
+		d, ok := unhex(line[i])
+		if !ok {
+			break
+		}
+		if i >= 15 {
+			return 0, false // over 2^60: no honest backend sends that
+		}
+		n = n<<4 | int64(d)
+	}
+	if i == 0 {
+		return 0, false
+	}
+	rest := line[i:]
+	for len(rest) > 0 && (rest[0] == ' ' || rest[0] == '\t') {
+		rest = rest[1:]
+	}
+	if len(rest) > 0 && rest[0] != ';' {
+		return 0, false
+	}
+	return n, validValue(rest)
+}
+
+// CloseWithError ends a streamed response; fasthttp calls it once, with the
+// error that stopped writing to the client (nil when all went out).
+func (x *exchange) CloseWithError(werr error) error {
+	switch {
+	case x.readErr != nil:
+		// Already classified as the backend's failure.
+	case werr != nil || !x.done:
+		x.class = ClassClientGone
+	}
+	x.releaseConn(x.done && !x.closeConn && x.readErr == nil && werr == nil)
+	x.clientConn = nil
+	x.finish()
+	x.s.putExchange(x)
+	return nil
+}
+
+// finish records the outcome on the backend and writes the access log line.
+func (x *exchange) finish() {
+	if x.b != nil {
+		x.b.Release(x.class.Result())
+	}
+	if !x.s.accessLog {
+		return
+	}
+	status := x.status
+	if x.class == ClassClientGone {
+		status = 499
+	}
+	e := x.s.access.Info().
+		Bytes("client", x.clientIP).
+		Bytes("method", x.method).
+		Bytes("host", x.host).
+		Bytes("uri", x.target).
+		Int("status", status).
+		Int64("bytes", x.bytesOut).
+		Dur("duration", time.Since(x.start)).
+		Str("outcome", x.class.String()).
+		Int("attempts", x.attempts)
+	if x.pool != nil {
+		e = e.Str("pool", x.pool.Name())
+	}
+	if x.b != nil {
+		e = e.Str("backend", x.b.Name()).Str("version", x.b.Version())
+	}
+	e.Send()
+}
+
+// reply answers the client with baton's own response. closeConn ends the
+// client connection after it, for malformed requests.
+func (x *exchange) reply(ctx *fasthttp.RequestCtx, status int, msg string, closeConn bool) bool {
+	ctx.Response.Reset()
+	ctx.Response.Header.SetNoDefaultContentType(true)
+	ctx.SetStatusCode(status)
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.Response.AppendBodyString("baton: ")
+	ctx.Response.AppendBodyString(msg)
+	ctx.Response.AppendBodyString("\n")
+	if closeConn {
+		ctx.SetConnectionClose()
+	}
+	if x.class == ClassOK && status >= 400 {
+		x.class = ClassClientError
+	}
+	x.status = status
+	x.bytesOut = int64(len(ctx.Response.Body()))
+	x.finish()
+	return false
+}
+
+// appendIP appends the client's IP address without allocating.
+func appendIP(dst []byte, a net.Addr) []byte {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(ta.IP); ok {
+			return ip.Unmap().AppendTo(dst)
+		}
+	}
+	if a == nil {
+		return dst
+	}
+	return append(dst, a.String()...)
+}

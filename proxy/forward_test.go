@@ -1,0 +1,153 @@
+package proxy_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/baton-lb/baton/internal/testbed"
+)
+
+// captureBackend answers every request with a fixed raw response and sends
+// the raw request head it received on heads.
+func captureBackend(t *testing.T, response string, heads chan<- string) string {
+	return testbed.RawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			head, err := testbed.ReadRequestHead(br)
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(string(head), "GET /healthz ") {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+				return
+			}
+			heads <- string(head)
+			if _, err := io.WriteString(c, response); err != nil {
+				return
+			}
+		}
+	})
+}
+
+func TestForwardingIsTransparent(t *testing.T) {
+	heads := make(chan string, 10)
+	resp := "HTTP/1.1 200 OK\r\n" +
+		"Connection: keep-alive, X-Hop\r\n" +
+		"Keep-Alive: timeout=5\r\n" +
+		"Set-Cookie: a=1; Path=/\r\n" +
+		"X-Hop: secret\r\n" +
+		"X-Multi: one\r\n" +
+		"Set-Cookie: b=2; Path=/x\r\n" +
+		"X-Multi: two\r\n" +
+		"Content-Length: 5\r\n\r\nhello"
+	addr := captureBackend(t, resp, heads)
+	b := testbed.Start(t, testbed.Config(testbed.PoolYAML("web", [][2]string{{"b1", addr}},
+		"    health_check: {path: /healthz, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}\n")))
+	b.WaitHealthy(t, "web", 1)
+
+	req := "GET /a/../b//c%2Fd?q=1&q=%20 HTTP/1.1\r\n" +
+		"Host: shop.example\r\n" +
+		"Connection: keep-alive, X-Private\r\n" +
+		"X-Private: drop me\r\n" +
+		"Keep-Alive: timeout=9\r\n" +
+		"Proxy-Connection: keep-alive\r\n" +
+		"TE: trailers\r\n" +
+		"Upgrade: h2c\r\n" +
+		"X-Forwarded-For: 203.0.113.9\r\n" +
+		"X-Dup: first\r\n" +
+		"Cookie: s=1\r\n" +
+		"X-Dup: second\r\n" +
+		"X-Forwarded-Proto: gopher\r\n" +
+		"\r\n"
+	c, err := net.Dial("tcp", b.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	got := <-heads
+	lines := strings.Split(strings.TrimSuffix(got, "\r\n\r\n"), "\r\n")
+	if lines[0] != "GET /a/../b//c%2Fd?q=1&q=%20 HTTP/1.1" {
+		t.Errorf("request line reached the backend as %q", lines[0])
+	}
+	want := []string{
+		"X-Forwarded-For: 203.0.113.9, 127.0.0.1",
+		"Host: shop.example",
+		"X-Dup: first",
+		"Cookie: s=1",
+		"X-Dup: second",
+		"X-Forwarded-Proto: http",
+		"X-Forwarded-Host: shop.example",
+	}
+	if strings.Join(lines[1:], "\n") != strings.Join(want, "\n") {
+		t.Errorf("backend got headers\n%s\nwant\n%s", strings.Join(lines[1:], "\n"), strings.Join(want, "\n"))
+	}
+
+	r, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(r.Body)
+	if string(body) != "hello" {
+		t.Errorf("body %q", body)
+	}
+	if got := r.Header.Values("Set-Cookie"); strings.Join(got, "|") != "a=1; Path=/|b=2; Path=/x" {
+		t.Errorf("Set-Cookie = %q", got)
+	}
+	if got := r.Header.Values("X-Multi"); strings.Join(got, "|") != "one|two" {
+		t.Errorf("X-Multi = %q", got)
+	}
+	for _, h := range []string{"Connection", "Keep-Alive", "X-Hop", "Server", "Content-Type"} {
+		if v, ok := r.Header[h]; ok {
+			t.Errorf("client got %s: %q", h, v)
+		}
+	}
+}
+
+func TestErrorsMapToStatus(t *testing.T) {
+	// A closed port: connection refused.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := ln.Addr().String()
+	ln.Close()
+
+	garbage := testbed.RawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := testbed.ReadRequestHead(br); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 2OO OK\r\n\r\n")
+	})
+	hang := testbed.RawBackend(t, func(c net.Conn) {
+		_, _ = io.Copy(io.Discard, c)
+	})
+	b := testbed.Start(t, testbed.Config(
+		testbed.PoolYAML("garbage", [][2]string{{"g", garbage}}, "    routes: [{path_prefix: /garbage}]\n"),
+		testbed.PoolYAML("hang", [][2]string{{"h", hang}}, "    routes: [{path_prefix: /hang}]\n    timeouts: {response_header: 300ms}\n"),
+		testbed.PoolYAML("refused", [][2]string{{"r", refused}}, "    routes: [{path_prefix: /refused}]\n"),
+	))
+	b.WaitHealthy(t, "garbage", 1)
+	b.WaitHealthy(t, "hang", 1)
+
+	for path, want := range map[string]int{"/garbage": 502, "/hang": 504, "/refused": 503, "/nowhere": 404} {
+		res, err := http.Get(b.URL(path))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != want {
+			t.Errorf("%s: status %d (%s), want %d", path, res.StatusCode, body, want)
+		}
+	}
+}

@@ -1,0 +1,171 @@
+// Package proxy is baton's request path: the client-facing fasthttp server,
+// routing, forwarding to a backend picked by the pool package, retries, and
+// the classification of every outcome.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/baton-lb/baton/config"
+)
+
+// Server serves client traffic. SetTable swaps the routing table atomically;
+// requests in flight keep the table and pools they started with.
+//
+// It is safe for concurrent use. Server values must not be copied.
+type Server struct {
+	log       zerolog.Logger
+	access    zerolog.Logger
+	accessLog bool
+	maxBody   int64
+	bodyIdle  time.Duration
+	table     atomic.Pointer[Table]
+	srv       *fasthttp.Server
+	exchanges sync.Pool
+}
+
+// New returns a server for cfg's client-facing settings. Those settings are
+// read once: changing them needs a restart, unlike pools and routes.
+func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
+	sc := cfg.Server
+	s := &Server{
+		log:       log,
+		access:    log.With().Str("log", "access").Logger(),
+		accessLog: cfg.Log.AccessLog(),
+		maxBody:   int64(sc.MaxRequestBody),
+		bodyIdle:  sc.BodyIdleTimeout,
+	}
+	s.table.Store(t)
+	s.exchanges.New = func() any { return &exchange{s: s} }
+	s.srv = &fasthttp.Server{
+		Handler:       s.handle,
+		ErrorHandler:  s.errorHandler,
+		ExpectHandler: s.expect,
+		Logger:        fasthttpLogger{log},
+		// Header names are canonicalised (as HAProxy and Envoy lowercase
+		// them); values, order and repeats pass unchanged.
+		DisableHeaderNamesNormalizing: false,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		ReadBufferSize:                int(sc.MaxHeaderBytes),
+		WriteBufferSize:               16 << 10,
+		ReadTimeout:                   sc.ReadHeaderTimeout,
+		IdleTimeout:                   sc.IdleTimeout,
+		WriteTimeout:                  sc.BodyIdleTimeout,
+		// With streaming, this only decides which bodies fasthttp
+		// prefetches; the limit itself is enforced by the handler (413).
+		MaxRequestBodySize:           int(min(s.maxBody, math.MaxInt32)),
+		StreamRequestBody:            true,
+		DisablePreParseMultipartForm: true,
+		CloseOnShutdown:              true,
+		LazyRequestTime:              true,
+		TCPKeepalive:                 true,
+		Concurrency:                  sc.MaxConnections,
+		SecureErrorLogMessage:        true,
+	}
+	return s
+}
+
+// SetTable makes t the routing table for new requests.
+func (s *Server) SetTable(t *Table) { s.table.Store(t) }
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting connections, closes idle ones and waits for
+// requests in flight until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+
+// OpenConnections returns the number of open client connections.
+func (s *Server) OpenConnections() int32 { return s.srv.GetOpenConnectionsCount() }
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	x := s.exchanges.Get().(*exchange)
+	x.start = time.Now()
+	defer func() {
+		// fasthttp does not recover panics; one bad request must not take
+		// down the process. The exchange is dropped, not reused.
+		if r := recover(); r != nil {
+			s.log.Error().Interface("panic", r).Bytes("uri", ctx.RequestURI()).Msg("panic while serving a request")
+			ctx.Response.Reset()
+			ctx.SetStatusCode(500)
+			ctx.SetBodyString("baton: internal error\n")
+			ctx.SetConnectionClose()
+		}
+	}()
+	if !x.serve(ctx) {
+		s.putExchange(x)
+	}
+}
+
+func (s *Server) putExchange(x *exchange) {
+	x.reset()
+	s.exchanges.Put(x)
+}
+
+// expect answers "Expect: 100-continue": a body that is too large is refused
+// before the client sends it.
+func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
+	if cl := ctx.Request.Header.ContentLength(); cl > 0 && int64(cl) > s.maxBody {
+		return fasthttp.StatusRequestEntityTooLarge
+	}
+	return fasthttp.StatusContinue
+}
+
+// errorHandler answers requests fasthttp could not parse. fasthttp closes the
+// connection afterwards.
+func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
+	status, msg := 400, "malformed request: "+cleanErr(err)
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.As(err, &small):
+		status, msg = 431, fmt.Sprintf("the request header is larger than %d bytes", s.srv.ReadBufferSize)
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		status, msg = 413, fmt.Sprintf("the request body is larger than %d bytes", s.maxBody)
+	case isTimeout(err):
+		status, msg = 408, "the request did not arrive in time"
+	case errors.Is(err, fasthttp.ErrDuplicateContentLength):
+		msg = "more than one Content-Length"
+	case errors.Is(err, fasthttp.ErrUnsupportedTransferEncoding):
+		msg = "unsupported Transfer-Encoding"
+	}
+	s.log.Debug().Err(err).Int("status", status).Msg("rejected a malformed request")
+	ctx.Response.Reset()
+	ctx.SetStatusCode(status)
+	ctx.Response.Header.SetContentType("text/plain; charset=utf-8")
+	ctx.SetBodyString("baton: " + msg + "\n")
+	if s.accessLog {
+		s.access.Info().Str("client", ctx.RemoteIP().String()).Int("status", status).
+			Str("outcome", ClassClientError.String()).Str("error", msg).Send()
+	}
+}
+
+// cleanErr shortens a parser error to printable text.
+func cleanErr(err error) string {
+	m := strings.TrimPrefix(err.Error(), "fasthttp: ")
+	if len(m) > 160 {
+		m = m[:160] + "…"
+	}
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return -1
+		}
+		return r
+	}, m)
+}
+
+// fasthttpLogger routes fasthttp's own messages to the debug log.
+type fasthttpLogger struct{ l zerolog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) { f.l.Debug().Msgf(format, args...) }
