@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -52,44 +53,83 @@ func Parse(data []byte, name string) (*Config, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, &Error{File: name, Msg: "the file is empty; it needs at least one pool"}
 		}
-		return nil, yamlSyntaxError(err, name)
+		return nil, yamlSyntaxError(err, name, data)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
 		return nil, &Error{File: name, Line: extra.Line, Msg: "a second YAML document (---) is not allowed; put everything in one"}
 	} else if !errors.Is(err, io.EOF) {
-		return nil, yamlSyntaxError(err, name)
+		return nil, yamlSyntaxError(err, name, data)
 	}
 
 	cfg := &Config{}
 	strict := yaml.NewDecoder(bytes.NewReader(data))
 	strict.KnownFields(true)
-	var errs []error
+	var errs []*Error
 	if err := strict.Decode(cfg); err != nil {
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
-			return nil, yamlSyntaxError(err, name)
+			return nil, yamlSyntaxError(err, name, data)
 		}
 		for _, msg := range te.Errors {
 			errs = append(errs, decodeError(&root, msg, name))
 		}
-		return nil, errors.Join(errs...)
 	}
+	// Validate what did decode, so one typo does not hide the other
+	// problems; a check on a key that failed to decode is left out, since
+	// the decode error already names it.
 	cfg.applyDefaults()
 	for _, e := range cfg.Validate() {
 		var fe *Error
-		if errors.As(e, &fe) {
-			fe.File = name
-			if fe.Line == 0 {
-				fe.Line = lineOf(&root, fe.Path)
-			}
+		if !errors.As(e, &fe) {
+			continue
 		}
-		errs = append(errs, e)
+		if coveredBy(fe.Path, errs) {
+			continue
+		}
+		fe.File = name
+		if fe.Line == 0 {
+			fe.Line = lineOf(&root, fe.Path)
+		}
+		errs = append(errs, fe)
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if len(errs) == 0 {
+		return cfg, nil
 	}
-	return cfg, nil
+	// In file order, as an editor shows them.
+	sort.SliceStable(errs, func(i, j int) bool { return errs[i].Line < errs[j].Line })
+	joined := make([]error, len(errs))
+	for i, e := range errs {
+		joined[i] = e
+	}
+	return nil, errors.Join(joined...)
+}
+
+// coveredBy reports whether path is, or is under, the path of a decode error.
+// A duplicate key makes yaml.v3 give up on its whole mapping, so it covers
+// the mapping that holds it.
+func coveredBy(path string, decodeErrs []*Error) bool {
+	for _, d := range decodeErrs {
+		cover := d.Path
+		if strings.HasPrefix(d.Msg, "duplicate key") {
+			cover = parentPath(cover)
+		}
+		if cover == "" {
+			return true // the whole file
+		}
+		if path == cover || strings.HasPrefix(path, cover+".") || strings.HasPrefix(path, cover+"[") {
+			return true
+		}
+	}
+	return false
+}
+
+// parentPath drops the last key of a path: pools[0].name → pools[0].
+func parentPath(p string) string {
+	if i := strings.LastIndexByte(p, '.'); i >= 0 {
+		return p[:i]
+	}
+	return ""
 }
 
 // Errors splits an error returned by Load or Parse into its problems.
@@ -105,24 +145,44 @@ func Errors(err error) []error {
 
 var lineRE = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 
-func yamlSyntaxError(err error, name string) error {
-	m := lineRE.FindStringSubmatch(err.Error())
-	if m == nil {
-		return &Error{File: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+// yamlSyntaxError turns a yaml.v3 syntax error into an Error on the right
+// line. yaml.v3 numbers parser errors from 0 (and omits line 0), and points a
+// misplaced tab at the construct that contains it, so both are corrected here.
+func yamlSyntaxError(err error, name string, data []byte) error {
+	text := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 0
+	if m := lineRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		text = m[2]
 	}
-	line, _ := strconv.Atoi(m[1])
-	return &Error{File: name, Line: line, Msg: "YAML syntax: " + m[2]}
+	switch {
+	case strings.HasPrefix(text, "did not find expected"):
+		line++ // a parser error: 0-based
+	case line == 0:
+		line = 1
+	}
+	if strings.HasPrefix(text, "found a tab character") {
+		lines := strings.Split(string(data), "\n")
+		for i := line - 1; i >= 0 && i < len(lines); i++ {
+			indent := lines[i][:len(lines[i])-len(strings.TrimLeft(lines[i], " \t"))]
+			if strings.Contains(indent, "\t") {
+				line = i + 1
+				break
+			}
+		}
+	}
+	return &Error{File: name, Line: line, Msg: "YAML syntax: " + text}
 }
 
 var (
 	unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type`)
 	dupKeyRE       = regexp.MustCompile(`^mapping key "(.+)" already defined at line (\d+)$`)
-	cannotRE       = regexp.MustCompile("^cannot unmarshal !!(\\w+) `(.*)` into (\\S+)$")
+	cannotRE       = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (\\S+)$")
 )
 
 // decodeError turns one of yaml.v3's "line N: ..." messages into an Error
 // carrying the key's path.
-func decodeError(root *yaml.Node, msg, name string) error {
+func decodeError(root *yaml.Node, msg, name string) *Error {
 	m := lineRE.FindStringSubmatch(msg)
 	if m == nil {
 		return &Error{File: name, Msg: msg}
@@ -130,15 +190,29 @@ func decodeError(root *yaml.Node, msg, name string) error {
 	line, _ := strconv.Atoi(m[1])
 	text := m[2]
 	if u := unknownFieldRE.FindStringSubmatch(text); u != nil {
-		return &Error{File: name, Line: line, Path: pathAt(root, line, u[1]), Msg: "unknown key"}
+		return &Error{File: name, Line: line, Path: pathAt(root, line, u[1], ""), Msg: "unknown key"}
 	}
 	if d := dupKeyRE.FindStringSubmatch(text); d != nil {
-		return &Error{File: name, Line: line, Path: pathAt(root, line, d[1]), Msg: "duplicate key (first set on line " + d[2] + ")"}
+		return &Error{File: name, Line: line, Path: pathAt(root, line, d[1], ""), Msg: "duplicate key (first set on line " + d[2] + ")"}
 	}
 	if c := cannotRE.FindStringSubmatch(text); c != nil {
-		return &Error{File: name, Line: line, Path: pathAt(root, line, ""), Msg: fmt.Sprintf("must be %s, got %s %q", typeWord(c[3]), c[1], c[2])}
+		got := "a mapping"
+		switch {
+		case c[1] == "seq":
+			got = "a list"
+		case c[1] != "map":
+			got = fmt.Sprintf("%s %q", c[1], c[2])
+		}
+		path := pathAt(root, line, "", c[2])
+		switch {
+		case c[3] == "config.Config":
+			path = "" // the whole file
+		case c[1] == "seq" || c[1] == "map":
+			path = pathOfNodeAt(root, line)
+		}
+		return &Error{File: name, Line: line, Path: path, Msg: fmt.Sprintf("must be %s, got %s", typeWord(c[3]), got)}
 	}
-	return &Error{File: name, Line: line, Path: pathAt(root, line, ""), Msg: text}
+	return &Error{File: name, Line: line, Path: pathAt(root, line, "", ""), Msg: text}
 }
 
 func typeWord(goType string) string {
@@ -160,14 +234,27 @@ func typeWord(goType string) string {
 	return "a mapping"
 }
 
-// pathAt finds the YAML path of the key on line (named key when given, else
-// the value on that line).
-func pathAt(root *yaml.Node, line int, key string) string {
-	doc := root
-	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
-		doc = doc.Content[0]
+func docNode(root *yaml.Node) *yaml.Node {
+	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
+		return root.Content[0]
 	}
-	var best string
+	return root
+}
+
+// pathAt finds the YAML path of a key on line: the key named key when given;
+// else the key whose scalar value is value (yaml.v3 shortens long values to
+// their start and "..."); else the first key on the line.
+func pathAt(root *yaml.Node, line int, key, value string) string {
+	var byKey, byValue, first string
+	matches := func(v string) bool {
+		if value == "" {
+			return false
+		}
+		if p, ok := strings.CutSuffix(value, "..."); ok {
+			return strings.HasPrefix(v, p)
+		}
+		return v == value
+	}
 	var walk func(n *yaml.Node, path string)
 	walk = func(n *yaml.Node, path string) {
 		switch n.Kind {
@@ -175,26 +262,81 @@ func pathAt(root *yaml.Node, line int, key string) string {
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				k, v := n.Content[i], n.Content[i+1]
 				p := join(path, k.Value)
-				if k.Line == line && (key == "" || k.Value == key) && (best == "" || key != "") {
-					best = p
+				if k.Line == line {
+					if key != "" && k.Value == key && byKey == "" {
+						byKey = p
+					}
+					if first == "" {
+						first = p
+					}
 				}
-				if v.Line == line && key == "" && v.Kind == yaml.ScalarNode && best == "" {
-					best = p
+				if v.Line == line && v.Kind == yaml.ScalarNode {
+					if matches(v.Value) && byValue == "" {
+						byValue = p
+					}
+					if first == "" {
+						first = p
+					}
 				}
 				walk(v, p)
 			}
 		case yaml.SequenceNode:
 			for i, c := range n.Content {
 				p := fmt.Sprintf("%s[%d]", path, i)
-				if c.Line == line && key == "" && c.Kind == yaml.ScalarNode && best == "" {
-					best = p
+				if c.Line == line && c.Kind == yaml.ScalarNode {
+					if matches(c.Value) && byValue == "" {
+						byValue = p
+					}
+					if first == "" {
+						first = p
+					}
 				}
 				walk(c, p)
 			}
 		}
 	}
+	walk(docNode(root), "")
+	switch {
+	case byKey != "":
+		return byKey
+	case byValue != "":
+		return byValue
+	}
+	return first
+}
+
+// pathOfNodeAt finds the path of the list or mapping value that starts on
+// line.
+func pathOfNodeAt(root *yaml.Node, line int) string {
+	doc := docNode(root)
+	found := ""
+	var walk func(n *yaml.Node, path string) bool
+	walk = func(n *yaml.Node, path string) bool {
+		check := func(c *yaml.Node, p string) bool {
+			if c.Line == line && c.Kind != yaml.ScalarNode {
+				found = p
+				return true
+			}
+			return walk(c, p)
+		}
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if check(n.Content[i+1], join(path, n.Content[i].Value)) {
+					return true
+				}
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				if check(c, fmt.Sprintf("%s[%d]", path, i)) {
+					return true
+				}
+			}
+		}
+		return false
+	}
 	walk(doc, "")
-	return best
+	return found
 }
 
 func join(path, key string) string {
