@@ -105,7 +105,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	if h.IsConnect() {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
-	x.scratch = x.sc.scan(h.RawHeaders(), x.scratch)
+	x.sc.scan(h.RawHeaders())
 	if x.sc.te && h.ContentLength() != -1 {
 		// fasthttp ignores "Transfer-Encoding: identity"; a request framed by
 		// anything but chunked is ambiguous to someone on the path.
@@ -460,25 +460,26 @@ func (x *exchange) Read(p []byte) (int, error) {
 	n, err := x.read(p)
 	x.bytesOut += int64(n)
 	if err != nil && err != io.EOF {
-		x.readErr = err
-		x.class = classify(err, stageBody, 0)
-		if x.b != nil {
-			x.b.NoteError(x.class.String() + " in the response body: " + err.Error())
-		}
+		return n, x.fail(err)
 	}
 	return n, err
 }
 
+// awaitData renews deadlines when the backend's buffer is empty, since the
+// next read waits for the network: the backend's idle deadline, and the
+// client's write deadline, which fasthttp set once for the whole response.
+func (x *exchange) awaitData() {
+	if x.conn.Reader().Buffered() > 0 {
+		return
+	}
+	now := time.Now()
+	_ = x.conn.NetConn().SetReadDeadline(x.bound(now.Add(x.cfg.Timeouts.Idle)))
+	_ = x.clientConn.SetWriteDeadline(now.Add(x.s.bodyIdle))
+}
+
 func (x *exchange) read(p []byte) (int, error) {
 	br := x.conn.Reader()
-	if br.Buffered() == 0 {
-		// About to wait for the network: renew the backend's idle deadline
-		// and the client's write deadline, which fasthttp set once for the
-		// whole response.
-		now := time.Now()
-		_ = x.conn.NetConn().SetReadDeadline(x.bound(now.Add(x.cfg.Timeouts.Idle)))
-		_ = x.clientConn.SetWriteDeadline(now.Add(x.s.bodyIdle))
-	}
+	x.awaitData()
 	switch x.framing {
 	case frameLength:
 		n, err := br.Read(p[:min(int64(len(p)), x.left)])
@@ -501,39 +502,9 @@ func (x *exchange) read(p []byte) (int, error) {
 	// Chunked: one backend chunk per Read, so fasthttp forwards each chunk as
 	// it arrives (server-sent events, long polls).
 	if x.left == 0 {
-		if x.chunkCRLF {
-			line, err := br.ReadSlice('\n')
-			if err != nil {
-				return 0, chunkErr(err)
-			}
-			if len(trimCR(line)) != 0 {
-				return 0, badResponse("chunk data longer than its size")
-			}
-			x.chunkCRLF = false
+		if err := x.nextChunk(); err != nil {
+			return 0, err
 		}
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			return 0, chunkErr(err)
-		}
-		size, ok := parseChunkSize(trimCR(line))
-		if !ok {
-			return 0, badResponse("chunk size %.20q", line)
-		}
-		if size == 0 {
-			// Trailer fields end the body; baton does not forward them.
-			for {
-				line, err := br.ReadSlice('\n')
-				if err != nil {
-					return 0, chunkErr(err)
-				}
-				if len(trimCR(line)) == 0 {
-					break
-				}
-			}
-			x.done = true
-			return 0, io.EOF
-		}
-		x.left = size
 	}
 	n, err := br.Read(p[:min(int64(len(p)), x.left)])
 	x.left -= int64(n)
@@ -544,6 +515,118 @@ func (x *exchange) read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
+}
+
+// nextChunk reads the next chunk's header (after the previous chunk's CRLF)
+// into x.left. At the last chunk it reads the trailer section, marks the body
+// done and returns io.EOF.
+func (x *exchange) nextChunk() error {
+	br := x.conn.Reader()
+	if x.chunkCRLF {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return chunkErr(err)
+		}
+		if len(trimCR(line)) != 0 {
+			return badResponse("chunk data longer than its size")
+		}
+		x.chunkCRLF = false
+	}
+	x.awaitData()
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return chunkErr(err)
+	}
+	size, ok := parseChunkSize(trimCR(line))
+	if !ok {
+		return badResponse("chunk size %.20q", line)
+	}
+	if size == 0 {
+		// Trailer fields end the body; baton does not forward them.
+		for {
+			x.awaitData()
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				return chunkErr(err)
+			}
+			if len(trimCR(line)) == 0 {
+				break
+			}
+		}
+		x.done = true
+		return io.EOF
+	}
+	x.left = size
+	return nil
+}
+
+// SupportsBodyWriteTo tells fasthttp that WriteTo may replace Read.
+func (x *exchange) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo copies the response body straight from the backend connection's
+// read buffer into the client's writer: no intermediate copy and no
+// allocation. For chunked bodies each piece is one client chunk, written and
+// flushed as it arrives.
+func (x *exchange) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	br := x.conn.Reader()
+	for !x.done {
+		if x.readErr != nil {
+			return total, x.readErr
+		}
+		if x.framing == frameChunked && x.left == 0 {
+			if err := x.nextChunk(); err != nil {
+				if err == io.EOF {
+					break
+				}
+				return total, x.fail(err)
+			}
+		}
+		x.awaitData()
+		if _, err := br.Peek(1); err != nil {
+			if err == io.EOF && x.framing == frameClose {
+				x.done = true
+				break
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return total, x.fail(err)
+		}
+		n := int64(br.Buffered())
+		if x.framing != frameClose {
+			n = min(n, x.left)
+		}
+		b, _ := br.Peek(int(n))
+		m, werr := w.Write(b)
+		_, _ = br.Discard(m)
+		total += int64(m)
+		x.bytesOut += int64(m)
+		if x.framing != frameClose {
+			x.left -= int64(m)
+			if x.left == 0 {
+				if x.framing == frameLength {
+					x.done = true
+				} else {
+					x.chunkCRLF = true
+				}
+			}
+		}
+		if werr != nil {
+			return total, werr
+		}
+	}
+	return total, nil
+}
+
+// fail records a failure reading the backend's body.
+func (x *exchange) fail(err error) error {
+	x.readErr = err
+	x.class = classify(err, stageBody, 0)
+	if x.b != nil {
+		x.b.NoteError(x.class.String() + " in the response body: " + err.Error())
+	}
+	return err
 }
 
 func chunkErr(err error) error {
@@ -574,7 +657,7 @@ func parseChunkSize(line []byte) (int64, bool) {
 		if !ok {
 			break
 		}
-		if i >= 15 {
+		if n >= 1<<56 {
 			return 0, false // over 2^60: no honest backend sends that
 		}
 		n = n<<4 | int64(d)

@@ -157,12 +157,30 @@ func classifyName(n []byte) int {
 // connTokens holds the header names listed in Connection fields, which are
 // hop-by-hop too (RFC 9110 §7.6.1). A fixed array: no allocation.
 type connTokens struct {
-	n    int
-	over bool // more than fit: every non-essential unknown field is then suspect
-	tok  [16][]byte
+	n   int
+	tok [16][]byte
+	buf []byte // holds the joined values of folded Connection fields
 }
 
-func (ct *connTokens) reset() { *ct = connTokens{} }
+func (ct *connTokens) reset() {
+	ct.n = 0
+	ct.tok = [16][]byte{}
+	ct.buf = ct.buf[:0]
+}
+
+// addField records the tokens of a Connection field, joining obs-fold
+// continuation lines into the tokens' own buffer.
+func (ct *connTokens) addField(f field) []byte {
+	if len(f.cont) == 0 {
+		ct.add(f.value)
+		return f.value
+	}
+	start := len(ct.buf)
+	ct.buf = appendValue(ct.buf, f)
+	v := ct.buf[start:]
+	ct.add(v)
+	return v
+}
 
 // add records the comma-separated tokens of one Connection value.
 func (ct *connTokens) add(v []byte) {
@@ -179,8 +197,7 @@ func (ct *connTokens) add(v []byte) {
 			continue
 		}
 		if ct.n == len(ct.tok) {
-			ct.over = true
-			return
+			return // beyond 16 names: the rest pass (no real client sends that many)
 		}
 		ct.tok[ct.n] = t
 		ct.n++
@@ -204,8 +221,8 @@ type reqScan struct {
 	conn           connTokens
 }
 
-// scanRequest reads the raw request header block once.
-func (sc *reqScan) scan(raw, scratch []byte) []byte {
+// scan reads the raw request header block once.
+func (sc *reqScan) scan(raw []byte) {
 	sc.bareLF, sc.folded, sc.te, sc.xff = false, false, false, false
 	sc.conn.reset()
 	for i := 0; ; {
@@ -218,20 +235,13 @@ func (sc *reqScan) scan(raw, scratch []byte) []byte {
 		sc.folded = sc.folded || fold
 		switch classifyName(f.name) {
 		case hdrConnection:
-			if len(f.cont) > 0 {
-				scratch = appendValue(scratch[:0], f)
-				// Tokens alias scratch; keep it alive for the request.
-				sc.conn.add(scratch)
-			} else {
-				sc.conn.add(f.value)
-			}
+			sc.conn.addField(f)
 		case hdrTransferEncoding:
 			sc.te = true
 		case hdrXFF:
 			sc.xff = true
 		}
 	}
-	return scratch
 }
 
 // appendRequestHead appends the head baton sends to a backend: the client's
@@ -366,6 +376,7 @@ type respHead struct {
 	framing   framing
 	length    int64
 	closeConn bool // the backend asked to close, or framing requires it
+	http10    bool // an HTTP/1.0 response
 	got       int  // bytes of response read, for "did the backend say anything"
 }
 
@@ -389,6 +400,9 @@ func readResponseHead(br *bufio.Reader, resp *fasthttp.ResponseHeader, isHead bo
 		if perr != nil {
 			return rh, scratch, perr
 		}
+		// An HTTP/1.0 response closes the connection unless it says
+		// "Connection: keep-alive" (fillResponse clears this then).
+		rh.http10 = block[7] == '0'
 		if code >= 100 && code < 200 {
 			if code == 101 {
 				return rh, scratch, badResponse("101 Switching Protocols to a request that did not ask for an upgrade")
@@ -476,7 +490,7 @@ func parseStatusLine(b []byte) (code int, reason []byte, next int, err error) {
 func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isHead bool, ct *connTokens, scratch []byte, rh *respHead) ([]byte, error) {
 	ct.reset()
 	length := int64(-1)
-	chunked, te := false, false
+	chunked, te, keepAlive := false, false, false
 	// Pass 1: validate, find framing and Connection tokens.
 	for i := 0; ; {
 		f, next, _, _, ok := nextField(b, i)
@@ -492,18 +506,9 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 		}
 		switch classifyName(f.name) {
 		case hdrConnection:
-			if len(f.cont) > 0 {
-				scratch = appendValue(scratch[:0], f)
-				ct.add(scratch)
-				if hasToken(scratch, "close") {
-					rh.closeConn = true
-				}
-			} else {
-				ct.add(f.value)
-				if hasToken(f.value, "close") {
-					rh.closeConn = true
-				}
-			}
+			v := ct.addField(f)
+			rh.closeConn = rh.closeConn || hasToken(v, "close")
+			keepAlive = keepAlive || hasToken(v, "keep-alive")
 		case hdrContentLength:
 			n, ok := parseLength(f.value)
 			if !ok || (length >= 0 && n != length) {
@@ -522,6 +527,9 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 		}
 	}
 
+	if rh.http10 && !keepAlive {
+		rh.closeConn = true
+	}
 	resp.SetStatusCode(code)
 	if len(reason) > 0 {
 		resp.SetStatusMessage(reason)
