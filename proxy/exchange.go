@@ -106,6 +106,9 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
 	x.sc.scan(h.RawHeaders())
+	if x.sc.badName != nil {
+		return x.reply(ctx, 400, "invalid header field name "+strconv.Quote(string(x.sc.badName[:min(len(x.sc.badName), 64)])), true)
+	}
 	if x.sc.te && h.ContentLength() != -1 {
 		// fasthttp ignores "Transfer-Encoding: identity"; a request framed by
 		// anything but chunked is ambiguous to someone on the path.
@@ -138,6 +141,11 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	switch cl := h.ContentLength(); {
 	case cl == -1:
 		x.bodyLen, x.streamBody = bodyChunked, true
+		// fasthttp reads the trailer section itself and accepts a bare LF
+		// there, which a proxy in front of baton may frame differently. The
+		// connection ends after a chunked request, so nothing after its body
+		// is ever read as another request.
+		ctx.SetConnectionClose()
 	case cl > 0:
 		if int64(cl) > s.maxBody {
 			return x.reply(ctx, 413, "the request body is larger than "+strconv.FormatInt(s.maxBody, 10)+" bytes", true)

@@ -216,14 +216,15 @@ func (ct *connTokens) has(name []byte) bool {
 // reqScan is what one pass over a request's raw header block found.
 type reqScan struct {
 	bareLF, folded bool
-	te             bool // a Transfer-Encoding field is present
+	badName        []byte // the first field name that is not a token, or nil
+	te             bool   // a Transfer-Encoding field is present
 	xff            bool
 	conn           connTokens
 }
 
 // scan reads the raw request header block once.
 func (sc *reqScan) scan(raw []byte) {
-	sc.bareLF, sc.folded, sc.te, sc.xff = false, false, false, false
+	sc.bareLF, sc.folded, sc.te, sc.xff, sc.badName = false, false, false, false, nil
 	sc.conn.reset()
 	for i := 0; ; {
 		f, next, lf, fold, ok := nextField(raw, i)
@@ -233,6 +234,11 @@ func (sc *reqScan) scan(raw []byte) {
 		}
 		i = next
 		sc.folded = sc.folded || fold
+		if sc.badName == nil && !validName(f.name) {
+			// fasthttp accepts "Content Length: 5"; a backend might not
+			// read it the way baton does, so it is refused.
+			sc.badName = f.name
+		}
 		switch classifyName(f.name) {
 		case hdrConnection:
 			sc.conn.addField(f)
