@@ -448,7 +448,9 @@ func (x *exchange) releaseConn(reuse bool) {
 	if x.conn == nil {
 		return
 	}
-	if reuse {
+	// Bytes left over after a complete response (a body sent with a HEAD
+	// answer, junk after the body) would be read as the next response.
+	if reuse && x.conn.Reader().Buffered() == 0 {
 		x.conn.Release(pool.Nanotime())
 	} else {
 		x.conn.Close()
