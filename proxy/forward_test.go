@@ -151,3 +151,67 @@ func TestErrorsMapToStatus(t *testing.T) {
 		}
 	}
 }
+
+// A client that goes away mid-response is logged as 499 and never counted
+// against the backend.
+func TestClientGoneIsLogged499(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	addr := testbed.Backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < 1000; i++ {
+			if _, err := io.WriteString(w, "data: tick\n\n"); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+				return
+			case <-r.Context().Done():
+				return
+			case <-time.After(10 * time.Millisecond): // the stream's own pace
+			}
+		}
+	}))
+	b := testbed.Start(t, testbed.Config(testbed.PoolYAML("web", [][2]string{{"b1", addr}}, "")))
+	b.WaitHealthy(t, "web", 1)
+
+	c, err := net.Dial("tcp", b.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET /events HTTP/1.1\r\nHost: shop\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(res.Body).ReadString('\n')
+	if err != nil || line != "data: tick\n" {
+		t.Fatalf("first event %q, %v", line, err)
+	}
+	// Reset rather than FIN, so baton's next write fails at once.
+	_ = c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+
+	testbed.Eventually(t, 10*time.Second, func() bool {
+		return strings.Contains(b.Logs.String(), `"status":499`)
+	}, "an access log line with status 499")
+	logs := b.Logs.String()
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, `"status":499`) && !strings.Contains(l, `"outcome":"client_gone"`) {
+			t.Errorf("499 line without outcome client_gone: %s", l)
+		}
+	}
+	be := b.Pool(t, "web").Backend("b1")
+	if be.Errors() != 0 {
+		t.Errorf("backend blamed for the client leaving: %d errors (last: %s)", be.Errors(), be.LastError())
+	}
+	testbed.Eventually(t, 5*time.Second, func() bool { return be.Inflight() == 0 }, "the request to end on the backend")
+}
