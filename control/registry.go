@@ -4,8 +4,10 @@
 package control
 
 import (
+	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -83,5 +85,31 @@ func (r *Registry) Close() {
 	defer r.mu.Unlock()
 	for _, p := range r.pools {
 		p.Close()
+	}
+}
+
+// WaitHealthy waits until every pool has a backend that takes requests, or
+// ctx ends. It reports whether all pools are ready.
+func (r *Registry) WaitHealthy(ctx context.Context) bool {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ready := true
+		r.mu.Lock()
+		for _, p := range r.pools {
+			if !p.HasAvailable() {
+				ready = false
+				break
+			}
+		}
+		r.mu.Unlock()
+		if ready {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
 	}
 }

@@ -300,6 +300,12 @@ func (g *group) pickLeast(exclude *Backend) *Backend {
 	return nil
 }
 
+// HasAvailable reports whether some backend of the pool takes new requests.
+func (p *Pool) HasAvailable() bool {
+	v := p.view.Load()
+	return len(v.stable.sched) > 0 || (v.canary != nil && len(v.canary.sched) > 0)
+}
+
 // Backend returns the named backend, or nil.
 func (p *Pool) Backend(name string) *Backend {
 	p.mu.Lock()

@@ -86,6 +86,11 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(t
 	}
 	ev.Msg("baton is serving")
 	if ready != nil {
+		// Give the first health checks a moment, so that whoever is told
+		// "ready" finds backends taking requests.
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		reg.WaitHealthy(wctx)
+		cancel()
 		ready(ln.Addr(), adminAddr)
 	}
 
