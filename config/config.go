@@ -23,6 +23,16 @@ type Config struct {
 	Log    Log    `yaml:"log"`
 	Server Server `yaml:"server"`
 
+	// StateFile is where baton keeps runtime decisions (drains, ejections,
+	// weight overrides, canary share) across restarts; each is written
+	// there, atomically, before it is acknowledged. A relative path is
+	// relative to the config file. Default: beside the config file, named
+	// after it (baton.yaml → baton.state.json). "off": memory only, so
+	// decisions end with the process.
+	StateFile string `yaml:"state_file"`
+	// stateFileSet records that the file said "off".
+	stateFileSet bool
+
 	// Pools are the applications behind baton. At least one is required.
 	Pools []Pool `yaml:"pools"`
 }
@@ -249,6 +259,9 @@ const (
 // applyDefaults fills every field the file left empty. It runs before
 // Validate, which then sees only explicit choices and defaults.
 func (c *Config) applyDefaults() {
+	if c.StateFile == "off" {
+		c.StateFile, c.stateFileSet = "", true
+	}
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}

@@ -42,7 +42,20 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	return Parse(data, filepath.Base(path))
+	cfg, err := Parse(data, filepath.Base(path))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case cfg.StateFile == "" && cfg.stateFileSet:
+		// "off"
+	case cfg.StateFile == "":
+		base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+		cfg.StateFile = filepath.Join(filepath.Dir(path), base+".state.json")
+	case !filepath.IsAbs(cfg.StateFile):
+		cfg.StateFile = filepath.Join(filepath.Dir(path), cfg.StateFile)
+	}
+	return cfg, nil
 }
 
 // Parse is Load for bytes already read; name is used in error messages.

@@ -1,12 +1,17 @@
-// Package control is the live registry: it turns a loaded config into running
-// pools and a routing table, and is the one place where changes to them are
-// applied.
+// Package control is the live registry: it turns the config file and the
+// runtime overlay into running pools and a routing table, and is the one
+// place where changes — reloads and operator or judge decisions — are
+// applied, in order, and persisted before they are acknowledged.
 package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"reflect"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -16,31 +21,80 @@ import (
 	"github.com/baton-lb/baton/proxy"
 )
 
-// Registry holds the running pools and the routing table built from the
-// current config.
-//
-// It is safe for concurrent use; changes are serialised on mu.
-type Registry struct {
-	log zerolog.Logger
+// ErrUnknownPool is returned for a pool name the config does not have.
+var ErrUnknownPool = errors.New("unknown pool")
 
-	mu    sync.Mutex // protects cfg, pools, table
-	cfg   *config.Config
-	pools map[string]*pool.Pool
-	table *proxy.Table
+// Registry holds the running pools, the routing table and the runtime
+// overlay.
+//
+// It is safe for concurrent use; changes are serialised on mu. The request
+// path never takes mu: it reads the routing table the proxy holds and the
+// pools' own lock-free views.
+type Registry struct {
+	log       zerolog.Logger
+	stateFile string
+
+	mu         sync.Mutex // protects everything below
+	cfg        *config.Config
+	state      *State
+	pools      map[string]*pool.Pool
+	table      *proxy.Table
+	onTable    func(*proxy.Table)
+	started    bool
+	generation int64
+
+	reloadsOK     atomic.Int64
+	reloadsFailed atomic.Int64
+	lastReload    atomic.Int64 // unix seconds of the last successful load
 }
 
-// New builds pools and the routing table for cfg. Nothing runs until Start.
-func New(cfg *config.Config, log zerolog.Logger) (*Registry, error) {
-	r := &Registry{log: log, cfg: cfg, pools: make(map[string]*pool.Pool)}
-	for _, pc := range cfg.Pools {
-		r.pools[pc.Name] = pool.New(pc, log)
+// New builds pools and the routing table for cfg with the overlay read from
+// stateFile (none when empty). An unreadable or corrupt state file is an
+// error: baton does not start by forgetting decisions. Nothing runs until
+// Start.
+func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, error) {
+	st, err := loadState(stateFile)
+	if err != nil {
+		return nil, err
 	}
+	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool)}
+	r.pruneLocked()
+	for _, pc := range cfg.Pools {
+		r.pools[pc.Name] = pool.New(effective(pc, st.Pools[pc.Name]), log)
+	}
+	r.applyStatesLocked()
 	t, err := proxy.BuildTable(cfg, r.pools)
 	if err != nil {
 		return nil, err
 	}
 	r.table = t
+	r.generation = 1
+	r.reloadsOK.Add(1)
+	r.lastReload.Store(time.Now().Unix())
+	if n := r.countOverlay(); n > 0 {
+		log.Info().Str("state_file", stateFile).Int("decisions", n).Msg("runtime decisions restored from the state file")
+	}
 	return r, nil
+}
+
+func (r *Registry) countOverlay() int {
+	n := 0
+	for _, ps := range r.state.Pools {
+		if ps.Canary != nil || ps.StableVersion != "" {
+			n++
+		}
+		n += len(ps.Backends)
+	}
+	return n
+}
+
+// OnTable registers the function that receives every new routing table
+// (the proxy's SetTable). It is called with the current one at once.
+func (r *Registry) OnTable(f func(*proxy.Table)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onTable = f
+	f(r.table)
 }
 
 // Table returns the routing table for the current config.
@@ -50,6 +104,26 @@ func (r *Registry) Table() *proxy.Table {
 	return r.table
 }
 
+// Config returns the config in force.
+func (r *Registry) Config() *config.Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cfg
+}
+
+// Generation counts the configs applied since start, the first included.
+func (r *Registry) Generation() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.generation
+}
+
+// Reloads returns how many config loads succeeded and failed, and when the
+// last one succeeded (unix seconds).
+func (r *Registry) Reloads() (ok, failed, last int64) {
+	return r.reloadsOK.Load(), r.reloadsFailed.Load(), r.lastReload.Load()
+}
+
 // Pool returns the named pool, or nil.
 func (r *Registry) Pool(name string) *pool.Pool {
 	r.mu.Lock()
@@ -57,11 +131,24 @@ func (r *Registry) Pool(name string) *pool.Pool {
 	return r.pools[name]
 }
 
+// Pools returns the running pools in config order.
+func (r *Registry) Pools() []*pool.Pool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*pool.Pool, 0, len(r.pools))
+	for _, pc := range r.cfg.Pools {
+		if p := r.pools[pc.Name]; p != nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // Backend returns the named backend of the named pool.
 func (r *Registry) Backend(poolName, name string) (*pool.Backend, error) {
 	p := r.Pool(poolName)
 	if p == nil {
-		return nil, fmt.Errorf("unknown pool %q", poolName)
+		return nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
 	}
 	b := p.Backend(name)
 	if b == nil {
@@ -74,6 +161,7 @@ func (r *Registry) Backend(poolName, name string) (*pool.Backend, error) {
 func (r *Registry) Start() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.started = true
 	for _, p := range r.pools {
 		p.Start()
 	}
@@ -95,14 +183,12 @@ func (r *Registry) WaitHealthy(ctx context.Context) bool {
 	defer t.Stop()
 	for {
 		ready := true
-		r.mu.Lock()
-		for _, p := range r.pools {
+		for _, p := range r.Pools() {
 			if !p.HasAvailable() {
 				ready = false
 				break
 			}
 		}
-		r.mu.Unlock()
 		if ready {
 			return true
 		}
@@ -112,4 +198,297 @@ func (r *Registry) WaitHealthy(ctx context.Context) bool {
 		case <-t.C:
 		}
 	}
+}
+
+// ReloadFile loads the config at path and applies it. A file that does not
+// load or validate changes nothing: its errors are logged and returned, and
+// the failure is counted.
+func (r *Registry) ReloadFile(path string) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		r.reloadsFailed.Add(1)
+		errs := config.Errors(err)
+		msgs := make([]string, len(errs))
+		for i, e := range errs {
+			msgs[i] = e.Error()
+		}
+		r.log.Error().Str("file", path).Strs("errors", msgs).
+			Msg("config reload rejected; the running config stays in force")
+		return err
+	}
+	return r.Reload(cfg)
+}
+
+// Reload applies a validated config by difference: pools and backends that
+// did not change keep their connections, counters, health and admin state;
+// new backends join unchecked (no traffic until a health check passes);
+// removed backends stop receiving requests and close once their in-flight
+// requests and streams end. The overlay is re-applied on top. An identical
+// config changes nothing.
+func (r *Registry) Reload(cfg *config.Config) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if reflect.DeepEqual(r.cfg, cfg) {
+		r.reloadsOK.Add(1)
+		r.lastReload.Store(time.Now().Unix())
+		r.log.Debug().Msg("config unchanged; nothing to do")
+		return nil
+	}
+	if cfg.Listen != r.cfg.Listen || cfg.Admin != r.cfg.Admin || cfg.Server != r.cfg.Server || !reflect.DeepEqual(cfg.Log, r.cfg.Log) {
+		r.log.Warn().Msg("listen, admin, server and log settings changed in the file; they take effect at the next restart")
+	}
+	prevPools := r.pools
+	next := make(map[string]*pool.Pool, len(cfg.Pools))
+	var added, removed, changed []string
+	for _, pc := range cfg.Pools {
+		eff := effective(pc, r.state.Pools[pc.Name])
+		if p := prevPools[pc.Name]; p != nil {
+			if !reflect.DeepEqual(*p.Settings(), eff) {
+				changed = append(changed, pc.Name)
+			}
+			p.Configure(eff)
+			next[pc.Name] = p
+			continue
+		}
+		p := pool.New(eff, r.log)
+		if r.started {
+			p.Start()
+		}
+		next[pc.Name] = p
+		added = append(added, pc.Name)
+	}
+	t, err := proxy.BuildTable(cfg, next)
+	if err != nil {
+		r.reloadsFailed.Add(1)
+		return err
+	}
+	for name, p := range prevPools {
+		if next[name] == nil {
+			removed = append(removed, name)
+			p.Retire()
+		}
+	}
+	r.cfg = cfg
+	r.pools = next
+	r.table = t
+	r.generation++
+	if r.pruneLocked() {
+		if err := saveState(r.stateFile, r.state); err != nil {
+			r.log.Error().Err(err).Msg("could not write the state file after dropping decisions about removed backends")
+		}
+	}
+	r.applyStatesLocked()
+	if r.onTable != nil {
+		r.onTable(t)
+	}
+	r.reloadsOK.Add(1)
+	r.lastReload.Store(time.Now().Unix())
+	sort.Strings(changed)
+	r.log.Info().Int64("generation", r.generation).Strs("pools_added", added).Strs("pools_removed", removed).
+		Strs("pools_changed", changed).Msg("config reloaded")
+	return nil
+}
+
+// pruneLocked drops overlay entries for pools and backends the file no longer
+// has (backends added at runtime stay). It reports whether anything went.
+func (r *Registry) pruneLocked() bool {
+	inFile := map[string]map[string]bool{}
+	for _, pc := range r.cfg.Pools {
+		m := map[string]bool{}
+		for _, b := range pc.Backends {
+			m[b.Name] = true
+		}
+		inFile[pc.Name] = m
+	}
+	dropped := false
+	for pn, ps := range r.state.Pools {
+		names, ok := inFile[pn]
+		if !ok {
+			delete(r.state.Pools, pn)
+			r.log.Warn().Str("pool", pn).Msg("the file no longer has this pool; its runtime decisions are dropped")
+			dropped = true
+			continue
+		}
+		for bn, bs := range ps.Backends {
+			if !names[bn] && !bs.Added {
+				delete(ps.Backends, bn)
+				r.log.Warn().Str("pool", pn).Str("backend", bn).Msg("the file no longer has this backend; its runtime decisions are dropped")
+				dropped = true
+			}
+		}
+	}
+	r.state.compact()
+	return dropped
+}
+
+// applyStatesLocked puts every backend in the admin state the overlay
+// records. A backend that was draining when baton stopped comes back drained:
+// nothing of the old process is in flight.
+func (r *Registry) applyStatesLocked() {
+	for pn, ps := range r.state.Pools {
+		p := r.pools[pn]
+		if p == nil {
+			continue
+		}
+		for bn, bs := range ps.Backends {
+			var err error
+			switch bs.State {
+			case "draining", "drained":
+				_, err = p.Drain(bn)
+			case "ejected":
+				_, err = p.Eject(bn)
+			}
+			if err != nil {
+				r.log.Warn().Err(err).Str("pool", pn).Str("backend", bn).Msg("could not re-apply a runtime decision")
+			}
+		}
+	}
+}
+
+// change prepares a new overlay with edit, persists it, and only then makes
+// it current and calls apply. Nothing changes when persisting fails.
+func (r *Registry) changeLocked(edit func(*State) error, apply func() error) error {
+	next := r.state.clone()
+	if err := edit(next); err != nil {
+		return err
+	}
+	next.compact()
+	if err := saveState(r.stateFile, next); err != nil {
+		return fmt.Errorf("the decision was not applied: %w", err)
+	}
+	r.state = next
+	return apply()
+}
+
+func (r *Registry) lookupLocked(poolName, name string) (*pool.Pool, *pool.Backend, error) {
+	p := r.pools[poolName]
+	if p == nil {
+		return nil, nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
+	}
+	if name == "" {
+		return p, nil, nil
+	}
+	b := p.Backend(name)
+	if b == nil {
+		return nil, nil, fmt.Errorf("%w %q in pool %q", pool.ErrUnknownBackend, name, poolName)
+	}
+	return p, b, nil
+}
+
+// Drain stops new requests to a backend, persistently: it stays out across
+// reloads and restarts until enabled. Use the backend's WaitDrained to wait
+// until it is idle.
+func (r *Registry) Drain(poolName, name string) (*pool.Backend, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	err = r.changeLocked(func(s *State) error {
+		s.pool(poolName).backend(name).State = "draining"
+		return nil
+	}, func() error {
+		_, err := p.Drain(name)
+		return err
+	})
+	return b, err
+}
+
+// Eject takes a backend out of rotation at once, persistently.
+func (r *Registry) Eject(poolName, name string) (*pool.Backend, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	err = r.changeLocked(func(s *State) error {
+		s.pool(poolName).backend(name).State = "ejected"
+		return nil
+	}, func() error {
+		_, err := p.Eject(name)
+		return err
+	})
+	return b, err
+}
+
+// Enable puts a drained or ejected backend back into rotation; it gets
+// requests once a health check passes.
+func (r *Registry) Enable(poolName, name string) (*pool.Backend, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	err = r.changeLocked(func(s *State) error {
+		s.pool(poolName).backend(name).State = ""
+		return nil
+	}, func() error {
+		_, err := p.Enable(name)
+		return err
+	})
+	return b, err
+}
+
+// SetWeight overrides a backend's weight (0–1000) at runtime; the override
+// wins over the file across reloads and restarts.
+func (r *Registry) SetWeight(poolName, name string, weight int) (*pool.Backend, error) {
+	if weight < 0 || weight > config.MaxWeight {
+		return nil, fmt.Errorf("weight must be 0..%d, got %d", config.MaxWeight, weight)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	err = r.changeLocked(func(s *State) error {
+		s.pool(poolName).backend(name).Weight = &weight
+		return nil
+	}, func() error {
+		p.Configure(effective(r.poolConfigLocked(poolName), r.state.Pools[poolName]))
+		return nil
+	})
+	return b, err
+}
+
+// SetCanary sets a pool's canary version and share (percent) at runtime.
+func (r *Registry) SetCanary(poolName, version string, weight float64) error {
+	if weight < 0 || weight > 100 {
+		return fmt.Errorf("canary weight must be 0..100 percent, got %g", weight)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _, err := r.lookupLocked(poolName, "")
+	if err != nil {
+		return err
+	}
+	if version != "" && version == p.StableVersion() {
+		return fmt.Errorf("version %q is already the stable version of pool %q", version, poolName)
+	}
+	return r.changeLocked(func(s *State) error {
+		s.pool(poolName).Canary = &CanaryState{Version: version, Weight: weight}
+		return nil
+	}, func() error {
+		p.Configure(effective(r.poolConfigLocked(poolName), r.state.Pools[poolName]))
+		return nil
+	})
+}
+
+// State returns a copy of the runtime overlay.
+func (r *Registry) State() *State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state.clone()
+}
+
+func (r *Registry) poolConfigLocked(name string) config.Pool {
+	for _, pc := range r.cfg.Pools {
+		if pc.Name == name {
+			return pc
+		}
+	}
+	return config.Pool{Name: name}
 }

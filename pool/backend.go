@@ -3,6 +3,8 @@ package pool
 import (
 	"sync/atomic"
 	"time"
+
+	"github.com/baton-lb/baton/canary"
 )
 
 // State is a backend's admin state, set by config, the admin API or a drain.
@@ -102,6 +104,11 @@ type Backend struct {
 	inflight atomic.Int64
 	requests atomic.Uint64
 	errors   atomic.Uint64
+	// counts are the backend's requests by status class while it runs its
+	// current version; a new version starts a new set.
+	counts atomic.Pointer[Counts]
+	// stats is the evidence of the backend's version in its pool.
+	stats atomic.Pointer[canary.VersionStats]
 
 	// Outlier detection.
 	consecutive  atomic.Int32 // gateway failures in a row
@@ -179,9 +186,34 @@ func (b *Backend) acquire() bool {
 	return false
 }
 
-// Release ends a request picked from this backend and records its result.
-// Every successful Pick is followed by exactly one Release.
-func (b *Backend) Release(r Result) {
+// Counts are a backend's finished requests by status class, for one version.
+type Counts struct {
+	Version string
+	// ByClass[0] counts requests that got no status from the backend
+	// (refused, reset, timed out, invalid); ByClass[1..5] count 1xx..5xx.
+	ByClass [6]atomic.Uint64
+}
+
+// Counts returns the backend's request counts for its current version.
+func (b *Backend) Counts() *Counts { return b.counts.Load() }
+
+// Stats returns the evidence of the backend's version.
+func (b *Backend) Stats() *canary.VersionStats { return b.stats.Load() }
+
+// Release ends a request picked from this backend and records its result:
+// status is the backend's status (0 when it gave none) and ttfb the time to
+// its response headers. Every successful Pick is followed by exactly one
+// Release.
+func (b *Backend) Release(r Result, status int, ttfb time.Duration) {
+	cls := status / 100
+	if cls > 5 || cls < 0 {
+		cls = 0
+	}
+	b.counts.Load().ByClass[cls].Add(1)
+	if r != ResultClientGone || status != 0 {
+		failed := r == ResultError || r == ResultGatewayFailure || r == ResultNotSent
+		b.stats.Load().Record(failed, status != 0, ttfb)
+	}
 	b.requests.Add(1)
 	switch r {
 	case ResultOK:

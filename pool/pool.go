@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/config"
 )
 
@@ -54,13 +55,14 @@ type Pool struct {
 	view  atomic.Pointer[view]
 	split atomic.Uint64 // requests that went through the version split
 
-	mu       sync.Mutex // protects cfg, backends, order, stable, canary*; serialises rebuilds
+	mu       sync.Mutex // protects cfg, backends, order, stable, canary*, stats; serialises rebuilds
 	cfg      *config.Pool
 	backends map[string]*Backend
 	order    []*Backend
 	stable   string
 	canaryV  string
 	canaryPc float64
+	stats    map[string]*canary.VersionStats // by version
 
 	budget  retryBudget
 	started bool // guarded by mu
@@ -78,6 +80,7 @@ func New(cfg config.Pool, log zerolog.Logger) *Pool {
 		name:     cfg.Name,
 		log:      log.With().Str("pool", cfg.Name).Logger(),
 		backends: make(map[string]*Backend),
+		stats:    make(map[string]*canary.VersionStats),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -132,7 +135,50 @@ func (p *Pool) Configure(cfg config.Pool) {
 		}
 	}
 	p.order = order
+	p.pruneStatsLocked()
 	p.rebuildLocked()
+}
+
+// statsLocked returns the pool's evidence for version, creating it.
+func (p *Pool) statsLocked(version string) *canary.VersionStats {
+	vs := p.stats[version]
+	if vs == nil {
+		vs = canary.NewVersionStats(p.name, version)
+		p.stats[version] = vs
+	}
+	return vs
+}
+
+// pruneStatsLocked forgets versions no backend runs and that are neither
+// stable nor canary, so evidence stays bounded across releases.
+func (p *Pool) pruneStatsLocked() {
+	for v := range p.stats {
+		if v == p.stable || v == p.canaryV {
+			continue
+		}
+		used := false
+		for _, b := range p.order {
+			if b.spec.Load().version == v {
+				used = true
+				break
+			}
+		}
+		if !used {
+			delete(p.stats, v)
+		}
+	}
+}
+
+// VersionStats returns the evidence of every version the pool runs.
+func (p *Pool) VersionStats() []*canary.VersionStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*canary.VersionStats, 0, len(p.stats))
+	for _, vs := range p.stats {
+		out = append(out, vs)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version() < out[j].Version() })
+	return out
 }
 
 func (p *Pool) newBackendLocked(name string, sp *spec) *Backend {
@@ -144,6 +190,8 @@ func (p *Pool) newBackendLocked(name string, sp *spec) *Backend {
 	}
 	b.spec.Store(sp)
 	b.conns.Store(p.newConns(sp.address))
+	b.counts.Store(&Counts{Version: sp.version})
+	b.stats.Store(p.statsLocked(sp.version))
 	b.health.Store(int32(Unknown))
 	p.backends[name] = b
 	if p.running() {
@@ -163,6 +211,10 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 		return
 	}
 	b.spec.Store(sp)
+	if old.version != sp.version {
+		b.counts.Store(&Counts{Version: sp.version})
+		b.stats.Store(p.statsLocked(sp.version))
+	}
 	if old.address != sp.address {
 		// A new address is a new server: it must pass a check first.
 		b.health.Store(int32(Unknown))
@@ -335,22 +387,6 @@ func (p *Pool) Canary() (version string, percent float64) {
 	return p.canaryV, p.canaryPc
 }
 
-// SetCanary sets the canary version and its share of the pool's requests in
-// percent (0–100). An empty version ends the canary.
-func (p *Pool) SetCanary(version string, percent float64) error {
-	if percent < 0 || percent > 100 {
-		return fmt.Errorf("canary weight must be 0..100 percent, got %g", percent)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if version != "" && version == p.stable {
-		return fmt.Errorf("version %q is already the stable version", version)
-	}
-	p.canaryV, p.canaryPc = version, percent
-	p.rebuildLocked()
-	return nil
-}
-
 // Split returns how many requests went through the version split with a
 // canary present.
 func (p *Pool) Split() uint64 { return p.split.Load() }
@@ -507,6 +543,20 @@ func (p *Pool) Start() {
 }
 
 func (p *Pool) running() bool { return p.started }
+
+// Retire takes a pool that left the config out of service: its backends get
+// no new requests and their connections close as their in-flight requests
+// and streams end. Background work stops.
+func (p *Pool) Retire() {
+	p.mu.Lock()
+	for _, b := range p.backends {
+		p.removeLocked(b)
+	}
+	p.order = nil
+	p.rebuildLocked()
+	p.mu.Unlock()
+	p.cancel()
+}
 
 // Close stops the pool's background work and closes every connection.
 func (p *Pool) Close() {

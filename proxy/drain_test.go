@@ -135,7 +135,7 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	// the drained backend, also after the pool rebuilds who gets traffic (as
 	// any health change or canary change does).
 	after := done.Load()
-	if err := p.SetCanary("", 0); err != nil {
+	if err := bt.Reg.SetCanary("web", "", 0); err != nil {
 		t.Fatal(err)
 	}
 	testbed.Eventually(t, 15*time.Second, func() bool {

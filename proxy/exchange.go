@@ -44,7 +44,9 @@ type exchange struct {
 	start    time.Time
 	deadline time.Time // overall deadline of the exchange; zero: none
 	class    Class
-	status   int
+	status   int           // the status the client got (or 499)
+	upstream int           // the backend's status; 0 when it gave none
+	ttfb     time.Duration // from the request's start to the backend's response headers
 	attempts int
 	bytesOut int64
 	isHead   bool
@@ -196,7 +198,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 			((notSent && x.replayable()) ||
 				(idempotent && !x.streamBody && (x.class == ClassReset || x.class == ClassBadResponse)))
 		if retry && p.AllowRetry() {
-			b.Release(x.class.Result())
+			b.Release(x.class.Result(), 0, 0)
 			x.b = nil
 			tried = b
 			ctx.Response.Reset()
@@ -428,6 +430,8 @@ func (x *exchange) readSmallBody(ctx *fasthttp.RequestCtx, conn *pool.Conn, n in
 // goes back, or the body streams through this exchange.
 func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
 	x.status = ctx.Response.StatusCode()
+	x.upstream = x.status
+	x.ttfb = time.Since(x.start)
 	x.class = classify(nil, stageResponse, x.status)
 	if x.framing == frameNone {
 		x.bytesOut = int64(len(ctx.Response.Body()))
@@ -704,7 +708,7 @@ func (x *exchange) CloseWithError(werr error) error {
 // finish records the outcome on the backend and writes the access log line.
 func (x *exchange) finish() {
 	if x.b != nil {
-		x.b.Release(x.class.Result())
+		x.b.Release(x.class.Result(), x.upstream, x.ttfb)
 	}
 	if !x.s.accessLog {
 		return

@@ -23,16 +23,22 @@ type lbPostLedger struct {
 }
 
 func (l *lbPostLedger) handler(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost {
-		id := r.Header.Get("X-Post-Id")
-		l.mu.Lock()
-		if l.seen == nil {
-			l.seen = map[string][]string{}
-		}
-		l.seen[id] = append(l.seen[id], b.name)
-		l.mu.Unlock()
-	}
+	l.record(b, r)
 	lbMixedHandler(b, w, r)
+}
+
+// record notes that b received r, when r is a POST.
+func (l *lbPostLedger) record(b *lbBackend, r *http.Request) {
+	if r.Method != http.MethodPost {
+		return
+	}
+	id := r.Header.Get("X-Post-Id")
+	l.mu.Lock()
+	if l.seen == nil {
+		l.seen = map[string][]string{}
+	}
+	l.seen[id] = append(l.seen[id], b.name)
+	l.mu.Unlock()
 }
 
 func (l *lbPostLedger) duplicates() []string {
@@ -55,9 +61,25 @@ func (l *lbPostLedger) received(id string) int {
 
 func TestRetryBackendKilledMidLoad(t *testing.T) {
 	ledger := &lbPostLedger{}
+	// Once armed, the victim holds its slow requests until it is killed, so
+	// the kill is sure to find a GET and a POST in flight however busy the
+	// machine is.
+	var armed atomic.Bool
+	killed := make(chan struct{})
+	hold := func(b *lbBackend, w http.ResponseWriter, r *http.Request) {
+		if b.name == "b0" && r.URL.Path == "/slow" && armed.Load() {
+			ledger.record(b, r) // received, then lost with the backend
+			select {
+			case <-killed:
+			case <-time.After(15 * time.Second): // bound, should the kill never come
+			}
+			return
+		}
+		ledger.handler(b, w, r)
+	}
 	var bs []*lbBackend
 	for i := range 3 {
-		bs = append(bs, lbStart(t, fmt.Sprintf("b%d", i), lbHandler(ledger.handler)))
+		bs = append(bs, lbStart(t, fmt.Sprintf("b%d", i), lbHandler(hold)))
 	}
 	bt := testbed.Start(t, lbConfig("", lbMembers(100, "v1", bs...)...))
 	bt.WaitHealthy(t, "web", 3)
@@ -132,6 +154,7 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 	case <-finished:
 		t.Fatalf("load ended after %d requests before the kill", done.Load())
 	}
+	armed.Store(true)
 	// Kill it while it is busy, with a GET and a POST in flight: the GET
 	// must be retried, the POST may fail cleanly but must not be replayed.
 	testbed.Eventually(t, 10*time.Second, func() bool {
@@ -140,6 +163,7 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 	}, "a GET and a POST in flight on the victim")
 	hitsBefore, busy := victim.hits.Load(), victim.active.Load()
 	victim.kill()
+	close(killed)
 	after := done.Load()
 	testbed.Eventually(t, 20*time.Second, func() bool {
 		select {

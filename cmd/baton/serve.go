@@ -45,11 +45,12 @@ func isTerminal(w io.Writer) bool {
 // once baton accepts traffic.
 func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(traffic, admin net.Addr)) error {
 	log := newLogger(cfg.Log, logw)
-	reg, err := control.New(cfg, log)
+	reg, err := control.New(cfg, cfg.StateFile, log)
 	if err != nil {
 		return err
 	}
 	srv := proxy.New(cfg, reg.Table(), log)
+	reg.OnTable(srv.SetTable)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -72,11 +72,12 @@ func StartConfig(t testing.TB, cfg *config.Config) *Baton {
 	}
 	logs := &SyncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel).With().Timestamp().Logger()
-	reg, err := control.New(cfg, log)
+	reg, err := control.New(cfg, cfg.StateFile, log)
 	if err != nil {
 		t.Fatalf("registry: %v", err)
 	}
 	srv := proxy.New(cfg, reg.Table(), log)
+	reg.OnTable(srv.SetTable)
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		t.Fatalf("listen: %v", err)

@@ -1,0 +1,253 @@
+package control
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/baton-lb/baton/config"
+)
+
+// State is the runtime overlay: decisions made by operators (and the judge)
+// on top of the config file. It is persisted to the state file before a
+// decision is acknowledged, read back at start, and re-applied after every
+// reload. Where it sets a field it wins over the file.
+type State struct {
+	Format int                   `json:"format"`
+	Pools  map[string]*PoolState `json:"pools,omitempty"`
+}
+
+const stateFormat = 1
+
+// PoolState is the overlay of one pool.
+type PoolState struct {
+	StableVersion string                   `json:"stable_version,omitempty"`
+	Canary        *CanaryState             `json:"canary,omitempty"`
+	Backends      map[string]*BackendState `json:"backends,omitempty"`
+}
+
+// CanaryState is a canary version and share set at runtime.
+type CanaryState struct {
+	Version string  `json:"version"`
+	Weight  float64 `json:"weight"`
+}
+
+// BackendState is the overlay of one backend.
+type BackendState struct {
+	// State is draining, drained or ejected; empty means active.
+	State   string `json:"state,omitempty"`
+	Weight  *int   `json:"weight,omitempty"`
+	Version string `json:"version,omitempty"`
+	Address string `json:"address,omitempty"`
+	// Added marks a backend added at runtime, not listed in the file.
+	Added bool `json:"added,omitempty"`
+}
+
+func (s *State) pool(name string) *PoolState {
+	if s.Pools == nil {
+		s.Pools = map[string]*PoolState{}
+	}
+	ps := s.Pools[name]
+	if ps == nil {
+		ps = &PoolState{}
+		s.Pools[name] = ps
+	}
+	return ps
+}
+
+func (ps *PoolState) backend(name string) *BackendState {
+	if ps.Backends == nil {
+		ps.Backends = map[string]*BackendState{}
+	}
+	bs := ps.Backends[name]
+	if bs == nil {
+		bs = &BackendState{}
+		ps.Backends[name] = bs
+	}
+	return bs
+}
+
+// clone returns a deep copy, so a change can be prepared, persisted, and only
+// then made current.
+func (s *State) clone() *State {
+	c := &State{Format: s.Format, Pools: map[string]*PoolState{}}
+	for name, ps := range s.Pools {
+		cp := &PoolState{StableVersion: ps.StableVersion}
+		if ps.Canary != nil {
+			cc := *ps.Canary
+			cp.Canary = &cc
+		}
+		if len(ps.Backends) > 0 {
+			cp.Backends = map[string]*BackendState{}
+			for bn, bs := range ps.Backends {
+				cb := *bs
+				if bs.Weight != nil {
+					w := *bs.Weight
+					cb.Weight = &w
+				}
+				cp.Backends[bn] = &cb
+			}
+		}
+		c.Pools[name] = cp
+	}
+	return c
+}
+
+// compact drops empty entries.
+func (s *State) compact() {
+	for name, ps := range s.Pools {
+		for bn, bs := range ps.Backends {
+			if *bs == (BackendState{}) {
+				delete(ps.Backends, bn)
+			}
+		}
+		if ps.StableVersion == "" && ps.Canary == nil && len(ps.Backends) == 0 {
+			delete(s.Pools, name)
+		}
+	}
+}
+
+// ErrCorruptState is returned when the state file exists but cannot be used.
+// baton then refuses to start rather than silently forgetting decisions.
+var ErrCorruptState = errors.New("state file is unreadable or corrupt")
+
+// loadState reads the state file. A missing file is an empty state; an
+// unreadable or malformed one is an error naming the file.
+func loadState(path string) (*State, error) {
+	s := &State{Format: stateFormat}
+	if path == "" {
+		return s, nil
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(s); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v (fix or move the file to start without the runtime decisions it holds)", ErrCorruptState, path, err)
+	}
+	if s.Format != stateFormat {
+		return nil, fmt.Errorf("%w: %s: format %d, this baton reads format %d", ErrCorruptState, path, s.Format, stateFormat)
+	}
+	for pn, ps := range s.Pools {
+		if ps == nil {
+			return nil, fmt.Errorf("%w: %s: pool %q has no entry", ErrCorruptState, path, pn)
+		}
+		for bn, bs := range ps.Backends {
+			if bs == nil {
+				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has no entry", ErrCorruptState, path, bn, pn)
+			}
+			switch bs.State {
+			case "", "draining", "drained", "ejected":
+			default:
+				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has state %q", ErrCorruptState, path, bn, pn, bs.State)
+			}
+		}
+	}
+	return s, nil
+}
+
+// saveState writes the state atomically: a temporary file in the same
+// directory, fsync, rename over the old one, fsync of the directory.
+func saveState(path string, s *State) error {
+	if path == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // after a successful rename this finds nothing
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing state: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// effective returns the pool's configuration with the overlay applied:
+// backends added at runtime, weight, version and address overrides, and the
+// canary and stable version set at runtime.
+func effective(pc config.Pool, ps *PoolState) config.Pool {
+	if ps == nil {
+		return pc
+	}
+	out := pc
+	out.Backends = make([]config.Backend, 0, len(pc.Backends)+len(ps.Backends))
+	seen := map[string]bool{}
+	for _, b := range pc.Backends {
+		seen[b.Name] = true
+		if bs := ps.Backends[b.Name]; bs != nil {
+			b = bs.apply(b)
+		}
+		out.Backends = append(out.Backends, b)
+	}
+	var added []string
+	for name, bs := range ps.Backends {
+		if bs.Added && !seen[name] {
+			added = append(added, name)
+		}
+	}
+	sort.Strings(added)
+	for _, name := range added {
+		out.Backends = append(out.Backends, ps.Backends[name].apply(config.Backend{Name: name}))
+	}
+	if ps.StableVersion != "" {
+		out.StableVersion = ps.StableVersion
+	}
+	if ps.Canary != nil {
+		out.Canary = config.Canary{Version: ps.Canary.Version, Weight: ps.Canary.Weight}
+	}
+	return out
+}
+
+func (bs *BackendState) apply(b config.Backend) config.Backend {
+	if bs.Weight != nil {
+		w := *bs.Weight
+		b.Weight = &w
+	}
+	if bs.Version != "" {
+		b.Version = bs.Version
+	}
+	if bs.Address != "" {
+		b.Address = bs.Address
+	}
+	if b.Version == "" {
+		b.Version = config.DefaultVersion
+	}
+	if b.Weight == nil {
+		w := config.DefaultWeight
+		b.Weight = &w
+	}
+	return b
+}
