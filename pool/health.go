@@ -118,7 +118,7 @@ func (p *Pool) observeCheck(b *Backend, err error, rise, fall int) {
 	if next == Down {
 		ev = p.log.Warn().AnErr("reason", err)
 	}
-	ev.Str("backend", b.name).Str("health", next.String()).Msg("backend health changed")
+	p.logb(ev, b).Str("health", next.String()).Msg("backend health changed")
 }
 
 // ejectOutlier takes a backend that failed n live requests in a row out of
@@ -139,7 +139,7 @@ func (p *Pool) ejectOutlier(b *Backend, n int) {
 	}
 	if others == 0 {
 		if n == p.cfg.Outlier.ConsecutiveFailures {
-			p.log.Warn().Str("backend", b.name).Int("failures", n).
+			p.logb(p.log.Warn(), b).Int("failures", n).
 				Msg("backend keeps failing but is the pool's last healthy backend; not ejecting it")
 		}
 		return
@@ -156,7 +156,7 @@ func (p *Pool) ejectOutlier(b *Backend, n int) {
 	b.consecutive.Store(0)
 	b.health.Store(int32(Down))
 	p.rebuildLocked()
-	p.log.Warn().Str("backend", b.name).Int("failures", n).Dur("ejected_for", d).
+	p.logb(p.log.Warn(), b).Int("failures", n).Dur("ejected_for", d).
 		Msg("backend ejected after failing requests in a row; it returns once health checks pass")
 }
 

@@ -124,6 +124,10 @@ func (p *Pool) Configure(cfg config.Pool) {
 		b, ok := p.backends[bc.Name]
 		if !ok {
 			b = p.newBackendLocked(bc.Name, sp)
+			if old != nil {
+				p.logb(p.log.Info(), b).Str("address", sp.address).Int("weight", sp.weight).
+					Msg("backend joined; it gets traffic once a health check passes")
+			}
 		} else {
 			p.updateBackendLocked(b, sp)
 		}
@@ -211,6 +215,11 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 		return
 	}
 	b.spec.Store(sp)
+	if *old != *sp {
+		p.logb(p.log.Info(), b).Str("address", sp.address).Int("weight", sp.weight).
+			Str("was_version", old.version).Str("was_address", old.address).Int("was_weight", old.weight).
+			Msg("backend changed")
+	}
 	if old.version != sp.version {
 		b.counts.Store(&Counts{Version: sp.version})
 		b.stats.Store(p.statsLocked(sp.version))
@@ -232,7 +241,12 @@ func (p *Pool) removeLocked(b *Backend) {
 	b.state.Store(int32(Draining))
 	b.conns.Load().Retire()
 	close(b.stop)
-	p.log.Info().Str("backend", b.name).Msg("backend removed from the pool; its in-flight requests finish")
+	p.logb(p.log.Info(), b).Msg("backend removed from the pool; its in-flight requests finish")
+}
+
+// logb starts a log event about b with its pool, name and version.
+func (p *Pool) logb(ev *zerolog.Event, b *Backend) *zerolog.Event {
+	return ev.Str("backend", b.name).Str("version", b.spec.Load().version)
 }
 
 // rebuildLocked publishes a new view from the current members.
@@ -417,7 +431,7 @@ func (p *Pool) Drain(name string) (*Backend, error) {
 	b.state.Store(int32(Draining))
 	b.conns.Load().SetReuse(false)
 	p.rebuildLocked()
-	p.log.Info().Str("backend", name).Msg("draining backend")
+	p.logb(p.log.Info(), b).Int64("inflight", b.inflight.Load()).Msg("drain started")
 	return b, nil
 }
 
@@ -435,7 +449,7 @@ func (p *Pool) Eject(name string) (*Backend, error) {
 	b.state.Store(int32(Ejected))
 	b.conns.Load().SetReuse(false)
 	p.rebuildLocked()
-	p.log.Info().Str("backend", name).Msg("backend ejected by operator")
+	p.logb(p.log.Info(), b).Msg("backend ejected by operator")
 	return b, nil
 }
 
@@ -456,7 +470,7 @@ func (p *Pool) Enable(name string) (*Backend, error) {
 	b.conns.Load().SetReuse(true)
 	b.kick()
 	p.rebuildLocked()
-	p.log.Info().Str("backend", name).Msg("backend enabled; it gets traffic once a health check passes")
+	p.logb(p.log.Info(), b).Msg("backend enabled; it gets traffic once a health check passes")
 	return b, nil
 }
 
@@ -514,12 +528,12 @@ func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
 	st := b.Status()
 	if st.Idle() {
 		if b.state.CompareAndSwap(int32(Draining), int32(Drained)) {
-			p.log.Info().Str("backend", b.name).Msg("backend drained")
+			p.logb(p.log.Info(), b).Dur("took", time.Duration(Nanotime()-b.drainStart.Load())).Msg("drain finished")
 		}
 		return st, true
 	}
 	if time.Duration(Nanotime()-b.drainStart.Load()) >= p.settings().DrainTimeout {
-		p.log.Warn().Str("backend", b.name).Stringer("open", st).
+		p.logb(p.log.Warn(), b).Stringer("open", st).
 			Msg("drain timeout reached; closing the backend's remaining connections")
 		c.CloseAll()
 	}

@@ -99,7 +99,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signalContext()
 	defer stop()
-	if err := serve(ctx, cfg, stderr, nil); err != nil {
+	if err := serve(ctx, cfg, path, stderr, nil); err != nil {
 		fmt.Fprintln(stderr, "baton:", err)
 		return exitFail
 	}

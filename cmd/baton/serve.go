@@ -8,10 +8,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
+	"github.com/baton-lb/baton/admin"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/control"
 	"github.com/baton-lb/baton/proxy"
@@ -41,9 +47,10 @@ func isTerminal(w io.Writer) bool {
 
 // serve runs baton until ctx ends, then shuts down gracefully: it stops
 // accepting, lets requests in flight finish for up to the shutdown timeout,
-// and returns nil. ready, when set, is called with the listeners' addresses
-// once baton accepts traffic.
-func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(traffic, admin net.Addr)) error {
+// and returns nil. path is the config file, watched and reloaded on change
+// and on SIGHUP ("" for a built-in config). ready, when set, is called with
+// the listeners' addresses once baton accepts traffic.
+func serve(ctx context.Context, cfg *config.Config, path string, logw io.Writer, ready func(traffic, admin net.Addr)) error {
 	log := newLogger(cfg.Log, logw)
 	reg, err := control.New(cfg, cfg.StateFile, log)
 	if err != nil {
@@ -56,7 +63,13 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(t
 	if err != nil {
 		return fmt.Errorf("listening for traffic: %w", err)
 	}
-	var admin *http.Server
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		admin.Collector(reg),
+	)
+	var adminSrv *http.Server
 	var adminAddr net.Addr
 	if cfg.Admin.Listen != "off" {
 		aln, err := net.Listen("tcp", cfg.Admin.Listen)
@@ -65,20 +78,41 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(t
 			return fmt.Errorf("listening for admin: %w", err)
 		}
 		adminAddr = aln.Addr()
-		mux := http.NewServeMux()
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			_, _ = io.WriteString(w, "ok\n")
-		})
-		admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		adminSrv = &http.Server{Handler: admin.Handler(reg, metrics, log), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
-			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error().Err(err).Msg("admin listener stopped")
 			}
 		}()
 	}
 
 	reg.Start()
+	var watchers sync.WaitGroup
+	if path != "" {
+		watchers.Add(2)
+		go func() {
+			defer watchers.Done()
+			err := control.WatchConfig(ctx, path, log, func() { _ = reg.ReloadFile(path) })
+			if err != nil {
+				log.Warn().Err(err).Str("file", path).Msg("the config file is not watched; send SIGHUP to reload it")
+			}
+		}()
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go func() {
+			defer watchers.Done()
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					log.Info().Str("file", path).Msg("SIGHUP: reloading the config")
+					_ = reg.ReloadFile(path)
+				}
+			}
+		}()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	ev := log.Info().Str("listen", ln.Addr().String()).Int("pools", len(cfg.Pools))
@@ -101,6 +135,7 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(t
 		reg.Close()
 		return fmt.Errorf("serving: %w", err)
 	}
+	watchers.Wait()
 
 	log.Info().Dur("timeout", cfg.Server.ShutdownTimeout).Msg("shutting down: no new connections, finishing requests in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
@@ -109,8 +144,8 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer, ready func(t
 		log.Warn().Err(err).Int32("connections", srv.OpenConnections()).
 			Msg("shutdown timeout reached; exiting with connections still open")
 	}
-	if admin != nil {
-		_ = admin.Shutdown(sctx)
+	if adminSrv != nil {
+		_ = adminSrv.Shutdown(sctx)
 	}
 	reg.Close()
 	log.Info().Msg("baton stopped")

@@ -1,0 +1,39 @@
+// Package admin serves baton's admin listener: liveness, Prometheus metrics,
+// and (with the API) the operations deploy scripts use.
+package admin
+
+import (
+	"io"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/baton-lb/baton/control"
+)
+
+// Collector returns the Prometheus collector for the registry's pools,
+// backends, versions and reloads. Register it on the one registry main
+// builds.
+func Collector(ctl *control.Registry) prometheus.Collector { return newCollector(ctl) }
+
+// Handler serves the admin endpoints: GET /healthz (baton's own liveness) and
+// GET /metrics (Prometheus exposition of metrics).
+func Handler(ctl *control.Registry, metrics prometheus.Gatherer, log zerolog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{
+		ErrorLog:      promLogger{log},
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
+	return mux
+}
+
+// promLogger routes the exposition's errors to baton's log.
+type promLogger struct{ l zerolog.Logger }
+
+func (p promLogger) Println(v ...any) { p.l.Error().Msgf("metrics: %v", v) }

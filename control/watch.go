@@ -1,0 +1,96 @@
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/rs/zerolog"
+)
+
+const (
+	// reloadDebounce: one save can produce several events (truncate, write,
+	// chmod, rename); the reload runs once they have been quiet this long.
+	reloadDebounce = 100 * time.Millisecond
+	// backstopInterval: the file's content is also compared this often, in
+	// case an event was missed (some network file systems send none).
+	backstopInterval = 5 * time.Second
+)
+
+// WatchConfig calls reload whenever the content of the config file at path
+// changes, until ctx ends. It watches the file's directory, not the file:
+// editors replace files by rename, and Kubernetes swaps a ConfigMap's
+// "..data" symlink without any event naming the file (fsnotify's own advice,
+// viper#284). Events are debounced, and the content is compared so that a
+// touch without a change does nothing.
+func WatchConfig(ctx context.Context, path string, log zerolog.Logger, reload func()) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	dir, base := filepath.Dir(abs), filepath.Base(abs)
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if err := w.Add(dir); err != nil {
+		return err
+	}
+	last, _ := fileHash(abs)
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	backstop := time.NewTicker(backstopInterval)
+	defer backstop.Stop()
+
+	check := func() {
+		h, ok := fileHash(abs)
+		if !ok || h == last {
+			return // unreadable for a moment (mid-rename): the next event or tick retries
+		}
+		last = h
+		reload()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			name := filepath.Base(ev.Name)
+			if name == base || strings.HasPrefix(name, "..") {
+				debounce.Reset(reloadDebounce)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				debounce.Reset(reloadDebounce)
+				continue
+			}
+			log.Warn().Err(err).Str("dir", dir).Msg("watching the config directory")
+		case <-debounce.C:
+			check()
+		case <-backstop.C:
+			check()
+		}
+	}
+}
+
+// fileHash returns the SHA-256 of the file's content; ok is false when it
+// cannot be read.
+func fileHash(path string) (sum [32]byte, ok bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return sum, false
+	}
+	return sha256.Sum256(data), true
+}
