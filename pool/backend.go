@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -121,6 +122,38 @@ type Backend struct {
 	checkNow chan struct{} // asks the health loop for an immediate check
 	stop     chan struct{} // closed when the backend leaves its pool
 	lastErr  atomic.Pointer[string]
+
+	retiredMu sync.Mutex // protects retired
+	retired   []*Conns   // connection sets of former addresses, still in use
+}
+
+func (b *Backend) retireConns(c *Conns) {
+	b.retiredMu.Lock()
+	b.retired = append(b.retired, c)
+	b.retiredMu.Unlock()
+	b.pruneRetired()
+}
+
+// pruneRetired forgets retired sets with nothing open.
+func (b *Backend) pruneRetired() {
+	b.retiredMu.Lock()
+	defer b.retiredMu.Unlock()
+	kept := b.retired[:0]
+	for _, c := range b.retired {
+		if c.Open() > 0 {
+			kept = append(kept, c)
+		}
+	}
+	for i := len(kept); i < len(b.retired); i++ {
+		b.retired[i] = nil
+	}
+	b.retired = kept
+}
+
+func (b *Backend) retiredConns() []*Conns {
+	b.retiredMu.Lock()
+	defer b.retiredMu.Unlock()
+	return append([]*Conns(nil), b.retired...)
 }
 
 // Name returns the backend's name, unique within its pool.
@@ -150,8 +183,15 @@ func (b *Backend) Requests() uint64 { return b.requests.Load() }
 // Errors returns the requests that failed on the backend's side.
 func (b *Backend) Errors() uint64 { return b.errors.Load() }
 
-// OpenConns returns the connections baton has open to the backend.
-func (b *Backend) OpenConns() int { return b.conns.Load().Open() }
+// OpenConns returns the connections baton has open to the backend, those to
+// a former address still in use included.
+func (b *Backend) OpenConns() int {
+	n := b.conns.Load().Open()
+	for _, c := range b.retiredConns() {
+		n += c.Open()
+	}
+	return n
+}
 
 // LastError returns the last failure recorded for the backend, or "".
 func (b *Backend) LastError() string {
@@ -228,7 +268,10 @@ func (b *Backend) Release(r Result, status int, ttfb time.Duration) {
 	case ResultGatewayFailure, ResultNotSent:
 		b.errors.Add(1)
 		n := b.consecutive.Add(1)
-		if lim := b.pool.settings().Outlier.ConsecutiveFailures; lim > 0 && int(n) >= lim {
+		// Checked at every lim-th failure in a row: a refused ejection (the
+		// last healthy backend) is not retried under the pool's lock on
+		// every failing request.
+		if lim := b.pool.settings().Outlier.ConsecutiveFailures; lim > 0 && int(n)%lim == 0 {
 			b.pool.ejectOutlier(b, int(n))
 		}
 	}

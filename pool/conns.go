@@ -42,7 +42,15 @@ type Conn struct {
 	owner     *Conns
 	idleSince int64 // nanotime when last put back
 	uses      int
+	// suspect: the last response had no body by rule (HEAD, 204, 304) but
+	// announced one; a broken backend may still send it, so the connection
+	// is checked before its next use however briefly it was idle.
+	suspect bool
 }
+
+// MarkSuspect makes the next Get check the connection for unsolicited bytes
+// whatever its idle time.
+func (c *Conn) MarkSuspect() { c.suspect = true }
 
 // Reader returns the connection's buffered reader.
 func (c *Conn) Reader() *bufio.Reader { return c.br }
@@ -89,6 +97,9 @@ func (c *Conn) stale() bool {
 	if c.raw == nil {
 		return false
 	}
+	// A deadline left from the last exchange would make the raw read fail
+	// before peeking, and a healthy connection would look stale.
+	_ = c.nc.SetReadDeadline(time.Time{})
 	var buf [1]byte
 	var rerr error
 	err := c.raw.Read(func(fd uintptr) bool {
@@ -119,12 +130,13 @@ type Conns struct {
 	// are closed instead of pooled.
 	reuse atomic.Bool
 
-	mu      sync.Mutex // protects idle, open, dialing, closing and freed
+	mu      sync.Mutex // protects idle, open, dialing, closing, waiting and freed
 	idle    []*Conn
 	open    map[*Conn]struct{}
 	dialing int
 	closing bool
-	freed   chan struct{} // closed and replaced whenever a slot frees up
+	waiting int           // requests waiting for a free slot
+	freed   chan struct{} // closed and replaced when a slot frees up and someone waits
 }
 
 // NewConns returns an empty connection set for addr.
@@ -163,7 +175,8 @@ func (c *Conns) Get(now int64, deadline time.Time) (conn *Conn, err error) {
 				c.closeLocked(conn)
 				continue
 			}
-			if idle >= staleCheckAfter {
+			if idle >= staleCheckAfter || conn.suspect {
+				conn.suspect = false
 				c.mu.Unlock()
 				if !conn.stale() {
 					conn.uses++
@@ -181,15 +194,20 @@ func (c *Conns) Get(now int64, deadline time.Time) (conn *Conn, err error) {
 			break
 		}
 		wait := c.freed
+		c.waiting++
 		c.mu.Unlock()
 		timer := time.NewTimer(time.Until(deadline))
 		select {
 		case <-wait:
 			timer.Stop()
 		case <-timer.C:
+			c.mu.Lock()
+			c.waiting--
+			c.mu.Unlock()
 			return nil, ErrPoolFull
 		}
 		c.mu.Lock()
+		c.waiting--
 	}
 	c.dialing++
 	c.mu.Unlock()
@@ -272,7 +290,7 @@ func (c *Conns) closeLocked(conn *Conn) {
 
 // signalLocked wakes requests waiting for a free slot.
 func (c *Conns) signalLocked() {
-	if c.max > 0 {
+	if c.waiting > 0 {
 		close(c.freed)
 		c.freed = make(chan struct{})
 	}

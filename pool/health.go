@@ -131,13 +131,10 @@ func (p *Pool) ejectOutlier(b *Backend, n int) {
 	if Health(b.health.Load()) != Up {
 		return
 	}
-	others := 0
-	for _, o := range p.order {
-		if o != b && o.admits() {
-			others++
-		}
-	}
-	if others == 0 {
+	// Another backend must actually be taking traffic (in the current view,
+	// so weight 0 does not count) for the ejection not to turn failures
+	// into certain 503s.
+	if !p.view.Load().servedByOtherThan(b) {
 		if n == p.cfg.Outlier.ConsecutiveFailures {
 			p.logb(p.log.Warn(), b).Int("failures", n).
 				Msg("backend keeps failing but is the pool's last healthy backend; not ejecting it")

@@ -31,9 +31,25 @@ var ErrUnknownBackend = errors.New("unknown backend")
 // path reads it with one atomic load.
 type view struct {
 	cfg      *config.Pool
+	all      []*Backend // every member, for totals read without the lock
 	stable   *group
 	canary   *group // nil without a canary version
 	canaryBP uint64 // canary share in basis points, 0..10000
+}
+
+// servedByOtherThan reports whether a backend other than b gets traffic.
+func (v *view) servedByOtherThan(b *Backend) bool {
+	for _, g := range [2]*group{v.stable, v.canary} {
+		if g == nil {
+			continue
+		}
+		for _, o := range g.sched {
+			if o != b {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // group is one version's backends that admit requests, in schedule order.
@@ -229,15 +245,26 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 		b.health.Store(int32(Unknown))
 		b.kick()
 	}
+	c := b.conns.Load()
+	if old.address == sp.address && c.dialTimeout == p.cfg.Timeouts.Connect &&
+		c.idleTimeout == p.cfg.Connections.IdleTimeout && c.max == p.cfg.Connections.Max {
+		return // a weight or version change keeps the pooled connections
+	}
 	prev := b.conns.Swap(p.newConns(sp.address))
 	if State(b.state.Load()) != Active {
 		b.conns.Load().reuse.Store(false)
 	}
 	prev.Retire()
+	// Requests still using the old set keep it open; a drain must see and,
+	// at its timeout, close those connections too.
+	b.retireConns(prev)
 }
 
 func (p *Pool) removeLocked(b *Backend) {
 	delete(p.backends, b.name)
+	if State(b.state.Load()) != Draining {
+		b.drainStart.Store(Nanotime())
+	}
 	b.state.Store(int32(Draining))
 	b.conns.Load().Retire()
 	close(b.stop)
@@ -249,24 +276,31 @@ func (p *Pool) logb(ev *zerolog.Event, b *Backend) *zerolog.Event {
 	return ev.Str("backend", b.name).Str("version", b.spec.Load().version)
 }
 
-// rebuildLocked publishes a new view from the current members.
+// rebuildLocked publishes a new view from the current members. The canary
+// version's backends form one group; every other backend serves the rest of
+// the traffic by weight — the stable version's, and during a rolling upgrade
+// after a promotion, the previous version's servers not yet upgraded.
 func (p *Pool) rebuildLocked() {
-	v := &view{cfg: p.cfg}
-	v.stable = p.groupLocked(p.stable)
+	v := &view{cfg: p.cfg, all: append([]*Backend(nil), p.order...)}
+	canary := ""
 	if p.canaryV != "" && p.canaryV != p.stable {
-		v.canary = p.groupLocked(p.canaryV)
+		canary = p.canaryV
+	}
+	v.stable = p.groupLocked(func(ver string) bool { return ver != canary }, p.stable)
+	if canary != "" {
+		v.canary = p.groupLocked(func(ver string) bool { return ver == canary }, canary)
 		v.canaryBP = uint64(p.canaryPc*100 + 0.5)
 	}
 	p.view.Store(v)
 }
 
-func (p *Pool) groupLocked(version string) *group {
+func (p *Pool) groupLocked(member func(version string) bool, version string) *group {
 	g := &group{version: version}
 	var members []*Backend
 	var weights []int
 	for _, b := range p.order {
 		sp := b.spec.Load()
-		if sp.version != version || !b.admits() {
+		if !member(sp.version) || !b.admits() {
 			continue
 		}
 		members = append(members, b)
@@ -489,7 +523,7 @@ func (s DrainStatus) String() string {
 
 // Status returns what the backend still has in flight and open.
 func (b *Backend) Status() DrainStatus {
-	return DrainStatus{Inflight: b.inflight.Load(), Conns: b.conns.Load().Open()}
+	return DrainStatus{Inflight: b.inflight.Load(), Conns: b.OpenConns()}
 }
 
 // WaitDrained waits until a draining backend has no request in flight and no
@@ -525,6 +559,7 @@ func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
 	}
 	c := b.conns.Load()
 	c.CloseIdle()
+	b.pruneRetired()
 	st := b.Status()
 	if st.Idle() {
 		if b.state.CompareAndSwap(int32(Draining), int32(Drained)) {
@@ -536,6 +571,9 @@ func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
 		p.logb(p.log.Warn(), b).Stringer("open", st).
 			Msg("drain timeout reached; closing the backend's remaining connections")
 		c.CloseAll()
+		for _, rc := range b.retiredConns() {
+			rc.CloseAll()
+		}
 	}
 	return st, false
 }
@@ -609,7 +647,7 @@ func (p *Pool) housekeeping() {
 
 func (p *Pool) totalRequests() int64 {
 	var n uint64
-	for _, b := range p.Backends() {
+	for _, b := range p.view.Load().all {
 		n += b.requests.Load()
 	}
 	return int64(n)

@@ -91,8 +91,9 @@ const (
 
 // errClient marks a failure on the client's side of the exchange.
 type clientError struct {
-	err  error
-	gone bool // the client closed or reset (499), as opposed to a malformed body (400)
+	err     error
+	gone    bool // the client closed or reset (499), as opposed to a malformed body (400)
+	timeout bool // the client stalled past its body timeout (408)
 }
 
 func (e *clientError) Error() string { return "client: " + e.err.Error() }
@@ -118,7 +119,7 @@ func classify(err error, st stage, status int) Class {
 		if ce.gone {
 			return ClassClientGone
 		}
-		return ClassClientError
+		return ClassClientError // malformed, oversized or stalled: answered 400/408/413
 	}
 	switch {
 	case errors.Is(err, pool.ErrNoBackend):

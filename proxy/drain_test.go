@@ -135,9 +135,7 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	// the drained backend, also after the pool rebuilds who gets traffic (as
 	// any health change or canary change does).
 	after := done.Load()
-	if err := bt.Reg.SetCanary("web", "", 0); err != nil {
-		t.Fatal(err)
-	}
+	p.Configure(*p.Settings())
 	testbed.Eventually(t, 15*time.Second, func() bool {
 		select {
 		case <-finished:

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -59,6 +60,7 @@ type exchange struct {
 
 	// Response body streaming state.
 	framing    framing
+	announced  bool  // a bodiless-by-rule response announced a body
 	left       int64 // bytes left in the body or the current chunk
 	chunkCRLF  bool  // a chunk's data ended; its CRLF comes next
 	done       bool  // the body ended cleanly
@@ -155,8 +157,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		x.bodyLen = int64(cl)
 		if cl <= maxBufferedRequestBody {
 			if err := x.readBody(ctx, cl); err != nil {
-				x.class = classify(err, stageSend, 0)
-				return x.reply(ctx, x.class.Status(), "reading the request body: "+err.Error(), true)
+				return x.replyClientError(ctx, err)
 			}
 		} else {
 			x.streamBody = true
@@ -182,11 +183,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 			x.conn = nil
 		}
 		if x.class == ClassClientGone || x.class == ClassClientError {
-			if errors.Is(err, errBodyTooLarge) {
-				x.class = ClassClientError
-				return x.reply(ctx, 413, "the request body is larger than "+strconv.FormatInt(s.maxBody, 10)+" bytes", true)
-			}
-			return x.reply(ctx, x.class.Status(), "reading the request body: "+err.Error(), true)
+			return x.replyClientError(ctx, err)
 		}
 		b.NoteError(x.class.String() + ": " + err.Error())
 		// Never reached the backend: safe to send anywhere, whatever the
@@ -202,6 +199,9 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 			x.b = nil
 			tried = b
 			ctx.Response.Reset()
+			// Reset also clears this; without it fasthttp would add a
+			// Content-Type the backend did not send.
+			ctx.Response.Header.SetNoDefaultContentType(true)
 			s.log.Debug().Str("pool", p.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
 				Err(err).Msg("retrying on another backend")
 			continue
@@ -282,10 +282,30 @@ func (x *exchange) readBody(ctx *fasthttp.RequestCtx, n int) error {
 }
 
 func clientReadError(err error) error {
-	if isClosedByPeer(err) || isTimeout(err) {
+	switch {
+	case isTimeout(err):
+		return &clientError{err: err, timeout: true}
+	case isClosedByPeer(err):
 		return &clientError{err: err, gone: true}
 	}
 	return &clientError{err: err}
+}
+
+// replyClientError answers a request whose body baton could not read. The
+// reason is named without echoing internal addresses.
+func (x *exchange) replyClientError(ctx *fasthttp.RequestCtx, err error) bool {
+	var ce *clientError
+	errors.As(err, &ce)
+	x.class = classify(err, stageSend, 0)
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		return x.reply(ctx, 413, "the request body is larger than "+strconv.FormatInt(x.s.maxBody, 10)+" bytes", true)
+	case ce != nil && ce.timeout:
+		return x.reply(ctx, 408, "the request body did not arrive in time", true)
+	case ce != nil && ce.gone:
+		return x.reply(ctx, 400, "the request body ended before its announced length", true)
+	}
+	return x.reply(ctx, 400, "the request body's chunked encoding is malformed", true)
 }
 
 // roundTrip sends the request to b and reads the response head (and a small
@@ -326,7 +346,7 @@ func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, 
 	if err != nil {
 		return stageResponse, err
 	}
-	x.framing, x.left, x.closeConn = rh.framing, rh.length, rh.closeConn
+	x.framing, x.left, x.closeConn, x.announced = rh.framing, rh.length, rh.closeConn, rh.announced
 	if rh.framing == frameLength && rh.length <= maxBufferedResponseBody {
 		if err := x.readSmallBody(ctx, conn, int(rh.length)); err != nil {
 			return stageBody, err
@@ -361,7 +381,7 @@ func (x *exchange) sendBody(ctx *fasthttp.RequestCtx, conn *pool.Conn) error {
 	var sent int64
 	for {
 		now := time.Now()
-		_ = cc.SetReadDeadline(now.Add(x.s.bodyIdle))
+		_ = cc.SetReadDeadline(x.bound(now.Add(x.s.bodyIdle)))
 		n, rerr := r.Read(buf[pre : len(buf)-2])
 		if n > 0 {
 			sent += int64(n)
@@ -433,13 +453,26 @@ func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
 	x.upstream = x.status
 	x.ttfb = time.Since(x.start)
 	x.class = classify(nil, stageResponse, x.status)
+	x.clientConn = ctx.Conn()
+	if x.framing != frameNone && x.framing != frameLength && !ctx.Request.Header.IsHTTP11() {
+		// An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1),
+		// so a body of unknown length is read whole and sent with its length.
+		if err := x.readWhole(ctx); err != nil {
+			x.fail(err)
+			x.releaseConn(false)
+			return x.reply(ctx, 502, "the backend's response is too large for an HTTP/1.0 client or broke off", false)
+		}
+		x.framing = frameNone
+	}
 	if x.framing == frameNone {
+		if x.announced && x.conn != nil {
+			x.conn.MarkSuspect()
+		}
 		x.bytesOut = int64(len(ctx.Response.Body()))
 		x.releaseConn(!x.closeConn)
 		x.finish()
 		return false
 	}
-	x.clientConn = ctx.Conn()
 	size := -1
 	if x.framing == frameLength {
 		size = int(x.left)
@@ -477,6 +510,33 @@ func (x *exchange) Read(p []byte) (int, error) {
 		return n, x.fail(err)
 	}
 	return n, err
+}
+
+// maxHTTP10Body caps a body of unknown length read whole for an HTTP/1.0
+// client.
+const maxHTTP10Body = 16 << 20
+
+var errHTTP10TooLarge = fmt.Errorf("response body of unknown length over %d bytes for an HTTP/1.0 client", maxHTTP10Body)
+
+// readWhole reads the rest of the streamed body into the response.
+func (x *exchange) readWhole(ctx *fasthttp.RequestCtx) error {
+	if x.ioBuf == nil {
+		x.ioBuf = make([]byte, ioBufSize)
+	}
+	for n := 0; ; {
+		k, err := x.read(x.ioBuf)
+		ctx.Response.AppendBody(x.ioBuf[:k])
+		n += k
+		if n > maxHTTP10Body {
+			return errHTTP10TooLarge
+		}
+		if err == io.EOF || (err == nil && x.done) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // awaitData renews deadlines when the backend's buffer is empty, since the
@@ -707,8 +767,10 @@ func (x *exchange) CloseWithError(werr error) error {
 
 // finish records the outcome on the backend and writes the access log line.
 func (x *exchange) finish() {
-	if x.b != nil {
-		x.b.Release(x.class.Result(), x.upstream, x.ttfb)
+	b := x.b
+	if b != nil {
+		x.b = nil // released once, even if logging below panics
+		b.Release(x.class.Result(), x.upstream, x.ttfb)
 	}
 	if !x.s.accessLog {
 		return
@@ -730,8 +792,8 @@ func (x *exchange) finish() {
 	if x.pool != nil {
 		e = e.Str("pool", x.pool.Name())
 	}
-	if x.b != nil {
-		e = e.Str("backend", x.b.Name()).Str("version", x.b.Version())
+	if b != nil {
+		e = e.Str("backend", b.Name()).Str("version", b.Version())
 	}
 	e.Send()
 }

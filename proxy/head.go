@@ -383,6 +383,7 @@ type respHead struct {
 	length    int64
 	closeConn bool // the backend asked to close, or framing requires it
 	http10    bool // an HTTP/1.0 response
+	announced bool // a response without a body by rule announced one
 	got       int  // bytes of response read, for "did the backend say anything"
 }
 
@@ -517,7 +518,7 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 			keepAlive = keepAlive || hasToken(v, "keep-alive")
 		case hdrContentLength:
 			n, ok := parseLength(f.value)
-			if !ok || (length >= 0 && n != length) {
+			if !ok || len(f.cont) > 0 || (length >= 0 && n != length) {
 				return scratch, badResponse("Content-Length %.40q", f.value)
 			}
 			length = n
@@ -547,7 +548,11 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 			break
 		}
 		i = next
-		if classifyName(f.name) != hdrOther || (ct.n > 0 && ct.has(f.name)) {
+		switch classifyName(f.name) {
+		case hdrConnection, hdrHopByHop, hdrTransferEncoding, hdrContentLength:
+			continue // hop-by-hop, or framing baton sets itself
+		}
+		if ct.n > 0 && ct.has(f.name) {
 			continue
 		}
 		if len(f.cont) > 0 {
@@ -564,11 +569,16 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 		if length >= 0 && code != 204 {
 			resp.SetContentLength(int(length))
 		}
+		// A body announced where none may follow: a broken backend might
+		// send it anyway, after baton has moved on.
+		rh.announced = length > 0 || chunked
 	case chunked:
 		rh.framing = frameChunked
 		// Content-Length beside chunked is a framing conflict: chunked wins,
-		// and the connection is not reused (RFC 9112 §6.3 item 3).
-		if length >= 0 {
+		// and the connection is not reused (RFC 9112 §6.3 item 3). An
+		// HTTP/1.0 message with Transfer-Encoding has faulty framing too
+		// (§6.1): it is read as chunked and the connection closed.
+		if length >= 0 || rh.http10 {
 			rh.closeConn = true
 		}
 	case length >= 0:

@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/pool"
 )
 
 // Server serves client traffic. SetTable swaps the routing table atomically;
@@ -98,6 +99,16 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		// down the process. The exchange is dropped, not reused.
 		if r := recover(); r != nil {
 			s.log.Error().Interface("panic", r).Bytes("uri", ctx.RequestURI()).Msg("panic while serving a request")
+			// Give back what the request held, so a drain can finish and a
+			// connection cap does not lose a slot.
+			if x.conn != nil {
+				x.conn.Close()
+				x.conn = nil
+			}
+			if b := x.b; b != nil {
+				x.b = nil
+				b.Release(pool.ResultClientGone, 0, 0) // baton's fault, not the backend's
+			}
 			ctx.Response.Reset()
 			ctx.SetStatusCode(500)
 			ctx.SetBodyString("baton: internal error\n")
