@@ -18,10 +18,21 @@ import (
 // builds.
 func Collector(ctl *control.Registry) prometheus.Collector { return newCollector(ctl) }
 
-// Handler serves the admin endpoints: GET /healthz (baton's own liveness) and
-// GET /metrics (Prometheus exposition of metrics).
-func Handler(ctl *control.Registry, metrics prometheus.Gatherer, log zerolog.Logger) http.Handler {
+// Option configures Handler.
+type Option func(*api)
+
+// WithTokens requires one of tokens on every /v1 request.
+func WithTokens(tokens []Token) Option { return func(a *api) { a.tokens = tokens } }
+
+// Handler serves the admin endpoints: the API under /v1, GET /healthz
+// (baton's own liveness) and GET /metrics (Prometheus exposition).
+func Handler(ctl *control.Registry, metrics prometheus.Gatherer, log zerolog.Logger, opts ...Option) http.Handler {
+	a := &api{ctl: ctl, log: log}
+	for _, o := range opts {
+		o(a)
+	}
 	mux := http.NewServeMux()
+	a.register(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")

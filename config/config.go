@@ -37,11 +37,17 @@ type Config struct {
 	Pools []Pool `yaml:"pools"`
 }
 
-// Admin is the admin listener (health of baton itself now; API later).
+// Admin is the admin listener: the API deploy scripts use, /metrics and
+// /healthz.
 type Admin struct {
 	// Listen is host:port for the admin listener. Default "127.0.0.1:9090".
 	// Empty string in the file means the default; "off" disables it.
 	Listen string `yaml:"listen"`
+	// TokenFile holds the API's bearer tokens, one "name:token" per line
+	// (# starts a comment); the name appears in the audit log. A relative
+	// path is relative to the config file. Empty (the default): no token is
+	// needed, which is allowed only on a loopback listener.
+	TokenFile string `yaml:"token_file"`
 }
 
 // Log configures baton's own logs and the access log.
@@ -134,6 +140,10 @@ type Canary struct {
 	// Weight is the canary's share of the pool's requests in percent, 0–100
 	// (fractions allowed). Zero: the canary gets no requests.
 	Weight float64 `yaml:"weight"`
+	// InitialWeight is the share, in percent, a canary starts with when a
+	// backend is enabled or added with a version other than the stable one.
+	// Default 5.
+	InitialWeight float64 `yaml:"initial_weight"`
 }
 
 // Timeouts towards backends.
@@ -249,6 +259,7 @@ const (
 	DefaultDrainTimeout          = 30 * time.Second
 	DefaultWeight                = 100
 	DefaultVersion               = "default"
+	DefaultCanaryInitialWeight   = 5
 
 	BalanceRoundRobin    = "round_robin"
 	BalanceLeastInflight = "least_inflight"
@@ -298,6 +309,9 @@ func (c *Config) applyDefaults() {
 }
 
 func (p *Pool) applyDefaults() {
+	if p.Canary.InitialWeight == 0 {
+		p.Canary.InitialWeight = DefaultCanaryInitialWeight
+	}
 	if p.Balance == "" {
 		p.Balance = BalanceRoundRobin
 	}

@@ -55,6 +55,9 @@ func Load(path string) (*Config, error) {
 	case !filepath.IsAbs(cfg.StateFile):
 		cfg.StateFile = filepath.Join(filepath.Dir(path), cfg.StateFile)
 	}
+	if cfg.Admin.TokenFile != "" && !filepath.IsAbs(cfg.Admin.TokenFile) {
+		cfg.Admin.TokenFile = filepath.Join(filepath.Dir(path), cfg.Admin.TokenFile)
+	}
 	return cfg, nil
 }
 

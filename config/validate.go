@@ -17,6 +17,9 @@ func (c *Config) Validate() []error {
 	v.listenAddr("listen", c.Listen)
 	if c.Admin.Listen != "off" {
 		v.listenAddr("admin.listen", c.Admin.Listen)
+		if c.Admin.TokenFile == "" && !loopback(c.Admin.Listen) {
+			v.add("admin.listen", "%q is reachable from other hosts; set admin.token_file so the API needs a token, or listen on 127.0.0.1", c.Admin.Listen)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -81,6 +84,19 @@ func normPrefix(p string) string {
 		return "/"
 	}
 	return p
+}
+
+// loopback reports whether a listen address only accepts local connections.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 type validator struct{ errs []error }
@@ -246,6 +262,9 @@ func (v *validator) pool(path string, p *Pool) {
 	c := p.Canary
 	if c.Weight < 0 || c.Weight > 100 {
 		v.add(path+".canary.weight", "must be a percentage 0..100, got %g", c.Weight)
+	}
+	if c.InitialWeight <= 0 || c.InitialWeight > 100 {
+		v.add(path+".canary.initial_weight", "must be a percentage above 0 and at most 100, got %g", c.InitialWeight)
 	}
 	if c.Version != "" {
 		if !versions[c.Version] {

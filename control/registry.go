@@ -42,6 +42,8 @@ type Registry struct {
 	onTable    func(*proxy.Table)
 	started    bool
 	generation int64
+	events     []Event // the audit log, oldest first, at most maxEvents
+	baselines  map[string]*baseline
 
 	reloadsOK     atomic.Int64
 	reloadsFailed atomic.Int64
@@ -57,7 +59,8 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool)}
+	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool),
+		baselines: make(map[string]*baseline)}
 	r.pruneLocked()
 	for _, pc := range cfg.Pools {
 		r.pools[pc.Name] = pool.New(effective(pc, st.Pools[pc.Name]), log)
@@ -262,6 +265,11 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		r.reloadsFailed.Add(1)
 		return err
 	}
+	// Publish the new table before retiring removed pools, so no request is
+	// routed to a pool that no longer serves.
+	if r.onTable != nil {
+		r.onTable(t)
+	}
 	for name, p := range prevPools {
 		if next[name] == nil {
 			removed = append(removed, name)
@@ -278,12 +286,16 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		}
 	}
 	r.applyStatesLocked()
-	if r.onTable != nil {
-		r.onTable(t)
+	for _, p := range next {
+		r.syncBaselineLocked(p)
+	}
+	for _, name := range removed {
+		delete(r.baselines, name)
 	}
 	r.reloadsOK.Add(1)
 	r.lastReload.Store(time.Now().Unix())
 	sort.Strings(changed)
+	r.recordLocked(Event{Actor: "config", Action: "reload", Detail: fmt.Sprintf("generation %d", r.generation)})
 	r.log.Info().Int64("generation", r.generation).Strs("pools_added", added).Strs("pools_removed", removed).
 		Strs("pools_changed", changed).Msg("config reloaded")
 	return nil
@@ -331,6 +343,9 @@ func (r *Registry) applyStatesLocked() {
 			continue
 		}
 		for bn, bs := range ps.Backends {
+			if bs.Removed {
+				continue
+			}
 			var err error
 			switch bs.State {
 			case "draining", "drained":
@@ -343,138 +358,6 @@ func (r *Registry) applyStatesLocked() {
 			}
 		}
 	}
-}
-
-// change prepares a new overlay with edit, persists it, and only then makes
-// it current and calls apply. Nothing changes when persisting fails.
-func (r *Registry) changeLocked(edit func(*State) error, apply func() error) error {
-	next := r.state.clone()
-	if err := edit(next); err != nil {
-		return err
-	}
-	next.compact()
-	if err := saveState(r.stateFile, next); err != nil {
-		return fmt.Errorf("the decision was not applied: %w", err)
-	}
-	r.state = next
-	return apply()
-}
-
-func (r *Registry) lookupLocked(poolName, name string) (*pool.Pool, *pool.Backend, error) {
-	p := r.pools[poolName]
-	if p == nil {
-		return nil, nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
-	}
-	if name == "" {
-		return p, nil, nil
-	}
-	b := p.Backend(name)
-	if b == nil {
-		return nil, nil, fmt.Errorf("%w %q in pool %q", pool.ErrUnknownBackend, name, poolName)
-	}
-	return p, b, nil
-}
-
-// Drain stops new requests to a backend, persistently: it stays out across
-// reloads and restarts until enabled. Use the backend's WaitDrained to wait
-// until it is idle.
-func (r *Registry) Drain(poolName, name string) (*pool.Backend, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, b, err := r.lookupLocked(poolName, name)
-	if err != nil {
-		return nil, err
-	}
-	err = r.changeLocked(func(s *State) error {
-		s.pool(poolName).backend(name).State = "draining"
-		return nil
-	}, func() error {
-		_, err := p.Drain(name)
-		return err
-	})
-	return b, err
-}
-
-// Eject takes a backend out of rotation at once, persistently.
-func (r *Registry) Eject(poolName, name string) (*pool.Backend, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, b, err := r.lookupLocked(poolName, name)
-	if err != nil {
-		return nil, err
-	}
-	err = r.changeLocked(func(s *State) error {
-		s.pool(poolName).backend(name).State = "ejected"
-		return nil
-	}, func() error {
-		_, err := p.Eject(name)
-		return err
-	})
-	return b, err
-}
-
-// Enable puts a drained or ejected backend back into rotation; it gets
-// requests once a health check passes.
-func (r *Registry) Enable(poolName, name string) (*pool.Backend, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, b, err := r.lookupLocked(poolName, name)
-	if err != nil {
-		return nil, err
-	}
-	err = r.changeLocked(func(s *State) error {
-		s.pool(poolName).backend(name).State = ""
-		return nil
-	}, func() error {
-		_, err := p.Enable(name)
-		return err
-	})
-	return b, err
-}
-
-// SetWeight overrides a backend's weight (0–1000) at runtime; the override
-// wins over the file across reloads and restarts.
-func (r *Registry) SetWeight(poolName, name string, weight int) (*pool.Backend, error) {
-	if weight < 0 || weight > config.MaxWeight {
-		return nil, fmt.Errorf("weight must be 0..%d, got %d", config.MaxWeight, weight)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, b, err := r.lookupLocked(poolName, name)
-	if err != nil {
-		return nil, err
-	}
-	err = r.changeLocked(func(s *State) error {
-		s.pool(poolName).backend(name).Weight = &weight
-		return nil
-	}, func() error {
-		p.Configure(effective(r.poolConfigLocked(poolName), r.state.Pools[poolName]))
-		return nil
-	})
-	return b, err
-}
-
-// SetCanary sets a pool's canary version and share (percent) at runtime.
-func (r *Registry) SetCanary(poolName, version string, weight float64) error {
-	if weight < 0 || weight > 100 {
-		return fmt.Errorf("canary weight must be 0..100 percent, got %g", weight)
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, _, err := r.lookupLocked(poolName, "")
-	if err != nil {
-		return err
-	}
-	if version != "" && version == p.StableVersion() {
-		return fmt.Errorf("version %q is already the stable version of pool %q", version, poolName)
-	}
-	return r.changeLocked(func(s *State) error {
-		s.pool(poolName).Canary = &CanaryState{Version: version, Weight: weight}
-		return nil
-	}, func() error {
-		p.Configure(effective(r.poolConfigLocked(poolName), r.state.Pools[poolName]))
-		return nil
-	})
 }
 
 // State returns a copy of the runtime overlay.

@@ -26,9 +26,12 @@ const stateFormat = 1
 
 // PoolState is the overlay of one pool.
 type PoolState struct {
-	StableVersion string                   `json:"stable_version,omitempty"`
-	Canary        *CanaryState             `json:"canary,omitempty"`
-	Backends      map[string]*BackendState `json:"backends,omitempty"`
+	StableVersion string `json:"stable_version,omitempty"`
+	// Canary, when set, replaces the file's canary; an empty version means
+	// no canary (after a promotion or rollback).
+	Canary   *CanaryState             `json:"canary,omitempty"`
+	Held     bool                     `json:"held,omitempty"`
+	Backends map[string]*BackendState `json:"backends,omitempty"`
 }
 
 // CanaryState is a canary version and share set at runtime.
@@ -46,6 +49,8 @@ type BackendState struct {
 	Address string `json:"address,omitempty"`
 	// Added marks a backend added at runtime, not listed in the file.
 	Added bool `json:"added,omitempty"`
+	// Removed marks a backend removed at runtime, even one the file lists.
+	Removed bool `json:"removed,omitempty"`
 }
 
 func (s *State) pool(name string) *PoolState {
@@ -77,7 +82,7 @@ func (ps *PoolState) backend(name string) *BackendState {
 func (s *State) clone() *State {
 	c := &State{Format: s.Format, Pools: map[string]*PoolState{}}
 	for name, ps := range s.Pools {
-		cp := &PoolState{StableVersion: ps.StableVersion}
+		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held}
 		if ps.Canary != nil {
 			cc := *ps.Canary
 			cp.Canary = &cc
@@ -102,11 +107,11 @@ func (s *State) clone() *State {
 func (s *State) compact() {
 	for name, ps := range s.Pools {
 		for bn, bs := range ps.Backends {
-			if *bs == (BackendState{}) {
+			if *bs == (BackendState{}) || (bs.Added && bs.Removed) {
 				delete(ps.Backends, bn)
 			}
 		}
-		if ps.StableVersion == "" && ps.Canary == nil && len(ps.Backends) == 0 {
+		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 {
 			delete(s.Pools, name)
 		}
 	}
@@ -208,13 +213,16 @@ func effective(pc config.Pool, ps *PoolState) config.Pool {
 	for _, b := range pc.Backends {
 		seen[b.Name] = true
 		if bs := ps.Backends[b.Name]; bs != nil {
+			if bs.Removed {
+				continue
+			}
 			b = bs.apply(b)
 		}
 		out.Backends = append(out.Backends, b)
 	}
 	var added []string
 	for name, bs := range ps.Backends {
-		if bs.Added && !seen[name] {
+		if bs.Added && !bs.Removed && !seen[name] {
 			added = append(added, name)
 		}
 	}
@@ -226,7 +234,7 @@ func effective(pc config.Pool, ps *PoolState) config.Pool {
 		out.StableVersion = ps.StableVersion
 	}
 	if ps.Canary != nil {
-		out.Canary = config.Canary{Version: ps.Canary.Version, Weight: ps.Canary.Weight}
+		out.Canary.Version, out.Canary.Weight = ps.Canary.Version, ps.Canary.Weight
 	}
 	return out
 }

@@ -24,6 +24,7 @@ Usage:
   baton serve -c baton.yaml     run the proxy
   baton check -c baton.yaml     validate a config; exit 1 with every error
   baton demo [-c FILE]          run the example config with built-in demo backends
+  baton ctl COMMAND ...         drive a running baton through its admin API
   baton version                 print the version
 
 Run "baton COMMAND -h" for a command's flags.
@@ -53,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(rest, stdout, stderr)
+	case "ctl":
+		return cmdCtl(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "baton", version)
 		return exitOK

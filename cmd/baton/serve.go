@@ -78,7 +78,17 @@ func serve(ctx context.Context, cfg *config.Config, path string, logw io.Writer,
 			return fmt.Errorf("listening for admin: %w", err)
 		}
 		adminAddr = aln.Addr()
-		adminSrv = &http.Server{Handler: admin.Handler(reg, metrics, log), ReadHeaderTimeout: 10 * time.Second}
+		var opts []admin.Option
+		if cfg.Admin.TokenFile != "" {
+			tokens, err := admin.LoadTokens(cfg.Admin.TokenFile)
+			if err != nil {
+				ln.Close()
+				aln.Close()
+				return err
+			}
+			opts = append(opts, admin.WithTokens(tokens))
+		}
+		adminSrv = &http.Server{Handler: admin.Handler(reg, metrics, log, opts...), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error().Err(err).Msg("admin listener stopped")

@@ -1,0 +1,449 @@
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/baton-lb/baton/control"
+	"github.com/baton-lb/baton/pool"
+)
+
+// maxWait bounds ?wait= so a forgotten script does not hold a request open
+// for days.
+const maxWait = time.Hour
+
+// api serves /v1: the contract deploy scripts rely on.
+type api struct {
+	ctl    *control.Registry
+	log    zerolog.Logger
+	tokens []Token // none: no token needed (loopback only, enforced by config)
+}
+
+// apiError is an error with the status and code the API answers with.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+	extra  map[string]any
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, code, format string, args ...any) *apiError {
+	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// asAPIError maps the control package's errors to statuses and codes.
+func asAPIError(err error) *apiError {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.Is(err, control.ErrUnknownPool):
+		return &apiError{status: 404, code: "unknown_pool", msg: err.Error()}
+	case errors.Is(err, pool.ErrUnknownBackend):
+		return &apiError{status: 404, code: "unknown_backend", msg: err.Error()}
+	case errors.Is(err, control.ErrInvalid):
+		return &apiError{status: 400, code: "invalid_value", msg: strings.TrimPrefix(err.Error(), control.ErrInvalid.Error()+": ")}
+	case errors.Is(err, control.ErrConflict):
+		return &apiError{status: 409, code: "conflict", msg: strings.TrimPrefix(err.Error(), control.ErrConflict.Error()+": ")}
+	case errors.Is(err, control.ErrPersist):
+		return &apiError{status: 500, code: "persist_failed", msg: err.Error()}
+	}
+	return &apiError{status: 500, code: "internal", msg: err.Error()}
+}
+
+// handlerFunc answers with a status and a JSON body, or an error.
+type handlerFunc func(r *http.Request, actor string) (int, any, error)
+
+// route registers path with a handler per method. Every /v1 route checks the
+// token first, answers a wrong method with 405 and errors as
+// {"error", "code"}.
+func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerFunc) {
+	allow := make([]string, 0, len(methods))
+	for m := range methods {
+		allow = append(allow, m)
+	}
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		actor, ok := a.authenticate(r)
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="baton"`)
+			writeError(w, errorf(401, "unauthorized", "a valid token is required: send Authorization: Bearer TOKEN"))
+			return
+		}
+		if len(methods) == 0 {
+			writeError(w, errorf(404, "not_found", "no API route %s", r.URL.Path))
+			return
+		}
+		h := methods[r.Method]
+		if h == nil {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, errorf(405, "method_not_allowed", "%s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allow, ", ")))
+			return
+		}
+		status, body, err := h(r, actor)
+		if err != nil {
+			ae := asAPIError(err)
+			if ae.status >= 500 {
+				a.log.Error().Err(err).Str("path", r.URL.Path).Msg("admin API request failed")
+			}
+			writeError(w, ae)
+			return
+		}
+		writeJSON(w, status, body)
+	})
+}
+
+// authenticate returns the name of the request's token. Tokens are compared
+// as SHA-256 digests in constant time.
+func (a *api) authenticate(r *http.Request) (string, bool) {
+	if len(a.tokens) == 0 {
+		return "anonymous", true
+	}
+	h := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return "", false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):])))
+	name, found := "", 0
+	for _, t := range a.tokens {
+		if subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1 {
+			name, found = t.Name, 1
+		}
+	}
+	return name, found == 1
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(body)
+}
+
+func writeError(w http.ResponseWriter, e *apiError) {
+	body := map[string]any{"error": e.msg, "code": e.code}
+	for k, v := range e.extra {
+		body[k] = v
+	}
+	writeJSON(w, e.status, body)
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are
+// errors that name the problem.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errorf(400, "invalid_json", "the request needs a JSON body")
+		}
+		return errorf(400, "invalid_json", "the JSON body is not valid: %v", err)
+	}
+	if dec.More() {
+		return errorf(400, "invalid_json", "the JSON body has data after its end")
+	}
+	return nil
+}
+
+// waitParam parses ?wait=DURATION (0 when absent).
+func waitParam(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("wait")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 || d > maxWait {
+		return 0, errorf(400, "invalid_wait", "wait must be a duration such as 30s, above 0 and at most %s, got %q", maxWait, v)
+	}
+	return d, nil
+}
+
+// BackendJSON is a backend as the API shows it.
+type BackendJSON struct {
+	Name            string `json:"name"`
+	Address         string `json:"address"`
+	Version         string `json:"version"`
+	Weight          int    `json:"weight"`
+	EffectiveWeight int    `json:"effective_weight"`
+	State           string `json:"state"`
+	Healthy         bool   `json:"healthy"`
+	Health          string `json:"health"`
+	Inflight        int64  `json:"inflight"`
+	OpenConnections int    `json:"open_connections"`
+	Requests        uint64 `json:"requests"`
+	Errors          uint64 `json:"errors"`
+	LastError       string `json:"last_error,omitempty"`
+}
+
+func backendJSON(b *pool.Backend) BackendJSON {
+	j := BackendJSON{
+		Name: b.Name(), Address: b.Address(), Version: b.Version(), Weight: b.Weight(),
+		State: b.State().String(), Healthy: b.Health() == pool.Up, Health: b.Health().String(),
+		Inflight: b.Inflight(), OpenConnections: b.OpenConns(), Requests: b.Requests(), Errors: b.Errors(),
+		LastError: b.LastError(),
+	}
+	if b.State() == pool.Active && j.Healthy {
+		j.EffectiveWeight = j.Weight
+	}
+	return j
+}
+
+// PoolJSON is a pool as the API shows it.
+type PoolJSON struct {
+	Name          string        `json:"name"`
+	StableVersion string        `json:"stable_version"`
+	Canary        *CanaryJSON   `json:"canary"`
+	Backends      []BackendJSON `json:"backends"`
+}
+
+// CanaryJSON is a pool's canary in a pool listing.
+type CanaryJSON struct {
+	Version string  `json:"version"`
+	Weight  float64 `json:"weight"`
+	Held    bool    `json:"held"`
+}
+
+func (a *api) poolJSON(p *pool.Pool) PoolJSON {
+	j := PoolJSON{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []BackendJSON{}}
+	if v, w := p.Canary(); v != "" {
+		j.Canary = &CanaryJSON{Version: v, Weight: w, Held: a.ctl.Held(p.Name())}
+	}
+	for _, b := range p.Backends() {
+		j.Backends = append(j.Backends, backendJSON(b))
+	}
+	return j
+}
+
+func (a *api) register(mux *http.ServeMux) {
+	a.route(mux, "/v1/pools", map[string]handlerFunc{"GET": a.listPools})
+	a.route(mux, "/v1/pools/{pool}", map[string]handlerFunc{"GET": a.getPool})
+	a.route(mux, "/v1/pools/{pool}/backends", map[string]handlerFunc{"POST": a.addBackend})
+	a.route(mux, "/v1/pools/{pool}/backends/{name}", map[string]handlerFunc{
+		"GET": a.getBackend, "PATCH": a.patchBackend, "DELETE": a.deleteBackend})
+	a.route(mux, "/v1/pools/{pool}/backends/{name}/drain", map[string]handlerFunc{"POST": a.drain})
+	a.route(mux, "/v1/pools/{pool}/backends/{name}/enable", map[string]handlerFunc{"POST": a.enable})
+	a.route(mux, "/v1/pools/{pool}/backends/{name}/eject", map[string]handlerFunc{"POST": a.eject})
+	a.route(mux, "/v1/pools/{pool}/canary", map[string]handlerFunc{"GET": a.getCanary, "PUT": a.putCanary})
+	a.route(mux, "/v1/pools/{pool}/canary/promote", map[string]handlerFunc{"POST": a.promote})
+	a.route(mux, "/v1/pools/{pool}/canary/rollback", map[string]handlerFunc{"POST": a.rollback})
+	a.route(mux, "/v1/pools/{pool}/canary/hold", map[string]handlerFunc{"POST": a.hold(true)})
+	a.route(mux, "/v1/pools/{pool}/canary/resume", map[string]handlerFunc{"POST": a.hold(false)})
+	a.route(mux, "/v1/events", map[string]handlerFunc{"GET": a.events})
+	a.route(mux, "/v1/", map[string]handlerFunc{})
+}
+
+func (a *api) pool(r *http.Request) (*pool.Pool, error) {
+	name := r.PathValue("pool")
+	p := a.ctl.Pool(name)
+	if p == nil {
+		return nil, fmt.Errorf("%w %q", control.ErrUnknownPool, name)
+	}
+	return p, nil
+}
+
+func (a *api) listPools(r *http.Request, _ string) (int, any, error) {
+	out := []PoolJSON{}
+	for _, p := range a.ctl.Pools() {
+		out = append(out, a.poolJSON(p))
+	}
+	return 200, out, nil
+}
+
+func (a *api) getPool(r *http.Request, _ string) (int, any, error) {
+	p, err := a.pool(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, a.poolJSON(p), nil
+}
+
+func (a *api) getBackend(r *http.Request, _ string) (int, any, error) {
+	b, err := a.ctl.Backend(r.PathValue("pool"), r.PathValue("name"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, backendJSON(b), nil
+}
+
+func (a *api) addBackend(r *http.Request, actor string) (int, any, error) {
+	var body struct {
+		Name    string `json:"name"`
+		Address string `json:"address"`
+		Version string `json:"version"`
+		Weight  *int   `json:"weight"`
+	}
+	if err := decode(r, &body); err != nil {
+		return 0, nil, err
+	}
+	b, err := a.ctl.Add(r.PathValue("pool"), control.AddSpec{Name: body.Name, Address: body.Address, Version: body.Version, Weight: body.Weight}, control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 201, backendJSON(b), nil
+}
+
+func (a *api) patchBackend(r *http.Request, actor string) (int, any, error) {
+	var body struct {
+		Weight  *int    `json:"weight"`
+		Version *string `json:"version"`
+		Address *string `json:"address"`
+	}
+	if err := decode(r, &body); err != nil {
+		return 0, nil, err
+	}
+	if body.Weight == nil && body.Version == nil && body.Address == nil {
+		return 0, nil, errorf(400, "invalid_value", "nothing to change: give weight, version or address")
+	}
+	b, err := a.ctl.Patch(r.PathValue("pool"), r.PathValue("name"), control.PatchSpec{Weight: body.Weight, Version: body.Version, Address: body.Address}, control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, backendJSON(b), nil
+}
+
+// waitIdle waits for a draining or removed backend to be idle, up to d. It
+// answers 200 when idle and 504 with what is still open otherwise.
+func waitIdle(r *http.Request, b *pool.Backend, d time.Duration, what string) (int, any, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), d)
+	defer cancel()
+	st, err := b.WaitDrained(ctx)
+	if err != nil {
+		return 0, nil, &apiError{status: 504, code: "wait_timeout",
+			msg:   fmt.Sprintf("%s of %s is still waiting after %s: %s; it stays in force", what, b.Name(), d, st),
+			extra: map[string]any{"inflight": st.Inflight, "open_connections": st.Conns}}
+	}
+	return 200, backendJSON(b), nil
+}
+
+func (a *api) drain(r *http.Request, actor string) (int, any, error) {
+	wait, err := waitParam(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	b, err := a.ctl.Drain(r.PathValue("pool"), r.PathValue("name"), control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	if wait == 0 {
+		if b.State() == pool.Drained {
+			return 200, backendJSON(b), nil
+		}
+		return 202, backendJSON(b), nil
+	}
+	return waitIdle(r, b, wait, "the drain")
+}
+
+func (a *api) deleteBackend(r *http.Request, actor string) (int, any, error) {
+	wait, err := waitParam(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	b, err := a.ctl.Remove(r.PathValue("pool"), r.PathValue("name"), control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	if wait == 0 {
+		return 202, backendJSON(b), nil
+	}
+	return waitIdle(r, b, wait, "the removal")
+}
+
+func (a *api) enable(r *http.Request, actor string) (int, any, error) {
+	var body struct {
+		Version string `json:"version"`
+		Weight  *int   `json:"weight"`
+	}
+	if r.ContentLength != 0 {
+		if err := decode(r, &body); err != nil {
+			return 0, nil, err
+		}
+	}
+	b, err := a.ctl.Enable(r.PathValue("pool"), r.PathValue("name"), control.EnableSpec{Version: body.Version, Weight: body.Weight}, control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, backendJSON(b), nil
+}
+
+func (a *api) eject(r *http.Request, actor string) (int, any, error) {
+	b, err := a.ctl.Eject(r.PathValue("pool"), r.PathValue("name"), control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, backendJSON(b), nil
+}
+
+func (a *api) getCanary(r *http.Request, _ string) (int, any, error) {
+	rep, err := a.ctl.Canary(r.PathValue("pool"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, rep, nil
+}
+
+func (a *api) putCanary(r *http.Request, actor string) (int, any, error) {
+	var body struct {
+		Version string   `json:"version"`
+		Weight  *float64 `json:"weight"`
+	}
+	if err := decode(r, &body); err != nil {
+		return 0, nil, err
+	}
+	if body.Version == "" || body.Weight == nil {
+		return 0, nil, errorf(400, "invalid_value", "give both version and weight (percent, 0-100)")
+	}
+	if err := a.ctl.SetCanary(r.PathValue("pool"), body.Version, *body.Weight, control.By(actor)); err != nil {
+		return 0, nil, err
+	}
+	return a.getCanary(r, actor)
+}
+
+func (a *api) promote(r *http.Request, actor string) (int, any, error) {
+	if err := a.ctl.Promote(r.PathValue("pool"), control.By(actor)); err != nil {
+		return 0, nil, err
+	}
+	return a.getCanary(r, actor)
+}
+
+func (a *api) rollback(r *http.Request, actor string) (int, any, error) {
+	if err := a.ctl.Rollback(r.PathValue("pool"), control.By(actor)); err != nil {
+		return 0, nil, err
+	}
+	return a.getCanary(r, actor)
+}
+
+func (a *api) hold(on bool) handlerFunc {
+	return func(r *http.Request, actor string) (int, any, error) {
+		if err := a.ctl.Hold(r.PathValue("pool"), on, control.By(actor)); err != nil {
+			return 0, nil, err
+		}
+		return a.getCanary(r, actor)
+	}
+}
+
+func (a *api) events(r *http.Request, _ string) (int, any, error) {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return 0, nil, errorf(400, "invalid_value", "limit must be 1..1000, got %q", v)
+		}
+		limit = n
+	}
+	return 200, a.ctl.Events(limit), nil
+}

@@ -1,0 +1,663 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/control"
+)
+
+// Exit code of baton ctl when a --wait ran out (the action stays in force).
+const exitWait = 3
+
+const ctlUsage = `baton ctl — the admin API's client for scripts
+
+Usage: baton ctl COMMAND [ARGS] [FLAGS]
+
+  pools                               list pools with their backends
+  pool POOL                           one pool (-o name: its backend names)
+  backend POOL NAME                   one backend
+  add POOL NAME --address HOST:PORT [--version V] [--weight W]
+  set POOL NAME [--weight W] [--version V] [--address HOST:PORT]
+  remove POOL NAME [--wait 30s]       drain, then remove
+  drain POOL NAME [--wait 60s]        no new requests; --wait until idle
+  enable POOL NAME [--version V] [--weight W]
+  eject POOL NAME                     out of rotation now
+  canary POOL                         stable vs canary comparison
+  canary POOL --version V --weight W  start a canary or shift its share (percent)
+  canary POOL --check [--max-error-rate-increase 0.01] [--min-requests 50]
+                                      exit 0 if the canary is not worse, 1 if it is
+  promote POOL | rollback POOL | hold POOL | resume POOL
+  events [--limit N]                  the audit log, newest first
+
+Flags:
+  --admin URL        admin API (env BATON_ADMIN; default http://127.0.0.1:9090)
+  --token-file FILE  file with the API token (env BATON_TOKEN_FILE, or BATON_TOKEN)
+  -o text|json|name  output format (default text)
+
+Exit codes: 0 done, 1 refused or failed, 2 usage, 3 a --wait ran out.
+`
+
+// ctlArgs are a ctl command line: positional arguments and flags, which may
+// come in any order (baton ctl drain shop web-1 --wait 60s).
+type ctlArgs struct {
+	pos   []string
+	flags map[string]string
+}
+
+// valued lists the flags that take a value; the others are switches.
+var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "output": true, "wait": true,
+	"version": true, "weight": true, "address": true, "limit": true, "max-error-rate-increase": true, "min-requests": true}
+
+var switches = map[string]bool{"check": true, "h": true, "help": true}
+
+func parseCtlArgs(args []string) (*ctlArgs, error) {
+	a := &ctlArgs{flags: map[string]string{}}
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			a.pos = append(a.pos, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(arg, "-") || arg == "-" {
+			a.pos = append(a.pos, arg)
+			continue
+		}
+		name := strings.TrimLeft(arg, "-")
+		value, hasValue := "", false
+		if k, v, ok := strings.Cut(name, "="); ok {
+			name, value, hasValue = k, v, true
+		}
+		switch {
+		case switches[name]:
+			if hasValue {
+				return nil, fmt.Errorf("flag --%s takes no value", name)
+			}
+			a.flags[name] = "true"
+		case valued[name]:
+			if !hasValue {
+				if i+1 >= len(args) {
+					return nil, fmt.Errorf("flag --%s needs a value", name)
+				}
+				i++
+				value = args[i]
+			}
+			if name == "output" {
+				name = "o"
+			}
+			a.flags[name] = value
+		default:
+			return nil, fmt.Errorf("unknown flag %s", arg)
+		}
+	}
+	return a, nil
+}
+
+// ctlClient talks to the admin API.
+type ctlClient struct {
+	base   string
+	token  string
+	http   *http.Client
+	stdout io.Writer
+	stderr io.Writer
+	output string
+}
+
+// ctlError is a failure with the exit code it maps to.
+type ctlError struct {
+	code int
+	msg  string
+}
+
+func (e *ctlError) Error() string { return e.msg }
+
+func fail(code int, format string, args ...any) error {
+	return &ctlError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func cmdCtl(args []string, stdout, stderr io.Writer) int {
+	a, err := parseCtlArgs(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "baton ctl: %v\n\n%s", err, ctlUsage)
+		return exitUsage
+	}
+	if a.flags["h"] != "" || a.flags["help"] != "" || (len(a.pos) > 0 && a.pos[0] == "help") {
+		fmt.Fprint(stdout, ctlUsage)
+		return exitOK
+	}
+	if len(a.pos) == 0 {
+		fmt.Fprint(stderr, ctlUsage)
+		return exitUsage
+	}
+	c, err := newCtlClient(a, stdout, stderr)
+	if err == nil {
+		err = c.run(a)
+	}
+	if err != nil {
+		var ce *ctlError
+		if errors.As(err, &ce) {
+			fmt.Fprintln(stderr, "baton ctl:", ce.msg)
+			if ce.code == exitUsage {
+				fmt.Fprint(stderr, "\n"+ctlUsage)
+			}
+			return ce.code
+		}
+		fmt.Fprintln(stderr, "baton ctl:", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
+	base := a.flags["admin"]
+	if base == "" {
+		base = os.Getenv("BATON_ADMIN")
+	}
+	if base == "" {
+		base = "http://127.0.0.1:9090"
+	}
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return nil, fail(exitUsage, "--admin must be a URL such as http://127.0.0.1:9090, got %q", base)
+	}
+	c := &ctlClient{base: strings.TrimRight(base, "/"), stdout: stdout, stderr: stderr, output: a.flags["o"]}
+	switch c.output {
+	case "", "text":
+		c.output = "text"
+	case "json", "name":
+	default:
+		return nil, fail(exitUsage, "-o must be text, json or name, got %q", c.output)
+	}
+	tokenFile := a.flags["token-file"]
+	if tokenFile == "" {
+		tokenFile = os.Getenv("BATON_TOKEN_FILE")
+	}
+	switch {
+	case tokenFile != "":
+		tok, err := readCtlToken(tokenFile)
+		if err != nil {
+			return nil, fail(exitFail, "%v", err)
+		}
+		c.token = tok
+	default:
+		c.token = os.Getenv("BATON_TOKEN")
+	}
+	timeout := 30 * time.Second
+	if w := a.flags["wait"]; w != "" {
+		d, err := time.ParseDuration(w)
+		if err != nil || d <= 0 {
+			return nil, fail(exitUsage, "--wait must be a duration such as 60s, got %q", w)
+		}
+		timeout += d
+	}
+	c.http = &http.Client{Timeout: timeout}
+	return c, nil
+}
+
+// readCtlToken reads the token from a file: the token of its first
+// "name:token" line, or the first line as it is.
+func readCtlToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading the token file: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if _, tok, ok := strings.Cut(line, ":"); ok {
+			return strings.TrimSpace(tok), nil
+		}
+		return line, nil
+	}
+	return "", fmt.Errorf("the token file %s has no token", path)
+}
+
+// call sends a request and decodes a 2xx JSON answer into out. API errors
+// become ctlErrors with the API's message and a hint.
+func (c *ctlClient) call(method, path string, query url.Values, body, out any) (int, error) {
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return 0, err
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, u, rd)
+	if err != nil {
+		return 0, fail(exitUsage, "%v", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	res, err := c.http.Do(req)
+	if err != nil {
+		return 0, fail(exitFail, "cannot reach the admin API at %s: %v (is baton running? set --admin or BATON_ADMIN)", c.base, err)
+	}
+	defer res.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(res.Body, 8<<20))
+	if err != nil {
+		return 0, fail(exitFail, "reading the answer: %v", err)
+	}
+	if res.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+			Code  string `json:"code"`
+		}
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			return res.StatusCode, fail(exitFail, "the admin API answered %s", res.Status)
+		}
+		switch res.StatusCode {
+		case 401:
+			return 401, fail(exitFail, "%s (set --token-file, BATON_TOKEN_FILE or BATON_TOKEN)", e.Error)
+		case 504:
+			return 504, fail(exitWait, "%s; run the command again to keep waiting", e.Error)
+		}
+		return res.StatusCode, fail(exitFail, "%s", e.Error)
+	}
+	if c.output == "json" {
+		_, _ = c.stdout.Write(data)
+		return res.StatusCode, nil
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return res.StatusCode, fail(exitFail, "the admin API's answer is not what this baton ctl expects: %v", err)
+		}
+	}
+	return res.StatusCode, nil
+}
+
+func need(a *ctlArgs, n int, usage string) error {
+	if len(a.pos)-1 != n {
+		return fail(exitUsage, "usage: baton ctl %s", usage)
+	}
+	return nil
+}
+
+func intFlag(a *ctlArgs, name string) (*int, error) {
+	v, ok := a.flags[name]
+	if !ok {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return nil, fail(exitUsage, "--%s must be a whole number, got %q", name, v)
+	}
+	return &n, nil
+}
+
+func (c *ctlClient) run(a *ctlArgs) error {
+	cmd := a.pos[0]
+	esc := url.PathEscape
+	backendPath := func() string {
+		return "/v1/pools/" + esc(a.pos[1]) + "/backends/" + esc(a.pos[2])
+	}
+	waitQuery := func() url.Values {
+		if w := a.flags["wait"]; w != "" {
+			return url.Values{"wait": {w}}
+		}
+		return nil
+	}
+	switch cmd {
+	case "pools":
+		if err := need(a, 0, "pools"); err != nil {
+			return err
+		}
+		var pools []admin.PoolJSON
+		if _, err := c.call("GET", "/v1/pools", nil, nil, &pools); err != nil || c.output == "json" {
+			return err
+		}
+		if c.output == "name" {
+			for _, p := range pools {
+				fmt.Fprintln(c.stdout, p.Name)
+			}
+			return nil
+		}
+		for i, p := range pools {
+			if i > 0 {
+				fmt.Fprintln(c.stdout)
+			}
+			c.printPool(p)
+		}
+		return nil
+	case "pool":
+		if err := need(a, 1, "pool POOL"); err != nil {
+			return err
+		}
+		var p admin.PoolJSON
+		if _, err := c.call("GET", "/v1/pools/"+esc(a.pos[1]), nil, nil, &p); err != nil || c.output == "json" {
+			return err
+		}
+		if c.output == "name" {
+			for _, b := range p.Backends {
+				fmt.Fprintln(c.stdout, b.Name)
+			}
+			return nil
+		}
+		c.printPool(p)
+		return nil
+	case "backend":
+		if err := need(a, 2, "backend POOL NAME"); err != nil {
+			return err
+		}
+		var b admin.BackendJSON
+		if _, err := c.call("GET", backendPath(), nil, nil, &b); err != nil || c.output == "json" {
+			return err
+		}
+		c.printBackend(b)
+		return nil
+	case "add":
+		if err := need(a, 2, "add POOL NAME --address HOST:PORT [--version V] [--weight W]"); err != nil {
+			return err
+		}
+		if a.flags["address"] == "" {
+			return fail(exitUsage, "add needs --address HOST:PORT")
+		}
+		w, err := intFlag(a, "weight")
+		if err != nil {
+			return err
+		}
+		body := map[string]any{"name": a.pos[2], "address": a.flags["address"]}
+		if v := a.flags["version"]; v != "" {
+			body["version"] = v
+		}
+		if w != nil {
+			body["weight"] = *w
+		}
+		var b admin.BackendJSON
+		if _, err := c.call("POST", "/v1/pools/"+esc(a.pos[1])+"/backends", nil, body, &b); err != nil || c.output == "json" {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s added to %s at %s as %s, weight %d; it gets traffic once a health check passes\n",
+			b.Name, a.pos[1], b.Address, b.Version, b.Weight)
+		return nil
+	case "set":
+		if err := need(a, 2, "set POOL NAME [--weight W] [--version V] [--address HOST:PORT]"); err != nil {
+			return err
+		}
+		body := map[string]any{}
+		w, err := intFlag(a, "weight")
+		if err != nil {
+			return err
+		}
+		if w != nil {
+			body["weight"] = *w
+		}
+		if v, ok := a.flags["version"]; ok {
+			body["version"] = v
+		}
+		if v, ok := a.flags["address"]; ok {
+			body["address"] = v
+		}
+		if len(body) == 0 {
+			return fail(exitUsage, "set needs --weight, --version or --address")
+		}
+		var b admin.BackendJSON
+		if _, err := c.call("PATCH", backendPath(), nil, body, &b); err != nil || c.output == "json" {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s: %s, version %s, weight %d\n", b.Name, b.Address, b.Version, b.Weight)
+		return nil
+	case "remove", "drain":
+		if err := need(a, 2, cmd+" POOL NAME [--wait 60s]"); err != nil {
+			return err
+		}
+		method, path := "POST", backendPath()+"/drain"
+		if cmd == "remove" {
+			method, path = "DELETE", backendPath()
+		}
+		var b admin.BackendJSON
+		status, err := c.call(method, path, waitQuery(), nil, &b)
+		if err != nil || c.output == "json" {
+			return err
+		}
+		switch {
+		case cmd == "remove" && status == 200:
+			fmt.Fprintf(c.stdout, "%s removed from %s: nothing in flight, no open connection\n", b.Name, a.pos[1])
+		case cmd == "remove":
+			fmt.Fprintf(c.stdout, "%s is leaving %s: no new requests; %d in flight (use --wait to wait)\n", b.Name, a.pos[1], b.Inflight)
+		case status == 200:
+			fmt.Fprintf(c.stdout, "%s drained: nothing in flight, no open connection\n", b.Name)
+		default:
+			fmt.Fprintf(c.stdout, "%s draining: no new requests; %d in flight, %d open connection(s) (use --wait to wait)\n",
+				b.Name, b.Inflight, b.OpenConnections)
+		}
+		return nil
+	case "enable":
+		if err := need(a, 2, "enable POOL NAME [--version V] [--weight W]"); err != nil {
+			return err
+		}
+		body := map[string]any{}
+		if v := a.flags["version"]; v != "" {
+			body["version"] = v
+		}
+		w, err := intFlag(a, "weight")
+		if err != nil {
+			return err
+		}
+		if w != nil {
+			body["weight"] = *w
+		}
+		var b admin.BackendJSON
+		if _, err := c.call("POST", backendPath()+"/enable", nil, body, &b); err != nil || c.output == "json" {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s enabled as %s, weight %d; it gets traffic once a health check passes\n", b.Name, b.Version, b.Weight)
+		return nil
+	case "eject":
+		if err := need(a, 2, "eject POOL NAME"); err != nil {
+			return err
+		}
+		var b admin.BackendJSON
+		if _, err := c.call("POST", backendPath()+"/eject", nil, nil, &b); err != nil || c.output == "json" {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s ejected: no new requests; %d in flight finish\n", b.Name, b.Inflight)
+		return nil
+	case "canary":
+		if err := need(a, 1, "canary POOL [--version V --weight W | --check]"); err != nil {
+			return err
+		}
+		return c.canary(a)
+	case "promote", "rollback", "hold", "resume":
+		if err := need(a, 1, cmd+" POOL"); err != nil {
+			return err
+		}
+		var rep control.CanaryReport
+		if _, err := c.call("POST", "/v1/pools/"+esc(a.pos[1])+"/canary/"+cmd, nil, nil, &rep); err != nil || c.output == "json" {
+			return err
+		}
+		switch cmd {
+		case "promote":
+			fmt.Fprintf(c.stdout, "%s is now the stable version of %s; upgrade the remaining servers one by one\n", rep.StableVersion, rep.Pool)
+		case "rollback":
+			fmt.Fprintf(c.stdout, "%s has no canary; the canary's backends are drained (stable: %s)\n", rep.Pool, rep.StableVersion)
+		case "hold":
+			fmt.Fprintf(c.stdout, "automatic canary steps of %s are on hold\n", rep.Pool)
+		case "resume":
+			fmt.Fprintf(c.stdout, "automatic canary steps of %s resumed\n", rep.Pool)
+		}
+		return nil
+	case "events":
+		if err := need(a, 0, "events [--limit N]"); err != nil {
+			return err
+		}
+		q := url.Values{}
+		if l := a.flags["limit"]; l != "" {
+			q.Set("limit", l)
+		}
+		var evs []control.Event
+		if _, err := c.call("GET", "/v1/events", q, nil, &evs); err != nil || c.output == "json" {
+			return err
+		}
+		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
+		for _, e := range evs {
+			target := e.Pool
+			if e.Backend != "" {
+				target += "/" + e.Backend
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action, target, e.Detail)
+		}
+		return tw.Flush()
+	}
+	return fail(exitUsage, "unknown command %q", cmd)
+}
+
+func (c *ctlClient) canary(a *ctlArgs) error {
+	path := "/v1/pools/" + url.PathEscape(a.pos[1]) + "/canary"
+	var rep control.CanaryReport
+	_, hasV := a.flags["version"]
+	_, hasW := a.flags["weight"]
+	switch {
+	case hasV || hasW:
+		if !hasV || !hasW {
+			return fail(exitUsage, "canary needs both --version and --weight to start or shift a canary")
+		}
+		w, err := strconv.ParseFloat(a.flags["weight"], 64)
+		if err != nil {
+			return fail(exitUsage, "--weight must be a percentage, got %q", a.flags["weight"])
+		}
+		if _, err := c.call("PUT", path, nil, map[string]any{"version": a.flags["version"], "weight": w}, &rep); err != nil {
+			return err
+		}
+	default:
+		if _, err := c.call("GET", path, nil, nil, &rep); err != nil {
+			return err
+		}
+	}
+	if c.output == "text" {
+		c.printCanary(rep)
+	}
+	if a.flags["check"] == "" {
+		return nil
+	}
+	return checkCanary(rep, a)
+}
+
+// checkCanary compares the canary's error rate with the stable version's
+// over the comparison window: not worse by more than the allowed increase,
+// with enough canary requests to say so.
+func checkCanary(rep control.CanaryReport, a *ctlArgs) error {
+	maxInc := 0.01
+	if v := a.flags["max-error-rate-increase"]; v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 || f > 1 {
+			return fail(exitUsage, "--max-error-rate-increase must be a fraction 0..1, got %q", v)
+		}
+		maxInc = f
+	}
+	minReq := 50
+	if n, err := intFlag(a, "min-requests"); err != nil {
+		return err
+	} else if n != nil {
+		minReq = *n
+	}
+	if rep.CanaryVersion == "" {
+		return fail(exitFail, "pool %s has no canary to check", rep.Pool)
+	}
+	var stable, can *control.VersionReport
+	for i := range rep.Versions {
+		switch rep.Versions[i].Role {
+		case "stable":
+			stable = &rep.Versions[i]
+		case "canary":
+			can = &rep.Versions[i]
+		}
+	}
+	if can == nil || can.Requests < uint64(minReq) {
+		n := uint64(0)
+		if can != nil {
+			n = can.Requests
+		}
+		return fail(exitFail, "not enough evidence: the canary served %d requests, --min-requests is %d", n, minReq)
+	}
+	base := 0.0
+	if stable != nil {
+		base = stable.ErrorRate
+	}
+	if can.ErrorRate > base+maxInc {
+		return fail(exitFail, "canary %s is worse: error rate %.2f%% against %.2f%% for %s (allowed increase %.2f points)",
+			can.Version, 100*can.ErrorRate, 100*base, rep.StableVersion, 100*maxInc)
+	}
+	return nil
+}
+
+func (c *ctlClient) printPool(p admin.PoolJSON) {
+	head := fmt.Sprintf("pool %s: stable %s", p.Name, p.StableVersion)
+	if p.Canary != nil {
+		head += fmt.Sprintf(", canary %s at %g%%", p.Canary.Version, p.Canary.Weight)
+		if p.Canary.Held {
+			head += " (held)"
+		}
+	}
+	fmt.Fprintln(c.stdout, head)
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tVERSION\tWEIGHT\tSTATE\tHEALTH\tINFLIGHT\tCONNS\tREQUESTS\tERRORS")
+	for _, b := range p.Backends {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\n", b.Name, b.Address, b.Version, b.Weight, b.State,
+			b.Health, b.Inflight, b.OpenConnections, b.Requests, b.Errors)
+	}
+	_ = tw.Flush()
+}
+
+func (c *ctlClient) printBackend(b admin.BackendJSON) {
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "name\t%s\naddress\t%s\nversion\t%s\nweight\t%d (effective %d)\nstate\t%s\nhealth\t%s\n"+
+		"inflight\t%d\nopen connections\t%d\nrequests\t%d\nerrors\t%d\n",
+		b.Name, b.Address, b.Version, b.Weight, b.EffectiveWeight, b.State, b.Health, b.Inflight, b.OpenConnections, b.Requests, b.Errors)
+	if b.LastError != "" {
+		fmt.Fprintf(tw, "last error\t%s\n", b.LastError)
+	}
+	_ = tw.Flush()
+}
+
+func (c *ctlClient) printCanary(rep control.CanaryReport) {
+	head := fmt.Sprintf("pool %s: stable %s", rep.Pool, rep.StableVersion)
+	if rep.CanaryVersion != "" {
+		head += fmt.Sprintf(", canary %s at %g%%", rep.CanaryVersion, rep.Weight)
+	} else {
+		head += ", no canary"
+	}
+	if rep.Held {
+		head += " (held)"
+	}
+	fmt.Fprintf(c.stdout, "%s; since %s\n", head, rep.Since.Local().Format(time.DateTime))
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tROLE\tREQUESTS\tERRORS\tERROR RATE\tP50\tP90\tP99")
+	ms := func(v *float64) string {
+		if v == nil {
+			return "-"
+		}
+		return strconv.FormatFloat(math.Round(*v*100)/100, 'f', -1, 64) + "ms"
+	}
+	for _, v := range rep.Versions {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.2f%%\t%s\t%s\t%s\n", v.Version, v.Role, v.Requests, v.Errors, 100*v.ErrorRate,
+			ms(v.P50ms), ms(v.P90ms), ms(v.P99ms))
+	}
+	_ = tw.Flush()
+}

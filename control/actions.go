@@ -1,0 +1,544 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/pool"
+)
+
+// Errors that callers branch on; the messages around them say what to do.
+var (
+	// ErrInvalid: a bad value in a request (400).
+	ErrInvalid = errors.New("invalid request")
+	// ErrConflict: the action is not allowed in the current state (409).
+	ErrConflict = errors.New("not allowed now")
+	// ErrPersist: the decision could not be written to the state file, so it
+	// was not applied (500).
+	ErrPersist = errors.New("the decision could not be saved")
+)
+
+// Opt qualifies an action.
+type Opt func(*actionInfo)
+
+type actionInfo struct{ actor string }
+
+// By names who asked for an action (an API token's name), for the audit log.
+func By(actor string) Opt { return func(a *actionInfo) { a.actor = actor } }
+
+func actorOf(opts []Opt) string {
+	a := actionInfo{actor: "system"}
+	for _, o := range opts {
+		o(&a)
+	}
+	return a.actor
+}
+
+// changeLocked prepares a new overlay with edit, persists it, and only then
+// makes it current, applies it with apply and records the event. Nothing
+// changes when edit refuses or persisting fails.
+func (r *Registry) changeLocked(ev Event, edit func(*State) error, apply func() error) error {
+	next := r.state.clone()
+	if err := edit(next); err != nil {
+		return err
+	}
+	next.compact()
+	if err := saveState(r.stateFile, next); err != nil {
+		return fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
+	}
+	r.state = next
+	err := apply()
+	r.recordLocked(ev)
+	return err
+}
+
+// applyPoolLocked reconfigures a pool from the file plus the overlay.
+func (r *Registry) applyPoolLocked(p *pool.Pool) {
+	p.Configure(effective(r.poolConfigLocked(p.Name()), r.state.Pools[p.Name()]))
+	r.syncBaselineLocked(p)
+}
+
+func (r *Registry) lookupLocked(poolName, name string) (*pool.Pool, *pool.Backend, error) {
+	p := r.pools[poolName]
+	if p == nil {
+		return nil, nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
+	}
+	if name == "" {
+		return p, nil, nil
+	}
+	b := p.Backend(name)
+	if b == nil {
+		return nil, nil, fmt.Errorf("%w %q in pool %q", pool.ErrUnknownBackend, name, poolName)
+	}
+	return p, b, nil
+}
+
+// versionPolicyLocked decides what a backend of pool p running version means
+// for the pool's release: the stable version or the running canary's is
+// fine; a new version starts a canary at the pool's initial share; a second
+// new version while a canary runs is refused.
+func (r *Registry) versionPolicyLocked(p *pool.Pool, s *State, version string) error {
+	ps := s.pool(p.Name())
+	stable := p.StableVersion()
+	if ps.StableVersion != "" {
+		stable = ps.StableVersion
+	}
+	canaryV, _ := p.Canary()
+	if ps.Canary != nil {
+		canaryV = ps.Canary.Version
+	}
+	switch {
+	case version == stable, version == canaryV:
+		return nil
+	case canaryV != "":
+		return fmt.Errorf("%w: pool %q is running canary %s; promote or roll it back before starting %s",
+			ErrConflict, p.Name(), canaryV, version)
+	}
+	ps.Canary = &CanaryState{Version: version, Weight: p.Settings().Canary.InitialWeight}
+	return nil
+}
+
+var labelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+func checkName(what, v string) error {
+	if !labelRE.MatchString(v) {
+		return fmt.Errorf("%w: %s must be 1-63 letters, digits, '.', '_' or '-', got %q", ErrInvalid, what, v)
+	}
+	return nil
+}
+
+func checkWeight(w int) error {
+	if w < 0 || w > config.MaxWeight {
+		return fmt.Errorf("%w: weight must be 0..%d, got %d", ErrInvalid, config.MaxWeight, w)
+	}
+	return nil
+}
+
+func checkAddress(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil || host == "" {
+		return fmt.Errorf("%w: address must be host:port such as 10.0.0.5:8080, got %q", ErrInvalid, a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%w: address port must be 1..65535, got %q", ErrInvalid, port)
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		for _, l := range strings.Split(host, ".") {
+			if !labelRE.MatchString(l) {
+				return fmt.Errorf("%w: address host must be an IP address or a host name, got %q", ErrInvalid, host)
+			}
+		}
+	}
+	return nil
+}
+
+// Drain stops new requests to a backend, persistently: it stays out across
+// reloads and restarts until enabled. Use the backend's WaitDrained to wait
+// until it is idle. Draining a draining or drained backend changes nothing.
+func (r *Registry) Drain(poolName, name string, opts ...Opt) (*pool.Backend, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	if s := b.State(); s == pool.Draining || s == pool.Drained {
+		return b, nil
+	}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "drain", Pool: poolName, Backend: name},
+		func(s *State) error {
+			s.pool(poolName).backend(name).State = "draining"
+			return nil
+		}, func() error {
+			_, err := p.Drain(name)
+			return err
+		})
+	return b, err
+}
+
+// Eject takes a backend out of rotation at once, persistently; in-flight
+// requests finish.
+func (r *Registry) Eject(poolName, name string, opts ...Opt) (*pool.Backend, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	if b.State() == pool.Ejected {
+		return b, nil
+	}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "eject", Pool: poolName, Backend: name},
+		func(s *State) error {
+			s.pool(poolName).backend(name).State = "ejected"
+			return nil
+		}, func() error {
+			_, err := p.Eject(name)
+			return err
+		})
+	return b, err
+}
+
+// EnableSpec is what an enable may change besides the admin state.
+type EnableSpec struct {
+	Version string // empty: keep
+	Weight  *int   // nil: keep
+}
+
+// Enable puts a backend back into rotation, optionally as a new version and
+// with a new weight. It gets requests once a health check passes. A version
+// other than the stable one makes it the pool's canary at the initial share.
+func (r *Registry) Enable(poolName, name string, spec EnableSpec, opts ...Opt) (*pool.Backend, error) {
+	if spec.Version != "" {
+		if err := checkName("version", spec.Version); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Weight != nil {
+		if err := checkWeight(*spec.Weight); err != nil {
+			return nil, err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	if b.State() == pool.Active && (spec.Version == "" || spec.Version == b.Version()) &&
+		(spec.Weight == nil || *spec.Weight == b.Weight()) {
+		return b, nil
+	}
+	detail := ""
+	if spec.Version != "" {
+		detail = "version " + spec.Version
+	}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "enable", Pool: poolName, Backend: name, Detail: detail},
+		func(s *State) error {
+			bs := s.pool(poolName).backend(name)
+			bs.State = ""
+			if spec.Weight != nil {
+				w := *spec.Weight
+				bs.Weight = &w
+			}
+			if spec.Version != "" && spec.Version != b.Version() {
+				if err := r.versionPolicyLocked(p, s, spec.Version); err != nil {
+					return err
+				}
+				bs.Version = spec.Version
+			}
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			_, err := p.Enable(name)
+			return err
+		})
+	return p.Backend(name), err
+}
+
+// SetWeight overrides a backend's weight (0–1000) at runtime; the override
+// wins over the file across reloads and restarts.
+func (r *Registry) SetWeight(poolName, name string, weight int, opts ...Opt) (*pool.Backend, error) {
+	w := weight
+	return r.Patch(poolName, name, PatchSpec{Weight: &w}, opts...)
+}
+
+// PatchSpec is a change to a backend's weight, version or address; nil
+// fields stay.
+type PatchSpec struct {
+	Weight  *int
+	Version *string
+	Address *string
+}
+
+// Patch changes a backend's weight, version or address at runtime. A new
+// address is a new server: it gets requests once a health check passes. A
+// new version follows the same rule as Enable.
+func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*pool.Backend, error) {
+	if spec.Weight != nil {
+		if err := checkWeight(*spec.Weight); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Version != nil {
+		if err := checkName("version", *spec.Version); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Address != nil {
+		if err := checkAddress(*spec.Address); err != nil {
+			return nil, err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	if (spec.Weight == nil || *spec.Weight == b.Weight()) && (spec.Version == nil || *spec.Version == b.Version()) &&
+		(spec.Address == nil || *spec.Address == b.Address()) {
+		return b, nil
+	}
+	var parts []string
+	if spec.Weight != nil {
+		parts = append(parts, fmt.Sprintf("weight %d", *spec.Weight))
+	}
+	if spec.Version != nil {
+		parts = append(parts, "version "+*spec.Version)
+	}
+	if spec.Address != nil {
+		parts = append(parts, "address "+*spec.Address)
+	}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "patch", Pool: poolName, Backend: name, Detail: strings.Join(parts, ", ")},
+		func(s *State) error {
+			bs := s.pool(poolName).backend(name)
+			if spec.Weight != nil {
+				w := *spec.Weight
+				bs.Weight = &w
+			}
+			if spec.Version != nil && *spec.Version != b.Version() {
+				if err := r.versionPolicyLocked(p, s, *spec.Version); err != nil {
+					return err
+				}
+				bs.Version = *spec.Version
+			}
+			if spec.Address != nil {
+				bs.Address = *spec.Address
+			}
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			return nil
+		})
+	return p.Backend(name), err
+}
+
+// AddSpec describes a backend added at runtime.
+type AddSpec struct {
+	Name, Address, Version string
+	Weight                 *int
+}
+
+// Add adds a backend to a pool at runtime, persistently. It gets requests
+// once a health check passes. A new version follows the same rule as Enable.
+func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backend, error) {
+	if err := checkName("name", spec.Name); err != nil {
+		return nil, err
+	}
+	if err := checkAddress(spec.Address); err != nil {
+		return nil, err
+	}
+	if spec.Version == "" {
+		spec.Version = config.DefaultVersion
+	}
+	if err := checkName("version", spec.Version); err != nil {
+		return nil, err
+	}
+	if spec.Weight != nil {
+		if err := checkWeight(*spec.Weight); err != nil {
+			return nil, err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _, err := r.lookupLocked(poolName, "")
+	if err != nil {
+		return nil, err
+	}
+	if p.Backend(spec.Name) != nil {
+		return nil, fmt.Errorf("%w: pool %q already has a backend %q; change it with PATCH", ErrConflict, poolName, spec.Name)
+	}
+	for _, b := range p.Backends() {
+		if b.Address() == spec.Address {
+			return nil, fmt.Errorf("%w: %s is already backend %q of pool %q", ErrConflict, spec.Address, b.Name(), poolName)
+		}
+	}
+	inFile := false
+	for _, b := range r.poolConfigLocked(poolName).Backends {
+		inFile = inFile || b.Name == spec.Name
+	}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "add", Pool: poolName, Backend: spec.Name,
+		Detail: spec.Address + " " + spec.Version},
+		func(s *State) error {
+			if err := r.versionPolicyLocked(p, s, spec.Version); err != nil {
+				return err
+			}
+			bs := s.pool(poolName).backend(spec.Name)
+			*bs = BackendState{Added: !inFile, Address: spec.Address, Version: spec.Version}
+			if spec.Weight != nil {
+				w := *spec.Weight
+				bs.Weight = &w
+			}
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return p.Backend(spec.Name), nil
+}
+
+// Remove takes a backend out of the pool, persistently (also one the file
+// lists, until it is added again): it gets no new requests and goes once its
+// in-flight requests finish. The returned backend can be waited on with
+// WaitDrained.
+func (r *Registry) Remove(poolName, name string, opts ...Opt) (*pool.Backend, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, b, err := r.lookupLocked(poolName, name)
+	if err != nil {
+		return nil, err
+	}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "remove", Pool: poolName, Backend: name},
+		func(s *State) error {
+			s.pool(poolName).backend(name).Removed = true
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			return nil
+		})
+	return b, err
+}
+
+// SetCanary starts a canary or shifts its share (percent) by hand.
+func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...Opt) error {
+	if err := checkName("version", version); err != nil {
+		return err
+	}
+	if weight < 0 || weight > 100 {
+		return fmt.Errorf("%w: canary weight must be 0..100 percent, got %g", ErrInvalid, weight)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _, err := r.lookupLocked(poolName, "")
+	if err != nil {
+		return err
+	}
+	if version == p.StableVersion() {
+		return fmt.Errorf("%w: %s is the stable version of pool %q", ErrConflict, version, poolName)
+	}
+	cur, curW := p.Canary()
+	if cur != "" && cur != version {
+		return fmt.Errorf("%w: pool %q is running canary %s; promote or roll it back before starting %s",
+			ErrConflict, poolName, cur, version)
+	}
+	if cur == version && curW == weight {
+		return nil
+	}
+	runs := false
+	for _, b := range p.Backends() {
+		runs = runs || b.Version() == version
+	}
+	if !runs {
+		return fmt.Errorf("%w: no backend of pool %q runs %s; enable or add one with that version first", ErrConflict, poolName, version)
+	}
+	return r.changeLocked(Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
+		func(s *State) error {
+			s.pool(poolName).Canary = &CanaryState{Version: version, Weight: weight}
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			return nil
+		})
+}
+
+// Promote makes the canary the stable version. The previous version's
+// backends keep serving until they are upgraded one by one.
+func (r *Registry) Promote(poolName string, opts ...Opt) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _, err := r.lookupLocked(poolName, "")
+	if err != nil {
+		return err
+	}
+	cur, _ := p.Canary()
+	if cur == "" {
+		return fmt.Errorf("%w: pool %q has no canary to promote", ErrConflict, poolName)
+	}
+	return r.changeLocked(Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: cur + " is stable"},
+		func(s *State) error {
+			ps := s.pool(poolName)
+			ps.StableVersion = cur
+			ps.Canary = &CanaryState{} // no canary, whatever the file says
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			return nil
+		})
+}
+
+// Rollback stops the canary at once: it gets no new requests and its
+// backends are drained. Without a canary it changes nothing.
+func (r *Registry) Rollback(poolName string, opts ...Opt) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _, err := r.lookupLocked(poolName, "")
+	if err != nil {
+		return err
+	}
+	cur, _ := p.Canary()
+	if cur == "" {
+		return nil
+	}
+	var drained []string
+	for _, b := range p.Backends() {
+		if b.Version() == cur {
+			drained = append(drained, b.Name())
+		}
+	}
+	return r.changeLocked(Event{Actor: actorOf(opts), Action: "rollback", Pool: poolName,
+		Detail: cur + " rolled back; drained " + strings.Join(drained, ", ")},
+		func(s *State) error {
+			ps := s.pool(poolName)
+			ps.Canary = &CanaryState{}
+			for _, n := range drained {
+				ps.backend(n).State = "draining"
+			}
+			return nil
+		}, func() error {
+			for _, n := range drained {
+				_, _ = p.Drain(n)
+			}
+			r.applyPoolLocked(p)
+			return nil
+		})
+}
+
+// Hold freezes (true) or resumes (false) the judge's automatic steps for a
+// pool.
+func (r *Registry) Hold(poolName string, hold bool, opts ...Opt) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, _, err := r.lookupLocked(poolName, ""); err != nil {
+		return err
+	}
+	if ps := r.state.Pools[poolName]; (ps != nil && ps.Held) == hold {
+		return nil
+	}
+	action := "resume"
+	if hold {
+		action = "hold"
+	}
+	return r.changeLocked(Event{Actor: actorOf(opts), Action: action, Pool: poolName},
+		func(s *State) error {
+			s.pool(poolName).Held = hold
+			return nil
+		}, func() error { return nil })
+}
+
+// Held reports whether the judge's automatic steps are frozen for a pool.
+func (r *Registry) Held(poolName string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ps := r.state.Pools[poolName]
+	return ps != nil && ps.Held
+}
