@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"text/template"
 	"time"
 
 	"github.com/baton-lb/baton/admin"
@@ -45,7 +46,9 @@ Usage: baton ctl COMMAND [ARGS] [FLAGS]
 Flags:
   --admin URL        admin API (env BATON_ADMIN; default http://127.0.0.1:9090)
   --token-file FILE  file with the API token (env BATON_TOKEN_FILE, or BATON_TOKEN)
-  -o text|json|name  output format (default text)
+  -o FORMAT          text (default), json, name (names, one per line) or
+                     template=GO-TEMPLATE applied to the JSON answer,
+                     e.g. -o 'template={{.stable_version}}'
 
 Exit codes: 0 done, 1 refused or failed, 2 usage, 3 a --wait ran out.
 `
@@ -113,6 +116,7 @@ type ctlClient struct {
 	stdout io.Writer
 	stderr io.Writer
 	output string
+	tmpl   *template.Template // -o template=…: applied to the JSON answer
 }
 
 // ctlError is a failure with the exit code it maps to.
@@ -176,12 +180,19 @@ func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
 		return nil, fail(exitUsage, "--admin must be a URL such as http://127.0.0.1:9090, got %q", base)
 	}
 	c := &ctlClient{base: strings.TrimRight(base, "/"), stdout: stdout, stderr: stderr, output: a.flags["o"]}
-	switch c.output {
-	case "", "text":
+	switch {
+	case c.output == "", c.output == "text":
 		c.output = "text"
-	case "json", "name":
+	case c.output == "json", c.output == "name":
+	case strings.HasPrefix(c.output, "template="):
+		t, err := template.New("o").Option("missingkey=error").Parse(strings.TrimPrefix(c.output, "template="))
+		if err != nil {
+			return nil, fail(exitUsage, "-o template: %v", err)
+		}
+		c.tmpl = t
+		c.output = "json" // the template gets the JSON answer; nothing else is printed
 	default:
-		return nil, fail(exitUsage, "-o must be text, json or name, got %q", c.output)
+		return nil, fail(exitUsage, "-o must be text, json, name or template=GO-TEMPLATE, got %q", c.output)
 	}
 	tokenFile := a.flags["token-file"]
 	if tokenFile == "" {
@@ -279,9 +290,17 @@ func (c *ctlClient) call(method, path string, query url.Values, body, out any) (
 		}
 		return res.StatusCode, fail(exitFail, "%s", e.Error)
 	}
-	if c.output == "json" {
+	if c.tmpl != nil {
+		var v any
+		if err := json.Unmarshal(data, &v); err != nil {
+			return res.StatusCode, fail(exitFail, "the admin API's answer is not JSON: %v", err)
+		}
+		if err := c.tmpl.Execute(c.stdout, v); err != nil {
+			return res.StatusCode, fail(exitFail, "-o template: %v", err)
+		}
+		fmt.Fprintln(c.stdout)
+	} else if c.output == "json" {
 		_, _ = c.stdout.Write(data)
-		return res.StatusCode, nil
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
