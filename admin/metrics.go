@@ -20,7 +20,7 @@ type collector struct {
 	ctl *control.Registry
 
 	requests, errors, duration, inflight, up, state, weight, conns, retries *prometheus.Desc
-	canaryWeight, reloads, generation, lastReload                          *prometheus.Desc
+	canaryWeight, reloads, generation, lastReload                           *prometheus.Desc
 }
 
 func newCollector(ctl *control.Registry) *collector {

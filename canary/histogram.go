@@ -122,18 +122,3 @@ func (s *Snapshot) Quantile(q float64) float64 {
 	lo, _ := BucketBounds(NumBuckets - 1)
 	return float64(lo)
 }
-
-// CumulativeAt returns how many observations were below limit microseconds,
-// counting a bucket that straddles the limit as below it when its lower
-// bound is.
-func (s *Snapshot) CumulativeAt(limitUS float64) uint64 {
-	var n uint64
-	for i, c := range s.Buckets {
-		lo, _ := BucketBounds(i)
-		if float64(lo) > limitUS {
-			break
-		}
-		n += c
-	}
-	return n
-}

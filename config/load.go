@@ -177,6 +177,10 @@ func yamlSyntaxError(err error, name string, data []byte) error {
 	case line == 0:
 		line = 1
 	}
+	if strings.HasPrefix(text, "found character that cannot start any token") && tabIndented(data, line) {
+		// yaml.v3's words for a tab before a list item.
+		text = "a tab character in the indentation; indent with spaces"
+	}
 	if strings.HasPrefix(text, "found a tab character") {
 		lines := strings.Split(string(data), "\n")
 		for i := line - 1; i >= 0 && i < len(lines); i++ {
@@ -188,6 +192,17 @@ func yamlSyntaxError(err error, name string, data []byte) error {
 		}
 	}
 	return &Error{File: name, Line: line, Msg: "YAML syntax: " + text}
+}
+
+// tabIndented reports whether line (1-based) of data has a tab in its
+// indentation.
+func tabIndented(data []byte, line int) bool {
+	lines := strings.Split(string(data), "\n")
+	if line < 1 || line > len(lines) {
+		return false
+	}
+	l := lines[line-1]
+	return strings.Contains(l[:len(l)-len(strings.TrimLeft(l, " \t"))], "\t")
 }
 
 var (

@@ -260,10 +260,11 @@ func (v *validator) pool(path string, p *Pool) {
 	}
 
 	c := p.Canary
-	if c.Weight < 0 || c.Weight > 100 {
+	// Written as "not inside" so that NaN (".nan" in YAML) is refused too.
+	if !(c.Weight >= 0 && c.Weight <= 100) {
 		v.add(path+".canary.weight", "must be a percentage 0..100, got %g", c.Weight)
 	}
-	if c.InitialWeight <= 0 || c.InitialWeight > 100 {
+	if !(c.InitialWeight > 0 && c.InitialWeight <= 100) {
 		v.add(path+".canary.initial_weight", "must be a percentage above 0 and at most 100, got %g", c.InitialWeight)
 	}
 	if c.Version != "" {

@@ -414,7 +414,7 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 	if err := checkName("version", version); err != nil {
 		return err
 	}
-	if weight < 0 || weight > 100 {
+	if !(weight >= 0 && weight <= 100) { // NaN included
 		return fmt.Errorf("%w: canary weight must be 0..100 percent, got %g", ErrInvalid, weight)
 	}
 	r.mu.Lock()
