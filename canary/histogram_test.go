@@ -353,4 +353,3 @@ func BenchmarkObserve(b *testing.B) {
 		}
 	})
 }
-

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -139,6 +140,9 @@ func loadState(path string) (*State, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(s); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v (fix or move the file to start without the runtime decisions it holds)", ErrCorruptState, path, err)
+	}
+	if err := dec.Decode(&struct{}{}); err != io.EOF {
+		return nil, fmt.Errorf("%w: %s: data after the state object (fix or move the file to start without the runtime decisions it holds)", ErrCorruptState, path)
 	}
 	if s.Format != stateFormat {
 		return nil, fmt.Errorf("%w: %s: format %d, this baton reads format %d", ErrCorruptState, path, s.Format, stateFormat)

@@ -29,6 +29,14 @@ const (
 // viper#284). Events are debounced, and the content is compared so that a
 // touch without a change does nothing.
 func WatchConfig(ctx context.Context, path string, log zerolog.Logger, reload func()) error {
+	return WatchConfigFrom(ctx, path, [32]byte{}, log, reload)
+}
+
+// WatchConfigFrom is WatchConfig for a file whose content, when baton
+// loaded it, had the SHA-256 initial: an edit made between that load and the
+// start of the watch is reloaded at once. A zero initial means the content
+// found when the watch starts.
+func WatchConfigFrom(ctx context.Context, path string, initial [32]byte, log zerolog.Logger, reload func()) error {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return err
@@ -45,6 +53,12 @@ func WatchConfig(ctx context.Context, path string, log zerolog.Logger, reload fu
 	last, _ := fileHash(abs)
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
+	if initial != ([32]byte{}) && initial != last {
+		// Edited while baton was starting: apply it soon (the debounce
+		// gives a writer still at it a moment to finish).
+		last = initial
+		debounce.Reset(reloadDebounce)
+	}
 	backstop := time.NewTicker(backstopInterval)
 	defer backstop.Stop()
 

@@ -55,7 +55,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "  stop: Ctrl-C\n\n")
 	}
-	if err := serve(ctx, cfg, path, stderr, ready); err != nil {
+	if err := serve(ctx, cfg, path, [32]byte{}, stderr, ready); err != nil {
 		fmt.Fprintln(stderr, "baton demo:", err)
 		return exitFail
 	}

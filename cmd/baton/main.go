@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -95,6 +96,10 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
+	// The content's hash is taken before loading, so an edit made while
+	// baton starts is noticed by the watcher and applied.
+	data, _ := os.ReadFile(path)
+	sum := sha256.Sum256(data)
 	cfg, err := config.Load(path)
 	if err != nil {
 		printConfigErrors(stderr, err)
@@ -102,7 +107,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signalContext()
 	defer stop()
-	if err := serve(ctx, cfg, path, stderr, nil); err != nil {
+	if err := serve(ctx, cfg, path, sum, stderr, nil); err != nil {
 		fmt.Fprintln(stderr, "baton:", err)
 		return exitFail
 	}

@@ -48,9 +48,11 @@ func isTerminal(w io.Writer) bool {
 // serve runs baton until ctx ends, then shuts down gracefully: it stops
 // accepting, lets requests in flight finish for up to the shutdown timeout,
 // and returns nil. path is the config file, watched and reloaded on change
-// and on SIGHUP ("" for a built-in config). ready, when set, is called with
+// and on SIGHUP ("" for a built-in config); loaded is the SHA-256 of the
+// content the config came from (zero: whatever is there when watching
+// starts). ready, when set, is called with
 // the listeners' addresses once baton accepts traffic.
-func serve(ctx context.Context, cfg *config.Config, path string, logw io.Writer, ready func(traffic, admin net.Addr)) error {
+func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte, logw io.Writer, ready func(traffic, admin net.Addr)) error {
 	log := newLogger(cfg.Log, logw)
 	reg, err := control.New(cfg, cfg.StateFile, log)
 	if err != nil {
@@ -102,7 +104,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, logw io.Writer,
 		watchers.Add(2)
 		go func() {
 			defer watchers.Done()
-			err := control.WatchConfig(ctx, path, log, func() { _ = reg.ReloadFile(path) })
+			err := control.WatchConfigFrom(ctx, path, loaded, log, func() { _ = reg.ReloadFile(path) })
 			if err != nil {
 				log.Warn().Err(err).Str("file", path).Msg("the config file is not watched; send SIGHUP to reload it")
 			}
