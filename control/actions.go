@@ -227,11 +227,19 @@ func (r *Registry) Enable(poolName, name string, spec EnableSpec, opts ...Opt) (
 				w := *spec.Weight
 				bs.Weight = &w
 			}
-			if spec.Version != "" && spec.Version != b.Version() {
-				if err := r.versionPolicyLocked(p, s, spec.Version); err != nil {
-					return err
-				}
-				bs.Version = spec.Version
+			// The version it comes back with, given or kept, follows the
+			// pool's release rule: a version that is neither stable nor the
+			// running canary (say, one rolled back earlier) starts a canary
+			// rather than joining the stable traffic unverified.
+			v := spec.Version
+			if v == "" {
+				v = b.Version()
+			}
+			if err := r.versionPolicyLocked(p, s, v); err != nil {
+				return err
+			}
+			if v != b.Version() {
+				bs.Version = v
 			}
 			return nil
 		}, func() error {
@@ -335,11 +343,10 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 	if err := checkAddress(spec.Address); err != nil {
 		return nil, err
 	}
-	if spec.Version == "" {
-		spec.Version = config.DefaultVersion
-	}
-	if err := checkName("version", spec.Version); err != nil {
-		return nil, err
+	if spec.Version != "" {
+		if err := checkName("version", spec.Version); err != nil {
+			return nil, err
+		}
 	}
 	if spec.Weight != nil {
 		if err := checkWeight(*spec.Weight); err != nil {
@@ -352,8 +359,11 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 	if err != nil {
 		return nil, err
 	}
+	if spec.Version == "" {
+		spec.Version = p.StableVersion() // a new server of the version in service
+	}
 	if p.Backend(spec.Name) != nil {
-		return nil, fmt.Errorf("%w: pool %q already has a backend %q; change it with PATCH", ErrConflict, poolName, spec.Name)
+		return nil, fmt.Errorf("%w: pool %q already has a backend %q; change it with PATCH (baton ctl set)", ErrConflict, poolName, spec.Name)
 	}
 	for _, b := range p.Backends() {
 		if b.Address() == spec.Address {
@@ -462,7 +472,7 @@ func (r *Registry) Promote(poolName string, opts ...Opt) error {
 	}
 	cur, _ := p.Canary()
 	if cur == "" {
-		return fmt.Errorf("%w: pool %q has no canary to promote", ErrConflict, poolName)
+		return fmt.Errorf("%w: pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", ErrConflict, poolName)
 	}
 	return r.changeLocked(Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: cur + " is stable"},
 		func(s *State) error {

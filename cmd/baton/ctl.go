@@ -110,13 +110,14 @@ func parseCtlArgs(args []string) (*ctlArgs, error) {
 
 // ctlClient talks to the admin API.
 type ctlClient struct {
-	base   string
-	token  string
-	http   *http.Client
-	stdout io.Writer
-	stderr io.Writer
-	output string
-	tmpl   *template.Template // -o template=…: applied to the JSON answer
+	base      string
+	token     string
+	tokenFile string
+	http      *http.Client
+	stdout    io.Writer
+	stderr    io.Writer
+	output    string
+	tmpl      *template.Template // -o template=…: applied to the JSON answer
 }
 
 // ctlError is a failure with the exit code it maps to.
@@ -198,14 +199,8 @@ func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
 	if tokenFile == "" {
 		tokenFile = os.Getenv("BATON_TOKEN_FILE")
 	}
-	switch {
-	case tokenFile != "":
-		tok, err := readCtlToken(tokenFile)
-		if err != nil {
-			return nil, fail(exitFail, "%v", err)
-		}
-		c.token = tok
-	default:
+	c.tokenFile = tokenFile // read at the first call, after the command line is checked
+	if tokenFile == "" {
 		c.token = os.Getenv("BATON_TOKEN")
 	}
 	timeout := 30 * time.Second
@@ -243,6 +238,13 @@ func readCtlToken(path string) (string, error) {
 // call sends a request and decodes a 2xx JSON answer into out. API errors
 // become ctlErrors with the API's message and a hint.
 func (c *ctlClient) call(method, path string, query url.Values, body, out any) (int, error) {
+	if c.tokenFile != "" && c.token == "" {
+		tok, err := readCtlToken(c.tokenFile)
+		if err != nil {
+			return 0, fail(exitFail, "%v", err)
+		}
+		c.token = tok
+	}
 	u := c.base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
