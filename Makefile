@@ -20,9 +20,10 @@ test: lint
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
 
-## fuzz: send arbitrary request bytes through baton for FUZZTIME
+## fuzz: arbitrary request bytes through baton, and arbitrary config files, for FUZZTIME each
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestFraming$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./config
 
 ## bench: request-path benchmarks with allocation counts
 bench:

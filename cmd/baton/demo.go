@@ -18,10 +18,11 @@ import (
 // on every loopback backend address, so baton answers at once on a fresh
 // machine.
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
-	path, code, ok := parseFlags("demo", args, stderr, false)
+	f, code, ok := parseFlags("demo", args, stderr, false)
 	if !ok {
 		return code
 	}
+	path := f.path
 	var cfg *config.Config
 	var err error
 	if path == "" {
@@ -33,6 +34,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		printConfigErrors(stderr, err)
 		return exitFail
 	}
+	f.applyStateFlag(cfg)
 	ctx, stop := signalContext()
 	defer stop()
 

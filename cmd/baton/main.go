@@ -68,34 +68,55 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return exitUsage
 }
 
-// configFlag parses "-c FILE" for a subcommand.
-func parseFlags(name string, args []string, stderr io.Writer, required bool) (path string, code int, ok bool) {
+// cmdFlags are the flags of serve, check and demo.
+type cmdFlags struct {
+	path      string // -c FILE
+	stateFile string // --state-file FILE: overrides the config's state_file
+}
+
+// parseFlags parses "-c FILE [--state-file FILE]" for a subcommand.
+func parseFlags(name string, args []string, stderr io.Writer, required bool) (f cmdFlags, code int, ok bool) {
 	fs := flag.NewFlagSet("baton "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&path, "c", "", "config file (YAML)")
-	fs.StringVar(&path, "config", "", "config file (YAML)")
+	fs.StringVar(&f.path, "c", "", "config file (YAML)")
+	fs.StringVar(&f.path, "config", "", "config file (YAML)")
+	if name != "check" {
+		fs.StringVar(&f.stateFile, "state-file", "", "where runtime decisions are kept (overrides state_file; \"off\": memory only)")
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return "", exitOK, false
+			return f, exitOK, false
 		}
-		return "", exitUsage, false
+		return f, exitUsage, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "baton %s: unexpected argument %q\n", name, fs.Arg(0))
-		return "", exitUsage, false
+		return f, exitUsage, false
 	}
-	if required && path == "" {
+	if required && f.path == "" {
 		fmt.Fprintf(stderr, "baton %s: -c FILE is required\n", name)
-		return "", exitUsage, false
+		return f, exitUsage, false
 	}
-	return path, exitOK, true
+	return f, exitOK, true
+}
+
+// applyStateFlag lets --state-file override the config's state_file.
+func (f cmdFlags) applyStateFlag(cfg *config.Config) {
+	switch f.stateFile {
+	case "":
+	case "off":
+		cfg.StateFile = ""
+	default:
+		cfg.StateFile = f.stateFile
+	}
 }
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
-	path, code, ok := parseFlags("serve", args, stderr, true)
+	f, code, ok := parseFlags("serve", args, stderr, true)
 	if !ok {
 		return code
 	}
+	path := f.path
 	// The content's hash is taken before loading, so an edit made while
 	// baton starts is noticed by the watcher and applied.
 	data, _ := os.ReadFile(path)
@@ -105,6 +126,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		printConfigErrors(stderr, err)
 		return exitFail
 	}
+	f.applyStateFlag(cfg)
 	ctx, stop := signalContext()
 	defer stop()
 	if err := serve(ctx, cfg, path, sum, stderr, nil); err != nil {
@@ -115,10 +137,11 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, code, ok := parseFlags("check", args, stderr, true)
+	f, code, ok := parseFlags("check", args, stderr, true)
 	if !ok {
 		return code
 	}
+	path := f.path
 	cfg, err := config.Load(path)
 	if err != nil {
 		printConfigErrors(stderr, err)
