@@ -302,6 +302,13 @@ func listVersions(m map[string]bool) string {
 	return strings.Join(vs, ", ")
 }
 
+// ValidName reports whether s is a valid pool, backend or version name:
+// 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// CheckBackendAddress returns what is wrong with a backend address, or "".
+func CheckBackendAddress(addr string) string { return checkBackendAddr(addr) }
+
 // checkBackendAddr returns a problem with addr, or "".
 func checkBackendAddr(addr string) string {
 	host, port, err := net.SplitHostPort(addr)

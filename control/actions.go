@@ -3,10 +3,6 @@ package control
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/baton-lb/baton/config"
@@ -58,6 +54,15 @@ func (r *Registry) changeLocked(ev Event, edit func(*State) error, apply func() 
 	return err
 }
 
+// poolChangeLocked is changeLocked for a decision that reconfigures pool p
+// from the file plus the new overlay.
+func (r *Registry) poolChangeLocked(p *pool.Pool, ev Event, edit func(*State) error) error {
+	return r.changeLocked(ev, edit, func() error {
+		r.applyPoolLocked(p)
+		return nil
+	})
+}
+
 // applyPoolLocked reconfigures a pool from the file plus the overlay.
 func (r *Registry) applyPoolLocked(p *pool.Pool) {
 	p.Configure(effective(r.poolConfigLocked(p.Name()), r.state.Pools[p.Name()]))
@@ -104,10 +109,8 @@ func (r *Registry) versionPolicyLocked(p *pool.Pool, s *State, version string) e
 	return nil
 }
 
-var labelRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
 func checkName(what, v string) error {
-	if !labelRE.MatchString(v) {
+	if !config.ValidName(v) {
 		return fmt.Errorf("%w: %s must be 1-63 letters, digits, '.', '_' or '-', got %q", ErrInvalid, what, v)
 	}
 	return nil
@@ -121,19 +124,8 @@ func checkWeight(w int) error {
 }
 
 func checkAddress(a string) error {
-	host, port, err := net.SplitHostPort(a)
-	if err != nil || host == "" {
-		return fmt.Errorf("%w: address must be host:port such as 10.0.0.5:8080, got %q", ErrInvalid, a)
-	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("%w: address port must be 1..65535, got %q", ErrInvalid, port)
-	}
-	if _, err := netip.ParseAddr(host); err != nil {
-		for _, l := range strings.Split(host, ".") {
-			if !labelRE.MatchString(l) {
-				return fmt.Errorf("%w: address host must be an IP address or a host name, got %q", ErrInvalid, host)
-			}
-		}
+	if problem := config.CheckBackendAddress(a); problem != "" {
+		return fmt.Errorf("%w: address %s", ErrInvalid, problem)
 	}
 	return nil
 }
@@ -304,7 +296,7 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 	if spec.Address != nil {
 		parts = append(parts, "address "+*spec.Address)
 	}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "patch", Pool: poolName, Backend: name, Detail: strings.Join(parts, ", ")},
+	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "patch", Pool: poolName, Backend: name, Detail: strings.Join(parts, ", ")},
 		func(s *State) error {
 			bs := s.pool(poolName).backend(name)
 			if spec.Weight != nil {
@@ -320,9 +312,6 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 			if spec.Address != nil {
 				bs.Address = *spec.Address
 			}
-			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
 			return nil
 		})
 	return p.Backend(name), err
@@ -374,7 +363,7 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 	for _, b := range r.poolConfigLocked(poolName).Backends {
 		inFile = inFile || b.Name == spec.Name
 	}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "add", Pool: poolName, Backend: spec.Name,
+	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "add", Pool: poolName, Backend: spec.Name,
 		Detail: spec.Address + " " + spec.Version},
 		func(s *State) error {
 			if err := r.versionPolicyLocked(p, s, spec.Version); err != nil {
@@ -386,9 +375,6 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 				w := *spec.Weight
 				bs.Weight = &w
 			}
-			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
 			return nil
 		})
 	if err != nil {
@@ -408,12 +394,9 @@ func (r *Registry) Remove(poolName, name string, opts ...Opt) (*pool.Backend, er
 	if err != nil {
 		return nil, err
 	}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "remove", Pool: poolName, Backend: name},
+	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "remove", Pool: poolName, Backend: name},
 		func(s *State) error {
 			s.pool(poolName).backend(name).Removed = true
-			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
 			return nil
 		})
 	return b, err
@@ -451,12 +434,9 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 	if !runs {
 		return fmt.Errorf("%w: no backend of pool %q runs %s; enable or add one with that version first", ErrConflict, poolName, version)
 	}
-	return r.changeLocked(Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
+	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
 		func(s *State) error {
 			s.pool(poolName).Canary = &CanaryState{Version: version, Weight: weight}
-			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
 			return nil
 		})
 }
@@ -474,14 +454,11 @@ func (r *Registry) Promote(poolName string, opts ...Opt) error {
 	if cur == "" {
 		return fmt.Errorf("%w: pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", ErrConflict, poolName)
 	}
-	return r.changeLocked(Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: cur + " is stable"},
+	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: cur + " is stable"},
 		func(s *State) error {
 			ps := s.pool(poolName)
 			ps.StableVersion = cur
 			ps.Canary = &CanaryState{} // no canary, whatever the file says
-			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
 			return nil
 		})
 }
