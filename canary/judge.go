@@ -1,0 +1,341 @@
+package canary
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"time"
+)
+
+// Verdict values, as the API shows them.
+const (
+	Pass         = "pass"
+	Hold         = "hold"
+	Fail         = "fail"
+	Inconclusive = "inconclusive"
+)
+
+// JudgeConfig is how a pool's judge decides. Zero values are not valid; the
+// config package fills defaults.
+type JudgeConfig struct {
+	Alpha           float64       // false-fail probability bound over a whole release, e.g. 0.01
+	ErrorMargin     float64       // relative: the canary may fail this much more often (0.25 = 25 %)
+	ErrorFloor      float64       // absolute: and must be worse by at least this rate (0.002 = 0.2 points)
+	LatencyTol      float64       // relative tolerance on latency quantiles (0.2 = 20 %)
+	LatencyFloor    time.Duration // and at least this much slower
+	SignatureMargin float64       // relative margin for a signature to count as elevated
+	StepMinTime     time.Duration // a step passes no sooner than this
+	StepMinRequests uint64        // and not before the canary served this many in it
+}
+
+// quantiles the judge compares, with the fewest samples per side each needs:
+// a p99 estimate from fewer than a few hundred requests is noise.
+var judgedQuantiles = []struct {
+	q    float64
+	name string
+	min  uint64
+}{{0.5, "p50", 30}, {0.9, "p90", 100}, {0.99, "p99", 400}}
+
+// latencyZ is the z-score of the quantiles' confidence bounds. The comparison
+// is repeated at every tick, so each look is held to a strict level; the
+// calibration test shows the resulting false-fail rate.
+const latencyZ = 3.0
+
+// Side is what one version showed over the judged window.
+type Side struct {
+	Requests uint64
+	Errors   uint64
+	// Gateway counts failures where the backend gave no answer at all
+	// (refused, reset, timed out).
+	Gateway uint64
+	// Latency by route group, since the warm-up ended.
+	Latency map[string]*Snapshot
+}
+
+// SignatureEvidence is one failure signature's counts over the window.
+type SignatureEvidence struct {
+	Key            string
+	Stable, Canary uint64
+}
+
+// Input is one tick's evidence for a pool with a canary.
+type Input struct {
+	Now time.Time
+	// Share is the canary's share of the requests during this tick,
+	// measured from request counts (0..1).
+	Share float64
+	// Stable and Canary are cumulative since the canary started.
+	Stable, Canary Side
+	// StepStart is when the current step began; StepCanaryRequests how many
+	// requests the canary served in it.
+	StepStart          time.Time
+	StepCanaryRequests uint64
+	// CanaryBackends and CanaryHealthy count the canary's backends and those
+	// that pass health checks.
+	CanaryBackends, CanaryHealthy int
+	Signatures                    []SignatureEvidence
+	Held                          bool
+}
+
+// Finding is a figure behind a verdict.
+type Finding struct {
+	Rule   string `json:"rule"`
+	Detail string `json:"detail"`
+}
+
+// SignatureClass is how a signature compares across versions.
+type SignatureClass struct {
+	Key            string  `json:"key"`
+	Class          string  `json:"class"` // new, elevated, known
+	Stable         uint64  `json:"stable"`
+	Canary         uint64  `json:"canary"`
+	LogEvidence    float64 `json:"log_evidence"`
+	FailsRelease   bool    `json:"fails_release"`
+	ExpectedCanary float64 `json:"expected_canary"`
+}
+
+// Result is a verdict with its reason and the figures behind it.
+type Result struct {
+	Verdict    string           `json:"verdict"`
+	Rule       string           `json:"rule"`
+	Reason     string           `json:"reason"`
+	Findings   []Finding        `json:"figures"`
+	Signatures []SignatureClass `json:"-"`
+}
+
+// Judge keeps the sequential tests of one canary. Feed it one Input per tick
+// with cumulative evidence; it works out the increments itself.
+//
+// A Judge is not safe for concurrent use.
+type Judge struct {
+	cfg    JudgeConfig
+	errors *SeqTest
+	sigs   map[string]*SeqTest
+	last   Input
+	ticks  int
+}
+
+// NewJudge returns a judge for a canary that just started.
+func NewJudge(cfg JudgeConfig) *Judge {
+	return &Judge{cfg: cfg, errors: NewSeqTest(cfg.ErrorMargin), sigs: map[string]*SeqTest{}}
+}
+
+// Evaluate takes the tick's evidence and returns the verdict.
+func (j *Judge) Evaluate(in Input) Result {
+	share := in.Share
+	dse, dce := sub(in.Stable.Errors, j.last.Stable.Errors), sub(in.Canary.Errors, j.last.Canary.Errors)
+	j.errors.Observe(dse, dce, share)
+	prevSig := map[string]SignatureEvidence{}
+	for _, s := range j.last.Signatures {
+		prevSig[s.Key] = s
+	}
+	for _, s := range in.Signatures {
+		t := j.sigs[s.Key]
+		if t == nil {
+			t = NewSeqTest(j.cfg.SignatureMargin)
+			j.sigs[s.Key] = t
+		}
+		p := prevSig[s.Key]
+		t.Observe(sub(s.Stable, p.Stable), sub(s.Canary, p.Canary), share)
+	}
+	j.last = in
+	j.ticks++
+
+	r := Result{}
+	add := func(rule, format string, args ...any) {
+		r.Findings = append(r.Findings, Finding{Rule: rule, Detail: fmt.Sprintf(format, args...)})
+	}
+	st, ca := in.Stable, in.Canary
+	sRate, cRate := rate(st.Errors, st.Requests), rate(ca.Errors, ca.Requests)
+	add("counts", "stable %d requests, %d errors (%.2f%%); canary %d requests, %d errors (%.2f%%); canary share %.1f%%",
+		st.Requests, st.Errors, 100*sRate, ca.Requests, ca.Errors, 100*cRate, 100*share)
+
+	// Absolute guards: no statistics needed to see these.
+	switch {
+	case in.CanaryBackends > 0 && in.CanaryHealthy == 0:
+		return r.fail("guard_health", "no canary backend passes its health check (%d of %d down)", in.CanaryBackends, in.CanaryBackends)
+	case ca.Requests >= 20 && float64(ca.Gateway) >= 0.5*float64(ca.Requests):
+		return r.fail("guard_unreachable", "the canary gave no answer to %d of its %d requests (refused, reset or timed out)", ca.Gateway, ca.Requests)
+	case ca.Requests >= 20 && cRate >= 0.5 && sRate < 0.25:
+		return r.fail("guard_errors", "the canary answered %.0f%% of its %d requests with errors, stable %.2f%%", 100*cRate, ca.Requests, 100*sRate)
+	}
+
+	threshold := math.Log(1 / j.cfg.Alpha)
+
+	// Error rate: the sequential test, and a floor so that a tiny
+	// difference at high volume never fails a release.
+	le := j.errors.LogEValue()
+	add("error_rate", "evidence the canary fails more than %.0f%% more often: log e-value %.2f of %.2f needed; rates %.3f%% against %.3f%%, floor %.2f points",
+		100*j.cfg.ErrorMargin, le, threshold, 100*cRate, 100*sRate, 100*j.cfg.ErrorFloor)
+	if le >= threshold && cRate-sRate >= j.cfg.ErrorFloor {
+		return r.fail("error_rate", "the canary's error rate %.2f%% is above stable's %.2f%% beyond the %.0f%% margin (log e-value %.1f ≥ %.1f)",
+			100*cRate, 100*sRate, 100*j.cfg.ErrorMargin, le, threshold)
+	}
+
+	// Signatures: a failure the canary has and stable does not (or far
+	// less) is new (elevated); comparable rates make it known, a caveat of
+	// the old version that never fails a release. Each is a sequential test;
+	// the level is split over the signatures seen (Bonferroni).
+	keys := make([]string, 0, len(in.Signatures))
+	for _, s := range in.Signatures {
+		keys = append(keys, s.Key)
+	}
+	sort.Strings(keys)
+	sigThreshold := math.Log(float64(max(1, len(keys))) / j.cfg.Alpha)
+	var worst *SignatureClass
+	for _, s := range in.Signatures {
+		t := j.sigs[s.Key]
+		lev := t.LogEValue()
+		sc := SignatureClass{Key: s.Key, Stable: s.Stable, Canary: s.Canary, LogEvidence: round2(lev),
+			ExpectedCanary: round2(float64(s.Stable+s.Canary) * share)}
+		switch {
+		case s.Canary > 0 && s.Stable == 0:
+			sc.Class = "new"
+		case s.Canary > 0 && lev >= sigThreshold:
+			sc.Class = "elevated"
+		default:
+			sc.Class = "known"
+		}
+		sc.FailsRelease = sc.Class != "known" && lev >= sigThreshold && s.Canary >= 2
+		r.Signatures = append(r.Signatures, sc)
+		if sc.FailsRelease && (worst == nil || sc.LogEvidence > worst.LogEvidence) {
+			c := sc
+			worst = &c
+		}
+	}
+	sort.Slice(r.Signatures, func(a, b int) bool {
+		if r.Signatures[a].Canary != r.Signatures[b].Canary {
+			return r.Signatures[a].Canary > r.Signatures[b].Canary
+		}
+		return r.Signatures[a].Key < r.Signatures[b].Key
+	})
+	if worst != nil {
+		return r.fail("signature", "%s error %q: %d on the canary, %d on stable, %.1f expected on the canary at its share (log e-value %.1f ≥ %.1f)",
+			worst.Class, worst.Key, worst.Canary, worst.Stable, worst.ExpectedCanary, worst.LogEvidence, sigThreshold)
+	}
+
+	// Latency, per route group, from the warm-up's end.
+	if f := j.compareLatency(&r, st, ca); f != "" {
+		return r.fail("latency", "%s", f)
+	}
+
+	if in.Held {
+		r.Verdict, r.Rule, r.Reason = Hold, "held", "automatic steps are on hold by an operator"
+		return r
+	}
+	elapsed := in.Now.Sub(in.StepStart)
+	if elapsed < j.cfg.StepMinTime || in.StepCanaryRequests < j.cfg.StepMinRequests {
+		if elapsed >= 3*j.cfg.StepMinTime && in.StepCanaryRequests < j.cfg.StepMinRequests {
+			r.Verdict, r.Rule = Hold, "too_little_traffic"
+			r.Reason = fmt.Sprintf("the canary served %d of the %d requests this step needs in %s; it holds until it has enough",
+				in.StepCanaryRequests, j.cfg.StepMinRequests, elapsed.Round(time.Second))
+			return r
+		}
+		r.Verdict, r.Rule = Inconclusive, "gathering"
+		r.Reason = fmt.Sprintf("gathering evidence: %d of %d canary requests, %s of %s",
+			in.StepCanaryRequests, j.cfg.StepMinRequests, elapsed.Round(time.Second), j.cfg.StepMinTime)
+		return r
+	}
+	r.Verdict, r.Rule = Pass, "no_difference"
+	r.Reason = fmt.Sprintf("no difference beyond tolerance after %d canary requests in this step: error rate %.2f%% against %.2f%%",
+		in.StepCanaryRequests, 100*cRate, 100*sRate)
+	return r
+}
+
+func (r Result) fail(rule, format string, args ...any) Result {
+	r.Verdict, r.Rule, r.Reason = Fail, rule, fmt.Sprintf(format, args...)
+	return r
+}
+
+// compareLatency returns why the canary is slower, or "". A quantile counts
+// as slower when the canary's lower confidence bound is above the stable
+// upper bound by the relative tolerance and the floor.
+func (j *Judge) compareLatency(r *Result, st, ca Side) string {
+	groups := make([]string, 0, len(ca.Latency))
+	for g := range ca.Latency {
+		if st.Latency[g] != nil {
+			groups = append(groups, g)
+		}
+	}
+	sort.Strings(groups)
+	floor := float64(j.cfg.LatencyFloor / time.Microsecond)
+	for _, g := range groups {
+		cs, ss := ca.Latency[g], st.Latency[g]
+		for _, jq := range judgedQuantiles {
+			if cs.Count < jq.min || ss.Count < jq.min {
+				continue
+			}
+			cLo, cMid, _ := quantileCI(cs, jq.q, latencyZ)
+			_, sMid, sHi := quantileCI(ss, jq.q, latencyZ)
+			worse := cLo > sHi*(1+j.cfg.LatencyTol) && cLo-sHi >= floor
+			r.Findings = append(r.Findings, Finding{Rule: "latency_" + jq.name,
+				Detail: fmt.Sprintf("%s %s: canary %s (at least %s), stable %s (at most %s), %d and %d samples",
+					g, jq.name, ms(cMid), ms(cLo), ms(sMid), ms(sHi), cs.Count, ss.Count)})
+			if worse {
+				return fmt.Sprintf("%s of %s is %s on the canary against %s on stable (%.0f%% slower; at least %s against at most %s, beyond the %.0f%% tolerance)",
+					jq.name, g, ms(cMid), ms(sMid), 100*(cMid/sMid-1), ms(cLo), ms(sHi), 100*j.cfg.LatencyTol)
+			}
+		}
+	}
+	return ""
+}
+
+// quantileCI returns a distribution-free confidence interval for the q
+// quantile (by the ranks of the order statistics around nq) and the point
+// estimate, in microseconds, from the histogram: the lower bound uses the
+// lower edge of its bucket and the upper bound the upper edge, so bucket
+// width only widens the interval.
+func quantileCI(s *Snapshot, q, z float64) (lo, mid, hi float64) {
+	n := float64(s.Count)
+	sd := math.Sqrt(n * q * (1 - q))
+	loRank := uint64(math.Max(1, math.Floor(n*q-z*sd)))
+	hiRank := uint64(math.Min(n, math.Ceil(n*q+z*sd+1)))
+	lo = s.rankBound(loRank, false)
+	hi = s.rankBound(hiRank, true)
+	mid = s.Quantile(q)
+	return lo, mid, hi
+}
+
+// rankBound returns the lower (upper=false) or upper edge of the bucket that
+// holds the rank-th smallest observation.
+func (s *Snapshot) rankBound(rank uint64, upper bool) float64 {
+	var seen uint64
+	for i, c := range s.Buckets {
+		seen += c
+		if seen >= rank {
+			lo, hi := BucketBounds(i)
+			if upper {
+				return float64(hi)
+			}
+			return float64(lo)
+		}
+	}
+	lo, _ := BucketBounds(NumBuckets - 1)
+	return float64(lo)
+}
+
+func ms(us float64) string {
+	switch {
+	case us >= 10000:
+		return fmt.Sprintf("%.0fms", us/1000)
+	case us >= 1000:
+		return fmt.Sprintf("%.1fms", us/1000)
+	}
+	return fmt.Sprintf("%.2fms", us/1000)
+}
+
+func rate(errors, requests uint64) float64 {
+	if requests == 0 {
+		return 0
+	}
+	return float64(errors) / float64(requests)
+}
+
+func sub(a, b uint64) uint64 {
+	if a < b {
+		return 0
+	}
+	return a - b
+}
+
+func round2(x float64) float64 { return math.Round(x*100) / 100 }
