@@ -290,9 +290,13 @@ func (a *api) addBackend(r *http.Request, actor string) (int, any, error) {
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}
+	_, missing := a.ctl.Backend(r.PathValue("pool"), body.Name)
 	b, err := a.ctl.Add(r.PathValue("pool"), control.AddSpec{Name: body.Name, Address: body.Address, Version: body.Version, Weight: body.Weight}, control.By(actor))
 	if err != nil {
 		return 0, nil, err
+	}
+	if missing == nil {
+		return 200, backendJSON(b), nil // the same add again: it holds
 	}
 	return 201, backendJSON(b), nil
 }
@@ -322,6 +326,10 @@ func waitIdle(r *http.Request, b *pool.Backend, d time.Duration, what string) (i
 	ctx, cancel := context.WithTimeout(r.Context(), d)
 	defer cancel()
 	st, err := b.WaitDrained(ctx)
+	if errors.Is(err, pool.ErrDrainCancelled) {
+		return 0, nil, &apiError{status: 409, code: "drain_cancelled",
+			msg: fmt.Sprintf("%s of %s was cancelled: the backend is %s now", what, b.Name(), b.State())}
+	}
 	if err != nil {
 		return 0, nil, &apiError{status: 504, code: "wait_timeout",
 			msg:   fmt.Sprintf("%s of %s is still waiting after %s: %s; it stays in force", what, b.Name(), d, st),

@@ -799,9 +799,13 @@ func TestAPIAddPatchDelete(t *testing.T) {
 	}
 	f.waitHealthy(t, "shop", "s4")
 
-	// The same name, or the same address under another name: 409.
+	// The same add again holds already: 200, nothing changes. The same
+	// name with another address, or the same address under another name:
+	// 409.
 	before := f.stateBytes(t)
-	f.api(t, "POST", "/v1/pools/shop/backends", add).wantError(t, 409, "conflict", []string{`"s4"`})
+	checkBackend(t, "repeated add", f.api(t, "POST", "/v1/pools/shop/backends", add).want(t, 200), map[string]any{"name": "s4"})
+	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s4","address":%q,"version":"v1"}`, deadAddr(t))).
+		wantError(t, 409, "conflict", []string{`"s4"`})
 	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s1","address":%q,"version":"v1"}`, deadAddr(t))).
 		wantError(t, 409, "conflict", []string{`"s1"`})
 	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s5","address":%q,"version":"v1"}`, f.addr["s1"])).

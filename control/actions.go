@@ -79,7 +79,7 @@ func (r *Registry) lookupLocked(poolName, name string) (*pool.Pool, *pool.Backen
 	}
 	b := p.Backend(name)
 	if b == nil {
-		return nil, nil, fmt.Errorf("%w %q in pool %q", pool.ErrUnknownBackend, name, poolName)
+		return p, nil, fmt.Errorf("%w %q in pool %q", pool.ErrUnknownBackend, name, poolName)
 	}
 	return p, b, nil
 }
@@ -101,12 +101,41 @@ func (r *Registry) versionPolicyLocked(p *pool.Pool, s *State, version string) e
 	switch {
 	case version == stable, version == canaryV:
 		return nil
+	case r.inServiceLocked(p, version, canaryV):
+		// The previous version during a rolling upgrade: servers not yet
+		// upgraded still serve it beside the new stable version.
+		return nil
 	case canaryV != "":
 		return fmt.Errorf("%w: pool %q is running canary %s; promote or roll it back before starting %s",
 			ErrConflict, p.Name(), canaryV, version)
 	}
 	ps.Canary = &CanaryState{Version: version, Weight: p.Settings().Canary.InitialWeight}
+	setPoolBase(ps, r.poolConfigLocked(p.Name()))
 	return nil
+}
+
+// inServiceLocked reports whether an active backend of p runs version as
+// part of the stable traffic (not the canary).
+func (r *Registry) inServiceLocked(p *pool.Pool, version, canaryV string) bool {
+	if version == canaryV {
+		return false
+	}
+	for _, b := range p.Backends() {
+		if b.Version() == version && b.State() == pool.Active {
+			return true
+		}
+	}
+	return false
+}
+
+// overrideLocked returns the overlay entry of a backend, with the file's
+// values recorded beside it when the file lists the backend.
+func (r *Registry) overrideLocked(s *State, poolName, name string) *BackendState {
+	bs := s.pool(poolName).backend(name)
+	if fb, ok := fileBackend(r.poolConfigLocked(poolName), name); ok && !bs.Added {
+		setBase(bs, fb)
+	}
+	return bs
 }
 
 func checkName(what, v string) error {
@@ -213,7 +242,7 @@ func (r *Registry) Enable(poolName, name string, spec EnableSpec, opts ...Opt) (
 	}
 	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "enable", Pool: poolName, Backend: name, Detail: detail},
 		func(s *State) error {
-			bs := s.pool(poolName).backend(name)
+			bs := r.overrideLocked(s, poolName, name)
 			bs.State = ""
 			if spec.Weight != nil {
 				w := *spec.Weight
@@ -286,6 +315,13 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 		(spec.Address == nil || *spec.Address == b.Address()) {
 		return b, nil
 	}
+	if spec.Address != nil {
+		for _, o := range p.Backends() {
+			if o != b && o.Address() == *spec.Address {
+				return nil, fmt.Errorf("%w: %s is already backend %q of pool %q", ErrConflict, *spec.Address, o.Name(), poolName)
+			}
+		}
+	}
 	var parts []string
 	if spec.Weight != nil {
 		parts = append(parts, fmt.Sprintf("weight %d", *spec.Weight))
@@ -298,7 +334,7 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 	}
 	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "patch", Pool: poolName, Backend: name, Detail: strings.Join(parts, ", ")},
 		func(s *State) error {
-			bs := s.pool(poolName).backend(name)
+			bs := r.overrideLocked(s, poolName, name)
 			if spec.Weight != nil {
 				w := *spec.Weight
 				bs.Weight = &w
@@ -351,7 +387,10 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 	if spec.Version == "" {
 		spec.Version = p.StableVersion() // a new server of the version in service
 	}
-	if p.Backend(spec.Name) != nil {
+	if b := p.Backend(spec.Name); b != nil {
+		if b.Address() == spec.Address && b.Version() == spec.Version && (spec.Weight == nil || *spec.Weight == b.Weight()) {
+			return b, nil // the same add again: it holds already
+		}
 		return nil, fmt.Errorf("%w: pool %q already has a backend %q; change it with PATCH (baton ctl set)", ErrConflict, poolName, spec.Name)
 	}
 	for _, b := range p.Backends() {
@@ -371,6 +410,10 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 			}
 			bs := s.pool(poolName).backend(spec.Name)
 			*bs = BackendState{Added: !inFile, Address: spec.Address, Version: spec.Version}
+			if inFile {
+				fb, _ := fileBackend(r.poolConfigLocked(poolName), spec.Name)
+				setBase(bs, fb)
+			}
 			if spec.Weight != nil {
 				w := *spec.Weight
 				bs.Weight = &w
@@ -392,11 +435,25 @@ func (r *Registry) Remove(poolName, name string, opts ...Opt) (*pool.Backend, er
 	defer r.mu.Unlock()
 	p, b, err := r.lookupLocked(poolName, name)
 	if err != nil {
+		// Removed already and still finishing: the removal holds, and the
+		// caller may wait for it again.
+		if p != nil {
+			if ps := r.state.Pools[poolName]; ps != nil && ps.Backends[name] != nil && ps.Backends[name].Removed {
+				if lb := p.Leaving(name); lb != nil {
+					return lb, nil
+				}
+			}
+		}
 		return nil, err
 	}
+	_, inFile := fileBackend(r.poolConfigLocked(poolName), name)
 	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "remove", Pool: poolName, Backend: name},
 		func(s *State) error {
-			s.pool(poolName).backend(name).Removed = true
+			bs := s.pool(poolName).backend(name)
+			bs.Removed = true
+			if inFile {
+				bs.Added = false // the file lists it: the removal must outlive the entry
+			}
 			return nil
 		})
 	return b, err
@@ -436,7 +493,9 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 	}
 	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
 		func(s *State) error {
-			s.pool(poolName).Canary = &CanaryState{Version: version, Weight: weight}
+			ps := s.pool(poolName)
+			ps.Canary = &CanaryState{Version: version, Weight: weight}
+			setPoolBase(ps, r.poolConfigLocked(poolName))
 			return nil
 		})
 }
@@ -459,6 +518,8 @@ func (r *Registry) Promote(poolName string, opts ...Opt) error {
 			ps := s.pool(poolName)
 			ps.StableVersion = cur
 			ps.Canary = &CanaryState{} // no canary, whatever the file says
+			ps.Held = false            // the release is over
+			setPoolBase(ps, r.poolConfigLocked(poolName))
 			return nil
 		})
 }
@@ -487,6 +548,8 @@ func (r *Registry) Rollback(poolName string, opts ...Opt) error {
 		func(s *State) error {
 			ps := s.pool(poolName)
 			ps.Canary = &CanaryState{}
+			ps.Held = false // the release is over
+			setPoolBase(ps, r.poolConfigLocked(poolName))
 			for _, n := range drained {
 				ps.backend(n).State = "draining"
 			}

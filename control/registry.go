@@ -45,6 +45,10 @@ type Registry struct {
 	events     []Event // the audit log, oldest first, at most maxEvents
 	baselines  map[string]*baseline
 
+	// reloadMu makes loading a file and applying it one step, so two
+	// reloads (an event and a SIGHUP) cannot apply an older file last.
+	reloadMu sync.Mutex
+
 	reloadsOK     atomic.Int64
 	reloadsFailed atomic.Int64
 	lastReload    atomic.Int64 // unix seconds of the last successful load
@@ -207,6 +211,8 @@ func (r *Registry) WaitHealthy(ctx context.Context) bool {
 // load or validate changes nothing: its errors are logged and returned, and
 // the failure is counted.
 func (r *Registry) ReloadFile(path string) error {
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
 	cfg, err := config.Load(path)
 	if err != nil {
 		r.reloadsFailed.Add(1)
@@ -237,14 +243,19 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		r.log.Debug().Msg("config unchanged; nothing to do")
 		return nil
 	}
-	if cfg.Listen != r.cfg.Listen || cfg.Admin != r.cfg.Admin || cfg.Server != r.cfg.Server || !reflect.DeepEqual(cfg.Log, r.cfg.Log) {
-		r.log.Warn().Msg("listen, admin, server and log settings changed in the file; they take effect at the next restart")
+	if cfg.Listen != r.cfg.Listen || cfg.Admin != r.cfg.Admin || cfg.Server != r.cfg.Server ||
+		!reflect.DeepEqual(cfg.Log, r.cfg.Log) || cfg.StateFile != r.cfg.StateFile {
+		r.log.Warn().Msg("listen, admin, server, log and state_file settings changed in the file; they take effect at the next restart")
 	}
+	// The overlay as it stands against the new file, first: overrides of
+	// fields the file changed give way.
+	st := r.state.clone()
+	stChanged := reconcile(st, cfg, r.log)
 	prevPools := r.pools
 	next := make(map[string]*pool.Pool, len(cfg.Pools))
 	var added, removed, changed []string
 	for _, pc := range cfg.Pools {
-		eff := effective(pc, r.state.Pools[pc.Name])
+		eff := effective(pc, st.Pools[pc.Name])
 		if p := prevPools[pc.Name]; p != nil {
 			if !reflect.DeepEqual(*p.Settings(), eff) {
 				changed = append(changed, pc.Name)
@@ -280,9 +291,10 @@ func (r *Registry) Reload(cfg *config.Config) error {
 	r.pools = next
 	r.table = t
 	r.generation++
-	if r.pruneLocked() {
+	r.state = st
+	if stChanged {
 		if err := saveState(r.stateFile, r.state); err != nil {
-			r.log.Error().Err(err).Msg("could not write the state file after dropping decisions about removed backends")
+			r.log.Error().Err(err).Msg("could not write the state file after reconciling it with the new config")
 		}
 	}
 	r.applyStatesLocked()
@@ -301,36 +313,109 @@ func (r *Registry) Reload(cfg *config.Config) error {
 	return nil
 }
 
-// pruneLocked drops overlay entries for pools and backends the file no longer
-// has (backends added at runtime stay). It reports whether anything went.
-func (r *Registry) pruneLocked() bool {
-	inFile := map[string]map[string]bool{}
-	for _, pc := range r.cfg.Pools {
-		m := map[string]bool{}
-		for _, b := range pc.Backends {
-			m[b.Name] = true
+// pruneLocked reconciles the overlay with the file: entries for pools and
+// backends the file no longer has go (backends added at runtime stay); a
+// runtime-added backend the file now lists becomes a file backend; and an
+// override whose field the file has changed since it was made gives way to
+// the file, since someone edited that field on purpose. It reports whether
+// anything changed.
+func (r *Registry) pruneLocked() bool { return reconcile(r.state, r.cfg, r.log) }
+
+// reconcile is pruneLocked for any state and config; it edits st.
+func reconcile(st *State, cfg *config.Config, log zerolog.Logger) bool {
+	changed := false
+	drop := func(pn, bn, what string) {
+		ev := log.Warn().Str("pool", pn)
+		if bn != "" {
+			ev = ev.Str("backend", bn)
 		}
-		inFile[pc.Name] = m
+		ev.Msg("the file changed " + what + " since it was overridden at runtime; the file's value now applies")
+		changed = true
 	}
-	dropped := false
-	for pn, ps := range r.state.Pools {
-		names, ok := inFile[pn]
+	for pn, ps := range st.Pools {
+		pc, ok := filePool(cfg, pn)
 		if !ok {
-			delete(r.state.Pools, pn)
-			r.log.Warn().Str("pool", pn).Msg("the file no longer has this pool; its runtime decisions are dropped")
-			dropped = true
+			delete(st.Pools, pn)
+			log.Warn().Str("pool", pn).Msg("the file no longer has this pool; its runtime decisions are dropped")
+			changed = true
 			continue
 		}
+		if ps.StableVersion != "" && ps.FileStable != "" && pc.StableVersion != ps.FileStable {
+			ps.StableVersion, ps.FileStable = "", ""
+			drop(pn, "", "stable_version")
+		}
+		if ps.Canary != nil && ps.FileCanary != nil &&
+			(pc.Canary.Version != ps.FileCanary.Version || pc.Canary.Weight != ps.FileCanary.Weight) {
+			ps.Canary, ps.FileCanary = nil, nil
+			drop(pn, "", "the canary")
+		}
 		for bn, bs := range ps.Backends {
-			if !names[bn] && !bs.Added {
+			fb, inFile := fileBackend(pc, bn)
+			switch {
+			case !inFile && !bs.Added:
 				delete(ps.Backends, bn)
-				r.log.Warn().Str("pool", pn).Str("backend", bn).Msg("the file no longer has this backend; its runtime decisions are dropped")
-				dropped = true
+				log.Warn().Str("pool", pn).Str("backend", bn).Msg("the file no longer has this backend; its runtime decisions are dropped")
+				changed = true
+				continue
+			case inFile && bs.Added:
+				// Listed by the file now: its runtime values stay, as
+				// overrides of what the file says today.
+				bs.Added = false
+				setBase(bs, fb)
+				changed = true
+				continue
+			case !inFile:
+				continue
+			}
+			if bs.Weight != nil && bs.FileWeight != nil && fb.WeightOf() != *bs.FileWeight {
+				bs.Weight, bs.FileWeight = nil, nil
+				drop(pn, bn, "weight")
+			}
+			if bs.Version != "" && bs.FileVersion != "" && fb.Version != bs.FileVersion {
+				bs.Version, bs.FileVersion = "", ""
+				drop(pn, bn, "version")
+			}
+			if bs.Address != "" && bs.FileAddress != "" && fb.Address != bs.FileAddress {
+				bs.Address, bs.FileAddress = "", ""
+				drop(pn, bn, "address")
 			}
 		}
 	}
-	r.state.compact()
-	return dropped
+	st.compact()
+	return changed
+}
+
+func (r *Registry) filePoolLocked(name string) (config.Pool, bool) { return filePool(r.cfg, name) }
+
+func filePool(cfg *config.Config, name string) (config.Pool, bool) {
+	for _, pc := range cfg.Pools {
+		if pc.Name == name {
+			return pc, true
+		}
+	}
+	return config.Pool{}, false
+}
+
+func fileBackend(pc config.Pool, name string) (config.Backend, bool) {
+	for _, b := range pc.Backends {
+		if b.Name == name {
+			return b, true
+		}
+	}
+	return config.Backend{}, false
+}
+
+// setBase records what the file says of a backend, beside its overrides.
+func setBase(bs *BackendState, fb config.Backend) {
+	w := fb.WeightOf()
+	bs.FileWeight, bs.FileVersion, bs.FileAddress = &w, fb.Version, fb.Address
+}
+
+// setPoolBase records the file's stable version and canary, beside a pool's
+// overrides.
+func setPoolBase(ps *PoolState, pc config.Pool) {
+	ps.FileStable = pc.StableVersion
+	ps.FileCanary = &CanaryState{Version: pc.Canary.Version, Weight: pc.Canary.Weight}
 }
 
 // applyStatesLocked puts every backend in the admin state the overlay
@@ -368,10 +453,8 @@ func (r *Registry) State() *State {
 }
 
 func (r *Registry) poolConfigLocked(name string) config.Pool {
-	for _, pc := range r.cfg.Pools {
-		if pc.Name == name {
-			return pc
-		}
+	if pc, ok := r.filePoolLocked(name); ok {
+		return pc
 	}
 	return config.Pool{Name: name}
 }

@@ -18,12 +18,13 @@ type baseline struct {
 }
 
 type versionSnap struct {
+	of               *canary.VersionStats // the evidence it was taken of
 	requests, errors uint64
 	latency          canary.Snapshot
 }
 
 func snapVersion(vs *canary.VersionStats) *versionSnap {
-	s := &versionSnap{requests: vs.Requests(), errors: vs.Errors()}
+	s := &versionSnap{of: vs, requests: vs.Requests(), errors: vs.Errors()}
 	vs.Latency(&s.latency)
 	return s
 }
@@ -81,7 +82,9 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 		Held: r.state.Pools[poolName] != nil && r.state.Pools[poolName].Held, Since: base.since}
 	for _, vs := range p.VersionStats() {
 		now := snapVersion(vs)
-		if b := base.snaps[vs.Version()]; b != nil {
+		// Only from the same evidence: a version's evidence is recreated
+		// when the version leaves the pool and comes back.
+		if b := base.snaps[vs.Version()]; b != nil && b.of == vs {
 			now.requests -= b.requests
 			now.errors -= b.errors
 			now.latency = now.latency.Sub(&b.latency)

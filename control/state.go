@@ -33,6 +33,12 @@ type PoolState struct {
 	Canary   *CanaryState             `json:"canary,omitempty"`
 	Held     bool                     `json:"held,omitempty"`
 	Backends map[string]*BackendState `json:"backends,omitempty"`
+
+	// What the file said when the overrides above were made. When the file
+	// later says something else, someone edited it on purpose: the file wins
+	// and the override is dropped.
+	FileStable string       `json:"file_stable,omitempty"`
+	FileCanary *CanaryState `json:"file_canary,omitempty"`
 }
 
 // CanaryState is a canary version and share set at runtime.
@@ -52,6 +58,11 @@ type BackendState struct {
 	Added bool `json:"added,omitempty"`
 	// Removed marks a backend removed at runtime, even one the file lists.
 	Removed bool `json:"removed,omitempty"`
+
+	// The file's values when the overrides were made (see PoolState).
+	FileWeight  *int   `json:"file_weight,omitempty"`
+	FileVersion string `json:"file_version,omitempty"`
+	FileAddress string `json:"file_address,omitempty"`
 }
 
 func (s *State) pool(name string) *PoolState {
@@ -83,10 +94,14 @@ func (ps *PoolState) backend(name string) *BackendState {
 func (s *State) clone() *State {
 	c := &State{Format: s.Format, Pools: map[string]*PoolState{}}
 	for name, ps := range s.Pools {
-		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held}
+		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable}
 		if ps.Canary != nil {
 			cc := *ps.Canary
 			cp.Canary = &cc
+		}
+		if ps.FileCanary != nil {
+			cc := *ps.FileCanary
+			cp.FileCanary = &cc
 		}
 		if len(ps.Backends) > 0 {
 			cp.Backends = map[string]*BackendState{}
@@ -95,6 +110,10 @@ func (s *State) clone() *State {
 				if bs.Weight != nil {
 					w := *bs.Weight
 					cb.Weight = &w
+				}
+				if bs.FileWeight != nil {
+					w := *bs.FileWeight
+					cb.FileWeight = &w
 				}
 				cp.Backends[bn] = &cb
 			}
@@ -108,7 +127,11 @@ func (s *State) clone() *State {
 func (s *State) compact() {
 	for name, ps := range s.Pools {
 		for bn, bs := range ps.Backends {
-			if *bs == (BackendState{}) || (bs.Added && bs.Removed) {
+			if bs.State == "" && bs.Weight == nil && bs.Version == "" && bs.Address == "" && !bs.Added && !bs.Removed {
+				delete(ps.Backends, bn) // nothing overridden: bases alone mean nothing
+				continue
+			}
+			if bs.Added && bs.Removed {
 				delete(ps.Backends, bn)
 			}
 		}
@@ -160,6 +183,23 @@ func loadState(path string) (*State, error) {
 			default:
 				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has state %q", ErrCorruptState, path, bn, pn, bs.State)
 			}
+			bad := ""
+			switch {
+			case bs.Weight != nil && (*bs.Weight < 0 || *bs.Weight > config.MaxWeight):
+				bad = fmt.Sprintf("weight %d", *bs.Weight)
+			case bs.Version != "" && !config.ValidName(bs.Version):
+				bad = fmt.Sprintf("version %q", bs.Version)
+			case bs.Address != "" && config.CheckBackendAddress(bs.Address) != "":
+				bad = fmt.Sprintf("address %q", bs.Address)
+			case bs.Added && bs.Address == "":
+				bad = "no address for a backend added at runtime"
+			}
+			if bad != "" {
+				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has %s", ErrCorruptState, path, bn, pn, bad)
+			}
+		}
+		if c := ps.Canary; c != nil && (!(c.Weight >= 0 && c.Weight <= 100) || (c.Version != "" && !config.ValidName(c.Version))) {
+			return nil, fmt.Errorf("%w: %s: pool %q has canary %q at %g%%", ErrCorruptState, path, pn, c.Version, c.Weight)
 		}
 	}
 	return s, nil

@@ -79,6 +79,10 @@ type Pool struct {
 	canaryV  string
 	canaryPc float64
 	stats    map[string]*canary.VersionStats // by version
+	// leaving are backends removed from the pool that still finish
+	// requests; housekeeping enforces their drain timeout until idle.
+	leaving map[string]*Backend
+	retired bool
 
 	budget  retryBudget
 	started bool // guarded by mu
@@ -97,6 +101,7 @@ func New(cfg config.Pool, log zerolog.Logger) *Pool {
 		log:      log.With().Str("pool", cfg.Name).Logger(),
 		backends: make(map[string]*Backend),
 		stats:    make(map[string]*canary.VersionStats),
+		leaving:  make(map[string]*Backend),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -214,6 +219,7 @@ func (p *Pool) newBackendLocked(name string, sp *spec) *Backend {
 	b.stats.Store(p.statsLocked(sp.version))
 	b.health.Store(int32(Unknown))
 	p.backends[name] = b
+	delete(p.leaving, name) // the old one still finishes, but the name is this one's
 	if p.running() {
 		p.startHealth(b)
 	}
@@ -268,6 +274,7 @@ func (p *Pool) removeLocked(b *Backend) {
 	b.state.Store(int32(Draining))
 	b.conns.Load().Retire()
 	close(b.stop)
+	p.leaving[b.name] = b
 	p.logb(p.log.Info(), b).Msg("backend removed from the pool; its in-flight requests finish")
 }
 
@@ -526,16 +533,24 @@ func (b *Backend) Status() DrainStatus {
 	return DrainStatus{Inflight: b.inflight.Load(), Conns: b.OpenConns()}
 }
 
+// ErrDrainCancelled is returned by WaitDrained when the backend was enabled
+// or ejected while the wait went on: it was not drained.
+var ErrDrainCancelled = errors.New("the drain was cancelled: the backend was enabled or ejected meanwhile")
+
 // WaitDrained waits until a draining backend has no request in flight and no
 // open connection from baton, then marks it drained. When the pool's drain
 // timeout passes first, the backend's remaining connections are closed (long
 // streams end) and the wait goes on until they are gone. It returns early
-// with ctx's error and what is still open; the drain stays in force.
+// with ctx's error and what is still open; the drain stays in force. If the
+// backend is enabled or ejected meanwhile it returns ErrDrainCancelled.
 func (b *Backend) WaitDrained(ctx context.Context) (DrainStatus, error) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for {
 		if st, done := b.pool.checkDrain(b); done {
+			if s := b.State(); s != Drained {
+				return st, ErrDrainCancelled
+			}
 			return st, nil
 		}
 		select {
@@ -562,6 +577,11 @@ func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
 	b.pruneRetired()
 	st := b.Status()
 	if st.Idle() {
+		p.mu.Lock()
+		if p.leaving[b.name] == b {
+			delete(p.leaving, b.name) // a removed backend is gone once idle
+		}
+		p.mu.Unlock()
 		if b.state.CompareAndSwap(int32(Draining), int32(Drained)) {
 			p.logb(p.log.Info(), b).Dur("took", time.Duration(Nanotime()-b.drainStart.Load())).Msg("drain finished")
 		}
@@ -601,13 +621,24 @@ func (p *Pool) running() bool { return p.started }
 // and streams end. Background work stops.
 func (p *Pool) Retire() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	for _, b := range p.backends {
 		p.removeLocked(b)
 	}
 	p.order = nil
+	p.retired = true
 	p.rebuildLocked()
-	p.mu.Unlock()
-	p.cancel()
+	if !p.running() {
+		p.cancel()
+	}
+}
+
+// Leaving returns a backend removed from the pool that still finishes
+// requests, or nil.
+func (p *Pool) Leaving(name string) *Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.leaving[name]
 }
 
 // Close stops the pool's background work and closes every connection.
@@ -641,8 +672,34 @@ func (p *Pool) housekeeping() {
 				p.checkDrain(b)
 			}
 		}
+		for _, b := range p.leavingBackends() {
+			if _, done := p.checkDrain(b); done {
+				p.mu.Lock()
+				if p.leaving[b.name] == b {
+					delete(p.leaving, b.name)
+				}
+				p.mu.Unlock()
+			}
+		}
 		p.budget.tick(p.totalRequests())
+		p.mu.Lock()
+		over := p.retired && len(p.leaving) == 0
+		p.mu.Unlock()
+		if over {
+			p.cancel() // a retired pool's last backend is gone
+			return
+		}
 	}
+}
+
+func (p *Pool) leavingBackends() []*Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*Backend, 0, len(p.leaving))
+	for _, b := range p.leaving {
+		out = append(out, b)
+	}
+	return out
 }
 
 func (p *Pool) totalRequests() int64 {

@@ -410,8 +410,13 @@ func (c *ctlClient) run(a *ctlArgs) error {
 			body["weight"] = *w
 		}
 		var b admin.BackendJSON
-		if _, err := c.call("POST", "/v1/pools/"+esc(a.pos[1])+"/backends", nil, body, &b); err != nil || c.output == "json" {
+		status, err := c.call("POST", "/v1/pools/"+esc(a.pos[1])+"/backends", nil, body, &b)
+		if err != nil || c.output == "json" {
 			return err
+		}
+		if status == 200 {
+			fmt.Fprintf(c.stdout, "%s is already in %s at %s as %s, weight %d\n", b.Name, a.pos[1], b.Address, b.Version, b.Weight)
+			return nil
 		}
 		fmt.Fprintf(c.stdout, "%s added to %s at %s as %s, weight %d; it gets traffic once a health check passes\n",
 			b.Name, a.pos[1], b.Address, b.Version, b.Weight)

@@ -99,6 +99,9 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	}
 
 	reg.Start()
+	// The watchers end with ctx, or when serving fails.
+	ctx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
 	var watchers sync.WaitGroup
 	if path != "" {
 		watchers.Add(2)
@@ -144,6 +147,11 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	select {
 	case <-ctx.Done():
 	case err := <-served:
+		stopWatching()
+		watchers.Wait()
+		if adminSrv != nil {
+			_ = adminSrv.Close()
+		}
 		reg.Close()
 		return fmt.Errorf("serving: %w", err)
 	}
