@@ -323,20 +323,20 @@ func TestObserveDoesNotAllocate(t *testing.T) {
 		t.Errorf("Observe allocates %g times per call, want 0", n)
 	}
 	vs := NewVersionStats("web", "v1")
-	if n := testing.AllocsPerRun(1000, func() { vs.Record(false, true, d) }); n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { vs.Record(1, false, false, d) }); n != 0 {
 		t.Errorf("VersionStats.Record allocates %g times per call, want 0", n)
 	}
 }
 
 func TestVersionStatsRecord(t *testing.T) {
 	vs := NewVersionStats("web", "v2")
-	vs.Record(false, true, 2*time.Millisecond)   // answered
-	vs.Record(true, true, 3*time.Millisecond)    // answered 5xx
-	vs.Record(true, false, 0)                    // transport failure
-	vs.Record(false, true, 100*time.Microsecond) // answered
+	vs.Record(0, false, false, 2*time.Millisecond)   // answered
+	vs.Record(1, true, false, 3*time.Millisecond)    // answered 5xx
+	vs.Record(1, true, true, 0)                      // transport failure
+	vs.Record(2, false, false, 100*time.Microsecond) // answered
 	var s Snapshot
 	vs.Latency(&s)
-	if vs.Pool() != "web" || vs.Version() != "v2" || vs.Requests() != 4 || vs.Errors() != 2 || s.Count != 3 || s.SumUS != 5100 {
+	if vs.Pool() != "web" || vs.Version() != "v2" || vs.Requests() != 4 || vs.Errors() != 2 || vs.NoAnswer() != 1 || s.Count != 3 || s.SumUS != 5100 {
 		t.Errorf("pool %q version %q requests %d errors %d latency count %d sum %dµs; want web v2 4 2 3 5100",
 			vs.Pool(), vs.Version(), vs.Requests(), vs.Errors(), s.Count, s.SumUS)
 	}

@@ -108,6 +108,9 @@ type Pool struct {
 	// ratios) or least_inflight (power of two choices, weight-aware).
 	Balance string `yaml:"balance"`
 
+	Judge    Judge    `yaml:"judge"`
+	Affinity Affinity `yaml:"affinity"`
+
 	Timeouts    Timeouts    `yaml:"timeouts"`
 	Connections Connections `yaml:"connections"`
 	HealthCheck HealthCheck `yaml:"health_check"`
@@ -144,6 +147,73 @@ type Canary struct {
 	// backend is enabled or added with a version other than the stable one.
 	// Default 5.
 	InitialWeight float64 `yaml:"initial_weight"`
+	// Steps are the shares, in percent and increasing, the judge moves the
+	// canary through each time a step passes. Empty (the default): the
+	// judge only gives verdicts, and people move the share.
+	Steps []float64 `yaml:"steps"`
+	// StepMinTime is the least time a step lasts before it can pass.
+	// Default 2m.
+	StepMinTime time.Duration `yaml:"step_min_time"`
+	// StepMinRequests is the least number of canary requests in a step
+	// before it can pass. Default 500.
+	StepMinRequests int `yaml:"step_min_requests"`
+	// AutoPromote makes the canary the stable version when the last step
+	// passes (or the first verdict pass, without steps). Default false.
+	AutoPromote bool `yaml:"auto_promote"`
+	// AutoRollback stops the canary at once when the judge fails it: no new
+	// requests, its backends drained. Default false.
+	AutoRollback bool `yaml:"auto_rollback"`
+	// DryRun judges and reports but never acts on its own. Default false.
+	DryRun bool `yaml:"dry_run"`
+}
+
+// Judge is how a pool's canary is compared with its stable version.
+type Judge struct {
+	// Interval between verdicts. Default 5s.
+	Interval time.Duration `yaml:"interval"`
+	// Warmup is the time after a canary starts whose latency is not judged
+	// (caches fill, code warms up). Errors count from the start. Default 30s.
+	Warmup time.Duration `yaml:"warmup"`
+	// Alpha bounds the chance that a release as good as the stable version
+	// fails, over its whole life. Default 0.01.
+	Alpha float64 `yaml:"alpha"`
+	// ErrorMargin: the canary may fail this much more often than stable,
+	// relatively, before it counts as worse (0.1: 10 %). Default 0.1.
+	ErrorMargin float64 `yaml:"error_margin"`
+	// ErrorFloor: and its error rate must exceed stable's by at least this
+	// much (0.002: 0.2 points), so a tiny difference at high volume never
+	// fails a release. Default 0.002.
+	ErrorFloor float64 `yaml:"error_floor"`
+	// LatencyTolerance: p50, p90 and p99 may be this much slower,
+	// relatively (0.1: 10 %). Default 0.1.
+	LatencyTolerance float64 `yaml:"latency_tolerance"`
+	// LatencyFloor: and at least this much slower in time. Default 5ms.
+	LatencyFloor time.Duration `yaml:"latency_floor"`
+	// SignatureMargin: a kind of error the canary has more often than stable
+	// by more than this (0.5: 50 %) is elevated. Default 0.5.
+	SignatureMargin float64 `yaml:"signature_margin"`
+	// RouteGroups are path prefixes compared separately. Empty (the
+	// default): the first path segment, for up to 16 segments.
+	RouteGroups []string `yaml:"route_groups"`
+	// ErrorCodeHeader names a response header carrying the application's
+	// error code (e.g. X-Error-Code); it becomes part of error signatures.
+	// Empty (the default): none.
+	ErrorCodeHeader string `yaml:"error_code_header"`
+}
+
+// Affinity keeps each client on the version that served it during a canary.
+type Affinity struct {
+	// Cookie is the name of the cookie naming the client's version. Empty:
+	// no affinity. Default "baton_version".
+	Cookie string `yaml:"cookie"`
+	// MaxAge is the cookie's lifetime. Default 1h.
+	MaxAge time.Duration `yaml:"max_age"`
+	// ForceHeader lets a tester pick a version with a request header.
+	// Default "X-Baton-Version". Such requests are not evidence for the
+	// judge.
+	ForceHeader string `yaml:"force_header"`
+	// ForceCookie does the same with a cookie. Default: none.
+	ForceCookie string `yaml:"force_cookie"`
 }
 
 // Timeouts towards backends.
@@ -260,6 +330,19 @@ const (
 	DefaultWeight                = 100
 	DefaultVersion               = "default"
 	DefaultCanaryInitialWeight   = 5
+	DefaultStepMinTime           = 2 * time.Minute
+	DefaultStepMinRequests       = 500
+	DefaultJudgeInterval         = 5 * time.Second
+	DefaultJudgeWarmup           = 30 * time.Second
+	DefaultJudgeAlpha            = 0.01
+	DefaultErrorMargin           = 0.1
+	DefaultErrorFloor            = 0.002
+	DefaultLatencyTolerance      = 0.1
+	DefaultLatencyFloor          = 5 * time.Millisecond
+	DefaultSignatureMargin       = 0.5
+	DefaultAffinityCookie        = "baton_version"
+	DefaultAffinityMaxAge        = time.Hour
+	DefaultForceHeader           = "X-Baton-Version"
 
 	BalanceRoundRobin    = "round_robin"
 	BalanceLeastInflight = "least_inflight"
@@ -311,6 +394,39 @@ func (c *Config) applyDefaults() {
 func (p *Pool) applyDefaults() {
 	if p.Canary.InitialWeight == 0 {
 		p.Canary.InitialWeight = DefaultCanaryInitialWeight
+	}
+	if len(p.Canary.Steps) == 0 {
+		p.Canary.Steps = nil // "steps: []" and no key mean the same
+	}
+	if len(p.Judge.RouteGroups) == 0 {
+		p.Judge.RouteGroups = nil
+	}
+	setDur(&p.Canary.StepMinTime, DefaultStepMinTime)
+	if p.Canary.StepMinRequests == 0 {
+		p.Canary.StepMinRequests = DefaultStepMinRequests
+	}
+	j := &p.Judge
+	setDur(&j.Interval, DefaultJudgeInterval)
+	setDur(&j.Warmup, DefaultJudgeWarmup)
+	setDur(&j.LatencyFloor, DefaultLatencyFloor)
+	setFloat(&j.Alpha, DefaultJudgeAlpha)
+	setFloat(&j.ErrorMargin, DefaultErrorMargin)
+	setFloat(&j.ErrorFloor, DefaultErrorFloor)
+	setFloat(&j.LatencyTolerance, DefaultLatencyTolerance)
+	setFloat(&j.SignatureMargin, DefaultSignatureMargin)
+	a := &p.Affinity
+	switch a.Cookie {
+	case "":
+		a.Cookie = DefaultAffinityCookie
+	case "off":
+		a.Cookie = ""
+	}
+	setDur(&a.MaxAge, DefaultAffinityMaxAge)
+	switch a.ForceHeader {
+	case "":
+		a.ForceHeader = DefaultForceHeader
+	case "off":
+		a.ForceHeader = ""
 	}
 	if p.Balance == "" {
 		p.Balance = BalanceRoundRobin
@@ -372,6 +488,12 @@ func (p *Pool) inferStable() string {
 		stable = b.Version
 	}
 	return stable
+}
+
+func setFloat(f *float64, def float64) {
+	if *f == 0 {
+		*f = def
+	}
 }
 
 func setDur(d *time.Duration, def time.Duration) {

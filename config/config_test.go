@@ -165,7 +165,7 @@ pools:
 		t.Errorf("server = %+v\nwant      %+v", s, wantServer)
 	}
 	p := cfg.Pools[0]
-	if p.Balance != "round_robin" || p.StableVersion != "default" || p.Canary != (config.Canary{InitialWeight: 5}) || !p.IsDefault() {
+	if p.Balance != "round_robin" || p.StableVersion != "default" || (p.Canary.Version != "" || p.Canary.Weight != 0 || p.Canary.InitialWeight != 5 || p.Canary.Steps != nil) || !p.IsDefault() {
 		t.Errorf("pool balance %q stable %q canary %+v default %v", p.Balance, p.StableVersion, p.Canary, p.IsDefault())
 	}
 	wantTimeouts := config.Timeouts{Connect: 2 * time.Second, ResponseHeader: 30 * time.Second, Idle: 60 * time.Second, Total: 0}
@@ -268,7 +268,7 @@ pools:
 	if p.Retries.Attempts != 1 || p.Retries.Budget() != 0 {
 		t.Errorf("retries attempts %d budget %d; want 1 and an explicit 0 kept", p.Retries.Attempts, p.Retries.Budget())
 	}
-	if p.Canary != (config.Canary{Version: "v2", Weight: 2.5, InitialWeight: 5}) || p.StableVersion != "v1" {
+	if p.Canary.Version != "v2" || p.Canary.Weight != 2.5 || p.Canary.InitialWeight != 5 || p.StableVersion != "v1" {
 		t.Errorf("canary %+v stable %q; want v2 at 2.5%% and the stable version inferred as v1", p.Canary, p.StableVersion)
 	}
 	if p.Backends[0].WeightOf() != 1000 || p.Backends[1].WeightOf() != 0 {

@@ -133,7 +133,9 @@ func (v *validator) listenAddr(path, addr string) {
 	}
 }
 
+
 var (
+	tokenRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	nameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	labelRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 )
@@ -221,6 +223,65 @@ func (v *validator) pool(path string, p *Pool) {
 	v.positive(path+".outlier.max_ejection", o.MaxEjection)
 	if o.MaxEjection > 0 && o.BaseEjection > o.MaxEjection {
 		v.add(path+".outlier.base_ejection", "must not exceed outlier.max_ejection (%s > %s)", o.BaseEjection, o.MaxEjection)
+	}
+	for i, st := range p.Canary.Steps {
+		if !(st > 0 && st <= 100) {
+			v.add(fmt.Sprintf("%s.canary.steps[%d]", path, i), "must be a percentage above 0 and at most 100, got %g", st)
+		} else if i > 0 && !(st > p.Canary.Steps[i-1]) {
+			v.add(fmt.Sprintf("%s.canary.steps[%d]", path, i), "steps must increase, got %g after %g", st, p.Canary.Steps[i-1])
+		}
+	}
+	v.positive(path+".canary.step_min_time", p.Canary.StepMinTime)
+	if p.Canary.StepMinRequests < 1 {
+		v.add(path+".canary.step_min_requests", "must be at least 1, got %d", p.Canary.StepMinRequests)
+	}
+	j := p.Judge
+	if j.Interval < 100*time.Millisecond {
+		v.add(path+".judge.interval", "must be at least 100ms, got %s", j.Interval)
+	}
+	v.nonNegative(path+".judge.warmup", j.Warmup)
+	v.nonNegative(path+".judge.latency_floor", j.LatencyFloor)
+	if !(j.Alpha > 0 && j.Alpha <= 0.5) {
+		v.add(path+".judge.alpha", "must be above 0 and at most 0.5, got %g", j.Alpha)
+	}
+	for _, f := range []struct {
+		key string
+		val float64
+	}{{"error_margin", j.ErrorMargin}, {"latency_tolerance", j.LatencyTolerance}, {"signature_margin", j.SignatureMargin}} {
+		if !(f.val >= 0 && f.val <= 100) {
+			v.add(path+".judge."+f.key, "must be a fraction 0..100 (0.1 is 10 %%), got %g", f.val)
+		}
+	}
+	if !(j.ErrorFloor >= 0 && j.ErrorFloor < 1) {
+		v.add(path+".judge.error_floor", "must be a fraction 0..1 (0.002 is 0.2 points), got %g", j.ErrorFloor)
+	}
+	if len(j.RouteGroups) > 16 {
+		v.add(path+".judge.route_groups", "at most 16 route groups, got %d", len(j.RouteGroups))
+	}
+	seenGroup := map[string]bool{}
+	for i, g := range j.RouteGroups {
+		gp := fmt.Sprintf("%s.judge.route_groups[%d]", path, i)
+		switch {
+		case !strings.HasPrefix(g, "/"):
+			v.add(gp, "must be a path prefix starting with \"/\", got %q", g)
+		case seenGroup[g]:
+			v.add(gp, "duplicate route group %q", g)
+		}
+		seenGroup[g] = true
+	}
+	if j.ErrorCodeHeader != "" && !tokenRE.MatchString(j.ErrorCodeHeader) {
+		v.add(path+".judge.error_code_header", "must be a header name, got %q", j.ErrorCodeHeader)
+	}
+	a := p.Affinity
+	if a.Cookie != "" && !tokenRE.MatchString(a.Cookie) {
+		v.add(path+".affinity.cookie", "must be a cookie name (letters, digits, -_.), or off, got %q", a.Cookie)
+	}
+	v.positive(path+".affinity.max_age", a.MaxAge)
+	if a.ForceHeader != "" && !tokenRE.MatchString(a.ForceHeader) {
+		v.add(path+".affinity.force_header", "must be a header name, or off, got %q", a.ForceHeader)
+	}
+	if a.ForceCookie != "" && !tokenRE.MatchString(a.ForceCookie) {
+		v.add(path+".affinity.force_cookie", "must be a cookie name, got %q", a.ForceCookie)
 	}
 	if p.Retries.Attempts < 1 || p.Retries.Attempts > 5 {
 		v.add(path+".retries.attempts", "must be 1..5, got %d", p.Retries.Attempts)

@@ -240,19 +240,23 @@ func (b *Backend) Counts() *Counts { return b.counts.Load() }
 // Stats returns the evidence of the backend's version.
 func (b *Backend) Stats() *canary.VersionStats { return b.stats.Load() }
 
+// NotEvidence is the route group of a request that must not count as
+// evidence for the judge (a tester forced its version).
+const NotEvidence = -1
+
 // Release ends a request picked from this backend and records its result:
-// status is the backend's status (0 when it gave none) and ttfb the time to
-// its response headers. Every successful Pick is followed by exactly one
-// Release.
-func (b *Backend) Release(r Result, status int, ttfb time.Duration) {
+// status is the backend's status (0 when it gave none), ttfb the time to its
+// response headers and group the request's route group (NotEvidence for
+// none). Every successful Pick is followed by exactly one Release.
+func (b *Backend) Release(r Result, status int, ttfb time.Duration, group int) {
 	cls := status / 100
 	if cls > 5 || cls < 0 {
 		cls = 0
 	}
 	b.counts.Load().ByClass[cls].Add(1)
-	if r != ResultClientGone || status != 0 {
+	if group != NotEvidence && (r != ResultClientGone || status != 0) {
 		failed := r == ResultError || r == ResultGatewayFailure || r == ResultNotSent
-		b.stats.Load().Record(failed, status != 0, ttfb)
+		b.stats.Load().Record(group, failed, status == 0, ttfb)
 	}
 	b.requests.Add(1)
 	switch r {

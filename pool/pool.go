@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -71,14 +72,16 @@ type Pool struct {
 	view  atomic.Pointer[view]
 	split atomic.Uint64 // requests that went through the version split
 
-	mu       sync.Mutex // protects cfg, backends, order, stable, canary*, stats; serialises rebuilds
-	cfg      *config.Pool
-	backends map[string]*Backend
-	order    []*Backend
-	stable   string
-	canaryV  string
-	canaryPc float64
-	stats    map[string]*canary.VersionStats // by version
+	mu         sync.Mutex // protects cfg, backends, order, stable, canary*, stats; serialises rebuilds
+	cfg        *config.Pool
+	backends   map[string]*Backend
+	order      []*Backend
+	stable     string
+	canaryV    string
+	canaryPc   float64
+	stats      map[string]*canary.VersionStats // by version
+	groups     atomic.Pointer[canary.Groups]
+	signatures *canary.Signatures
 	// leaving are backends removed from the pool that still finish
 	// requests; housekeeping enforces their drain timeout until idle.
 	leaving map[string]*Backend
@@ -97,13 +100,14 @@ type Pool struct {
 func New(cfg config.Pool, log zerolog.Logger) *Pool {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{
-		name:     cfg.Name,
-		log:      log.With().Str("pool", cfg.Name).Logger(),
-		backends: make(map[string]*Backend),
-		stats:    make(map[string]*canary.VersionStats),
-		leaving:  make(map[string]*Backend),
-		ctx:      ctx,
-		cancel:   cancel,
+		name:       cfg.Name,
+		log:        log.With().Str("pool", cfg.Name).Logger(),
+		backends:   make(map[string]*Backend),
+		stats:      make(map[string]*canary.VersionStats),
+		leaving:    make(map[string]*Backend),
+		signatures: canary.NewSignatures(),
+		ctx:        ctx,
+		cancel:     cancel,
 	}
 	p.Configure(cfg)
 	return p
@@ -129,11 +133,21 @@ func (p *Pool) Configure(cfg config.Pool) {
 	c := cfg
 	c.Backends = append([]config.Backend(nil), cfg.Backends...)
 	p.cfg = &c
+	if old == nil || !slices.Equal(old.Judge.RouteGroups, c.Judge.RouteGroups) {
+		// New route groups mean new evidence: group indices changed.
+		p.groups.Store(canary.NewGroups(c.Judge.RouteGroups))
+		if old != nil {
+			clear(p.stats)
+			for _, b := range p.backends {
+				b.stats.Store(p.statsLocked(b.spec.Load().version))
+			}
+		}
+	}
 
 	if old == nil || old.StableVersion != c.StableVersion {
 		p.stable = c.StableVersion
 	}
-	if old == nil || old.Canary != c.Canary {
+	if old == nil || old.Canary.Version != c.Canary.Version || old.Canary.Weight != c.Canary.Weight {
 		p.canaryV, p.canaryPc = c.Canary.Version, c.Canary.Weight
 	}
 
@@ -193,6 +207,12 @@ func (p *Pool) pruneStatsLocked() {
 		}
 	}
 }
+
+// Groups returns the pool's route groups.
+func (p *Pool) Groups() *canary.Groups { return p.groups.Load() }
+
+// Signatures returns the pool's failure signatures.
+func (p *Pool) Signatures() *canary.Signatures { return p.signatures }
 
 // VersionStats returns the evidence of every version the pool runs.
 func (p *Pool) VersionStats() []*canary.VersionStats {
@@ -330,17 +350,32 @@ func (p *Pool) rebuild() {
 // when it is the only one left.
 //
 // Pick takes no lock and does not allocate.
-func (p *Pool) Pick(exclude *Backend) (*Backend, error) {
+func (p *Pool) Pick(exclude *Backend) (*Backend, error) { return p.PickVersion(exclude, nil, false) }
+
+// PickVersion is Pick for a client that asks for a version: its affinity
+// cookie (sticky) or a tester's forced choice (forced). A sticky client keeps
+// the canary while it takes traffic, and the stable version otherwise; a
+// forced one gets the version even at a 0 % share. When the version cannot
+// serve, the request goes where the split sends it, without an error.
+// Sticky and forced requests do not advance the split, so the share holds
+// for everyone else.
+func (p *Pool) PickVersion(exclude *Backend, version []byte, forced bool) (*Backend, error) {
 	v := p.view.Load()
 	first, second := v.stable, v.canary
-	if second != nil && v.canaryBP > 0 {
+	switch {
+	case second == nil:
+	case len(version) > 0 && string(version) == second.version && (forced || v.canaryBP > 0) && len(second.sched) > 0:
+		first, second = second, first
+	case len(version) > 0 && string(version) != second.version:
+		second = nil // a stable client stays on stable
+	case v.canaryBP > 0:
 		// Exact share: request n goes to the canary when floor(n·share)
 		// steps up, so after N requests the canary had floor(N·share).
 		n := p.split.Add(1)
 		if n*v.canaryBP/10000 != (n-1)*v.canaryBP/10000 {
 			first, second = second, first
 		}
-	} else {
+	default:
 		second = nil
 	}
 	if b := first.pick(v.cfg.Balance, exclude); b != nil {
@@ -350,7 +385,7 @@ func (p *Pool) Pick(exclude *Backend) (*Backend, error) {
 		if b := second.pick(v.cfg.Balance, exclude); b != nil {
 			return b, nil
 		}
-	} else if v.canary != nil {
+	} else if v.canary != nil && first != v.canary {
 		// The canary at 0 % still serves when nothing else can.
 		if b := v.canary.pick(v.cfg.Balance, exclude); b != nil {
 			return b, nil
@@ -360,6 +395,16 @@ func (p *Pool) Pick(exclude *Backend) (*Backend, error) {
 		return exclude, nil
 	}
 	return nil, ErrNoBackend
+}
+
+// CanaryActive returns the canary version when one takes traffic, read
+// without a lock for the request path.
+func (p *Pool) CanaryActive() string {
+	v := p.view.Load()
+	if v.canary == nil || v.canaryBP == 0 {
+		return ""
+	}
+	return v.canary.version
 }
 
 func (g *group) pick(balance string, exclude *Backend) *Backend {

@@ -48,6 +48,14 @@ type exchange struct {
 	status   int           // the status the client got (or 499)
 	upstream int           // the backend's status; 0 when it gave none
 	ttfb     time.Duration // from the request's start to the backend's response headers
+	group    int           // the request's route group (pool.NotEvidence for forced requests)
+
+	// Version affinity.
+	wantVersion []byte // the version the client asks for (cookie or forced)
+	forced      bool
+	canaryOn    bool   // a canary takes traffic: the response names its version
+	appCode     []byte // the backend's application error code, for signatures
+	excerpt     []byte // the start of an error response's body, for signatures
 	attempts int
 	bytesOut int64
 	isHead   bool
@@ -82,9 +90,10 @@ type exchange struct {
 
 func (x *exchange) reset() {
 	s, sc, scratch, pathBuf, absBuf, ioBuf, body := x.s, x.sc, x.scratch, x.pathBuf, x.absBuf, x.ioBuf, x.body
-	method, target, host, ip := x.method, x.target, x.host, x.clientIP
+	method, target, host, ip, code, exc, want := x.method, x.target, x.host, x.clientIP, x.appCode, x.excerpt, x.wantVersion
 	*x = exchange{s: s, sc: sc, scratch: scratch[:0], pathBuf: pathBuf[:0], absBuf: absBuf[:0], ioBuf: ioBuf,
-		body: body[:0], method: method[:0], target: target[:0], host: host[:0], clientIP: ip[:0]}
+		body: body[:0], method: method[:0], target: target[:0], host: host[:0], clientIP: ip[:0],
+		appCode: code[:0], excerpt: exc[:0], wantVersion: want[:0]}
 	x.sc.conn.reset()
 }
 
@@ -95,10 +104,12 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	h := &ctx.Request.Header
 	x.isHead = h.IsHead()
 	x.clientIP = appendIP(x.clientIP, ctx.RemoteAddr())
+	// Copied for the access log and for error signatures, which are written
+	// after the handler returns when a response streams.
+	x.method = append(x.method, h.Method()...)
+	uri := h.RequestURI()
+	x.target = append(x.target, uri[:min(len(uri), maxLogTarget)]...)
 	if s.accessLog {
-		x.method = append(x.method, h.Method()...)
-		uri := h.RequestURI()
-		x.target = append(x.target, uri[:min(len(uri), maxLogTarget)]...)
 		x.host = append(x.host, h.Host()...)
 	}
 
@@ -138,9 +149,11 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	}
 	x.pool = p
 	x.cfg = p.Settings()
+	x.group = p.Groups().Index(path)
 	if t := x.cfg.Timeouts.Total; t > 0 {
 		x.deadline = x.start.Add(t)
 	}
+	x.affinity(ctx, p)
 
 	switch cl := h.ContentLength(); {
 	case cl == -1:
@@ -167,7 +180,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	idempotent := h.IsGet() || h.IsHead() || h.IsOptions()
 	var tried *pool.Backend
 	for attempt := 1; ; attempt++ {
-		b, err := p.Pick(tried)
+		b, err := p.PickVersion(tried, x.wantVersion, x.forced)
 		if err != nil {
 			x.class = ClassNoBackend
 			return x.reply(ctx, 503, "no backend of pool "+p.Name()+" is available", false)
@@ -195,7 +208,8 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 			((notSent && x.replayable()) ||
 				(idempotent && !x.streamBody && (x.class == ClassReset || x.class == ClassBadResponse)))
 		if retry && p.AllowRetry() {
-			b.Release(x.class.Result(), 0, 0)
+			x.recordFailure(b, 0)
+			b.Release(x.class.Result(), 0, 0, x.group)
 			x.b = nil
 			tried = b
 			ctx.Response.Reset()
@@ -453,6 +467,10 @@ func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
 	x.upstream = x.status
 	x.ttfb = time.Since(x.start)
 	x.class = classify(nil, stageResponse, x.status)
+	if x.status >= 500 {
+		x.noteFailureDetails(ctx)
+	}
+	x.setAffinity(ctx)
 	x.clientConn = ctx.Conn()
 	if x.framing != frameNone && x.framing != frameLength && !ctx.Request.Header.IsHTTP11() {
 		// An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1),
@@ -770,7 +788,10 @@ func (x *exchange) finish() {
 	b := x.b
 	if b != nil {
 		x.b = nil // released once, even if logging below panics
-		b.Release(x.class.Result(), x.upstream, x.ttfb)
+		if x.class.Result() != pool.ResultOK && x.class != ClassClientGone && x.class != ClassClientError {
+			x.recordFailure(b, x.status)
+		}
+		b.Release(x.class.Result(), x.upstream, x.ttfb, x.group)
 	}
 	if !x.s.accessLog {
 		return

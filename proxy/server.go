@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,7 +99,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		// fasthttp does not recover panics; one bad request must not take
 		// down the process. The exchange is dropped, not reused.
 		if r := recover(); r != nil {
-			s.log.Error().Interface("panic", r).Bytes("uri", ctx.RequestURI()).Msg("panic while serving a request")
+			s.log.Error().Interface("panic", r).Bytes("uri", ctx.RequestURI()).Bytes("stack", debug.Stack()).
+				Msg("panic while serving a request")
 			// Give back what the request held, so a drain can finish and a
 			// connection cap does not lose a slot.
 			if x.conn != nil {
@@ -107,7 +109,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			}
 			if b := x.b; b != nil {
 				x.b = nil
-				b.Release(pool.ResultClientGone, 0, 0) // baton's fault, not the backend's
+				b.Release(pool.ResultClientGone, 0, 0, pool.NotEvidence) // baton's fault, not the backend's
 			}
 			ctx.Response.Reset()
 			ctx.SetStatusCode(500)
