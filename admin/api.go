@@ -216,12 +216,18 @@ type CanaryJSON struct {
 	Version string  `json:"version"`
 	Weight  float64 `json:"weight"`
 	Held    bool    `json:"held"`
+	Verdict string  `json:"verdict"`
+	Reason  string  `json:"reason,omitempty"`
 }
 
 func (a *api) poolJSON(p *pool.Pool) PoolJSON {
 	j := PoolJSON{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []BackendJSON{}}
 	if v, w := p.Canary(); v != "" {
-		j.Canary = &CanaryJSON{Version: v, Weight: w, Held: a.ctl.Held(p.Name())}
+		j.Canary = &CanaryJSON{Version: v, Weight: w, Held: a.ctl.Held(p.Name()), Verdict: "inconclusive",
+			Reason: "the judge has not looked at this canary yet"}
+		if verdict, reason := a.ctl.Verdict(p.Name()); verdict != "" {
+			j.Canary.Verdict, j.Canary.Reason = verdict, reason
+		}
 	}
 	for _, b := range p.Backends() {
 		j.Backends = append(j.Backends, backendJSON(b))

@@ -1289,7 +1289,6 @@ func TestAPICanaryLifecycle(t *testing.T) {
 // step, verdict (pass, hold, fail, inconclusive), the reason and error
 // signatures; the pool listing's canary has the verdict.
 func TestAPICanaryReportHasContractFields(t *testing.T) {
-	t.Skip("the verdict, step, reason and error signatures come with the canary judge")
 	f := startAPI(t)
 	f.api(t, "POST", "/v1/pools/shop/backends/s3/enable", `{"version":"v2"}`).want(t, 200)
 	f.send(t, 20, "/")

@@ -20,7 +20,7 @@ type collector struct {
 	ctl *control.Registry
 
 	requests, errors, duration, inflight, up, state, weight, conns, retries *prometheus.Desc
-	canaryWeight, reloads, generation, lastReload                           *prometheus.Desc
+	canaryWeight, reloads, generation, lastReload, verdict                  *prometheus.Desc
 }
 
 func newCollector(ctl *control.Registry) *collector {
@@ -39,6 +39,7 @@ func newCollector(ctl *control.Registry) *collector {
 		conns:        d("backend_open_connections", "Connections baton has open to the backend.", "pool", "backend"),
 		retries:      d("retries_total", "Requests sent again to another backend after a failure.", "pool"),
 		canaryWeight: d("canary_weight_percent", "The canary version's share of the pool's requests.", "pool", "version"),
+		verdict:      d("canary_verdict", "1 for the judge's latest verdict on the pool's canary.", "pool", "version", "verdict"),
 		reloads:      d("config_reloads_total", "Config loads, the first included, by result.", "result"),
 		generation:   d("config_generation", "How many configs were applied since start."),
 		lastReload:   d("config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully."),
@@ -47,7 +48,7 @@ func newCollector(ctl *control.Registry) *collector {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.errors, c.duration, c.inflight, c.up, c.state, c.weight,
-		c.conns, c.retries, c.canaryWeight, c.reloads, c.generation, c.lastReload} {
+		c.conns, c.retries, c.canaryWeight, c.reloads, c.generation, c.lastReload, c.verdict} {
 		ch <- d
 	}
 }
@@ -55,6 +56,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 var classLabels = [6]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
 var states = []pool.State{pool.Active, pool.Draining, pool.Drained, pool.Ejected}
+
+var verdicts = []string{canary.Pass, canary.Hold, canary.Fail, canary.Inconclusive}
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v float64, labels ...string) {
@@ -91,6 +94,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.retries, float64(p.Retries()), pn)
 		if v, w := p.Canary(); v != "" {
 			gauge(c.canaryWeight, w, pn, v)
+			current, _ := c.ctl.Verdict(pn)
+			for _, verdict := range verdicts {
+				gauge(c.verdict, boolFloat(current == verdict), pn, v, verdict)
+			}
 		}
 	}
 	ok, failed, last := c.ctl.Reloads()

@@ -764,13 +764,13 @@ func TestMetricsLabelsStayBounded(t *testing.T) {
 			t.Errorf("new series after requests to distinct paths: %s", s)
 		}
 	}
-	allowed := map[string]bool{"pool": true, "backend": true, "version": true, "code_class": true, "state": true, "result": true}
+	allowed := map[string]bool{"pool": true, "backend": true, "version": true, "code_class": true, "state": true, "result": true, "verdict": true}
 	for name, fam := range after {
 		for _, m := range fam.GetMetric() {
 			for _, lp := range m.GetLabel() {
 				k, v := lp.GetName(), lp.GetValue()
 				if !allowed[k] {
-					t.Errorf("%s has label %s=%q; labels are pool, backend, version, code_class, state and result only", name, k, v)
+					t.Errorf("%s has label %s=%q; labels are pool, backend, version, code_class, state, result and verdict only", name, k, v)
 				}
 				if strings.ContainsAny(v, "/?:") || strings.Contains(v, "127.0.0.1") || strings.Contains(v, "example.com") ||
 					strings.Contains(v, "agent-") || strings.HasPrefix(v, "10.9.") {

@@ -160,22 +160,11 @@ func (j *Judge) Evaluate(in Input) Result {
 		return r.fail("guard_errors", "the canary answered %.0f%% of its %d requests with errors, stable %.2f%%", 100*cRate, ca.Requests, 100*sRate)
 	}
 
-	threshold := math.Log(1 / j.cfg.Alpha)
-
-	// Error rate: the sequential test, and a floor so that a tiny
-	// difference at high volume never fails a release.
-	le := j.errors.LogEValue()
-	add("error_rate", "evidence the canary fails more than %.0f%% more often: log e-value %.2f of %.2f needed; rates %.3f%% against %.3f%%, floor %.2f points",
-		100*j.cfg.ErrorMargin, le, threshold, 100*cRate, 100*sRate, 100*j.cfg.ErrorFloor)
-	if le >= threshold && cRate-sRate >= j.cfg.ErrorFloor {
-		return r.fail("error_rate", "the canary's error rate %.2f%% is above stable's %.2f%% beyond the %.0f%% margin (log e-value %.1f ≥ %.1f)",
-			100*cRate, 100*sRate, 100*j.cfg.ErrorMargin, le, threshold)
-	}
-
-	// Signatures: a failure the canary has and stable does not (or far
-	// less) is new (elevated); comparable rates make it known, a caveat of
-	// the old version that never fails a release. Each is a sequential test;
-	// the level is split over the signatures seen (Bonferroni).
+	// Signatures first, as the most specific finding: a failure the canary
+	// has and stable does not (or far less) is new (elevated); comparable
+	// rates make it known, a caveat of the old version that never fails a
+	// release. Each is a sequential test; the level is split over the
+	// signatures seen (Bonferroni).
 	keys := make([]string, 0, len(in.Signatures))
 	for _, s := range in.Signatures {
 		keys = append(keys, s.Key)
@@ -212,6 +201,18 @@ func (j *Judge) Evaluate(in Input) Result {
 	if worst != nil {
 		return r.fail("signature", "%s error %q: %d on the canary, %d on stable, %.1f expected on the canary at its share (log e-value %.1f ≥ %.1f)",
 			worst.Class, worst.Key, worst.Canary, worst.Stable, worst.ExpectedCanary, worst.LogEvidence, sigThreshold)
+	}
+
+	threshold := math.Log(1 / j.cfg.Alpha)
+
+	// Error rate: the sequential test, and a floor so that a tiny
+	// difference at high volume never fails a release.
+	le := j.errors.LogEValue()
+	add("error_rate", "evidence the canary fails more than %.0f%% more often: log e-value %.2f of %.2f needed; rates %.3f%% against %.3f%%, floor %.2f points",
+		100*j.cfg.ErrorMargin, le, threshold, 100*cRate, 100*sRate, 100*j.cfg.ErrorFloor)
+	if le >= threshold && cRate-sRate >= j.cfg.ErrorFloor {
+		return r.fail("error_rate", "the canary's error rate %.2f%% is above stable's %.2f%% beyond the %.0f%% margin (log e-value %.1f ≥ %.1f)",
+			100*cRate, 100*sRate, 100*j.cfg.ErrorMargin, le, threshold)
 	}
 
 	// Latency, per route group, from the warm-up's end.

@@ -502,7 +502,10 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 
 // Promote makes the canary the stable version. The previous version's
 // backends keep serving until they are upgraded one by one.
-func (r *Registry) Promote(poolName string, opts ...Opt) error {
+func (r *Registry) Promote(poolName string, opts ...Opt) error { return r.promote(poolName, "", opts...) }
+
+// promote is Promote with the reason recorded in the audit log.
+func (r *Registry) promote(poolName, reason string, opts ...Opt) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p, _, err := r.lookupLocked(poolName, "")
@@ -513,7 +516,11 @@ func (r *Registry) Promote(poolName string, opts ...Opt) error {
 	if cur == "" {
 		return fmt.Errorf("%w: pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", ErrConflict, poolName)
 	}
-	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: cur + " is stable"},
+	detail := cur + " is stable"
+	if reason != "" {
+		detail += ": " + reason
+	}
+	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: detail},
 		func(s *State) error {
 			ps := s.pool(poolName)
 			ps.StableVersion = cur
@@ -526,7 +533,10 @@ func (r *Registry) Promote(poolName string, opts ...Opt) error {
 
 // Rollback stops the canary at once: it gets no new requests and its
 // backends are drained. Without a canary it changes nothing.
-func (r *Registry) Rollback(poolName string, opts ...Opt) error {
+func (r *Registry) Rollback(poolName string, opts ...Opt) error { return r.rollback(poolName, "", opts...) }
+
+// rollback is Rollback with the reason recorded in the audit log.
+func (r *Registry) rollback(poolName, reason string, opts ...Opt) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p, _, err := r.lookupLocked(poolName, "")
@@ -543,8 +553,11 @@ func (r *Registry) Rollback(poolName string, opts ...Opt) error {
 			drained = append(drained, b.Name())
 		}
 	}
-	return r.changeLocked(Event{Actor: actorOf(opts), Action: "rollback", Pool: poolName,
-		Detail: cur + " rolled back; drained " + strings.Join(drained, ", ")},
+	detail := cur + " rolled back; drained " + strings.Join(drained, ", ")
+	if reason != "" {
+		detail += ": " + reason
+	}
+	return r.changeLocked(Event{Actor: actorOf(opts), Action: "rollback", Pool: poolName, Detail: detail},
 		func(s *State) error {
 			ps := s.pool(poolName)
 			ps.Canary = &CanaryState{}

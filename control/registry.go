@@ -45,6 +45,10 @@ type Registry struct {
 	events     []Event // the audit log, oldest first, at most maxEvents
 	baselines  map[string]*baseline
 
+	judges judges
+	stop   context.CancelFunc // ends the judge loop
+	wg     sync.WaitGroup
+
 	// reloadMu makes loading a file and applying it one step, so two
 	// reloads (an event and a SIGHUP) cannot apply an older file last.
 	reloadMu sync.Mutex
@@ -64,7 +68,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		return nil, err
 	}
 	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool),
-		baselines: make(map[string]*baseline)}
+		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}}
 	r.pruneLocked()
 	for _, pc := range cfg.Pools {
 		r.pools[pc.Name] = pool.New(effective(pc, st.Pools[pc.Name]), log)
@@ -164,18 +168,37 @@ func (r *Registry) Backend(poolName, name string) (*pool.Backend, error) {
 	return b, nil
 }
 
-// Start begins health checking and housekeeping in every pool.
+// Start begins health checking and housekeeping in every pool, and the
+// judge of canaries.
 func (r *Registry) Start() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.started {
+		return
+	}
 	r.started = true
 	for _, p := range r.pools {
 		p.Start()
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.stop = cancel
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.runJudges(ctx)
+	}()
 }
 
-// Close stops every pool's background work and closes backend connections.
+// Close stops the judge, every pool's background work, and closes backend
+// connections.
 func (r *Registry) Close() {
+	r.mu.Lock()
+	stop := r.stop
+	r.mu.Unlock()
+	if stop != nil {
+		stop()
+		r.wg.Wait()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, p := range r.pools {

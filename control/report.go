@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"math"
+	"sort"
 	"time"
 
 	"github.com/baton-lb/baton/canary"
@@ -15,6 +16,7 @@ type baseline struct {
 	canary string
 	since  time.Time
 	snaps  map[string]*versionSnap
+	sigs   map[string]canary.Signature
 }
 
 type versionSnap struct {
@@ -36,7 +38,7 @@ func (r *Registry) syncBaselineLocked(p *pool.Pool) {
 	if b := r.baselines[p.Name()]; b != nil && b.canary == cur {
 		return
 	}
-	b := &baseline{canary: cur, since: time.Now().UTC(), snaps: map[string]*versionSnap{}}
+	b := &baseline{canary: cur, since: time.Now().UTC(), snaps: map[string]*versionSnap{}, sigs: p.Signatures().Snapshot()}
 	for _, vs := range p.VersionStats() {
 		b.snaps[vs.Version()] = snapVersion(vs)
 	}
@@ -56,15 +58,57 @@ type VersionReport struct {
 }
 
 // CanaryReport compares a pool's versions since its canary started (or since
-// baton started, without a canary).
+// baton started, without a canary), with the judge's verdict.
 type CanaryReport struct {
-	Pool          string          `json:"pool"`
-	StableVersion string          `json:"stable_version"`
-	CanaryVersion string          `json:"canary_version,omitempty"`
-	Weight        float64         `json:"weight"`
-	Held          bool            `json:"held"`
-	Since         time.Time       `json:"since"`
-	Versions      []VersionReport `json:"versions"`
+	Pool          string    `json:"pool"`
+	StableVersion string    `json:"stable_version"`
+	CanaryVersion string    `json:"canary_version,omitempty"`
+	Weight        float64   `json:"weight"`
+	Held          bool      `json:"held"`
+	Since         time.Time `json:"since"`
+
+	// The judge, while a canary runs.
+	Verdict   string           `json:"verdict,omitempty"`
+	Rule      string           `json:"rule,omitempty"`
+	Reason    string           `json:"reason,omitempty"`
+	Figures   []canary.Finding `json:"figures,omitempty"`
+	VerdictAt *time.Time       `json:"verdict_at,omitempty"`
+	// Step is the position of the current share in Steps (1-based; 0: not
+	// on a step).
+	Step         int       `json:"step"`
+	Steps        []float64 `json:"steps"`
+	AutoPromote  bool      `json:"auto_promote"`
+	AutoRollback bool      `json:"auto_rollback"`
+	DryRun       bool      `json:"dry_run"`
+
+	Versions   []VersionReport   `json:"versions"`
+	Signatures []SignatureReport `json:"signatures"`
+
+	// Previous is the last verdict on the pool's previous canary, once it
+	// was promoted or rolled back: why it ended.
+	Previous *PreviousCanary `json:"previous,omitempty"`
+}
+
+// PreviousCanary is how the last canary ended.
+type PreviousCanary struct {
+	Version    string            `json:"version"`
+	Verdict    string            `json:"verdict"`
+	Rule       string            `json:"rule"`
+	Reason     string            `json:"reason"`
+	At         time.Time         `json:"at"`
+	Signatures []SignatureReport `json:"signatures"`
+}
+
+// SignatureReport is one kind of failure over the comparison window.
+type SignatureReport struct {
+	Key string `json:"key"`
+	// Class: new (the canary has it, stable never did), elevated (the
+	// canary has it significantly more often), known (comparable rates: a
+	// caveat of the old version, which never fails a release).
+	Class        string            `json:"class"`
+	Counts       map[string]uint64 `json:"counts"`
+	FailsRelease bool              `json:"fails_release"`
+	Example      *canary.Example   `json:"example,omitempty"`
 }
 
 // Canary returns the pool's version comparison.
@@ -78,8 +122,78 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 	r.syncBaselineLocked(p)
 	base := r.baselines[poolName]
 	cur, w := p.Canary()
+	cfg := p.Settings()
 	rep := &CanaryReport{Pool: poolName, StableVersion: p.StableVersion(), CanaryVersion: cur, Weight: w,
-		Held: r.state.Pools[poolName] != nil && r.state.Pools[poolName].Held, Since: base.since}
+		Held: r.state.Pools[poolName] != nil && r.state.Pools[poolName].Held, Since: base.since,
+		Steps: append([]float64{}, cfg.Canary.Steps...), AutoPromote: cfg.Canary.AutoPromote,
+		AutoRollback: cfg.Canary.AutoRollback, DryRun: cfg.Canary.DryRun, Signatures: []SignatureReport{}}
+	for i, st := range cfg.Canary.Steps {
+		if st == w {
+			rep.Step = i + 1
+		}
+	}
+	var classes map[string]canary.SignatureClass
+	if cur != "" {
+		rep.Verdict, rep.Reason = canary.Inconclusive, "the judge has not looked at this canary yet"
+		if res, at, ok := r.judges.latest(poolName); ok {
+			rep.Verdict, rep.Rule, rep.Reason, rep.Figures = res.Verdict, res.Rule, res.Reason, res.Findings
+			at := at.UTC()
+			rep.VerdictAt = &at
+			classes = map[string]canary.SignatureClass{}
+			for _, sc := range res.Signatures {
+				classes[sc.Key] = sc
+			}
+		}
+	}
+	sigs := p.Signatures().Snapshot()
+	if cur == "" {
+		if v, res, at, ok := r.judges.ended(poolName); ok {
+			prev := &PreviousCanary{Version: v, Verdict: res.Verdict, Rule: res.Rule, Reason: res.Reason, At: at.UTC(),
+				Signatures: []SignatureReport{}}
+			for _, sc := range res.Signatures {
+				sr := SignatureReport{Key: sc.Key, Class: sc.Class, FailsRelease: sc.FailsRelease,
+					Counts: map[string]uint64{v: sc.Canary, rep.StableVersion: sc.Stable}}
+				if ex := sigs[sc.Key].Examples; len(ex) > 0 {
+					e := ex[len(ex)-1]
+					sr.Example = &e
+				}
+				prev.Signatures = append(prev.Signatures, sr)
+			}
+			rep.Previous = prev
+		}
+	}
+	for key, sig := range sigs {
+		b := base.sigs[key]
+		sr := SignatureReport{Key: key, Counts: map[string]uint64{}}
+		total := uint64(0)
+		for v, n := range sig.Counts {
+			if d := n - min(n, b.Counts[v]); d > 0 {
+				sr.Counts[v] = d
+				total += d
+			}
+		}
+		if total == 0 {
+			continue
+		}
+		if len(sig.Examples) > 0 {
+			ex := sig.Examples[len(sig.Examples)-1]
+			sr.Example = &ex
+		}
+		sr.Class = "known"
+		if sc, ok := classes[key]; ok {
+			sr.Class, sr.FailsRelease = sc.Class, sc.FailsRelease
+		} else if cur != "" && sr.Counts[cur] > 0 && sr.Counts[rep.StableVersion] == 0 {
+			sr.Class = "new"
+		}
+		rep.Signatures = append(rep.Signatures, sr)
+	}
+	sort.Slice(rep.Signatures, func(i, j int) bool {
+		a, b := rep.Signatures[i], rep.Signatures[j]
+		if a.FailsRelease != b.FailsRelease {
+			return a.FailsRelease
+		}
+		return a.Key < b.Key
+	})
 	for _, vs := range p.VersionStats() {
 		now := snapVersion(vs)
 		// Only from the same evidence: a version's evidence is recreated

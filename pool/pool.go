@@ -397,6 +397,10 @@ func (p *Pool) PickVersion(exclude *Backend, version []byte, forced bool) (*Back
 	return nil, ErrNoBackend
 }
 
+// HasCanary reports whether the pool has a canary version, at any share,
+// read without a lock for the request path.
+func (p *Pool) HasCanary() bool { return p.view.Load().canary != nil }
+
 // CanaryActive returns the canary version when one takes traffic, read
 // without a lock for the request path.
 func (p *Pool) CanaryActive() string {

@@ -17,8 +17,11 @@ const maxExcerpt = 160
 // affinity works out which version the client asks for. While a canary takes
 // traffic, a client carries a cookie naming the version that served it and
 // keeps that version (so a cart never flips); a tester may force a version
-// with a header or cookie. Outside a canary, nothing is read or set.
+// with a header or cookie. Without a canary, nothing is read or set.
 func (x *exchange) affinity(ctx *fasthttp.RequestCtx, p *pool.Pool) {
+	if !p.HasCanary() {
+		return
+	}
 	a := &x.cfg.Affinity
 	h := &ctx.Request.Header
 	if a.ForceHeader != "" {

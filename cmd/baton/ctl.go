@@ -673,6 +673,13 @@ func (c *ctlClient) printCanary(rep control.CanaryReport) {
 		head += " (held)"
 	}
 	fmt.Fprintf(c.stdout, "%s; since %s\n", head, rep.Since.Local().Format(time.DateTime))
+	if rep.Verdict != "" {
+		step := ""
+		if len(rep.Steps) > 0 {
+			step = fmt.Sprintf(" (step %d of %d: %v)", rep.Step, len(rep.Steps), rep.Steps)
+		}
+		fmt.Fprintf(c.stdout, "verdict: %s%s — %s\n", rep.Verdict, step, rep.Reason)
+	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tROLE\tREQUESTS\tERRORS\tERROR RATE\tP50\tP90\tP99")
 	ms := func(v *float64) string {
@@ -684,6 +691,27 @@ func (c *ctlClient) printCanary(rep control.CanaryReport) {
 	for _, v := range rep.Versions {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.2f%%\t%s\t%s\t%s\n", v.Version, v.Role, v.Requests, v.Errors, 100*v.ErrorRate,
 			ms(v.P50ms), ms(v.P90ms), ms(v.P99ms))
+	}
+	_ = tw.Flush()
+	if len(rep.Signatures) == 0 {
+		return
+	}
+	fmt.Fprintln(c.stdout, "error signatures:")
+	tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "CLASS\tSIGNATURE\t%s\t%s\tEXAMPLE\n", strings.ToUpper(rep.StableVersion), strings.ToUpper(rep.CanaryVersion))
+	for _, s := range rep.Signatures {
+		ex := ""
+		if s.Example != nil {
+			ex = s.Example.Path
+			if s.Example.Body != "" {
+				ex += " " + strconv.Quote(s.Example.Body[:min(len(s.Example.Body), 60)])
+			}
+		}
+		class := s.Class
+		if s.FailsRelease {
+			class += " (fails)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", class, s.Key, s.Counts[rep.StableVersion], s.Counts[rep.CanaryVersion], ex)
 	}
 	_ = tw.Flush()
 }

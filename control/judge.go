@@ -1,0 +1,269 @@
+package control
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/baton-lb/baton/canary"
+	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/pool"
+)
+
+// poolJudge follows one canary of one pool: the evidence windows (since the
+// canary started, since its warm-up ended, since its step started) and the
+// judge's sequential tests.
+type poolJudge struct {
+	canary    string
+	judge     *canary.Judge
+	start     time.Time
+	base      map[string]*canary.VersionSnapshot // at the canary's start, by version
+	warm      map[string]*canary.VersionSnapshot // at the warm-up's end; nil before
+	sigBase   map[string]canary.Signature
+	weight    float64 // the share of the current step
+	stepStart time.Time
+	stepBase  uint64    // canary requests when the step started
+	last      [2]uint64 // stable, canary requests at the last tick
+	lastEval  time.Time
+	result    canary.Result
+	at        time.Time
+	// ended: the canary is gone (promoted or rolled back); the last
+	// verdict stays for reports until the next canary.
+	ended bool
+}
+
+// judges holds the per-pool judges; the judge loop owns them, the API reads
+// their latest results.
+type judges struct {
+	mu sync.Mutex // protects byPool
+	by map[string]*poolJudge
+}
+
+func (j *judges) get(name string) *poolJudge {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.by[name]
+}
+
+func (j *judges) set(name string, pj *poolJudge) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if pj == nil {
+		delete(j.by, name)
+		return
+	}
+	j.by[name] = pj
+}
+
+// latest returns the last verdict on a pool's running canary and when it
+// was reached.
+func (j *judges) latest(name string) (canary.Result, time.Time, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	pj := j.by[name]
+	if pj == nil || pj.at.IsZero() || pj.ended {
+		return canary.Result{}, time.Time{}, false
+	}
+	return pj.result, pj.at, true
+}
+
+// ended returns the last verdict on a pool's last judged canary; callers
+// ask once the pool has no canary, so it was promoted or rolled back.
+func (j *judges) ended(name string) (string, canary.Result, time.Time, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	pj := j.by[name]
+	if pj == nil || pj.at.IsZero() {
+		return "", canary.Result{}, time.Time{}, false
+	}
+	return pj.canary, pj.result, pj.at, true
+}
+
+func judgeConfig(pc *config.Pool) canary.JudgeConfig {
+	j := pc.Judge
+	return canary.JudgeConfig{
+		Alpha: j.Alpha, ErrorMargin: j.ErrorMargin, ErrorFloor: j.ErrorFloor,
+		LatencyTol: j.LatencyTolerance, LatencyFloor: j.LatencyFloor, SignatureMargin: j.SignatureMargin,
+		StepMinTime: pc.Canary.StepMinTime, StepMinRequests: uint64(pc.Canary.StepMinRequests),
+	}
+}
+
+// runJudges judges every pool with a canary at its judge interval, until
+// ctx ends.
+func (r *Registry) runJudges(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			for _, p := range r.Pools() {
+				r.judgePool(p, now)
+			}
+		}
+	}
+}
+
+func snapshotVersions(p *pool.Pool) map[string]*canary.VersionSnapshot {
+	out := map[string]*canary.VersionSnapshot{}
+	for _, vs := range p.VersionStats() {
+		out[vs.Version()] = vs.Snapshot()
+	}
+	return out
+}
+
+func since(now, base map[string]*canary.VersionSnapshot, version string) *canary.VersionSnapshot {
+	s := now[version]
+	if s == nil {
+		return &canary.VersionSnapshot{Groups: map[int]*canary.GroupSnapshot{}}
+	}
+	return s.Since(base[version])
+}
+
+// judgePool takes one verdict for p when its interval has passed, and acts
+// on it as the pool's automation allows.
+func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
+	name := p.Name()
+	cfg := p.Settings()
+	cv, weight := p.Canary()
+	pj := r.judges.get(name)
+	if cv == "" {
+		if pj != nil && !pj.ended {
+			pj.ended = true
+			r.judges.set(name, pj)
+		}
+		return
+	}
+	if pj != nil && now.Sub(pj.lastEval) < cfg.Judge.Interval && pj.canary == cv {
+		return
+	}
+	snaps := snapshotVersions(p)
+	if pj == nil || pj.canary != cv || pj.ended {
+		pj = &poolJudge{canary: cv, judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
+			sigBase: p.Signatures().Snapshot(), weight: weight, stepStart: now}
+		pj.stepBase = since(snaps, pj.base, cv).Requests
+		r.log.Info().Str("pool", name).Str("canary", cv).Float64("weight", weight).Msg("judging a new canary")
+	}
+	pj.lastEval = now
+	stable := p.StableVersion()
+	st, ca := since(snaps, pj.base, stable), since(snaps, pj.base, cv)
+	if weight != pj.weight {
+		pj.weight, pj.stepStart, pj.stepBase = weight, now, ca.Requests
+	}
+	if pj.warm == nil && now.Sub(pj.start) >= cfg.Judge.Warmup {
+		pj.warm = snaps
+	}
+
+	// The share during this tick, from what each version actually served:
+	// affinity and retries make it differ from the configured one.
+	dS, dC := st.Requests-min(st.Requests, pj.last[0]), ca.Requests-min(ca.Requests, pj.last[1])
+	share := weight / 100
+	if dS+dC > 0 {
+		share = float64(dC) / float64(dS+dC)
+	}
+	pj.last = [2]uint64{st.Requests, ca.Requests}
+
+	in := canary.Input{
+		Now: now, Share: share, StepStart: pj.stepStart, StepCanaryRequests: ca.Requests - min(ca.Requests, pj.stepBase),
+		Stable: side(st, p.Groups(), pj.warm, snaps, stable),
+		Canary: side(ca, p.Groups(), pj.warm, snaps, cv),
+		Held:   r.Held(name),
+	}
+	for _, b := range p.Backends() {
+		if b.Version() == cv && b.State() == pool.Active {
+			in.CanaryBackends++
+			if b.Health() != pool.Down {
+				in.CanaryHealthy++
+			}
+		}
+	}
+	for key, sig := range p.Signatures().Snapshot() {
+		b := pj.sigBase[key]
+		e := canary.SignatureEvidence{Key: key, Stable: sig.Counts[stable] - b.Counts[stable], Canary: sig.Counts[cv] - b.Counts[cv]}
+		if e.Stable+e.Canary > 0 {
+			in.Signatures = append(in.Signatures, e)
+		}
+	}
+	sort.Slice(in.Signatures, func(i, j int) bool { return in.Signatures[i].Key < in.Signatures[j].Key })
+
+	res := pj.judge.Evaluate(in)
+	prev := pj.result
+	pj.result, pj.at = res, now
+	r.judges.set(name, pj)
+	if res.Verdict != prev.Verdict || res.Rule != prev.Rule {
+		ev := r.log.Info()
+		if res.Verdict == canary.Fail {
+			ev = r.log.Warn()
+		}
+		ev.Str("pool", name).Str("canary", cv).Str("verdict", res.Verdict).Str("rule", res.Rule).
+			Str("reason", res.Reason).Msg("canary verdict")
+	}
+	r.act(p, cfg, cv, weight, res, in.Held)
+}
+
+// side is one version's evidence for the judge: counts since the canary
+// started, latency per route group since the warm-up ended.
+func side(s *canary.VersionSnapshot, groups *canary.Groups, warm, now map[string]*canary.VersionSnapshot, version string) canary.Side {
+	out := canary.Side{Requests: s.Requests, Errors: s.Errors, Gateway: s.NoAnswer}
+	if warm == nil {
+		return out
+	}
+	lat := since(now, warm, version)
+	out.Latency = map[string]*canary.Snapshot{}
+	for i, g := range lat.Groups {
+		if g.Latency.Count > 0 {
+			l := g.Latency
+			out.Latency[groups.Name(i)] = &l
+		}
+	}
+	return out
+}
+
+// act carries out what a verdict calls for, as far as the pool's automation
+// allows: a failing canary is rolled back, a passing step moves to the next
+// share, and passing the last one promotes. Held pools and dry runs only
+// report.
+func (r *Registry) act(p *pool.Pool, cfg *config.Pool, cv string, weight float64, res canary.Result, held bool) {
+	c := cfg.Canary
+	if c.DryRun || held {
+		return
+	}
+	name := p.Name()
+	by := By("judge")
+	switch res.Verdict {
+	case canary.Fail:
+		if !c.AutoRollback {
+			return
+		}
+		r.log.Warn().Str("pool", name).Str("canary", cv).Str("reason", res.Reason).Msg("judge rolls the canary back")
+		if err := r.rollback(name, res.Reason, by); err != nil {
+			r.log.Error().Err(err).Str("pool", name).Msg("judge could not roll the canary back")
+		}
+	case canary.Pass:
+		for _, s := range c.Steps {
+			if s > weight {
+				if err := r.SetCanary(name, cv, s, by); err != nil {
+					r.log.Error().Err(err).Str("pool", name).Msg("judge could not move the canary to its next step")
+				}
+				return
+			}
+		}
+		if c.AutoPromote {
+			if err := r.promote(name, res.Reason, by); err != nil {
+				r.log.Error().Err(err).Str("pool", name).Msg("judge could not promote the canary")
+			}
+		}
+	}
+}
+
+// Verdict returns a pool's latest verdict and its reason ("" without a
+// canary or before the judge looked).
+func (r *Registry) Verdict(poolName string) (verdict, reason string) {
+	res, _, ok := r.judges.latest(poolName)
+	if !ok {
+		return "", ""
+	}
+	return res.Verdict, res.Reason
+}

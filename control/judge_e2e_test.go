@@ -1,0 +1,340 @@
+package control_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/baton-lb/baton/canary"
+	"github.com/baton-lb/baton/control"
+	"github.com/baton-lb/baton/internal/testbed"
+)
+
+// shopBackend answers as a webshop server of a version: /checkout and
+// /search, failing every failEvery-th request of a path with a status and
+// an application error code.
+type shopBackend struct {
+	name, version string
+	fail          map[string]shopFailure // by path
+	counts        sync.Map               // path → *atomic.Int64
+}
+
+type shopFailure struct {
+	every  int64
+	status int
+	code   string
+}
+
+func (s *shopBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/healthz" {
+		return
+	}
+	c, _ := s.counts.LoadOrStore(r.URL.Path, new(atomic.Int64))
+	n := c.(*atomic.Int64).Add(1)
+	if f, ok := s.fail[r.URL.Path]; ok && n%f.every == 0 {
+		w.Header().Set("X-Error-Code", f.code)
+		w.WriteHeader(f.status)
+		fmt.Fprintf(w, "%s failed: %s", r.URL.Path, f.code)
+		return
+	}
+	fmt.Fprintf(w, "%s %s", s.name, s.version)
+}
+
+// judgeYAML is a pool of three v1 servers and one spare that becomes the
+// v2 canary, judged fast.
+func judgeYAML(addrs [4]string, canaryExtra string) string {
+	return fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: "off"}
+log: {level: info, access: false}
+pools:
+  - name: shop
+    health_check: {interval: 200ms, timeout: 150ms, rise: 1, fall: 3}
+    retries: {attempts: 1}
+    canary: {initial_weight: 20, step_min_time: 1s, step_min_requests: 40%s}
+    judge: {interval: 200ms, warmup: 1ms, error_code_header: X-Error-Code}
+    backends:
+      - {name: s1, address: %q, version: v1}
+      - {name: s2, address: %q, version: v1}
+      - {name: s3, address: %q, version: v1}
+      - {name: s4, address: %q, version: v1}
+`, canaryExtra, addrs[0], addrs[1], addrs[2], addrs[3])
+}
+
+// load sends requests to /checkout and /search from several clients until
+// stop, and counts the failures.
+type load struct {
+	sent, failed atomic.Int64
+	mu           sync.Mutex
+	failures     []string
+}
+
+func (l *load) run(ctx context.Context, url string, clients int) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := &http.Client{Timeout: 5 * time.Second}
+			for i := 0; i < 100000 && ctx.Err() == nil; i++ {
+				path := "/checkout"
+				if (i+c)%2 == 0 {
+					path = "/search"
+				}
+				res, err := client.Get(url + path)
+				l.sent.Add(1)
+				if err != nil {
+					l.note(path + ": " + err.Error())
+					continue
+				}
+				body, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode >= 500 && !strings.Contains(string(body), "failed:") {
+					// A failure baton made, not one the backend was told to give.
+					l.note(fmt.Sprintf("%s: %d %s", path, res.StatusCode, body))
+				}
+			}
+		}()
+	}
+	return &wg
+}
+
+func (l *load) note(s string) {
+	l.failed.Add(1)
+	l.mu.Lock()
+	if len(l.failures) < 5 {
+		l.failures = append(l.failures, s)
+	}
+	l.mu.Unlock()
+}
+
+func startShop(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra string) *testbed.Baton {
+	t.Helper()
+	var addrs [4]string
+	for i := range 3 {
+		addrs[i] = testbed.Backend(t, &shopBackend{name: fmt.Sprintf("s%d", i+1), version: "v1", fail: v1Fail})
+	}
+	addrs[3] = testbed.Backend(t, v2)
+	b := testbed.Start(t, judgeYAML(addrs, canaryExtra))
+	b.WaitHealthy(t, "shop", 4)
+	return b
+}
+
+func startCanary(t *testing.T, b *testbed.Baton) {
+	t.Helper()
+	if _, err := b.Reg.Drain("shop", "s4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Reg.Enable("shop", "s4", control.EnableSpec{Version: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A healthy canary walks its steps and is promoted, with no failed request.
+func TestJudgePromotesHealthyCanary(t *testing.T) {
+	v2 := &shopBackend{name: "s4", version: "v2"}
+	b := startShop(t, v2, nil, ", steps: [20, 50, 100], auto_promote: true, auto_rollback: true")
+	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
+	defer stop()
+	l := &load{}
+	wg := l.run(ctx, b.URL(""), 4)
+	startCanary(t, b)
+	p := b.Pool(t, "shop")
+	var steps []float64
+	testbed.Eventually(t, 45*time.Second, func() bool {
+		if v, w := p.Canary(); v == "v2" && (len(steps) == 0 || steps[len(steps)-1] != w) {
+			steps = append(steps, w)
+		}
+		return p.StableVersion() == "v2"
+	}, "the judge to promote v2 (steps seen %v)", steps)
+	stop()
+	wg.Wait()
+	if l.failed.Load() != 0 {
+		t.Errorf("%d of %d requests failed during the release: %v", l.failed.Load(), l.sent.Load(), l.failures)
+	}
+	if len(steps) < 2 || steps[0] != 20 {
+		t.Errorf("the canary went through shares %v; want 20, 50, 100", steps)
+	}
+	var promoted bool
+	for _, e := range b.Reg.Events(50) {
+		if e.Actor == "judge" && e.Action == "promote" {
+			promoted = true
+		}
+	}
+	if !promoted {
+		t.Errorf("no promote by the judge in the audit log: %+v", b.Reg.Events(10))
+	}
+	t.Logf("%d requests, promoted after shares %v", l.sent.Load(), steps)
+}
+
+// A canary that fails part of /checkout with an error stable never has is
+// rolled back automatically, and the report names the signature as new.
+func TestJudgeRollsBackNewError(t *testing.T) {
+	v2 := &shopBackend{name: "s4", version: "v2", fail: map[string]shopFailure{"/checkout": {every: 20, status: 500, code: "PAYMENT_TIMEOUT"}}}
+	b := startShop(t, v2, nil, ", steps: [20, 50], auto_rollback: true")
+	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
+	defer stop()
+	l := &load{}
+	wg := l.run(ctx, b.URL(""), 4)
+	startCanary(t, b)
+	p := b.Pool(t, "shop")
+	testbed.Eventually(t, 45*time.Second, func() bool {
+		v, _ := p.Canary()
+		return v == "" && p.Backend("s4").Version() == "v2"
+	}, "the judge to roll v2 back")
+	stop()
+	wg.Wait()
+	rep, err := b.Reg.Canary("shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.failed.Load() != 0 {
+		t.Errorf("%d requests failed in ways the backends were not told to: %v", l.failed.Load(), l.failures)
+	}
+	if s4 := p.Backend("s4"); s4.State().String() != "draining" && s4.State().String() != "drained" {
+		t.Errorf("after the rollback the canary backend is %s, want drained", s4.State())
+	}
+	var rolled *control.Event
+	for _, e := range b.Reg.Events(50) {
+		if e.Actor == "judge" && e.Action == "rollback" {
+			rolled = &e
+		}
+	}
+	if rolled == nil {
+		t.Fatalf("no rollback by the judge in the audit log")
+	}
+	prev := rep.Previous
+	if prev == nil || prev.Verdict != canary.Fail || prev.Version != "v2" {
+		t.Fatalf("after the rollback the report says of the previous canary: %+v", prev)
+	}
+	var found bool
+	for _, s := range prev.Signatures {
+		if strings.Contains(s.Key, "PAYMENT_TIMEOUT") {
+			found = true
+			if s.Class != "new" || s.Counts["v2"] == 0 || s.Counts["v1"] != 0 || s.Example == nil || !strings.Contains(s.Example.Body, "PAYMENT_TIMEOUT") {
+				t.Errorf("signature %+v; want class new, seen on v2 only, with an example", s)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("the report names no PAYMENT_TIMEOUT signature: %+v", prev.Signatures)
+	}
+	t.Logf("rolled back: %s", rolled.Detail)
+}
+
+// A failure the stable version has at the same rate is known and does not
+// fail the release.
+func TestJudgeKnownErrorDoesNotFail(t *testing.T) {
+	known := map[string]shopFailure{"/search": {every: 25, status: 503, code: "SEARCH_DOWN"}}
+	v2 := &shopBackend{name: "s4", version: "v2", fail: known}
+	b := startShop(t, v2, known, ", steps: [20, 50], auto_promote: true, auto_rollback: true")
+	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
+	defer stop()
+	l := &load{}
+	wg := l.run(ctx, b.URL(""), 4)
+	startCanary(t, b)
+	p := b.Pool(t, "shop")
+	var rep *control.CanaryReport
+	testbed.Eventually(t, 45*time.Second, func() bool {
+		if v, _ := p.Canary(); v == "v2" {
+			if r, err := b.Reg.Canary("shop"); err == nil && len(r.Signatures) > 0 {
+				rep = r
+			}
+		}
+		return p.StableVersion() == "v2" || p.Backend("s4").State().String() != "active"
+	}, "the judge to decide")
+	stop()
+	wg.Wait()
+	if p.StableVersion() != "v2" {
+		t.Fatalf("a failure stable has at the same rate failed the release: %+v", b.Reg.Events(5))
+	}
+	if rep == nil {
+		t.Fatal("no report with signatures seen during the canary")
+	}
+	for _, s := range rep.Signatures {
+		if strings.Contains(s.Key, "SEARCH_DOWN") && (s.Class != "known" || s.FailsRelease) {
+			t.Errorf("signature %+v; want known, not failing the release", s)
+		}
+	}
+}
+
+// A client keeps the version that served it while the canary runs, and
+// moves to stable without an error when the canary is rolled back.
+func TestAffinityHoldsAndMovesBackOnRollback(t *testing.T) {
+	v2 := &shopBackend{name: "s4", version: "v2"}
+	b := startShop(t, v2, nil, "")
+	startCanary(t, b)
+	p := b.Pool(t, "shop")
+	testbed.Eventually(t, 10*time.Second, func() bool { return p.CanaryActive() == "v2" && p.HasAvailable() }, "the canary in service")
+	testbed.Eventually(t, 10*time.Second, func() bool { return p.Backend("s4").Health().String() == "healthy" }, "the canary healthy")
+
+	// Find a client the split sends to the canary, then check it stays.
+	var canaryClient *http.Client
+	for i := 0; i < 200 && canaryClient == nil; i++ {
+		jar, _ := cookiejar.New(nil)
+		c := &http.Client{Jar: jar, Timeout: 5 * time.Second}
+		if body := getBody(t, c, b.URL("/checkout")); strings.HasSuffix(body, "v2") {
+			canaryClient = c
+		}
+	}
+	if canaryClient == nil {
+		t.Fatal("no client reached the canary in 200 tries at a 20 % share")
+	}
+	for i := range 30 {
+		if body := getBody(t, canaryClient, b.URL("/checkout")); !strings.HasSuffix(body, "v2") {
+			t.Fatalf("request %d of a canary client went to %q", i, body)
+		}
+	}
+	// A stable client stays on stable too.
+	jar, _ := cookiejar.New(nil)
+	stableClient := &http.Client{Jar: jar, Timeout: 5 * time.Second}
+	for strings.HasSuffix(getBody(t, stableClient, b.URL("/checkout")), "v2") {
+		jar, _ = cookiejar.New(nil)
+		stableClient = &http.Client{Jar: jar, Timeout: 5 * time.Second}
+	}
+	for i := range 30 {
+		if body := getBody(t, stableClient, b.URL("/checkout")); strings.HasSuffix(body, "v2") {
+			t.Fatalf("request %d of a stable client went to the canary", i)
+		}
+	}
+	// A tester can force the canary.
+	req, _ := http.NewRequest("GET", b.URL("/checkout"), nil)
+	req.Header.Set("X-Baton-Version", "v2")
+	if res, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if !strings.HasSuffix(string(body), "v2") {
+			t.Errorf("a request forcing v2 went to %q", body)
+		}
+	}
+	if err := b.Reg.Rollback("shop"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if body := getBody(t, canaryClient, b.URL("/checkout")); !strings.HasSuffix(body, "v1") {
+			t.Fatalf("after the rollback, request %d of a former canary client got %q", i, body)
+		}
+	}
+}
+
+func getBody(t *testing.T, c *http.Client, url string) string {
+	t.Helper()
+	res, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", url, res.StatusCode, body)
+	}
+	return string(body)
+}
