@@ -133,7 +133,6 @@ func (v *validator) listenAddr(path, addr string) {
 	}
 }
 
-
 var (
 	tokenRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	nameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)

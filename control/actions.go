@@ -502,7 +502,9 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 
 // Promote makes the canary the stable version. The previous version's
 // backends keep serving until they are upgraded one by one.
-func (r *Registry) Promote(poolName string, opts ...Opt) error { return r.promote(poolName, "", opts...) }
+func (r *Registry) Promote(poolName string, opts ...Opt) error {
+	return r.promote(poolName, "", opts...)
+}
 
 // promote is Promote with the reason recorded in the audit log.
 func (r *Registry) promote(poolName, reason string, opts ...Opt) error {
@@ -533,7 +535,9 @@ func (r *Registry) promote(poolName, reason string, opts ...Opt) error {
 
 // Rollback stops the canary at once: it gets no new requests and its
 // backends are drained. Without a canary it changes nothing.
-func (r *Registry) Rollback(poolName string, opts ...Opt) error { return r.rollback(poolName, "", opts...) }
+func (r *Registry) Rollback(poolName string, opts ...Opt) error {
+	return r.rollback(poolName, "", opts...)
+}
 
 // rollback is Rollback with the reason recorded in the audit log.
 func (r *Registry) rollback(poolName, reason string, opts ...Opt) error {

@@ -56,9 +56,9 @@ type exchange struct {
 	canaryOn    bool   // a canary takes traffic: the response names its version
 	appCode     []byte // the backend's application error code, for signatures
 	excerpt     []byte // the start of an error response's body, for signatures
-	attempts int
-	bytesOut int64
-	isHead   bool
+	attempts    int
+	bytesOut    int64
+	isHead      bool
 
 	// Request body.
 	bodyLen    int64  // >0 length, 0 none, bodyChunked
