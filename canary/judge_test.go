@@ -281,3 +281,39 @@ func TestJudgeCalibration(t *testing.T) {
 	t.Logf("judge calibration (α %.0f %%, margin %.0f %%, floor %.1f points, latency tolerance %.0f %%):\n%s",
 		100*cfg.Alpha, 100*cfg.ErrorMargin, 100*cfg.ErrorFloor, 100*cfg.LatencyTol, sb.String())
 }
+
+// TestJudgeGuardsAndHolds: absolute guards fail without statistics; an
+// operator's hold and too little traffic hold, never fail.
+func TestJudgeGuardsAndHolds(t *testing.T) {
+	cfg := testJudgeConfig()
+	start := time.Unix(0, 0)
+	base := Input{Now: start.Add(10 * time.Second), Share: 0.1, StepStart: start, CanaryBackends: 1, CanaryHealthy: 1,
+		Stable: Side{Requests: 1000, Errors: 5}, Canary: Side{Requests: 100, Errors: 0}, StepCanaryRequests: 100}
+	cases := []struct {
+		name        string
+		edit        func(*Input)
+		verdict     string
+		rule        string
+		reasonWords string
+	}{
+		{"no healthy canary backend", func(in *Input) { in.CanaryHealthy = 0 }, Fail, "guard_health", "health check"},
+		{"canary gives no answer", func(in *Input) { in.Canary.Gateway, in.Canary.Errors = 60, 60 }, Fail, "guard_unreachable", "no answer"},
+		{"canary answers mostly errors", func(in *Input) { in.Canary.Errors = 70 }, Fail, "guard_errors", "errors"},
+		{"held by an operator", func(in *Input) { in.Held = true; in.Now = start.Add(10 * time.Minute) }, Hold, "held", "on hold"},
+		{"too little traffic", func(in *Input) {
+			in.Now, in.StepCanaryRequests, in.Canary.Requests = start.Add(10*time.Minute), 12, 12
+		}, Hold, "too_little_traffic", "12 of the 200"},
+		{"still gathering", func(in *Input) { in.StepCanaryRequests = 12 }, Inconclusive, "gathering", "12 of 200"},
+		{"enough and fine", func(in *Input) { in.Now = start.Add(2 * time.Minute); in.StepCanaryRequests = 300 }, Pass, "no_difference", "no difference"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := base
+			c.edit(&in)
+			r := NewJudge(cfg).Evaluate(in)
+			if r.Verdict != c.verdict || r.Rule != c.rule || !strings.Contains(r.Reason, c.reasonWords) {
+				t.Errorf("got %s/%s %q; want %s/%s with %q", r.Verdict, r.Rule, r.Reason, c.verdict, c.rule, c.reasonWords)
+			}
+		})
+	}
+}

@@ -338,3 +338,50 @@ func getBody(t *testing.T, c *http.Client, url string) string {
 	}
 	return string(body)
 }
+
+// In a dry run the judge reports a failing canary but does not act; a held
+// pool is not acted on until it resumes.
+func TestJudgeDryRunAndHold(t *testing.T) {
+	bad := map[string]shopFailure{"/checkout": {every: 5, status: 500, code: "BROKEN"}}
+	for _, mode := range []string{"dry_run", "hold"} {
+		t.Run(mode, func(t *testing.T) {
+			extra := ", auto_rollback: true"
+			if mode == "dry_run" {
+				extra += ", dry_run: true"
+			}
+			b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: bad}, nil, extra)
+			if mode == "hold" {
+				if err := b.Reg.Hold("shop", true); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+			defer stop()
+			l := &load{}
+			wg := l.run(ctx, b.URL(""), 2)
+			defer func() { stop(); wg.Wait() }()
+			startCanary(t, b)
+			testbed.Eventually(t, 20*time.Second, func() bool {
+				v, _ := b.Reg.Verdict("shop")
+				return v == canary.Fail
+			}, "a fail verdict")
+			// Judged several more times, still not acted on.
+			testbed.Eventually(t, 5*time.Second, func() bool {
+				r, _ := b.Reg.Canary("shop")
+				return r != nil && r.VerdictAt != nil && time.Since(*r.VerdictAt) < 300*time.Millisecond
+			}, "a fresh verdict")
+			if v, _ := b.Pool(t, "shop").Canary(); v != "v2" {
+				t.Fatalf("%s: the judge acted: canary is %q", mode, v)
+			}
+			if mode == "hold" {
+				if err := b.Reg.Hold("shop", false); err != nil {
+					t.Fatal(err)
+				}
+				testbed.Eventually(t, 20*time.Second, func() bool {
+					v, _ := b.Pool(t, "shop").Canary()
+					return v == ""
+				}, "the rollback once resumed")
+			}
+		})
+	}
+}

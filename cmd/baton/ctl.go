@@ -39,7 +39,8 @@ Usage: baton ctl COMMAND [ARGS] [FLAGS]
   canary POOL                         stable vs canary comparison
   canary POOL --version V --weight W  start a canary or shift its share (percent)
   canary POOL --check [--max-error-rate-increase 0.01] [--min-requests 50]
-                                      exit 0 if the canary is not worse, 1 if it is
+                                      exit 0 if the judge passes the canary, 1 if it
+                                      fails it; before a verdict, compare error rates
   promote POOL | rollback POOL | hold POOL | resume POOL
   events [--limit N]                  the audit log, newest first
 
@@ -585,9 +586,10 @@ func (c *ctlClient) canary(a *ctlArgs) error {
 	return checkCanary(rep, a)
 }
 
-// checkCanary compares the canary's error rate with the stable version's
-// over the comparison window: not worse by more than the allowed increase,
-// with enough canary requests to say so.
+// checkCanary passes or fails the canary as the judge does once it has a
+// verdict; before that it compares the canary's error rate with the stable
+// version's: not worse by more than the allowed increase, with enough
+// canary requests to say so.
 func checkCanary(rep control.CanaryReport, a *ctlArgs) error {
 	maxInc := 0.01
 	if v := a.flags["max-error-rate-increase"]; v != "" {
@@ -605,6 +607,14 @@ func checkCanary(rep control.CanaryReport, a *ctlArgs) error {
 	}
 	if rep.CanaryVersion == "" {
 		return fail(exitFail, "pool %s has no canary to check", rep.Pool)
+	}
+	// The judge's verdict decides when it has one; while it still gathers
+	// evidence, compare error rates with the given allowance.
+	switch rep.Verdict {
+	case "pass":
+		return nil
+	case "fail":
+		return fail(exitFail, "the judge fails canary %s: %s", rep.CanaryVersion, rep.Reason)
 	}
 	var stable, can *control.VersionReport
 	for i := range rep.Versions {

@@ -186,6 +186,7 @@ log: {level: info, format: json, access: false}
 pools:
   - name: shop
     health_check: {interval: 1s, timeout: 500ms, rise: 1, fall: 3}
+    judge: {interval: 1h}
     outlier: {consecutive_failures: -1}
     stable_version: v1
     canary: {initial_weight: 10}
@@ -196,6 +197,7 @@ pools:
   - name: slow
     routes: [{path_prefix: /slow}]
     health_check: {interval: 1s, timeout: 500ms, rise: 1, fall: 3}
+    judge: {interval: 1h}
     outlier: {consecutive_failures: -1}
     drain_timeout: 30s
     backends:
