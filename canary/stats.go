@@ -19,8 +19,8 @@ const OtherGroup = 0
 // Groups sorts requests into route groups, so that a canary serving a
 // different mix of requests than stable is compared like with like. Groups
 // are configured path prefixes, or — when none are configured — the first
-// path segment ("/checkout/pay" → "/checkout"), for the first 16 segments
-// seen; everything else is "other".
+// path segment ("/checkout/pay" → "/checkout", "/" its own), for the first
+// 16 segments seen; everything else is "other".
 //
 // Index is safe for concurrent use and allocates nothing once a group exists.
 type Groups struct {
@@ -112,8 +112,11 @@ func (g *Groups) Name(i int) string {
 
 // firstSegment returns "/seg" of "/seg/rest" ("" for "/").
 func firstSegment(path []byte) []byte {
-	if len(path) < 2 || path[0] != '/' {
+	if len(path) == 0 || path[0] != '/' {
 		return nil
+	}
+	if len(path) == 1 {
+		return path // the home page is a group of its own
 	}
 	for i := 1; i < len(path); i++ {
 		if path[i] == '/' {
