@@ -284,7 +284,7 @@ type Failure struct {
 	Status  int    // the status the client got (499 when it left)
 	Class   string // how it failed: server_error, reset, timeout, …
 	AppCode string // the backend's application error code header, if any
-	Path    string
+	Path    string // the request path, without its query
 	Body    string // a short excerpt of the response body
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,7 +88,11 @@ func (l *load) run(ctx context.Context, url string, clients int) *sync.WaitGroup
 				if (i+c)%2 == 0 {
 					path = "/search"
 				}
-				res, err := client.Get(url + path)
+				target := path
+				if path == "/checkout" {
+					target += "?cart=" + strconv.Itoa(i) // a query examples must not keep
+				}
+				res, err := client.Get(url + target)
 				l.sent.Add(1)
 				if err != nil {
 					l.note(path + ": " + err.Error())
@@ -219,6 +224,8 @@ func TestJudgeRollsBackNewError(t *testing.T) {
 			found = true
 			if s.Class != "new" || s.Counts["v2"] == 0 || s.Counts["v1"] != 0 || s.Example == nil || !strings.Contains(s.Example.Body, "PAYMENT_TIMEOUT") {
 				t.Errorf("signature %+v; want class new, seen on v2 only, with an example", s)
+			} else if s.Example.Path != "/checkout" || s.Example.Status != 500 {
+				t.Errorf("example %+v; want path /checkout without its query, status 500", *s.Example)
 			}
 		}
 	}

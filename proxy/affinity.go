@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"strconv"
 	"time"
 
@@ -96,10 +97,19 @@ func (x *exchange) recordFailure(b *pool.Backend, status int) {
 		Status:  status,
 		Class:   x.class.String(),
 		AppCode: string(x.appCode),
-		Path:    string(x.target[:min(len(x.target), 200)]),
+		Path:    string(examplePath(x.target)),
 		Body:    printable(x.excerpt),
 	}
 	x.pool.Signatures().Record(b.Version(), &f, time.Now())
+}
+
+// examplePath is the path a signature's example shows: without the query,
+// which may carry tokens or personal data, and at most 200 bytes.
+func examplePath(target []byte) []byte {
+	if i := bytes.IndexByte(target, '?'); i >= 0 {
+		target = target[:i]
+	}
+	return target[:min(len(target), 200)]
 }
 
 // printable keeps an excerpt readable in JSON and logs.
