@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rolling deploy with baton: the first server is upgraded and comes back as
-# the canary, gets the pool's canary share of live traffic and is compared
-# with the stable version; then it is promoted and the other servers follow
-# one by one, or it is rolled back. No request fails along the way: each
+# the canary, gets the pool's canary share of live traffic and baton's judge
+# compares it with the stable version; then it is promoted and the other
+# servers follow one by one, or it is rolled back. When the pool lets the
+# judge act (canary.auto_promote, canary.auto_rollback), the script follows
+# its decision as soon as it is made. No request fails along the way: each
 # server is drained (baton waits until nothing is in flight on it) before it
 # is touched, and gets traffic again only once its health check passes.
 #
@@ -14,11 +16,13 @@
 #                 `baton demo`).
 #   ROLLBACK_CMD  command that reinstalls the old version on the canary after
 #                 a rollback; {version} is the old version. Default: an echo.
-#   OBSERVE       how long to watch the canary before deciding (default 60s)
+#   OBSERVE       longest to watch the canary before deciding (default 60s);
+#                 a judge's fail or decision ends the watch early
 #   INTERVAL      seconds between printed comparisons while watching (default 10)
-#   MIN_REQUESTS  canary requests needed to decide (default 50)
+#   MIN_REQUESTS  canary requests needed to decide while the judge has no
+#                 verdict yet (default 50)
 #   MAX_ERROR_RATE_INCREASE  allowed error-rate increase over the stable
-#                 version, as a fraction (default 0.01: one point)
+#                 version then, as a fraction (default 0.01: one point)
 #   DRAIN_WAIT    longest a drain may take (default 120s)
 #   HEALTH_WAIT   seconds a server may take to pass its health check (default 60)
 #   BATON         the baton binary (default: baton on PATH)
@@ -109,29 +113,49 @@ case $OBSERVE in
   *s) observe_s=${OBSERVE%s} ;;
   *) observe_s=$OBSERVE ;;
 esac
-say "watching canary $CANARY for $OBSERVE"
+# pool_state: "STABLE CANARY VERDICT" as baton sees the pool now.
+pool_state() { ctl pool "$POOL" -o 'template={{.stable_version}} {{with .canary}}{{.version}} {{.verdict}}{{end}}'; }
+
+say "watching canary $CANARY for up to $OBSERVE"
 deadline=$(( SECONDS + observe_s ))
 while ((SECONDS < deadline)); do
   ctl canary "$POOL" | sed 's/^/    /'
+  state=$(pool_state)
+  # The judge failed it, or already promoted or rolled it back.
+  [[ "$state" == "$STABLE $VERSION "* && "$state" != *" fail" ]] || break
   left=$(( deadline - SECONDS ))
   sleep $(( left < INTERVAL ? (left > 0 ? left : 0) : INTERVAL ))
 done
 ctl canary "$POOL" | sed 's/^/    /'
 
-# 3. Decide.
-if ! ctl canary "$POOL" --check --min-requests "$MIN_REQUESTS" --max-error-rate-increase "$MAX_ERROR_RATE_INCREASE" >/dev/null; then
-  why=$(ctl canary "$POOL" --check --min-requests "$MIN_REQUESTS" --max-error-rate-increase "$MAX_ERROR_RATE_INCREASE" 2>&1 >/dev/null || true)
-  say "rolling back: ${why#baton ctl: }"
-  ctl rollback "$POOL"
+# back_to_stable: the rolled-back canary server gets the old version again.
+back_to_stable() {
+  local address
   address=$(ctl backend "$POOL" "$CANARY" -o 'template={{.address}}')
   ctl drain "$POOL" "$CANARY" --wait "$DRAIN_WAIT"
   run_cmd "$ROLLBACK_CMD" "$CANARY" "$address" "$STABLE"
   ctl enable "$POOL" "$CANARY" --version "$STABLE"
   wait_healthy "$CANARY"
   say "$CANARY runs $STABLE again; $VERSION was not released"
+}
+
+# 3. Decide, unless the judge already did.
+state=$(pool_state)
+if [[ "$state" == "$VERSION "* ]]; then
+  say "baton's judge promoted $VERSION"
+elif [[ "$state" != "$STABLE $VERSION "* ]]; then
+  why=$(ctl canary "$POOL" -o 'template={{with index . "previous"}}{{.reason}}{{end}}')
+  say "baton's judge rolled $VERSION back: $why"
+  back_to_stable
   exit 1
+elif ! why=$(ctl canary "$POOL" --check --min-requests "$MIN_REQUESTS" --max-error-rate-increase "$MAX_ERROR_RATE_INCREASE" 2>&1 >/dev/null); then
+  say "rolling back: ${why#baton ctl: }"
+  ctl rollback "$POOL"
+  back_to_stable
+  exit 1
+else
+  ctl promote "$POOL"
 fi
-ctl promote "$POOL"
 
 # 4. The rest, one by one.
 for name in "${SERVERS[@]:1}"; do

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,10 +19,14 @@ import (
 
 // shopServer is one backend of the rolling-deploy test: it answers with its
 // name and version, records every POST it receives, and can be restarted as
-// a new version on the same address (the "upgrade").
+// a new version on the same address (the "upgrade"). A version in badPOST
+// fails every tenth POST with an application error code: a bug the judge
+// must catch.
 type shopServer struct {
 	name, addr string
 	version    atomic.Value // string
+	badPOST    string
+	posts      atomic.Int64
 	ledger     *postLedger
 
 	mu  sync.Mutex // protects srv
@@ -57,6 +62,12 @@ func (s *shopServer) start() error {
 				return
 			}
 			s.ledger.add(r.Header.Get("X-Order"))
+			if v == s.badPOST && s.posts.Add(1)%10 == 0 {
+				w.Header().Set("X-Error-Code", "PAYMENT_DECLINED")
+				w.WriteHeader(500)
+				fmt.Fprintf(w, "%s %s: payment declined", s.name, v)
+				return
+			}
 			fmt.Fprintf(w, "%s %s got %s", s.name, v, body)
 			return
 		}
@@ -86,34 +97,48 @@ func (s *shopServer) stop() {
 	_ = s.srv.Close()
 }
 
-// TestRollingDeployScript runs examples/rolling-deploy.sh against a real
-// baton process with four backends under steady load: every server is
-// drained, upgraded (restarted) and re-enabled, the first one as the canary,
-// which is then promoted. No request may fail and every POST must reach a
-// backend exactly once.
-func TestRollingDeployScript(t *testing.T) {
+// rollout is one run of examples/rolling-deploy.sh releasing v42 to a pool
+// of four v41 servers under steady load.
+type rollout struct {
+	poolYAML string // extra keys of the pool
+	badPOST  string // a version that fails every tenth POST
+	env      []string
+
+	out      string
+	err      error
+	servers  []*shopServer
+	traffic  string
+	client   *http.Client
+	sent     int64
+	posts    int
+	failures []string // failures the backends were not told to produce
+}
+
+func (r *rollout) run(t *testing.T) {
+	t.Helper()
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("bash is not installed")
 	}
 	dir := t.TempDir()
 	ledger := &postLedger{seen: map[string]int{}}
-	servers := make([]*shopServer, 4)
+	r.servers = make([]*shopServer, 4)
 	var backendsYAML strings.Builder
-	for i := range servers {
-		s := &shopServer{name: fmt.Sprintf("web-%d", i+1), addr: "127.0.0.1:0", ledger: ledger}
+	for i := range r.servers {
+		s := &shopServer{name: fmt.Sprintf("web-%d", i+1), addr: "127.0.0.1:0", ledger: ledger, badPOST: r.badPOST}
 		s.version.Store("v41")
 		if err := s.start(); err != nil {
 			t.Fatal(err)
 		}
-		servers[i] = s
+		r.servers[i] = s
 		fmt.Fprintf(&backendsYAML, "      - {name: %s, address: \"%s\", version: v41}\n", s.name, s.addr)
 	}
 	t.Cleanup(func() {
-		for _, s := range servers {
+		for _, s := range r.servers {
 			s.stop()
 		}
 	})
 	traffic, adminAddr := freeAddr(t), freeAddr(t)
+	r.traffic = traffic
 	cfg := writeFile(t, "baton.yaml", fmt.Sprintf(`listen: %s
 admin: {listen: %s}
 log: {format: json, access: false}
@@ -121,14 +146,14 @@ pools:
   - name: shop
     health_check: {path: /healthz, interval: 200ms, timeout: 150ms, rise: 1, fall: 2}
     drain_timeout: 20s
-    backends:
-%s`, traffic, adminAddr, backendsYAML.String()))
+%s    backends:
+%s`, traffic, adminAddr, r.poolYAML, backendsYAML.String()))
 
 	p := startBinary(t, "serve", "-c", cfg)
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
-	defer client.CloseIdleConnections()
+	r.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	t.Cleanup(r.client.CloseIdleConnections)
 	if !poll(20*time.Second, func() bool {
-		s, _, err := get(client, "http://"+traffic+"/")
+		s, _, err := get(r.client, "http://"+traffic+"/")
 		return err == nil && s == 200
 	}) {
 		t.Fatalf("baton did not start serving: %s", p.stderr)
@@ -153,7 +178,7 @@ pools:
 					req.Header.Set("X-Order", id)
 				}
 				sent.Add(1)
-				res, err := client.Do(req)
+				res, err := r.client.Do(req)
 				if err != nil {
 					failed.Add(1)
 					failures.Store(req.Method+" "+req.Header.Get("X-Order"), err.Error())
@@ -161,7 +186,7 @@ pools:
 				}
 				_, _ = io.Copy(io.Discard, res.Body)
 				res.Body.Close()
-				if res.StatusCode != 200 {
+				if res.StatusCode != 200 && res.Header.Get("X-Error-Code") == "" {
 					failed.Add(1)
 					failures.Store(req.Method+" "+req.Header.Get("X-Order"), res.Status)
 				}
@@ -169,7 +194,8 @@ pools:
 		}()
 	}
 
-	// The upgrade command blocks until the test has restarted that server.
+	// The upgrade and rollback commands block until the test has restarted
+	// that server as the version asked for.
 	upgrades := make(chan string, 8)
 	done := make(chan struct{})
 	var upgradeErr atomic.Value
@@ -178,22 +204,23 @@ pools:
 			select {
 			case <-done:
 				return
-			case name := <-upgrades:
-				for _, s := range servers {
+			case req := <-upgrades:
+				name, version, _ := strings.Cut(req, ":")
+				for _, s := range r.servers {
 					if s.name == name {
-						if err := s.upgrade("v42"); err != nil {
+						if err := s.upgrade(version); err != nil {
 							upgradeErr.Store(err.Error())
 						}
 					}
 				}
-				if err := os.WriteFile(filepath.Join(dir, "done-"+name), nil, 0o644); err != nil {
+				if err := os.WriteFile(filepath.Join(dir, "done-"+name+"-"+version), nil, 0o644); err != nil {
 					upgradeErr.Store(err.Error())
 				}
 			}
 		}
 	}()
 	fifo := filepath.Join(dir, "upgrade-requests")
-	upgradeCmd := fmt.Sprintf(`echo {name} >> %s; for i in $(seq 1 400); do [ -e %s/done-{name} ] && exit 0; sleep 0.05; done; exit 1`, fifo, dir)
+	upgradeCmd := fmt.Sprintf(`echo {name}:{version} >> %s; for i in $(seq 1 400); do [ -e %s/done-{name}-{version} ] && exit 0; sleep 0.05; done; exit 1`, fifo, dir)
 	go func() {
 		// Hand each requested upgrade to the test, in order.
 		seen := 0
@@ -214,50 +241,98 @@ pools:
 	script := exec.Command("bash", "../../examples/rolling-deploy.sh", "shop", "v42")
 	script.Env = append(os.Environ(),
 		"BATON="+batonBin, "BATON_ADMIN=http://"+adminAddr,
-		"UPGRADE_CMD="+upgradeCmd, "OBSERVE=2s", "INTERVAL=1", "MIN_REQUESTS=5", "DRAIN_WAIT=30s", "HEALTH_WAIT=20")
+		"UPGRADE_CMD="+upgradeCmd, "ROLLBACK_CMD="+upgradeCmd, "INTERVAL=1", "MIN_REQUESTS=5", "DRAIN_WAIT=30s", "HEALTH_WAIT=20")
+	script.Env = append(script.Env, r.env...)
 	out, err := script.CombinedOutput()
 	close(done)
 	stopLoad()
 	wg.Wait()
+	r.out, r.err, r.sent = string(out), err, sent.Load()
 	t.Logf("rolling-deploy.sh:\n%s", out)
 	if e := upgradeErr.Load(); e != nil {
 		t.Fatalf("upgrading a server: %v", e)
 	}
-	if err != nil {
-		t.Fatalf("rolling-deploy.sh failed: %v", err)
-	}
-
-	if n := failed.Load(); n != 0 {
-		var some []string
-		failures.Range(func(k, v any) bool {
-			if len(some) < 10 {
-				some = append(some, fmt.Sprintf("%s: %s", k, v))
-			}
-			return true
-		})
-		t.Errorf("%d of %d requests failed during the rolling deploy: %v", n, sent.Load(), some)
-	}
+	failures.Range(func(k, v any) bool {
+		r.failures = append(r.failures, fmt.Sprintf("%s: %s", k, v))
+		return true
+	})
 	ledger.mu.Lock()
-	posts := 0
 	for id, n := range ledger.seen {
-		posts++
+		r.posts++
 		if n != 1 {
 			t.Errorf("POST %s reached the backends %d times", id, n)
 		}
 	}
 	ledger.mu.Unlock()
-	if posts == 0 || sent.Load() < 100 {
-		t.Errorf("the load was too light to prove anything: %d requests, %d POSTs", sent.Load(), posts)
+	if r.posts == 0 || r.sent < 100 {
+		t.Errorf("the load was too light to prove anything: %d requests, %d POSTs", r.sent, r.posts)
 	}
-	// Every server now answers as v42.
+	if len(r.failures) != 0 {
+		t.Errorf("%d of %d requests failed during the rolling deploy: %v", len(r.failures), r.sent, r.failures[:min(10, len(r.failures))])
+	}
+}
+
+// everyServerAnswers checks that the pool now answers as version only.
+func (r *rollout) everyServerAnswers(t *testing.T, version string) {
+	t.Helper()
 	for range 20 {
-		_, body, err := get(client, "http://"+traffic+"/products")
-		if err != nil || !strings.Contains(body, " v42") {
-			t.Fatalf("after the release a request got %q (%v)", body, err)
+		_, body, err := get(r.client, "http://"+r.traffic+"/products")
+		if err != nil || !strings.Contains(body, " "+version) {
+			t.Fatalf("after the deploy a request got %q (%v), want %s", body, err, version)
 		}
 	}
-	if !strings.Contains(string(out), "v42 is released to every server of shop") {
+}
+
+// TestRollingDeployScript runs examples/rolling-deploy.sh against a real
+// baton process with four backends under steady load: every server is
+// drained, upgraded (restarted) and re-enabled, the first one as the canary,
+// which is then promoted. No request may fail and every POST must reach a
+// backend exactly once.
+func TestRollingDeployScript(t *testing.T) {
+	r := &rollout{env: []string{"OBSERVE=2s"}}
+	r.run(t)
+	if r.err != nil {
+		t.Fatalf("rolling-deploy.sh failed: %v", r.err)
+	}
+	r.everyServerAnswers(t, "v42")
+	if !strings.Contains(r.out, "v42 is released to every server of shop") {
 		t.Errorf("the script did not report the release")
 	}
-	t.Logf("%d requests during the deploy, %d POSTs, none failed", sent.Load(), posts)
+	t.Logf("%d requests during the deploy, %d POSTs, none failed", r.sent, r.posts)
+}
+
+// TestRollingDeployScriptFollowsTheJudge: v42 declines every tenth payment,
+// an error v41 never had. The pool lets the judge roll back; the script
+// stops watching as soon as it has, reinstalls v41 on the canary server,
+// reports the judge's reason and exits 1. The other servers are never
+// touched, and no request fails but those v42 itself failed.
+func TestRollingDeployScriptFollowsTheJudge(t *testing.T) {
+	r := &rollout{badPOST: "v42", env: []string{"OBSERVE=60s"},
+		poolYAML: "    canary: {initial_weight: 25, auto_rollback: true}\n" +
+			"    judge: {interval: 200ms, error_code_header: X-Error-Code}\n"}
+	start := time.Now()
+	r.run(t)
+	var exit *exec.ExitError
+	if !errors.As(r.err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("rolling-deploy.sh ended with %v, want exit status 1", r.err)
+	}
+	if took := time.Since(start); took >= 60*time.Second {
+		t.Errorf("the script watched for its whole %s instead of following the judge", took.Round(time.Second))
+	}
+	for _, want := range []string{
+		`baton's judge rolled v42 back: new error "POST /orders 500 server_error code=PAYMENT_DECLINED"`,
+		"web-1 runs v41 again; v42 was not released",
+		`previous canary v42: fail at `, // ctl canary says why the last canary ended
+		"v42      rolled_back",
+	} {
+		if !strings.Contains(r.out, want) {
+			t.Errorf("the script's output lacks %q", want)
+		}
+	}
+	for _, s := range r.servers[1:] {
+		if v := s.version.Load().(string); v != "v41" {
+			t.Errorf("%s was upgraded to %s although the canary failed", s.name, v)
+		}
+	}
+	r.everyServerAnswers(t, "v41")
 }
