@@ -48,7 +48,7 @@ func (r *Registry) syncBaselineLocked(p *pool.Pool) {
 // VersionReport is one version's figures over the comparison window.
 type VersionReport struct {
 	Version   string   `json:"version"`
-	Role      string   `json:"role"` // stable, canary, or previous (not yet upgraded)
+	Role      string   `json:"role"` // stable, canary, rolled_back, or previous (not yet upgraded)
 	Requests  uint64   `json:"requests"`
 	Errors    uint64   `json:"errors"`
 	ErrorRate float64  `json:"error_rate"`
@@ -204,11 +204,13 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 			now.latency = now.latency.Sub(&b.latency)
 		}
 		vr := VersionReport{Version: vs.Version(), Role: "previous", Requests: now.requests, Errors: now.errors}
-		switch vs.Version() {
-		case rep.StableVersion:
+		switch {
+		case vs.Version() == rep.StableVersion:
 			vr.Role = "stable"
-		case cur:
+		case vs.Version() == cur:
 			vr.Role = "canary"
+		case rep.Previous != nil && vs.Version() == rep.Previous.Version:
+			vr.Role = "rolled_back" // its servers drain or wait to be reinstalled
 		}
 		if now.requests > 0 {
 			vr.ErrorRate = float64(now.errors) / float64(now.requests)

@@ -690,6 +690,10 @@ func (c *ctlClient) printCanary(rep control.CanaryReport) {
 		}
 		fmt.Fprintf(c.stdout, "verdict: %s%s — %s\n", rep.Verdict, step, rep.Reason)
 	}
+	if pc := rep.Previous; pc != nil {
+		fmt.Fprintf(c.stdout, "previous canary %s: %s at %s — %s\n", pc.Version, pc.Verdict,
+			pc.At.Local().Format(time.DateTime), pc.Reason)
+	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tROLE\tREQUESTS\tERRORS\tERROR RATE\tP50\tP90\tP99")
 	ms := func(v *float64) string {
