@@ -26,7 +26,7 @@ type poolJudge struct {
 	stepBase  uint64    // canary requests when the step started
 	last      [2]uint64 // stable, canary requests at the last tick
 	lastEval  time.Time
-	result    canary.Result
+	result    canary.Result // result, at and ended: written under judges.mu
 	at        time.Time
 	// ended: the canary is gone (promoted or rolled back); the last
 	// verdict stays for reports until the next canary.
@@ -36,7 +36,7 @@ type poolJudge struct {
 // judges holds the per-pool judges; the judge loop owns them, the API reads
 // their latest results.
 type judges struct {
-	mu sync.Mutex // protects byPool
+	mu sync.Mutex // protects by, and each judge's result, at and ended
 	by map[string]*poolJudge
 }
 
@@ -54,6 +54,24 @@ func (j *judges) set(name string, pj *poolJudge) {
 		return
 	}
 	j.by[name] = pj
+}
+
+// record stores pj's new verdict, reached at; reports read it under the
+// same lock.
+func (j *judges) record(name string, pj *poolJudge, res canary.Result, at time.Time) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	pj.result, pj.at = res, at
+	j.by[name] = pj
+}
+
+// end marks a pool's judged canary as gone: promoted or rolled back.
+func (j *judges) end(name string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if pj := j.by[name]; pj != nil {
+		pj.ended = true
+	}
 }
 
 // latest returns the last verdict on a pool's running canary and when it
@@ -130,10 +148,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	cv, weight := p.Canary()
 	pj := r.judges.get(name)
 	if cv == "" {
-		if pj != nil && !pj.ended {
-			pj.ended = true
-			r.judges.set(name, pj)
-		}
+		r.judges.end(name)
 		return
 	}
 	if pj != nil && now.Sub(pj.lastEval) < cfg.Judge.Interval && pj.canary == cv {
@@ -190,8 +205,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 
 	res := pj.judge.Evaluate(in)
 	prev := pj.result
-	pj.result, pj.at = res, now
-	r.judges.set(name, pj)
+	r.judges.record(name, pj, res, now)
 	if res.Verdict != prev.Verdict || res.Rule != prev.Rule {
 		ev := r.log.Info()
 		if res.Verdict == canary.Fail {
