@@ -211,8 +211,17 @@ func (j *Judge) Evaluate(in Input) Result {
 	add("error_rate", "evidence the canary fails more than %.0f%% more often: log e-value %.2f of %.2f needed; rates %.3f%% against %.3f%%, floor %.2f points",
 		100*j.cfg.ErrorMargin, le, threshold, 100*cRate, 100*sRate, 100*j.cfg.ErrorFloor)
 	if le >= threshold && cRate-sRate >= j.cfg.ErrorFloor {
-		return r.fail("error_rate", "the canary's error rate %.2f%% is above stable's %.2f%% beyond the %.0f%% margin (log e-value %.1f ≥ %.1f)",
+		r = r.fail("error_rate", "the canary's error rate %.2f%% is above stable's %.2f%% beyond the %.0f%% margin (log e-value %.1f ≥ %.1f)",
 			100*cRate, 100*sRate, 100*j.cfg.ErrorMargin, le, threshold)
+		// Name the failure the canary has most of that stable does not
+		// share, so the reason says what to look at.
+		for _, sc := range r.Signatures {
+			if sc.Class != "known" {
+				r.Reason += fmt.Sprintf("; most often %s error %q: %d on the canary, %d on stable", sc.Class, sc.Key, sc.Canary, sc.Stable)
+				break
+			}
+		}
+		return r
 	}
 
 	// Latency, per route group, from the warm-up's end.

@@ -317,3 +317,27 @@ func TestJudgeGuardsAndHolds(t *testing.T) {
 		})
 	}
 }
+
+// When the error rate fails a release before any one signature has enough
+// evidence of its own, the reason still names the failure to look at: the
+// canary's most frequent one that stable does not share.
+func TestJudgeErrorRateNamesTheSignature(t *testing.T) {
+	start := time.Unix(0, 0)
+	in := Input{Now: start.Add(10 * time.Second), Share: 0.1, StepStart: start, CanaryBackends: 1, CanaryHealthy: 1,
+		Stable: Side{Requests: 1000, Errors: 40}, Canary: Side{Requests: 100, Errors: 20}, StepCanaryRequests: 100,
+		Signatures: []SignatureEvidence{
+			{Key: "GET /search 500 server_error", Stable: 40, Canary: 4}, // known: stable has it as often
+			{Key: "GET /cart 502 bad_gateway", Canary: 2}, // new, too rare to fail on its own
+		}}
+	for i := range 14 { // and rarer ones still
+		in.Signatures = append(in.Signatures, SignatureEvidence{Key: fmt.Sprintf("POST /orders 500 server_error code=E%d", i), Canary: 1})
+	}
+	r := NewJudge(testJudgeConfig()).Evaluate(in)
+	if r.Verdict != Fail || r.Rule != "error_rate" {
+		t.Fatalf("got %s/%s %q; want a fail by error_rate", r.Verdict, r.Rule, r.Reason)
+	}
+	want := `; most often new error "GET /cart 502 bad_gateway": 2 on the canary, 0 on stable`
+	if !strings.HasSuffix(r.Reason, want) {
+		t.Errorf("reason %q; want it to end with %q", r.Reason, want)
+	}
+}
