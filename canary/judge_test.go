@@ -327,7 +327,7 @@ func TestJudgeErrorRateNamesTheSignature(t *testing.T) {
 		Stable: Side{Requests: 1000, Errors: 40}, Canary: Side{Requests: 100, Errors: 20}, StepCanaryRequests: 100,
 		Signatures: []SignatureEvidence{
 			{Key: "GET /search 500 server_error", Stable: 40, Canary: 4}, // known: stable has it as often
-			{Key: "GET /cart 502 bad_gateway", Canary: 2}, // new, too rare to fail on its own
+			{Key: "GET /cart 502 bad_gateway", Canary: 2},                // new, too rare to fail on its own
 		}}
 	for i := range 14 { // and rarer ones still
 		in.Signatures = append(in.Signatures, SignatureEvidence{Key: fmt.Sprintf("POST /orders 500 server_error code=E%d", i), Canary: 1})
