@@ -522,9 +522,11 @@ func (r *Registry) promote(poolName, reason string, opts ...Opt) error {
 	if reason != "" {
 		detail += ": " + reason
 	}
+	ended := r.endedCanaryLocked(p, cur, "promoted", actorOf(opts))
 	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: detail},
 		func(s *State) error {
 			ps := s.pool(poolName)
+			ps.LastCanary = ended
 			ps.StableVersion = cur
 			ps.Canary = &CanaryState{} // no canary, whatever the file says
 			ps.Held = false            // the release is over
@@ -561,9 +563,11 @@ func (r *Registry) rollback(poolName, reason string, opts ...Opt) error {
 	if reason != "" {
 		detail += ": " + reason
 	}
+	ended := r.endedCanaryLocked(p, cur, "rolled_back", actorOf(opts))
 	return r.changeLocked(Event{Actor: actorOf(opts), Action: "rollback", Pool: poolName, Detail: detail},
 		func(s *State) error {
 			ps := s.pool(poolName)
+			ps.LastCanary = ended
 			ps.Canary = &CanaryState{}
 			ps.Held = false // the release is over
 			setPoolBase(ps, r.poolConfigLocked(poolName))

@@ -16,6 +16,7 @@ import (
 // judge's sequential tests.
 type poolJudge struct {
 	canary    string
+	stable    string // the stable version it is compared with
 	judge     *canary.Judge
 	start     time.Time
 	base      map[string]*canary.VersionSnapshot // at the canary's start, by version
@@ -86,16 +87,27 @@ func (j *judges) latest(name string) (canary.Result, time.Time, bool) {
 	return pj.result, pj.at, true
 }
 
-// ended returns the last verdict on a pool's last judged canary; callers
-// ask once the pool has no canary, so it was promoted or rolled back.
-func (j *judges) ended(name string) (string, canary.Result, time.Time, bool) {
+// ended returns the last verdict on a pool's last judged canary and the
+// stable version it was compared with; callers ask once the pool has no
+// canary.
+func (j *judges) ended(name string) (string, string, canary.Result, time.Time, bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	pj := j.by[name]
 	if pj == nil || pj.at.IsZero() {
-		return "", canary.Result{}, time.Time{}, false
+		return "", "", canary.Result{}, time.Time{}, false
 	}
-	return pj.canary, pj.result, pj.at, true
+	return pj.canary, pj.stable, pj.result, pj.at, true
+}
+
+// judging returns the canary version a pool's judge follows, "" for none.
+func (j *judges) judging(name string) string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if pj := j.by[name]; pj != nil {
+		return pj.canary
+	}
+	return ""
 }
 
 func judgeConfig(pc *config.Pool) canary.JudgeConfig {
@@ -156,7 +168,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	}
 	snaps := snapshotVersions(p)
 	if pj == nil || pj.canary != cv || pj.ended {
-		pj = &poolJudge{canary: cv, judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
+		pj = &poolJudge{canary: cv, stable: p.StableVersion(), judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
 			sigBase: p.Signatures().Snapshot(), weight: weight, stepStart: now}
 		pj.stepBase = since(snaps, pj.base, cv).Requests
 		r.log.Info().Str("pool", name).Str("canary", cv).Float64("weight", weight).Msg("judging a new canary")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/baton-lb/baton/canary"
+	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/control"
 	"github.com/baton-lb/baton/internal/testbed"
 )
@@ -121,12 +125,23 @@ func (l *load) note(s string) {
 
 func startShop(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra string) *testbed.Baton {
 	t.Helper()
+	return startShopState(t, v2, v1Fail, canaryExtra, "")
+}
+
+// startShopState is startShop keeping runtime state in stateFile.
+func startShopState(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra, stateFile string) *testbed.Baton {
+	t.Helper()
 	var addrs [4]string
 	for i := range 3 {
 		addrs[i] = testbed.Backend(t, &shopBackend{name: fmt.Sprintf("s%d", i+1), version: "v1", fail: v1Fail})
 	}
 	addrs[3] = testbed.Backend(t, v2)
-	b := testbed.Start(t, judgeYAML(addrs, canaryExtra))
+	cfg, err := config.Parse([]byte(judgeYAML(addrs, canaryExtra)), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.StateFile = stateFile
+	b := testbed.StartConfig(t, cfg)
 	b.WaitHealthy(t, "shop", 4)
 	return b
 }
@@ -182,7 +197,7 @@ func TestJudgePromotesHealthyCanary(t *testing.T) {
 // rolled back automatically, and the report names the signature as new.
 func TestJudgeRollsBackNewError(t *testing.T) {
 	v2 := &shopBackend{name: "s4", version: "v2", fail: map[string]shopFailure{"/checkout": {every: 20, status: 500, code: "PAYMENT_TIMEOUT"}}}
-	b := startShop(t, v2, nil, ", steps: [20, 50], auto_rollback: true")
+	b := startShopState(t, v2, nil, ", steps: [20, 50], auto_rollback: true", filepath.Join(t.TempDir(), "state.json"))
 	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
 	defer stop()
 	l := &load{}
@@ -214,9 +229,30 @@ func TestJudgeRollsBackNewError(t *testing.T) {
 	if rolled == nil {
 		t.Fatalf("no rollback by the judge in the audit log")
 	}
-	prev := rep.Previous
-	if prev == nil || prev.Verdict != canary.Fail || prev.Version != "v2" {
-		t.Fatalf("after the rollback the report says of the previous canary: %+v", prev)
+	checkPrevious(t, "after the rollback", rep.Previous)
+
+	// A restart keeps the record: a registry started from the same file
+	// and state reports the same ending, examples included.
+	r2, err := control.New(b.Cfg, b.Cfg.StateFile, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	rep2, err := r2.Canary("shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPrevious(t, "after a restart", rep2.Previous)
+	t.Logf("rolled back: %s", rolled.Detail)
+}
+
+// checkPrevious asserts that the report says the judge rolled v2 back for
+// its new PAYMENT_TIMEOUT error, with an example.
+func checkPrevious(t *testing.T, when string, prev *control.PreviousCanary) {
+	t.Helper()
+	if prev == nil || prev.Verdict != canary.Fail || prev.Version != "v2" || prev.Stable != "v1" ||
+		prev.Outcome != "rolled_back" || prev.By != "judge" || !strings.Contains(prev.Reason, "PAYMENT_TIMEOUT") {
+		t.Fatalf("%s the report says of the previous canary: %+v", when, prev)
 	}
 	var found bool
 	for _, s := range prev.Signatures {
@@ -230,9 +266,8 @@ func TestJudgeRollsBackNewError(t *testing.T) {
 		}
 	}
 	if !found {
-		t.Errorf("the report names no PAYMENT_TIMEOUT signature: %+v", prev.Signatures)
+		t.Errorf("%s the report names no PAYMENT_TIMEOUT signature: %+v", when, prev.Signatures)
 	}
-	t.Logf("rolled back: %s", rolled.Detail)
 }
 
 // A failure the stable version has at the same rate is known and does not

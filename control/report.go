@@ -89,14 +89,54 @@ type CanaryReport struct {
 	Previous *PreviousCanary `json:"previous,omitempty"`
 }
 
-// PreviousCanary is how the last canary ended.
+// PreviousCanary is how the last canary ended. It is kept in the state
+// file, so a report after a restart still says why a version was promoted
+// or rolled back.
 type PreviousCanary struct {
-	Version    string            `json:"version"`
+	Version string `json:"version"`
+	Stable  string `json:"stable,omitempty"` // the stable version it was compared with
+	// Outcome is promoted or rolled_back; empty when the canary ended
+	// otherwise (its backends drained or removed, or the file changed).
+	Outcome string `json:"outcome,omitempty"`
+	By      string `json:"by,omitempty"` // who promoted or rolled back: judge, or the token's name
+	// The judge's last verdict on it; empty verdict when it had none.
 	Verdict    string            `json:"verdict"`
 	Rule       string            `json:"rule"`
 	Reason     string            `json:"reason"`
-	At         time.Time         `json:"at"`
+	At         time.Time         `json:"at"` // when it ended, or the verdict's time when it ended otherwise
 	Signatures []SignatureReport `json:"signatures"`
+}
+
+// endedCanaryLocked is how canary version cur of p ends now: outcome, by
+// whom, the judge's last verdict on it and its signatures with examples.
+func (r *Registry) endedCanaryLocked(p *pool.Pool, cur, outcome, by string) *PreviousCanary {
+	prev := &PreviousCanary{Version: cur, Stable: p.StableVersion(), Outcome: outcome, By: by,
+		At: time.Now().UTC(), Signatures: []SignatureReport{}}
+	if res, _, ok := r.judges.latest(p.Name()); ok && r.judges.judging(p.Name()) == cur {
+		prev.Verdict, prev.Rule, prev.Reason = res.Verdict, res.Rule, res.Reason
+		prev.Signatures = signatureReports(res, p, cur, prev.Stable)
+	}
+	return prev
+}
+
+// signatureReports is the judge's classes of a canary's signatures, with
+// counts per version and the latest example of each.
+func signatureReports(res canary.Result, p *pool.Pool, canaryVersion, stable string) []SignatureReport {
+	sigs := p.Signatures().Snapshot()
+	out := []SignatureReport{}
+	for _, sc := range res.Signatures {
+		sr := SignatureReport{Key: sc.Key, Class: sc.Class, FailsRelease: sc.FailsRelease,
+			Counts: map[string]uint64{canaryVersion: sc.Canary}}
+		if stable != canaryVersion {
+			sr.Counts[stable] = sc.Stable
+		}
+		if ex := sigs[sc.Key].Examples; len(ex) > 0 {
+			e := ex[len(ex)-1]
+			sr.Example = &e
+		}
+		out = append(out, sr)
+	}
+	return out
 }
 
 // SignatureReport is one kind of failure over the comparison window.
@@ -147,19 +187,16 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 	}
 	sigs := p.Signatures().Snapshot()
 	if cur == "" {
-		if v, res, at, ok := r.judges.ended(poolName); ok {
-			prev := &PreviousCanary{Version: v, Verdict: res.Verdict, Rule: res.Rule, Reason: res.Reason, At: at.UTC(),
-				Signatures: []SignatureReport{}}
-			for _, sc := range res.Signatures {
-				sr := SignatureReport{Key: sc.Key, Class: sc.Class, FailsRelease: sc.FailsRelease,
-					Counts: map[string]uint64{v: sc.Canary, rep.StableVersion: sc.Stable}}
-				if ex := sigs[sc.Key].Examples; len(ex) > 0 {
-					e := ex[len(ex)-1]
-					sr.Example = &e
-				}
-				prev.Signatures = append(prev.Signatures, sr)
-			}
-			rep.Previous = prev
+		// How the last canary ended: as recorded when it was promoted or
+		// rolled back (kept across restarts), or, when a later canary
+		// ended some other way, the judge's last verdict on that one.
+		if ps := r.state.Pools[poolName]; ps != nil && ps.LastCanary != nil {
+			c := *ps.LastCanary
+			rep.Previous = &c
+		}
+		if v, stable, res, at, ok := r.judges.ended(poolName); ok && (rep.Previous == nil || at.After(rep.Previous.At)) {
+			rep.Previous = &PreviousCanary{Version: v, Stable: stable, Verdict: res.Verdict, Rule: res.Rule, Reason: res.Reason,
+				At: at.UTC(), Signatures: signatureReports(res, p, v, stable)}
 		}
 	}
 	for key, sig := range sigs {

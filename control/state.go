@@ -33,6 +33,9 @@ type PoolState struct {
 	Canary   *CanaryState             `json:"canary,omitempty"`
 	Held     bool                     `json:"held,omitempty"`
 	Backends map[string]*BackendState `json:"backends,omitempty"`
+	// LastCanary is how the pool's last canary was promoted or rolled
+	// back, and why: a record, not an override.
+	LastCanary *PreviousCanary `json:"last_canary,omitempty"`
 
 	// What the file said when the overrides above were made. When the file
 	// later says something else, someone edited it on purpose: the file wins
@@ -94,7 +97,8 @@ func (ps *PoolState) backend(name string) *BackendState {
 func (s *State) clone() *State {
 	c := &State{Format: s.Format, Pools: map[string]*PoolState{}}
 	for name, ps := range s.Pools {
-		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable}
+		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable,
+			LastCanary: ps.LastCanary} // a record, never changed once made
 		if ps.Canary != nil {
 			cc := *ps.Canary
 			cp.Canary = &cc
@@ -135,7 +139,7 @@ func (s *State) compact() {
 				delete(ps.Backends, bn)
 			}
 		}
-		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 {
+		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 && ps.LastCanary == nil {
 			delete(s.Pools, name)
 		}
 	}

@@ -691,8 +691,7 @@ func (c *ctlClient) printCanary(rep control.CanaryReport) {
 		fmt.Fprintf(c.stdout, "verdict: %s%s — %s\n", rep.Verdict, step, rep.Reason)
 	}
 	if pc := rep.Previous; pc != nil {
-		fmt.Fprintf(c.stdout, "previous canary %s: %s at %s — %s\n", pc.Version, pc.Verdict,
-			pc.At.Local().Format(time.DateTime), pc.Reason)
+		fmt.Fprintln(c.stdout, previousLine(pc))
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tROLE\tREQUESTS\tERRORS\tERROR RATE\tP50\tP90\tP99")
@@ -728,4 +727,18 @@ func (c *ctlClient) printCanary(rep control.CanaryReport) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", class, s.Key, s.Counts[rep.StableVersion], s.Counts[rep.CanaryVersion], ex)
 	}
 	_ = tw.Flush()
+}
+
+// previousLine says how the last canary ended: "previous canary v42:
+// rolled back by judge at TIME — fail: REASON".
+func previousLine(pc *control.PreviousCanary) string {
+	at := pc.At.Local().Format(time.DateTime)
+	line := fmt.Sprintf("previous canary %s: ended at %s", pc.Version, at)
+	if pc.Outcome != "" {
+		line = fmt.Sprintf("previous canary %s: %s by %s at %s", pc.Version, strings.ReplaceAll(pc.Outcome, "_", " "), pc.By, at)
+	}
+	if pc.Verdict == "" {
+		return line + " (the judge had reached no verdict)"
+	}
+	return line + " — " + pc.Verdict + ": " + pc.Reason
 }

@@ -325,7 +325,8 @@ func TestRollingDeployScriptFollowsTheJudge(t *testing.T) {
 		"baton's judge rolled v42 back: ",
 		`new error "POST /orders 500 server_error code=PAYMENT_DECLINED"`,
 		"web-1 runs v41 again; v42 was not released",
-		`previous canary v42: fail at `, // ctl canary says why the last canary ended
+		"previous canary v42: rolled back by judge at ", // ctl canary says how the last canary ended
+		" — fail: ",
 		"v42      rolled_back",
 	} {
 		if !strings.Contains(r.out, want) {
