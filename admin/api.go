@@ -245,6 +245,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/enable", map[string]handlerFunc{"POST": a.enable})
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/eject", map[string]handlerFunc{"POST": a.eject})
 	a.route(mux, "/v1/pools/{pool}/canary", map[string]handlerFunc{"GET": a.getCanary, "PUT": a.putCanary})
+	a.route(mux, "/v1/pools/{pool}/history", map[string]handlerFunc{"GET": a.getHistory})
 	a.route(mux, "/v1/pools/{pool}/canary/promote", map[string]handlerFunc{"POST": a.promote})
 	a.route(mux, "/v1/pools/{pool}/canary/rollback", map[string]handlerFunc{"POST": a.rollback})
 	a.route(mux, "/v1/pools/{pool}/canary/hold", map[string]handlerFunc{"POST": a.hold(true)})
@@ -408,6 +409,14 @@ func (a *api) getCanary(r *http.Request, _ string) (int, any, error) {
 		return 0, nil, err
 	}
 	return 200, rep, nil
+}
+
+func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {
+	h, err := a.ctl.History(r.PathValue("pool"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, h, nil
 }
 
 func (a *api) putCanary(r *http.Request, actor string) (int, any, error) {

@@ -526,6 +526,7 @@ var everyRoute = []struct{ method, path, body string }{
 	{"POST", "/v1/pools/shop/backends/s1/enable", `{"version":"v2"}`},
 	{"POST", "/v1/pools/shop/backends/s1/eject", ""},
 	{"GET", "/v1/pools/shop/canary", ""},
+	{"GET", "/v1/pools/shop/history", ""},
 	{"PUT", "/v1/pools/shop/canary", `{"version":"v1","weight":5}`},
 	{"POST", "/v1/pools/shop/canary/promote", ""},
 	{"POST", "/v1/pools/shop/canary/rollback", ""},
@@ -624,6 +625,7 @@ func TestAPIUnknownRouteAndWrongMethod(t *testing.T) {
 		{"GET", "/v1/pools/shop/canary/hold", []string{"POST"}},
 		{"GET", "/v1/pools/shop/canary/resume", []string{"POST"}},
 		{"POST", "/v1/events", []string{"GET"}},
+		{"POST", "/v1/pools/shop/history", []string{"GET"}},
 	}
 	for _, c := range cases {
 		r := f.api(t, c.method, c.path, "")

@@ -45,9 +45,10 @@ type Registry struct {
 	events     []Event // the audit log, oldest first, at most maxEvents
 	baselines  map[string]*baseline
 
-	judges judges
-	stop   context.CancelFunc // ends the judge loop
-	wg     sync.WaitGroup
+	judges  judges
+	history histories          // per-version time series, for the dashboard
+	stop    context.CancelFunc // ends the judge loop and the history sampler
+	wg      sync.WaitGroup
 
 	// reloadMu makes loading a file and applying it one step, so two
 	// reloads (an event and a SIGHUP) cannot apply an older file last.
@@ -186,6 +187,11 @@ func (r *Registry) Start() {
 	go func() {
 		defer r.wg.Done()
 		r.runJudges(ctx)
+	}()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.runHistory(ctx)
 	}()
 }
 
