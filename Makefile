@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 20s
 
-.PHONY: build run test fuzz bench bench-compare lint clean
+.PHONY: build run test fuzz bench bench-compare lint screenshot vendor-uplot clean
 
 ## build: the static baton binary
 build:
@@ -32,6 +32,18 @@ bench:
 ## bench-compare: baton beside HAProxy, NGINX and Caddy (needs root for apt and the shared bench kit)
 bench-compare: build
 	../shared/bench/compare.sh --bin $(BIN)
+
+## screenshot: docs/release-view.png, the dashboard's release view during a canary (needs Chromium)
+screenshot:
+	BATON_BROWSER_TESTS=required BATON_SCREENSHOT=$(CURDIR)/docs/release-view.png $(GO) test -count=1 -run '^TestDashboard$$' ./admin
+
+## vendor-uplot: refresh the dashboard's chart library from the npm registry (UPLOT_VERSION)
+UPLOT_VERSION ?= 1.6.32
+vendor-uplot:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null && tar xzf uplot-$(UPLOT_VERSION).tgz && \
+	cp package/dist/uPlot.iife.min.js package/dist/uPlot.min.css $(CURDIR)/admin/ui/vendor/ && \
+	cp package/LICENSE $(CURDIR)/admin/ui/vendor/uPlot.LICENSE && rm -rf $$tmp
+	@echo "uPlot $(UPLOT_VERSION) vendored in admin/ui/vendor"
 
 ## lint: gofmt and go vet
 lint:

@@ -24,8 +24,9 @@ type Option func(*api)
 // WithTokens requires one of tokens on every /v1 request.
 func WithTokens(tokens []Token) Option { return func(a *api) { a.tokens = tokens } }
 
-// Handler serves the admin endpoints: the API under /v1, GET /healthz
-// (baton's own liveness) and GET /metrics (Prometheus exposition).
+// Handler serves the admin endpoints: the API under /v1, the dashboard
+// under /ui/, GET /healthz (baton's own liveness) and GET /metrics
+// (Prometheus exposition).
 func Handler(ctl *control.Registry, metrics prometheus.Gatherer, log zerolog.Logger, opts ...Option) http.Handler {
 	a := &api{ctl: ctl, log: log}
 	for _, o := range opts {
@@ -37,6 +38,8 @@ func Handler(ctl *control.Registry, metrics prometheus.Gatherer, log zerolog.Log
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	mux.Handle("GET /ui/", uiHandler())
+	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{
 		ErrorLog:      promLogger{log},
 		ErrorHandling: promhttp.ContinueOnError,

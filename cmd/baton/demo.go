@@ -54,6 +54,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  try:  curl http://localhost:%d/\n", port)
 		if admin != nil {
 			fmt.Fprintf(stdout, "        curl http://%s/healthz\n", admin)
+			fmt.Fprintf(stdout, "  dashboard: http://%s/ui/\n", admin)
 		}
 		fmt.Fprintf(stdout, "  stop: Ctrl-C\n\n")
 	}

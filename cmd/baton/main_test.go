@@ -543,7 +543,11 @@ func TestDemo(t *testing.T) {
 	if s, b, err := get(client, "http://127.0.0.1:9090/healthz"); err != nil || s != 200 || b != "ok\n" {
 		t.Errorf("demo admin /healthz: %d %q %v", s, b, err)
 	}
-	if out := p.stdout.String(); !strings.Contains(out, "baton demo: 4 demo backend(s) running") || !strings.Contains(out, "curl http://localhost:8080/") {
+	if s, b, err := get(client, "http://127.0.0.1:9090/ui/"); err != nil || s != 200 || !strings.Contains(b, "<title>baton</title>") {
+		t.Errorf("demo dashboard /ui/: %d %.80q %v", s, b, err)
+	}
+	if out := p.stdout.String(); !strings.Contains(out, "baton demo: 4 demo backend(s) running") || !strings.Contains(out, "curl http://localhost:8080/") ||
+		!strings.Contains(out, "dashboard: http://127.0.0.1:9090/ui/") {
 		t.Errorf("demo stdout %q lacks the banner", out)
 	}
 	client.CloseIdleConnections()
