@@ -209,6 +209,8 @@ type PoolJSON struct {
 	StableVersion string        `json:"stable_version"`
 	Canary        *CanaryJSON   `json:"canary"`
 	Backends      []BackendJSON `json:"backends"`
+	// Lease: the release under way (baton rollout), if any.
+	Lease *control.Lease `json:"lease,omitempty"`
 }
 
 // CanaryJSON is a pool's canary in a pool listing.
@@ -221,7 +223,7 @@ type CanaryJSON struct {
 }
 
 func (a *api) poolJSON(p *pool.Pool) PoolJSON {
-	j := PoolJSON{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []BackendJSON{}}
+	j := PoolJSON{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []BackendJSON{}, Lease: a.ctl.CurrentLease(p.Name())}
 	if v, w := p.Canary(); v != "" {
 		j.Canary = &CanaryJSON{Version: v, Weight: w, Held: a.ctl.Held(p.Name()), Verdict: "inconclusive",
 			Reason: "the judge has not looked at this canary yet"}
@@ -245,6 +247,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/enable", map[string]handlerFunc{"POST": a.enable})
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/eject", map[string]handlerFunc{"POST": a.eject})
 	a.route(mux, "/v1/pools/{pool}/canary", map[string]handlerFunc{"GET": a.getCanary, "PUT": a.putCanary})
+	a.route(mux, "/v1/pools/{pool}/lease", map[string]handlerFunc{"PUT": a.takeLease, "DELETE": a.releaseLease})
 	a.route(mux, "/v1/pools/{pool}/history", map[string]handlerFunc{"GET": a.getHistory})
 	a.route(mux, "/v1/pools/{pool}/canary/promote", map[string]handlerFunc{"POST": a.promote})
 	a.route(mux, "/v1/pools/{pool}/canary/rollback", map[string]handlerFunc{"POST": a.rollback})
@@ -417,6 +420,36 @@ func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {
 		return 0, nil, err
 	}
 	return 200, h, nil
+}
+
+func (a *api) takeLease(r *http.Request, actor string) (int, any, error) {
+	var body struct {
+		Holder string `json:"holder"`
+		TTL    string `json:"ttl"`
+	}
+	if err := decode(r, &body); err != nil {
+		return 0, nil, err
+	}
+	ttl, err := time.ParseDuration(body.TTL)
+	if err != nil {
+		return 0, nil, errorf(400, "invalid_value", "ttl must be a duration such as 30s, got %q", body.TTL)
+	}
+	l, err := a.ctl.TakeLease(r.PathValue("pool"), body.Holder, ttl, control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, l, nil
+}
+
+func (a *api) releaseLease(r *http.Request, actor string) (int, any, error) {
+	holder := r.URL.Query().Get("holder")
+	if holder == "" {
+		return 0, nil, errorf(400, "invalid_value", "give the lease's holder: ?holder=NAME")
+	}
+	if err := a.ctl.ReleaseLease(r.PathValue("pool"), holder, control.By(actor)); err != nil {
+		return 0, nil, err
+	}
+	return 200, map[string]any{}, nil
 }
 
 func (a *api) putCanary(r *http.Request, actor string) (int, any, error) {

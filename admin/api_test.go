@@ -527,6 +527,8 @@ var everyRoute = []struct{ method, path, body string }{
 	{"POST", "/v1/pools/shop/backends/s1/eject", ""},
 	{"GET", "/v1/pools/shop/canary", ""},
 	{"GET", "/v1/pools/shop/history", ""},
+	{"PUT", "/v1/pools/shop/lease", `{"holder":"rollout-1","ttl":"30s"}`},
+	{"DELETE", "/v1/pools/shop/lease?holder=rollout-1", ""},
 	{"PUT", "/v1/pools/shop/canary", `{"version":"v1","weight":5}`},
 	{"POST", "/v1/pools/shop/canary/promote", ""},
 	{"POST", "/v1/pools/shop/canary/rollback", ""},
@@ -626,6 +628,7 @@ func TestAPIUnknownRouteAndWrongMethod(t *testing.T) {
 		{"GET", "/v1/pools/shop/canary/resume", []string{"POST"}},
 		{"POST", "/v1/events", []string{"GET"}},
 		{"POST", "/v1/pools/shop/history", []string{"GET"}},
+		{"GET", "/v1/pools/shop/lease", []string{"PUT", "DELETE"}},
 	}
 	for _, c := range cases {
 		r := f.api(t, c.method, c.path, "")
@@ -1472,4 +1475,57 @@ func TestAPIReenableRolledBackVersionIsCanary(t *testing.T) {
 	}
 	f.waitHealthy(t, "shop", "s3")
 	wantSplit(t, "v2 re-enabled after its rollback", f.send(t, 100, "/"), map[string]int{"s1": 40, "s2": 40, "s3": 20})
+}
+
+// TestAPILease: one release per pool at a time. The holder renews its
+// lease; another holder is refused with the first one's name until the
+// lease is released; the lease is in the pool's JSON and the state file.
+func TestAPILease(t *testing.T) {
+	f := startAPI(t)
+	take := func(holder, ttl string) apiResp {
+		return f.api(t, "PUT", "/v1/pools/shop/lease", fmt.Sprintf(`{"holder":%q,"ttl":%q}`, holder, ttl))
+	}
+	l := take("rollout v2 by deployer", "30s").want(t, 200)
+	wantKeys(t, "lease", l, []string{"holder", "expires"}, nil)
+	first, _ := time.Parse(time.RFC3339, l["expires"].(string))
+	if d := time.Until(first); d < 25*time.Second || d > 31*time.Second {
+		t.Errorf("a 30s lease expires in %s", d)
+	}
+	take("rollout v3 by ci-bot", "30s").wantError(t, 409, "conflict", []string{"rollout v2 by deployer", "lease"})
+	renewed := take("rollout v2 by deployer", "60s").want(t, 200)
+	if e, _ := time.Parse(time.RFC3339, renewed["expires"].(string)); !e.After(first) {
+		t.Errorf("a renewal kept the lease until %v, not later than %v", e, first)
+	}
+	p := f.api(t, "GET", "/v1/pools/shop", "").want(t, 200)
+	if lease, _ := p["lease"].(map[string]any); lease == nil || lease["holder"] != "rollout v2 by deployer" {
+		t.Errorf("pool shop shows lease %v", p["lease"])
+	}
+	if ps := poolState(f.state(t), "shop"); ps == nil || ps.Lease == nil || ps.Lease.Holder != "rollout v2 by deployer" {
+		t.Errorf("the lease is not in the state file: %+v", ps)
+	}
+	f.api(t, "DELETE", "/v1/pools/shop/lease?holder=someone", "").wantError(t, 409, "conflict", []string{"rollout v2 by deployer"})
+	f.api(t, "DELETE", "/v1/pools/shop/lease?holder=rollout+v2+by+deployer", "").want(t, 200)
+	f.api(t, "DELETE", "/v1/pools/shop/lease?holder=rollout+v2+by+deployer", "").want(t, 200) // idempotent
+	if p := f.api(t, "GET", "/v1/pools/shop", "").want(t, 200); p["lease"] != nil {
+		t.Errorf("after the release pool shop shows lease %v", p["lease"])
+	}
+	take("rollout v3 by ci-bot", "30s").want(t, 200)
+
+	for _, c := range []struct{ body, mentions string }{
+		{`{"holder":"x","ttl":"soon"}`, "ttl"},
+		{`{"holder":"x","ttl":"0s"}`, "ttl"},
+		{`{"holder":"x","ttl":"1h"}`, "ttl"},
+		{`{"holder":"","ttl":"30s"}`, "holder"},
+	} {
+		f.api(t, "PUT", "/v1/pools/web/lease", c.body).wantError(t, 400, "invalid_value", []string{c.mentions})
+	}
+	f.api(t, "PUT", "/v1/pools/web/lease", `{"holder":"x","ttl":"30s","extra":1}`).wantError(t, 400, "invalid_json", []string{"extra"})
+	f.api(t, "DELETE", "/v1/pools/web/lease", "").wantError(t, 400, "invalid_value", []string{"holder"})
+	var actions []string
+	for _, e := range f.events(t) {
+		actions = append(actions, e["action"].(string))
+	}
+	if got := strings.Join(actions, " "); got != "lease unlease lease" && got != "lease lease unlease lease" {
+		t.Errorf("events %q; want the lease taken, released, taken (renewals are no events)", got)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/baton-lb/baton/config"
 )
@@ -36,6 +37,8 @@ type PoolState struct {
 	// LastCanary is how the pool's last canary was promoted or rolled
 	// back, and why: a record, not an override.
 	LastCanary *PreviousCanary `json:"last_canary,omitempty"`
+	// Lease is the running release's lock (see Lease).
+	Lease *Lease `json:"lease,omitempty"`
 
 	// What the file said when the overrides above were made. When the file
 	// later says something else, someone edited it on purpose: the file wins
@@ -99,6 +102,10 @@ func (s *State) clone() *State {
 	for name, ps := range s.Pools {
 		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable,
 			LastCanary: ps.LastCanary} // a record, never changed once made
+		if ps.Lease != nil {
+			l := *ps.Lease
+			cp.Lease = &l
+		}
 		if ps.Canary != nil {
 			cc := *ps.Canary
 			cp.Canary = &cc
@@ -129,7 +136,11 @@ func (s *State) clone() *State {
 
 // compact drops empty entries.
 func (s *State) compact() {
+	now := time.Now()
 	for name, ps := range s.Pools {
+		if ps.Lease != nil && !now.Before(ps.Lease.Expires) {
+			ps.Lease = nil // ran out
+		}
 		for bn, bs := range ps.Backends {
 			if bs.State == "" && bs.Weight == nil && bs.Version == "" && bs.Address == "" && !bs.Added && !bs.Removed {
 				delete(ps.Backends, bn) // nothing overridden: bases alone mean nothing
@@ -139,7 +150,7 @@ func (s *State) compact() {
 				delete(ps.Backends, bn)
 			}
 		}
-		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 && ps.LastCanary == nil {
+		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 && ps.LastCanary == nil && ps.Lease == nil {
 			delete(s.Pools, name)
 		}
 	}
