@@ -26,6 +26,8 @@ Usage:
   baton check -c baton.yaml     validate a config; exit 1 with every error
   baton demo [-c FILE]          run the example config with built-in demo backends
   baton ctl COMMAND ...         drive a running baton through its admin API
+  baton rollout POOL --to V --upgrade CMD
+                                release a version server by server, judged by baton
   baton version                 print the version
 
 Run "baton COMMAND -h" for a command's flags.
@@ -57,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDemo(rest, stdout, stderr)
 	case "ctl":
 		return cmdCtl(rest, stdout, stderr)
+	case "rollout":
+		return cmdRollout(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "baton", version)
 		return exitOK

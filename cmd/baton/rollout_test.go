@@ -97,12 +97,15 @@ func (s *shopServer) stop() {
 	_ = s.srv.Close()
 }
 
-// rollout is one run of examples/rolling-deploy.sh releasing v42 to a pool
-// of four v41 servers under steady load.
+// rollout is one release of v42 to a pool of four v41 servers under
+// steady load: by examples/rolling-deploy.sh, or by what drive runs.
 type rollout struct {
 	poolYAML string // extra keys of the pool
 	badPOST  string // a version that fails every tenth POST
 	env      []string
+	// drive runs the release and returns its output; nil runs the
+	// example script with env.
+	drive func(t *testing.T, e releaseEnv) (string, error)
 
 	out      string
 	err      error
@@ -238,17 +241,24 @@ pools:
 		}
 	}()
 
-	script := exec.Command("bash", "../../examples/rolling-deploy.sh", "shop", "v42")
-	script.Env = append(os.Environ(),
-		"BATON="+batonBin, "BATON_ADMIN=http://"+adminAddr,
-		"UPGRADE_CMD="+upgradeCmd, "ROLLBACK_CMD="+upgradeCmd, "INTERVAL=1", "MIN_REQUESTS=5", "DRAIN_WAIT=30s", "HEALTH_WAIT=20")
-	script.Env = append(script.Env, r.env...)
-	out, err := script.CombinedOutput()
+	drive := r.drive
+	if drive == nil {
+		drive = func(t *testing.T, e releaseEnv) (string, error) {
+			script := exec.Command("bash", "../../examples/rolling-deploy.sh", "shop", "v42")
+			script.Env = append(os.Environ(),
+				"BATON="+batonBin, "BATON_ADMIN="+e.admin,
+				"UPGRADE_CMD="+e.upgradeCmd, "ROLLBACK_CMD="+e.upgradeCmd, "INTERVAL=1", "MIN_REQUESTS=5", "DRAIN_WAIT=30s", "HEALTH_WAIT=20")
+			script.Env = append(script.Env, r.env...)
+			out, err := script.CombinedOutput()
+			t.Logf("rolling-deploy.sh:\n%s", out)
+			return string(out), err
+		}
+	}
+	out, err := drive(t, releaseEnv{admin: "http://" + adminAddr, upgradeCmd: upgradeCmd, servers: r.servers})
 	close(done)
 	stopLoad()
 	wg.Wait()
-	r.out, r.err, r.sent = string(out), err, sent.Load()
-	t.Logf("rolling-deploy.sh:\n%s", out)
+	r.out, r.err, r.sent = out, err, sent.Load()
 	if e := upgradeErr.Load(); e != nil {
 		t.Fatalf("upgrading a server: %v", e)
 	}
@@ -270,6 +280,13 @@ pools:
 	if len(r.failures) != 0 {
 		t.Errorf("%d of %d requests failed during the rolling deploy: %v", len(r.failures), r.sent, r.failures[:min(10, len(r.failures))])
 	}
+}
+
+// releaseEnv is what a release in the rollout test works with.
+type releaseEnv struct {
+	admin      string // the admin API's URL
+	upgradeCmd string // restarts {name} as {version}, once the test has done it
+	servers    []*shopServer
 }
 
 // everyServerAnswers checks that the pool now answers as version only.
