@@ -706,7 +706,9 @@ func expand(tmpl, poolName string, b admin.BackendJSON, version, from string) st
 		"{pool}", poolName, "{version}", version, "{from}", from).Replace(tmpl)
 }
 
-func trimFloat(f float64) string { return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".") }
+func trimFloat(f float64) string {
+	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".")
+}
 
 func orNone(s string) string {
 	if s == "" {
