@@ -211,6 +211,10 @@ type PoolJSON struct {
 	Backends      []BackendJSON `json:"backends"`
 	// Lease: the release under way (baton rollout), if any.
 	Lease *control.Lease `json:"lease,omitempty"`
+	// Switch: a blue/green switch being watched; LastSwitch: how the last
+	// one ended.
+	Switch     *control.SwitchState   `json:"switch,omitempty"`
+	LastSwitch *control.SwitchOutcome `json:"last_switch,omitempty"`
 }
 
 // CanaryJSON is a pool's canary in a pool listing.
@@ -224,6 +228,7 @@ type CanaryJSON struct {
 
 func (a *api) poolJSON(p *pool.Pool) PoolJSON {
 	j := PoolJSON{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []BackendJSON{}, Lease: a.ctl.CurrentLease(p.Name())}
+	j.Switch, j.LastSwitch = a.ctl.SwitchStatus(p.Name())
 	if v, w := p.Canary(); v != "" {
 		j.Canary = &CanaryJSON{Version: v, Weight: w, Held: a.ctl.Held(p.Name()), Verdict: "inconclusive",
 			Reason: "the judge has not looked at this canary yet"}
@@ -247,6 +252,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/enable", map[string]handlerFunc{"POST": a.enable})
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/eject", map[string]handlerFunc{"POST": a.eject})
 	a.route(mux, "/v1/pools/{pool}/canary", map[string]handlerFunc{"GET": a.getCanary, "PUT": a.putCanary})
+	a.route(mux, "/v1/pools/{pool}/switch", map[string]handlerFunc{"POST": a.switchVersion})
 	a.route(mux, "/v1/pools/{pool}/lease", map[string]handlerFunc{"PUT": a.takeLease, "DELETE": a.releaseLease})
 	a.route(mux, "/v1/pools/{pool}/history", map[string]handlerFunc{"GET": a.getHistory})
 	a.route(mux, "/v1/pools/{pool}/canary/promote", map[string]handlerFunc{"POST": a.promote})
@@ -296,12 +302,14 @@ func (a *api) addBackend(r *http.Request, actor string) (int, any, error) {
 		Address string `json:"address"`
 		Version string `json:"version"`
 		Weight  *int   `json:"weight"`
+		Standby bool   `json:"standby"`
 	}
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}
 	_, missing := a.ctl.Backend(r.PathValue("pool"), body.Name)
-	b, err := a.ctl.Add(r.PathValue("pool"), control.AddSpec{Name: body.Name, Address: body.Address, Version: body.Version, Weight: body.Weight}, control.By(actor))
+	b, err := a.ctl.Add(r.PathValue("pool"), control.AddSpec{Name: body.Name, Address: body.Address, Version: body.Version,
+		Weight: body.Weight, Standby: body.Standby}, control.By(actor))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -420,6 +428,33 @@ func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {
 		return 0, nil, err
 	}
 	return 200, h, nil
+}
+
+func (a *api) switchVersion(r *http.Request, actor string) (int, any, error) {
+	var body struct {
+		To           string  `json:"to"`
+		Watch        string  `json:"watch"`
+		MaxErrorRate float64 `json:"max_error_rate"`
+	}
+	if err := decode(r, &body); err != nil {
+		return 0, nil, err
+	}
+	spec := control.SwitchSpec{To: body.To, MaxErrorRate: body.MaxErrorRate}
+	if body.Watch != "" {
+		d, err := time.ParseDuration(body.Watch)
+		if err != nil {
+			return 0, nil, errorf(400, "invalid_value", "watch must be a duration such as 60s, got %q", body.Watch)
+		}
+		spec.Watch = d
+	}
+	if _, err := a.ctl.Switch(r.PathValue("pool"), spec, control.By(actor)); err != nil {
+		return 0, nil, err
+	}
+	p, err := a.pool(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, a.poolJSON(p), nil
 }
 
 func (a *api) takeLease(r *http.Request, actor string) (int, any, error) {

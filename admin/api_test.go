@@ -527,6 +527,7 @@ var everyRoute = []struct{ method, path, body string }{
 	{"POST", "/v1/pools/shop/backends/s1/eject", ""},
 	{"GET", "/v1/pools/shop/canary", ""},
 	{"GET", "/v1/pools/shop/history", ""},
+	{"POST", "/v1/pools/shop/switch", `{"to":"v2","watch":"5s"}`},
 	{"PUT", "/v1/pools/shop/lease", `{"holder":"rollout-1","ttl":"30s"}`},
 	{"DELETE", "/v1/pools/shop/lease?holder=rollout-1", ""},
 	{"PUT", "/v1/pools/shop/canary", `{"version":"v1","weight":5}`},
@@ -629,6 +630,7 @@ func TestAPIUnknownRouteAndWrongMethod(t *testing.T) {
 		{"POST", "/v1/events", []string{"GET"}},
 		{"POST", "/v1/pools/shop/history", []string{"GET"}},
 		{"GET", "/v1/pools/shop/lease", []string{"PUT", "DELETE"}},
+		{"GET", "/v1/pools/shop/switch", []string{"POST"}},
 	}
 	for _, c := range cases {
 		r := f.api(t, c.method, c.path, "")

@@ -357,6 +357,10 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 type AddSpec struct {
 	Name, Address, Version string
 	Weight                 *int
+	// Standby adds the backend drained: health checked, no traffic, and
+	// no canary started for its version. A blue/green switch brings the
+	// standby backends of a version in.
+	Standby bool
 }
 
 // Add adds a backend to a pool at runtime, persistently. It gets requests
@@ -402,14 +406,22 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 	for _, b := range r.poolConfigLocked(poolName).Backends {
 		inFile = inFile || b.Name == spec.Name
 	}
-	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "add", Pool: poolName, Backend: spec.Name,
-		Detail: spec.Address + " " + spec.Version},
+	detail := spec.Address + " " + spec.Version
+	if spec.Standby {
+		detail += " on standby"
+	}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "add", Pool: poolName, Backend: spec.Name, Detail: detail},
 		func(s *State) error {
-			if err := r.versionPolicyLocked(p, s, spec.Version); err != nil {
-				return err
+			if !spec.Standby {
+				if err := r.versionPolicyLocked(p, s, spec.Version); err != nil {
+					return err
+				}
 			}
 			bs := s.pool(poolName).backend(spec.Name)
 			*bs = BackendState{Added: !inFile, Address: spec.Address, Version: spec.Version}
+			if spec.Standby {
+				bs.State = "drained"
+			}
 			if inFile {
 				fb, _ := fileBackend(r.poolConfigLocked(poolName), spec.Name)
 				setBase(bs, fb)
@@ -417,6 +429,15 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 			if spec.Weight != nil {
 				w := *spec.Weight
 				bs.Weight = &w
+			}
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			if spec.Standby {
+				// Before its first health check passes, so it never takes
+				// a request.
+				_, err := p.Drain(spec.Name)
+				return err
 			}
 			return nil
 		})

@@ -131,6 +131,7 @@ func (r *Registry) runJudges(ctx context.Context) {
 		case now := <-t.C:
 			for _, p := range r.Pools() {
 				r.judgePool(p, now)
+				r.watchSwitch(p, now)
 			}
 		}
 	}

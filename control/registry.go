@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/pool"
 	"github.com/baton-lb/baton/proxy"
@@ -45,10 +46,13 @@ type Registry struct {
 	events     []Event // the audit log, oldest first, at most maxEvents
 	baselines  map[string]*baseline
 
-	judges  judges
-	history histories          // per-version time series, for the dashboard
-	stop    context.CancelFunc // ends the judge loop and the history sampler
-	wg      sync.WaitGroup
+	judges judges
+	// switchBase: each switched pool's new-version evidence when its watch
+	// began (under mu).
+	switchBase map[string]*canary.VersionSnapshot
+	history    histories          // per-version time series, for the dashboard
+	stop       context.CancelFunc // ends the judge loop and the history sampler
+	wg         sync.WaitGroup
 
 	// reloadMu makes loading a file and applying it one step, so two
 	// reloads (an event and a SIGHUP) cannot apply an older file last.
@@ -69,7 +73,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		return nil, err
 	}
 	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool),
-		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}}
+		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}, switchBase: map[string]*canary.VersionSnapshot{}}
 	r.pruneLocked()
 	for _, pc := range cfg.Pools {
 		r.pools[pc.Name] = pool.New(effective(pc, st.Pools[pc.Name]), log)

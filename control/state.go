@@ -39,6 +39,10 @@ type PoolState struct {
 	LastCanary *PreviousCanary `json:"last_canary,omitempty"`
 	// Lease is the running release's lock (see Lease).
 	Lease *Lease `json:"lease,omitempty"`
+	// Switch is a blue/green switch being watched; LastSwitch how the last
+	// one ended.
+	Switch     *SwitchState   `json:"switch,omitempty"`
+	LastSwitch *SwitchOutcome `json:"last_switch,omitempty"`
 
 	// What the file said when the overrides above were made. When the file
 	// later says something else, someone edited it on purpose: the file wins
@@ -106,6 +110,7 @@ func (s *State) clone() *State {
 			l := *ps.Lease
 			cp.Lease = &l
 		}
+		cp.Switch, cp.LastSwitch = ps.Switch, ps.LastSwitch // replaced, never changed in place
 		if ps.Canary != nil {
 			cc := *ps.Canary
 			cp.Canary = &cc
@@ -150,7 +155,8 @@ func (s *State) compact() {
 				delete(ps.Backends, bn)
 			}
 		}
-		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 && ps.LastCanary == nil && ps.Lease == nil {
+		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 && ps.LastCanary == nil && ps.Lease == nil &&
+			ps.Switch == nil && ps.LastSwitch == nil {
 			delete(s.Pools, name)
 		}
 	}

@@ -564,6 +564,28 @@ func (p *Pool) Enable(name string) (*Backend, error) {
 	return b, nil
 }
 
+// Activate puts a drained or ejected backend back into rotation keeping the
+// health its checks found while it stood by: a healthy standby takes
+// traffic at once, where Enable waits for a fresh check. Blue/green
+// switches use it, having checked that the standby is healthy.
+func (p *Pool) Activate(name string) (*Backend, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, err := p.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if State(b.state.Load()) == Active {
+		return b, nil
+	}
+	b.state.Store(int32(Active))
+	b.conns.Load().SetReuse(true)
+	b.kick()
+	p.rebuildLocked()
+	p.logb(p.log.Info(), b).Str("health", Health(b.health.Load()).String()).Msg("backend activated")
+	return b, nil
+}
+
 // DrainStatus is what a drain is still waiting for.
 type DrainStatus struct {
 	Inflight int64

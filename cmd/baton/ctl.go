@@ -30,7 +30,8 @@ Usage: baton ctl COMMAND [ARGS] [FLAGS]
   pools                               list pools with their backends
   pool POOL                           one pool (-o name: its backend names)
   backend POOL NAME                   one backend
-  add POOL NAME --address HOST:PORT [--version V] [--weight W]
+  add POOL NAME --address HOST:PORT [--version V] [--weight W] [--standby]
+                                      --standby: drained, health checked, for a switch
   set POOL NAME [--weight W] [--version V] [--address HOST:PORT]
   remove POOL NAME [--wait 30s]       drain, then remove
   drain POOL NAME [--wait 60s]        no new requests; --wait until idle
@@ -42,6 +43,10 @@ Usage: baton ctl COMMAND [ARGS] [FLAGS]
                                       exit 0 if the judge passes the canary, 1 if it
                                       fails it; before a verdict, compare error rates
   promote POOL | rollback POOL | hold POOL | resume POOL
+  switch POOL --to V [--watch 60s] [--max-error-rate 0.05] [--wait 90s]
+                                      blue/green: all traffic to the standby servers
+                                      of V at once; guards switch back if they fire;
+                                      --wait until the watch ends (exit 1 if switched back)
   events [--limit N]                  the audit log, newest first
 
 Flags:
@@ -63,9 +68,10 @@ type ctlArgs struct {
 
 // valued lists the flags that take a value; the others are switches.
 var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "output": true, "wait": true,
-	"version": true, "weight": true, "address": true, "limit": true, "max-error-rate-increase": true, "min-requests": true}
+	"version": true, "weight": true, "address": true, "limit": true, "max-error-rate-increase": true, "min-requests": true,
+	"to": true, "watch": true, "max-error-rate": true}
 
-var switches = map[string]bool{"check": true, "h": true, "help": true}
+var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true}
 
 func parseCtlArgs(args []string) (*ctlArgs, error) {
 	a := &ctlArgs{flags: map[string]string{}}
@@ -407,6 +413,9 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if v := a.flags["version"]; v != "" {
 			body["version"] = v
 		}
+		if a.flags["standby"] != "" {
+			body["standby"] = true
+		}
 		if w != nil {
 			body["weight"] = *w
 		}
@@ -417,6 +426,11 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		}
 		if status == 200 {
 			fmt.Fprintf(c.stdout, "%s is already in %s at %s as %s, weight %d\n", b.Name, a.pos[1], b.Address, b.Version, b.Weight)
+			return nil
+		}
+		if a.flags["standby"] != "" {
+			fmt.Fprintf(c.stdout, "%s added to %s at %s as %s on standby: health checked, no traffic until a switch to %s\n",
+				b.Name, a.pos[1], b.Address, b.Version, b.Version)
 			return nil
 		}
 		fmt.Fprintf(c.stdout, "%s added to %s at %s as %s, weight %d; it gets traffic once a health check passes\n",
@@ -529,6 +543,8 @@ func (c *ctlClient) run(a *ctlArgs) error {
 			fmt.Fprintf(c.stdout, "automatic canary steps of %s resumed\n", rep.Pool)
 		}
 		return nil
+	case "switch":
+		return c.switchVersion(a)
 	case "events":
 		if err := need(a, 0, "events [--limit N]"); err != nil {
 			return err
@@ -741,4 +757,76 @@ func previousLine(pc *control.PreviousCanary) string {
 		return line + " (the judge had reached no verdict)"
 	}
 	return line + " — " + pc.Verdict + ": " + pc.Reason
+}
+
+// switchVersion is baton ctl switch: POST …/switch, then with --wait the
+// watch's outcome.
+func (c *ctlClient) switchVersion(a *ctlArgs) error {
+	if err := need(a, 1, "switch POOL --to VERSION [--watch 60s] [--max-error-rate 0.05] [--wait 90s]"); err != nil {
+		return err
+	}
+	if a.flags["to"] == "" {
+		return fail(exitUsage, "switch needs --to VERSION")
+	}
+	body := map[string]any{"to": a.flags["to"]}
+	if w := a.flags["watch"]; w != "" {
+		body["watch"] = w
+	}
+	if m := a.flags["max-error-rate"]; m != "" {
+		f, err := strconv.ParseFloat(m, 64)
+		if err != nil {
+			return fail(exitUsage, "--max-error-rate must be a fraction such as 0.05, got %q", m)
+		}
+		body["max_error_rate"] = f
+	}
+	poolPath := "/v1/pools/" + url.PathEscape(a.pos[1])
+	var p admin.PoolJSON
+	out := c.output
+	if a.flags["wait"] != "" {
+		c.output = "text" // the answer that counts comes after the wait
+	}
+	_, err := c.call("POST", poolPath+"/switch", nil, body, &p)
+	c.output = out
+	if err != nil || (c.output == "json" && a.flags["wait"] == "") {
+		return err
+	}
+	if c.output == "text" && p.Switch != nil {
+		fmt.Fprintf(c.stdout, "%s switched from %s to %s: %s take every new request, %s drained; guards watch %s until %s\n",
+			p.Name, p.Switch.From, p.Switch.To, strings.Join(p.Switch.New, ", "), strings.Join(p.Switch.Old, ", "),
+			p.Switch.To, p.Switch.Until.Local().Format(time.TimeOnly))
+	}
+	w := a.flags["wait"]
+	if w == "" {
+		return nil
+	}
+	d, _ := time.ParseDuration(w) // checked by newCtlClient
+	at := time.Time{}
+	if p.Switch != nil {
+		at = p.Switch.At
+	}
+	deadline := time.Now().Add(d)
+	for {
+		p = admin.PoolJSON{} // absent fields must read as absent
+		if _, err := c.call("GET", poolPath, nil, nil, &p); err != nil {
+			return err
+		}
+		if p.Switch == nil && p.LastSwitch != nil && !p.LastSwitch.At.Before(at) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fail(exitWait, "the switch of %s is still watched; run baton ctl pool %s later to see how it ended", p.Name, p.Name)
+		}
+		time.Sleep(250 * time.Millisecond) // polling the API
+	}
+	ls := p.LastSwitch
+	if c.output == "json" {
+		data, _ := json.Marshal(ls)
+		fmt.Fprintf(c.stdout, "%s\n", data)
+	} else {
+		fmt.Fprintf(c.stdout, "switch to %s %s: %s\n", ls.To, strings.ReplaceAll(ls.Outcome, "_", " "), ls.Reason)
+	}
+	if ls.Outcome != "done" {
+		return fail(exitFail, "%s switched back to %s: %s", p.Name, ls.From, ls.Reason)
+	}
+	return nil
 }

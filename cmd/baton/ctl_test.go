@@ -409,9 +409,10 @@ func cmdFailing(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 func cmdWaitHealthy(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 2 {
-		ts.Fatalf("usage: waithealthy POOL NAME")
+	if neg || len(args) < 2 || len(args) > 3 || (len(args) == 3 && args[2] != "standby") {
+		ts.Fatalf("usage: waithealthy POOL NAME [standby]")
 	}
+	standby := len(args) == 3 // healthy, and out of rotation
 	w := world(ts)
 	var last string
 	ok := poll(10*time.Second, func() bool {
@@ -424,7 +425,7 @@ func cmdWaitHealthy(ts *testscript.TestScript, neg bool, args []string) {
 			for _, b := range p.Backends {
 				if p.Name == args[0] && b.Name == args[1] {
 					last = fmt.Sprintf("%+v", b)
-					return b.Healthy && b.EffectiveWeight > 0
+					return b.Healthy && (b.EffectiveWeight > 0 || (standby && b.State == "drained"))
 				}
 			}
 		}

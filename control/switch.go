@@ -1,0 +1,308 @@
+package control
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/baton-lb/baton/canary"
+	"github.com/baton-lb/baton/pool"
+)
+
+// Blue/green: for a release that cannot run beside the old version, the
+// new version's servers stand by (added with Standby: drained, health
+// checked), and a switch moves all new requests to them at once and
+// drains the old ones. For a while after, absolute guards watch the new
+// version and switch back at once if one fires.
+
+// Switch defaults and bounds.
+const (
+	DefaultSwitchWatch        = time.Minute
+	DefaultSwitchMaxErrorRate = 0.05
+	switchMinRequests         = 20 // before the error guards judge
+	maxSwitchWatch            = time.Hour
+)
+
+// SwitchSpec is a blue/green switch to ask for; zero fields take defaults.
+type SwitchSpec struct {
+	To           string
+	Watch        time.Duration
+	MaxErrorRate float64
+}
+
+// SwitchState is a switch whose guards are being watched. It is persisted,
+// so a restart keeps watching (with evidence gathered anew).
+type SwitchState struct {
+	From         string    `json:"from"`
+	To           string    `json:"to"`
+	At           time.Time `json:"at"`
+	Until        time.Time `json:"until"`
+	MaxErrorRate float64   `json:"max_error_rate"`
+	Old          []string  `json:"old"` // the From backends the switch drained
+	New          []string  `json:"new"` // the To backends it activated
+	By           string    `json:"by"`
+}
+
+// SwitchOutcome is how the last switch ended: done (the guards held for
+// the whole watch) or switched_back, with the guard that fired.
+type SwitchOutcome struct {
+	From    string    `json:"from"`
+	To      string    `json:"to"`
+	Outcome string    `json:"outcome"`
+	Reason  string    `json:"reason,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Switch moves pool's traffic to the standby backends of spec.To at once:
+// they must all be healthy; the others are drained; To becomes the stable
+// version (clients whose affinity names the old version move with it).
+// Until the watch ends, guards switch back at once if To's servers all
+// fail their health checks, give no answer to half their requests, or
+// answer more than MaxErrorRate of them with errors.
+func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*SwitchState, error) {
+	if err := checkName("version", spec.To); err != nil {
+		return nil, err
+	}
+	if spec.Watch == 0 {
+		spec.Watch = DefaultSwitchWatch
+	}
+	if spec.MaxErrorRate == 0 {
+		spec.MaxErrorRate = DefaultSwitchMaxErrorRate
+	}
+	if spec.Watch < time.Second || spec.Watch > maxSwitchWatch {
+		return nil, fmt.Errorf("%w: watch must be 1s..%s, got %s", ErrInvalid, maxSwitchWatch, spec.Watch)
+	}
+	if spec.MaxErrorRate <= 0 || spec.MaxErrorRate > 1 {
+		return nil, fmt.Errorf("%w: max_error_rate must be above 0 and at most 1, got %g", ErrInvalid, spec.MaxErrorRate)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _, err := r.lookupLocked(poolName, "")
+	if err != nil {
+		return nil, err
+	}
+	ps := r.state.Pools[poolName]
+	if ps != nil && ps.Switch != nil {
+		if ps.Switch.To == spec.To {
+			sw := *ps.Switch
+			return &sw, nil // the same switch again: it holds
+		}
+		return nil, fmt.Errorf("%w: pool %q switched to %s and watches it until %s; wait for that to end",
+			ErrConflict, poolName, ps.Switch.To, ps.Switch.Until.UTC().Format(time.RFC3339))
+	}
+	stable := p.StableVersion()
+	if spec.To == stable {
+		return nil, fmt.Errorf("%w: %s is already the stable version of pool %q", ErrConflict, spec.To, poolName)
+	}
+	if cv, _ := p.Canary(); cv != "" {
+		return nil, fmt.Errorf("%w: pool %q is running canary %s; promote or roll it back before a switch", ErrConflict, poolName, cv)
+	}
+	var old, next, sick []string
+	for _, b := range p.Backends() {
+		switch {
+		case b.Version() == spec.To:
+			next = append(next, b.Name())
+			if b.Health() != pool.Up || b.State() == pool.Ejected {
+				why := b.Health().String()
+				if b.State() == pool.Ejected {
+					why = "ejected"
+				}
+				if e := b.LastError(); e != "" {
+					why += ": " + e
+				}
+				sick = append(sick, b.Name()+" ("+why+")")
+			}
+		case b.State() == pool.Active:
+			old = append(old, b.Name())
+		}
+	}
+	if len(next) == 0 {
+		return nil, fmt.Errorf("%w: pool %q has no backend of version %s; add them on standby first: baton ctl add %s NAME --address HOST:PORT --version %s --standby",
+			ErrConflict, poolName, spec.To, poolName, spec.To)
+	}
+	if len(sick) > 0 {
+		return nil, fmt.Errorf("%w: not every %s backend is healthy: %s; nothing was switched", ErrConflict, spec.To, strings.Join(sick, ", "))
+	}
+	now := time.Now().UTC()
+	sw := &SwitchState{From: stable, To: spec.To, At: now, Until: now.Add(spec.Watch), MaxErrorRate: spec.MaxErrorRate,
+		Old: old, New: next, By: actorOf(opts)}
+	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "switch", Pool: poolName,
+		Detail: fmt.Sprintf("%s → %s: %s in, %s drained; watching until %s", stable, spec.To, strings.Join(next, ", "),
+			orNobody(old), sw.Until.Format(time.TimeOnly))},
+		func(s *State) error {
+			ps := s.pool(poolName)
+			ps.StableVersion = spec.To
+			ps.Canary = &CanaryState{}
+			setPoolBase(ps, r.poolConfigLocked(poolName))
+			for _, n := range next {
+				ps.backend(n).State = ""
+			}
+			for _, n := range old {
+				ps.backend(n).State = "draining"
+			}
+			c := *sw
+			ps.Switch = &c
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			for _, n := range next {
+				_, _ = p.Activate(n)
+			}
+			for _, n := range old {
+				_, _ = p.Drain(n)
+			}
+			delete(r.switchBase, poolName)
+			return nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	return sw, nil
+}
+
+func orNobody(names []string) string {
+	if len(names) == 0 {
+		return "nothing"
+	}
+	return strings.Join(names, ", ")
+}
+
+// watchSwitch checks a switched pool's guards, and switches back when one
+// fires or ends the watch when its time is up.
+func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
+	name := p.Name()
+	r.mu.Lock()
+	ps := r.state.Pools[name]
+	if ps == nil || ps.Switch == nil {
+		r.mu.Unlock()
+		return
+	}
+	sw := *ps.Switch
+	snap := snapshotVersions(p)[sw.To]
+	base := r.switchBase[name]
+	if base == nil || (snap != nil && base.Of != snap.Of) {
+		if snap != nil {
+			r.switchBase[name] = snap
+		}
+		base = snap
+	}
+	r.mu.Unlock()
+
+	var d *canary.VersionSnapshot
+	if snap != nil {
+		d = snap.Since(base)
+	} else {
+		d = &canary.VersionSnapshot{}
+	}
+	healthy := 0
+	for _, b := range p.Backends() {
+		if b.Version() == sw.To && b.State() == pool.Active && b.Health() != pool.Down {
+			healthy++
+		}
+	}
+	reason := ""
+	switch {
+	case healthy == 0:
+		reason = fmt.Sprintf("no %s backend passes its health check", sw.To)
+	case d.Requests >= switchMinRequests && 2*d.NoAnswer >= d.Requests:
+		reason = fmt.Sprintf("%s gave no answer to %d of its %d requests (refused, reset or timed out)", sw.To, d.NoAnswer, d.Requests)
+	case d.Requests >= switchMinRequests && float64(d.Errors) >= sw.MaxErrorRate*float64(d.Requests):
+		reason = fmt.Sprintf("%s answered %d of its %d requests with errors (%.1f%%, guard %.1f%%)", sw.To, d.Errors, d.Requests,
+			100*float64(d.Errors)/float64(d.Requests), 100*sw.MaxErrorRate)
+	}
+	switch {
+	case reason != "":
+		r.log.Warn().Str("pool", name).Str("from", sw.From).Str("to", sw.To).Str("reason", reason).Msg("switching back")
+		if err := r.endSwitch(name, sw, "switched_back", reason, By("judge")); err != nil {
+			r.log.Error().Err(err).Str("pool", name).Msg("could not switch back")
+		}
+	case now.After(sw.Until):
+		reason := fmt.Sprintf("the guards held for %s: %d requests, %d errors", sw.Until.Sub(sw.At).Round(time.Second), d.Requests, d.Errors)
+		if err := r.endSwitch(name, sw, "done", reason, By("judge")); err != nil {
+			r.log.Error().Err(err).Str("pool", name).Msg("could not end the switch's watch")
+		}
+	}
+}
+
+// endSwitch ends the watch of sw: done keeps the switch; switched_back
+// puts the old backends back and drains the new ones.
+func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason string, opts ...Opt) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, _, err := r.lookupLocked(poolName, "")
+	if err != nil {
+		return err
+	}
+	ps := r.state.Pools[poolName]
+	if ps == nil || ps.Switch == nil || ps.Switch.To != sw.To || !ps.Switch.At.Equal(sw.At) {
+		return nil // ended already
+	}
+	delete(r.switchBase, poolName)
+	out := &SwitchOutcome{From: sw.From, To: sw.To, Outcome: outcome, Reason: reason, At: time.Now().UTC()}
+	if outcome == "done" {
+		return r.changeLocked(Event{Actor: actorOf(opts), Action: "switch_done", Pool: poolName, Detail: sw.To + " stays: " + reason},
+			func(s *State) error {
+				ps := s.pool(poolName)
+				ps.Switch, ps.LastSwitch = nil, out
+				return nil
+			}, func() error { return nil })
+	}
+	back := sw.Old
+	var drain []string
+	for _, b := range p.Backends() {
+		if b.Version() == sw.To && b.State() == pool.Active {
+			drain = append(drain, b.Name())
+		}
+	}
+	sort.Strings(drain)
+	return r.changeLocked(Event{Actor: actorOf(opts), Action: "switch_back", Pool: poolName,
+		Detail: fmt.Sprintf("%s → %s: %s", sw.To, sw.From, reason)},
+		func(s *State) error {
+			ps := s.pool(poolName)
+			ps.StableVersion = sw.From
+			ps.Canary = &CanaryState{}
+			setPoolBase(ps, r.poolConfigLocked(poolName))
+			for _, n := range back {
+				if p.Backend(n) != nil {
+					ps.backend(n).State = ""
+				}
+			}
+			for _, n := range drain {
+				ps.backend(n).State = "draining"
+			}
+			ps.Switch, ps.LastSwitch = nil, out
+			return nil
+		}, func() error {
+			r.applyPoolLocked(p)
+			for _, n := range back {
+				_, _ = p.Activate(n)
+			}
+			for _, n := range drain {
+				_, _ = p.Drain(n)
+			}
+			return nil
+		})
+}
+
+// SwitchStatus returns pool's running switch (nil when none) and how the
+// last one ended (nil before the first).
+func (r *Registry) SwitchStatus(poolName string) (*SwitchState, *SwitchOutcome) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ps := r.state.Pools[poolName]
+	if ps == nil {
+		return nil, nil
+	}
+	var sw *SwitchState
+	var last *SwitchOutcome
+	if ps.Switch != nil {
+		c := *ps.Switch
+		sw = &c
+	}
+	if ps.LastSwitch != nil {
+		c := *ps.LastSwitch
+		last = &c
+	}
+	return sw, last
+}
