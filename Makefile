@@ -11,7 +11,7 @@ FUZZTIME ?= 20s
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/baton
 
-## run: baton on the example config with built-in demo backends (curl localhost:8080/)
+## run: baton demo: the example config on demo servers, and a release story (curl localhost:8080/)
 run:
 	$(GO) run ./cmd/baton demo
 

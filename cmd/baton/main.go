@@ -24,7 +24,9 @@ const usage = `baton — a reverse-proxy load balancer for releases with no down
 Usage:
   baton serve -c baton.yaml     run the proxy
   baton check -c baton.yaml     validate a config; exit 1 with every error
-  baton demo [-c FILE]          run the example config with built-in demo backends
+  baton demo [--fast] [--exit]  a webshop on demo servers and a release story:
+                                a bad version rolled back, a good one released
+  baton demo -c FILE            serve a config with demo backends on its loopback addresses
   baton ctl COMMAND ...         drive a running baton through its admin API
   baton rollout POOL --to V --upgrade CMD
                                 release a version server by server, judged by baton
@@ -76,6 +78,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 type cmdFlags struct {
 	path      string // -c FILE
 	stateFile string // --state-file FILE: overrides the config's state_file
+
+	// baton demo only.
+	fast      bool // --fast: the releases' pauses shortened (for CI)
+	exit      bool // --exit: exit after the releases instead of serving on
+	noRelease bool // --no-release: only serve
 }
 
 // parseFlags parses "-c FILE [--state-file FILE]" for a subcommand.
@@ -86,6 +93,11 @@ func parseFlags(name string, args []string, stderr io.Writer, required bool) (f 
 	fs.StringVar(&f.path, "config", "", "config file (YAML)")
 	if name != "check" {
 		fs.StringVar(&f.stateFile, "state-file", "", "where runtime decisions are kept (overrides state_file; \"off\": memory only)")
+	}
+	if name == "demo" {
+		fs.BoolVar(&f.fast, "fast", false, "shorten the releases' pauses (the judge decides in seconds)")
+		fs.BoolVar(&f.exit, "exit", false, "exit after the releases and their summary instead of serving on")
+		fs.BoolVar(&f.noRelease, "no-release", false, "only serve: no traffic, no releases")
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

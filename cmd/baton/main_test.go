@@ -507,9 +507,10 @@ pools:
 	}
 }
 
-// TestDemo runs `baton demo` (built-in example config, fixed ports) if its
-// ports are free.
-func TestDemo(t *testing.T) {
+// demoPortsFree skips the test unless the built-in demo's fixed ports are
+// free.
+func demoPortsFree(t *testing.T) {
+	t.Helper()
 	for _, a := range []string{"127.0.0.1:8080", "127.0.0.1:9090", "127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:9103", "127.0.0.1:9104"} {
 		ln, err := net.Listen("tcp", a)
 		if err != nil {
@@ -517,6 +518,48 @@ func TestDemo(t *testing.T) {
 		}
 		ln.Close()
 	}
+}
+
+// TestDemoStory runs the whole demo, shortened: customers shop while v42
+// (which loses carts) is rolled back by the judge and v43 is released to
+// every server; the summary says so, with the figures.
+func TestDemoStory(t *testing.T) {
+	demoPortsFree(t)
+	p := startBinary(t, "demo", "--fast", "--exit")
+	code := p.waitExit(t, 90*time.Second)
+	out := p.stdout.String()
+	t.Logf("baton demo --fast --exit:\n%s", out)
+	if code != 0 {
+		t.Fatalf("baton demo --fast --exit exited %d; stderr:\n%s", code, p.stderr)
+	}
+	for _, want := range []string{
+		"== Release 1: v42. It has a bug",
+		"web-1 becomes the canary",
+		`v42 was rolled back by baton's judge: new error "POST /checkout 500 server_error code=CART_LOST"`,
+		"web-1 runs v41 again",
+		"== Release 2: v43, a good version.",
+		"v43 is promoted",
+		"released: all 4 servers of shop run v43",
+		"== Summary",
+		`   v42  rolled back by baton's judge: new error "POST /checkout 500 server_error code=CART_LOST"`,
+		"   v43  released: 4 of 4 servers run it, stable version v43",
+		"before the judge rolled it back, 0 anything else",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the demo's output lacks %q", want)
+		}
+	}
+	for _, wrong := range []string{"upgrading web-2 to v42", "upgrading web-3 to v42"} {
+		if strings.Contains(out, wrong) {
+			t.Errorf("the bad version went further than its canary: %q", wrong)
+		}
+	}
+}
+
+// TestDemo runs `baton demo` (built-in example config, fixed ports) if its
+// ports are free.
+func TestDemo(t *testing.T) {
+	demoPortsFree(t)
 	p := startBinary(t, "demo")
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()

@@ -66,6 +66,10 @@ type rolloutCmd struct {
 	out        io.Writer
 	holder     string
 
+	// install runs one upgrade or rollback command line on b; nil: sh -c.
+	// baton demo installs its versions in-process.
+	install func(line string, b admin.BackendJSON, version string) (string, error)
+
 	mu   sync.Mutex // serialises output of servers upgraded together
 	lost error      // the lease was lost: why the run stopped
 }
@@ -383,7 +387,11 @@ func (r *rolloutCmd) upgradeServer(b admin.BackendJSON, version, from, cmd strin
 	} else {
 		r.event("upgrade", b.Name, version, "upgrading %s to %s: %s", b.Name, version, line)
 	}
-	if out, err := r.sh(line); err != nil {
+	run := r.sh
+	if r.install != nil {
+		run = func(line string) (string, error) { return r.install(line, b, version) }
+	}
+	if out, err := run(line); err != nil {
 		if r.ctx.Err() != nil {
 			return r.ctx.Err()
 		}
@@ -460,7 +468,7 @@ func (r *rolloutCmd) watchCanary(p admin.PoolJSON) error {
 		}
 	}
 	deadline := time.Now().Add(r.judgeWait)
-	last := ""
+	last, lastAt := "", time.Time{}
 	promoted := false // by this run
 	for {
 		rep, err := r.getCanary()
@@ -486,10 +494,12 @@ func (r *rolloutCmd) watchCanary(p admin.PoolJSON) error {
 			}
 			return r.rolledBack(p, "")
 		}
-		line := fmt.Sprintf("canary %s at %s%%: %s — %s", rep.CanaryVersion, trimFloat(rep.Weight), rep.Verdict, rep.Reason)
-		if line != last {
-			r.event("verdict", "", r.to, "%s", line)
-			last = line
+		// A line when the verdict, its rule or the share changes, and every
+		// 10 s while it does not.
+		key := fmt.Sprintf("%s %s %g", rep.Verdict, rep.Rule, rep.Weight)
+		if key != last || time.Since(lastAt) >= 10*time.Second {
+			r.event("verdict", "", r.to, "canary %s at %s%%: %s — %s", rep.CanaryVersion, trimFloat(rep.Weight), rep.Verdict, rep.Reason)
+			last, lastAt = key, time.Now()
 		}
 		switch rep.Verdict {
 		case canary.Pass:
