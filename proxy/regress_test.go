@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -11,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/internal/testbed"
+	"github.com/baton-lb/baton/proxy"
 )
 
 // countingBackend is an HTTP backend that counts the connections that
@@ -262,5 +267,42 @@ func TestResponseHeadersWithRequestOnlyNamesPass(t *testing.T) {
 	_, _, h := get(t, &http.Client{}, b.URL("/"))
 	if h.Get("X-Forwarded-For") != "from-backend" || h.Get("Expect") != "odd-but-legal" {
 		t.Errorf("response headers lost: %v", h)
+	}
+}
+
+// A shutdown that comes before Serve has started (a SIGTERM right at start,
+// a test that ends at once) must still end Serve: fasthttp's Shutdown
+// returns at once when it has no listener yet, and a Serve started after
+// it would accept for ever.
+func TestShutdownBeforeServeEndsServe(t *testing.T) {
+	cfg, err := config.Parse([]byte(`listen: 127.0.0.1:0
+admin: {listen: "off"}
+pools:
+  - name: shop
+    backends:
+      - {name: s1, address: "127.0.0.1:9", version: v1}
+`), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := proxy.New(cfg, nil, zerolog.Nop())
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		ln.Close()
+		t.Fatal("Serve after Shutdown kept accepting")
+	}
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		c.Close()
+		t.Errorf("the listener still accepts after Shutdown")
 	}
 }

@@ -35,6 +35,10 @@ type Server struct {
 	table     atomic.Pointer[Table]
 	srv       *fasthttp.Server
 	exchanges sync.Pool
+
+	mu       sync.Mutex     // protects shutdown and listening
+	shutdown bool           // Shutdown was called
+	lns      []net.Listener // what Serve was given
 }
 
 // New returns a server for cfg's client-facing settings. Those settings are
@@ -83,11 +87,32 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 func (s *Server) SetTable(t *Table) { s.table.Store(t) }
 
 // Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return nil
+	}
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+	return s.srv.Serve(ln)
+}
 
 // Shutdown stops accepting connections, closes idle ones and waits for
-// requests in flight until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+// requests in flight until ctx ends. A Serve that had not started yet when
+// Shutdown was called returns at once: fasthttp's own Shutdown does not
+// see a listener it has not registered, and would leave it accepting.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	lns := s.lns
+	s.mu.Unlock()
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
+	return s.srv.ShutdownWithContext(ctx)
+}
 
 // OpenConnections returns the number of open client connections.
 func (s *Server) OpenConnections() int32 { return s.srv.GetOpenConnectionsCount() }
