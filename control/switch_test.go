@@ -88,9 +88,21 @@ func TestSwitchBlueGreen(t *testing.T) {
 	if sw.From != "v1" || strings.Join(sw.New, ",") != "g1,g2" || strings.Join(sw.Old, ",") != "b1,b2" {
 		t.Errorf("switch %+v; want v1 → v2, g1 g2 in, b1 b2 out", sw)
 	}
-	// At once: the very next requests go to green.
+	// At once: the very next requests go to green, also those of clients
+	// whose affinity cookie names the old version.
 	if got := servedBy(t, b, 20); got["g1"]+got["g2"] != 20 {
 		t.Errorf("after the switch requests went to %v; want g1 and g2 only", got)
+	}
+	req, _ := http.NewRequest("GET", b.URL("/search"), nil)
+	req.AddCookie(&http.Cookie{Name: "baton_version", Value: "v1"})
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !strings.HasPrefix(string(body), "g") {
+		t.Errorf("a client with affinity to v1 got %q after the switch; want green", body)
 	}
 	p := b.Pool(t, "shop")
 	if p.StableVersion() != "v2" {
