@@ -22,6 +22,7 @@ type Config struct {
 	Admin  Admin  `yaml:"admin"`
 	Log    Log    `yaml:"log"`
 	Server Server `yaml:"server"`
+	TLS    TLS    `yaml:"tls"`
 
 	// StateFile is where baton keeps runtime decisions (drains, ejections,
 	// weight overrides, canary share) across restarts; each is written
@@ -35,6 +36,35 @@ type Config struct {
 
 	// Pools are the applications behind baton. At least one is required.
 	Pools []Pool `yaml:"pools"`
+
+	// Warnings are problems that do not stop baton, found while loading:
+	// certificates that expire soon, route hosts no certificate covers.
+	Warnings []string `yaml:"-"`
+}
+
+// TLS is baton's HTTPS listener.
+type TLS struct {
+	// Listen is host:port for HTTPS (":8443", ":443"). Empty (the
+	// default): no HTTPS listener.
+	Listen string `yaml:"listen"`
+	// Certificates are PEM files: the certificate (the leaf first, then
+	// its chain) and its private key. A client's SNI picks the certificate
+	// whose names match; one without SNI, or matching none, gets the first.
+	// Relative paths are relative to the config file. Reloaded when the
+	// files change.
+	Certificates []Certificate `yaml:"certificates"`
+	// MinVersion is the oldest TLS version accepted: "1.2" (the default)
+	// or "1.3".
+	MinVersion string `yaml:"min_version"`
+	// RedirectHTTP answers every request on the plain listen address with
+	// a permanent redirect (308) to the same URL on HTTPS.
+	RedirectHTTP bool `yaml:"redirect_http"`
+}
+
+// Certificate is one certificate and key, as PEM files.
+type Certificate struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
 }
 
 // Admin is the admin listener: the API deploy scripts use, /metrics and
@@ -364,6 +394,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
+	}
+	if c.TLS.MinVersion == "" {
+		c.TLS.MinVersion = "1.2"
+	}
+	if len(c.TLS.Certificates) == 0 {
+		c.TLS.Certificates = nil // "certificates: []" is the same as none
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = "auto"

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -42,7 +43,7 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	cfg, err := Parse(data, filepath.Base(path))
+	cfg, err := parse(data, filepath.Base(path), filepath.Dir(path))
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +63,12 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse is Load for bytes already read; name is used in error messages.
-func Parse(data []byte, name string) (*Config, error) {
+// Relative certificate paths are relative to the working directory.
+func Parse(data []byte, name string) (*Config, error) { return parse(data, name, "") }
+
+// parse decodes, defaults and validates; relative certificate paths are
+// resolved against dir.
+func parse(data []byte, name, dir string) (*Config, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
@@ -95,6 +101,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	// problems; a check on a key that failed to decode is left out, since
 	// the decode error already names it.
 	cfg.applyDefaults()
+	cfg.resolveTLSPaths(dir)
 	for _, e := range cfg.Validate() {
 		var fe *Error
 		if !errors.As(e, &fe) {
@@ -110,6 +117,7 @@ func Parse(data []byte, name string) (*Config, error) {
 		errs = append(errs, fe)
 	}
 	if len(errs) == 0 {
+		cfg.Warnings = cfg.tlsWarnings(time.Now())
 		return cfg, nil
 	}
 	// In file order, as an editor shows them.

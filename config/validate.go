@@ -45,6 +45,7 @@ func (c *Config) Validate() []error {
 	if s.MaxConnections < 0 {
 		v.add("server.max_connections", "must not be negative, got %d", s.MaxConnections)
 	}
+	v.tls(c)
 
 	if len(c.Pools) == 0 {
 		v.add("pools", "at least one pool is required")

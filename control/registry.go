@@ -277,8 +277,12 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		return nil
 	}
 	if cfg.Listen != r.cfg.Listen || cfg.Admin != r.cfg.Admin || cfg.Server != r.cfg.Server ||
-		!reflect.DeepEqual(cfg.Log, r.cfg.Log) || cfg.StateFile != r.cfg.StateFile {
-		r.log.Warn().Msg("listen, admin, server, log and state_file settings changed in the file; they take effect at the next restart")
+		!reflect.DeepEqual(cfg.Log, r.cfg.Log) || cfg.StateFile != r.cfg.StateFile ||
+		cfg.TLS.Listen != r.cfg.TLS.Listen || cfg.TLS.MinVersion != r.cfg.TLS.MinVersion || cfg.TLS.RedirectHTTP != r.cfg.TLS.RedirectHTTP {
+		r.log.Warn().Msg("listen, admin, server, log, state_file and tls listener settings changed in the file; they take effect at the next restart (certificates reload now)")
+	}
+	for _, w := range cfg.Warnings {
+		r.log.Warn().Msg(w)
 	}
 	// The overlay as it stands against the new file, first: overrides of
 	// fields the file changed give way.

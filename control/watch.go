@@ -108,3 +108,85 @@ func fileHash(path string) (sum [32]byte, ok bool) {
 	}
 	return sha256.Sum256(data), true
 }
+
+// WatchFiles calls changed whenever the content of any of paths changes,
+// until ctx ends: certificate and key files, watched like the config (their
+// directories, debounced, by content; a file missing for a moment, as in a
+// rename, waits for the next event or tick).
+func WatchFiles(ctx context.Context, paths []string, log zerolog.Logger, changed func()) error {
+	dirs := map[string]bool{}
+	bases := map[string]bool{}
+	abs := make([]string, 0, len(paths))
+	for _, p := range paths {
+		a, err := filepath.Abs(p)
+		if err != nil {
+			return err
+		}
+		abs = append(abs, a)
+		dirs[filepath.Dir(a)] = true
+		bases[filepath.Base(a)] = true
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	for d := range dirs {
+		if err := w.Add(d); err != nil {
+			return err
+		}
+	}
+	sum := func() ([32]byte, bool) {
+		h := sha256.New()
+		for _, p := range abs {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return [32]byte{}, false
+			}
+			h.Write(data)
+		}
+		var out [32]byte
+		copy(out[:], h.Sum(nil))
+		return out, true
+	}
+	last, _ := sum()
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	backstop := time.NewTicker(backstopInterval)
+	defer backstop.Stop()
+	check := func() {
+		h, ok := sum()
+		if !ok || h == last {
+			return
+		}
+		last = h
+		changed()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			name := filepath.Base(ev.Name)
+			if bases[name] || strings.HasPrefix(name, "..") {
+				debounce.Reset(reloadDebounce)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				debounce.Reset(reloadDebounce)
+				continue
+			}
+			log.Warn().Err(err).Msg("watching certificate directories")
+		case <-debounce.C:
+			check()
+		case <-backstop.C:
+			check()
+		}
+	}
+}

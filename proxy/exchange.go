@@ -117,6 +117,9 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	if len(host) == 0 {
 		return x.reply(ctx, 400, "the request has no Host header", true)
 	}
+	if s.redirect && !ctx.IsTLS() {
+		return x.redirectHTTPS(ctx, host)
+	}
 	if h.IsConnect() {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
@@ -337,7 +340,11 @@ func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, 
 	if err := nc.SetDeadline(headerDeadline); err != nil {
 		return stageSend, err
 	}
-	head := appendRequestHead(conn.Head(), h, &x.sc, target, absHost, x.clientIP, "http", x.bodyLen)
+	proto := "http"
+	if ctx.IsTLS() {
+		proto = "https"
+	}
+	head := appendRequestHead(conn.Head(), h, &x.sc, target, absHost, x.clientIP, proto, x.bodyLen)
 	var body []byte
 	if !x.streamBody {
 		body = x.body
@@ -821,6 +828,36 @@ func (x *exchange) finish() {
 
 // reply answers the client with baton's own response. closeConn ends the
 // client connection after it, for malformed requests.
+// redirectHTTPS answers a plain-HTTP request with a permanent redirect
+// (308, which keeps the method and body) to the same URL on HTTPS.
+func (x *exchange) redirectHTTPS(ctx *fasthttp.RequestCtx, host []byte) bool {
+	x.class = ClassOK
+	if h, _, err := net.SplitHostPort(string(host)); err == nil {
+		host = []byte(h)
+	}
+	loc := x.scratch[:0]
+	loc = append(loc, "https://"...)
+	loc = append(loc, host...)
+	if x.s.httpsPort != "" {
+		loc = append(loc, ':')
+		loc = append(loc, x.s.httpsPort...)
+	}
+	uri := ctx.Request.Header.RequestURI()
+	if len(uri) == 0 || uri[0] != '/' {
+		// An absolute-form or * target: redirect to the path of the URL.
+		uri = ctx.URI().RequestURI()
+	}
+	loc = append(loc, uri...)
+	x.scratch = loc
+	ctx.Response.Reset()
+	ctx.Response.Header.SetNoDefaultContentType(true)
+	ctx.SetStatusCode(fasthttp.StatusPermanentRedirect)
+	ctx.Response.Header.SetBytesV("Location", loc)
+	x.status = fasthttp.StatusPermanentRedirect
+	x.finish()
+	return false
+}
+
 func (x *exchange) reply(ctx *fasthttp.RequestCtx, status int, msg string, closeConn bool) bool {
 	ctx.Response.Reset()
 	ctx.Response.Header.SetNoDefaultContentType(true)

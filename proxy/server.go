@@ -36,6 +36,11 @@ type Server struct {
 	srv       *fasthttp.Server
 	exchanges sync.Pool
 
+	// redirect answers plain-HTTP requests with a redirect to HTTPS on
+	// httpsPort ("" for 443).
+	redirect  bool
+	httpsPort string
+
 	mu       sync.Mutex     // protects shutdown and listening
 	shutdown bool           // Shutdown was called
 	lns      []net.Listener // what Serve was given
@@ -51,6 +56,8 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 		accessLog: cfg.Log.AccessLog(),
 		maxBody:   int64(sc.MaxRequestBody),
 		bodyIdle:  sc.BodyIdleTimeout,
+		redirect:  cfg.TLS.Listen != "" && cfg.TLS.RedirectHTTP,
+		httpsPort: httpsPort(cfg.TLS.Listen),
 	}
 	s.table.Store(t)
 	s.exchanges.New = func() any { return &exchange{s: s} }

@@ -167,7 +167,14 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	for _, p := range cfg.Pools {
 		backends += len(p.Backends)
 	}
-	fmt.Fprintf(stdout, "%s: ok (%d pool(s), %d backend(s), listening on %s)\n", path, len(cfg.Pools), backends, cfg.Listen)
+	https := ""
+	if cfg.TLS.Listen != "" {
+		https = fmt.Sprintf(", HTTPS on %s with %d certificate(s)", cfg.TLS.Listen, len(cfg.TLS.Certificates))
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d pool(s), %d backend(s), listening on %s%s)\n", path, len(cfg.Pools), backends, cfg.Listen, https)
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
 	return exitOK
 }
 

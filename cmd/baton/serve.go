@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -61,6 +62,9 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	srv := proxy.New(cfg, reg.Table(), log)
 	reg.OnTable(srv.SetTable)
 
+	for _, w := range cfg.Warnings {
+		log.Warn().Msg(w)
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening for traffic: %w", err)
@@ -71,12 +75,36 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		admin.Collector(reg),
 	)
+	// HTTPS: the same server on a TLS listener, certificates by SNI.
+	var tlsLn net.Listener
+	var certs *proxy.Certs
+	certReloads := &admin.CertReloads{}
+	if cfg.TLS.Listen != "" {
+		certs, err = proxy.NewCerts(cfg.TLS.Certificates)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		raw, err := net.Listen("tcp", cfg.TLS.Listen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listening for HTTPS: %w", err)
+		}
+		tlsLn = tls.NewListener(raw, proxy.TLSConfig(cfg.TLS, certs))
+		metrics.MustRegister(admin.TLSCollector(certs, certReloads))
+	}
+	closeListeners := func() {
+		ln.Close()
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
+	}
 	var adminSrv *http.Server
 	var adminAddr net.Addr
 	if cfg.Admin.Listen != "off" {
 		aln, err := net.Listen("tcp", cfg.Admin.Listen)
 		if err != nil {
-			ln.Close()
+			closeListeners()
 			return fmt.Errorf("listening for admin: %w", err)
 		}
 		adminAddr = aln.Addr()
@@ -84,7 +112,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		if cfg.Admin.TokenFile != "" {
 			tokens, err := admin.LoadTokens(cfg.Admin.TokenFile)
 			if err != nil {
-				ln.Close()
+				closeListeners()
 				aln.Close()
 				return err
 			}
@@ -103,11 +131,44 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	ctx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
 	var watchers sync.WaitGroup
+	// Certificates come back from their files when those change, and with
+	// every config reload; a bad set is refused and the old one serves on.
+	reloadCerts := func(why string) {
+		if certs == nil {
+			return
+		}
+		list := reg.Config().TLS.Certificates
+		if err := certs.Load(list); err != nil {
+			certReloads.Failed.Add(1)
+			log.Error().Err(err).Str("trigger", why).Msg("certificates not reloaded; the ones in service stay")
+			return
+		}
+		certReloads.OK.Add(1)
+		log.Info().Str("trigger", why).Int("certificates", len(list)).Msg("certificates reloaded")
+	}
+	reloadConfig := func() {
+		if reg.ReloadFile(path) == nil {
+			reloadCerts("config reload")
+		}
+	}
+	if certs != nil {
+		var files []string
+		for _, c := range cfg.TLS.Certificates {
+			files = append(files, c.Cert, c.Key)
+		}
+		watchers.Add(1)
+		go func() {
+			defer watchers.Done()
+			if err := control.WatchFiles(ctx, files, log, func() { reloadCerts("files changed") }); err != nil {
+				log.Warn().Err(err).Msg("the certificate files are not watched; send SIGHUP to reload them")
+			}
+		}()
+	}
 	if path != "" {
 		watchers.Add(2)
 		go func() {
 			defer watchers.Done()
-			err := control.WatchConfigFrom(ctx, path, loaded, log, func() { _ = reg.ReloadFile(path) })
+			err := control.WatchConfigFrom(ctx, path, loaded, log, reloadConfig)
 			if err != nil {
 				log.Warn().Err(err).Str("file", path).Msg("the config file is not watched; send SIGHUP to reload it")
 			}
@@ -123,14 +184,20 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 					return
 				case <-hup:
 					log.Info().Str("file", path).Msg("SIGHUP: reloading the config")
-					_ = reg.ReloadFile(path)
+					reloadConfig()
 				}
 			}
 		}()
 	}
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	if tlsLn != nil {
+		go func() { served <- srv.Serve(tlsLn) }()
+	}
 	ev := log.Info().Str("listen", ln.Addr().String()).Int("pools", len(cfg.Pools))
+	if tlsLn != nil {
+		ev = ev.Str("https", tlsLn.Addr().String())
+	}
 	if adminAddr != nil {
 		ev = ev.Str("admin", adminAddr.String())
 	}
