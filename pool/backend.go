@@ -125,6 +125,48 @@ type Backend struct {
 
 	retiredMu sync.Mutex // protects retired
 	retired   []*Conns   // connection sets of former addresses, still in use
+
+	tunnelMu sync.Mutex      // protects tunnels
+	tunnels  map[*int]func() // open Upgrade tunnels: how to close each
+}
+
+// AddTunnel registers an open Upgrade tunnel (a WebSocket, say) and how to
+// close it politely; the tunnel counts as in flight until remove is
+// called. A drain that reaches its timeout closes the tunnels left.
+func (b *Backend) AddTunnel(closeFn func()) (remove func()) {
+	key := new(int)
+	b.tunnelMu.Lock()
+	if b.tunnels == nil {
+		b.tunnels = map[*int]func(){}
+	}
+	b.tunnels[key] = closeFn
+	b.tunnelMu.Unlock()
+	return func() {
+		b.tunnelMu.Lock()
+		delete(b.tunnels, key)
+		b.tunnelMu.Unlock()
+	}
+}
+
+// Tunnels returns the number of open Upgrade tunnels.
+func (b *Backend) Tunnels() int {
+	b.tunnelMu.Lock()
+	defer b.tunnelMu.Unlock()
+	return len(b.tunnels)
+}
+
+// closeTunnels closes every open tunnel, each in its own goroutine (a
+// close may wait for a pump to stop).
+func (b *Backend) closeTunnels() {
+	b.tunnelMu.Lock()
+	fns := make([]func(), 0, len(b.tunnels))
+	for _, f := range b.tunnels {
+		fns = append(fns, f)
+	}
+	b.tunnelMu.Unlock()
+	for _, f := range fns {
+		go f()
+	}
 }
 
 func (b *Backend) retireConns(c *Conns) {

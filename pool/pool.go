@@ -665,6 +665,7 @@ func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
 		for _, rc := range b.retiredConns() {
 			rc.CloseAll()
 		}
+		b.closeTunnels()
 	}
 	return st, false
 }

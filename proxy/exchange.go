@@ -120,6 +120,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	if s.redirect && !ctx.IsTLS() {
 		return x.redirectHTTPS(ctx, host)
 	}
+
 	if h.IsConnect() {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
@@ -157,6 +158,9 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		x.deadline = x.start.Add(t)
 	}
 	x.affinity(ctx, p)
+	if x.wantsUpgrade(h) {
+		return x.tunnel(ctx, p, target, absHost)
+	}
 
 	switch cl := h.ContentLength(); {
 	case cl == -1:
@@ -341,7 +345,7 @@ func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, 
 		return stageSend, err
 	}
 	proto := "http"
-	if ctx.IsTLS() {
+	if x.s.https && ctx.IsTLS() {
 		proto = "https"
 	}
 	head := appendRequestHead(conn.Head(), h, &x.sc, target, absHost, x.clientIP, proto, x.bodyLen)

@@ -40,6 +40,7 @@ type Server struct {
 	// httpsPort ("" for 443).
 	redirect  bool
 	httpsPort string
+	https     bool // an HTTPS listener may serve: ask each request whether it came by TLS
 
 	mu       sync.Mutex     // protects shutdown and listening
 	shutdown bool           // Shutdown was called
@@ -57,6 +58,7 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 		maxBody:   int64(sc.MaxRequestBody),
 		bodyIdle:  sc.BodyIdleTimeout,
 		redirect:  cfg.TLS.Listen != "" && cfg.TLS.RedirectHTTP,
+		https:     cfg.TLS.Listen != "",
 		httpsPort: httpsPort(cfg.TLS.Listen),
 	}
 	s.table.Store(t)

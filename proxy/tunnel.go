@@ -1,0 +1,231 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/binary"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/baton-lb/baton/pool"
+)
+
+// Upgrade requests (WebSocket and the like) are tunnelled: fasthttp's
+// client cannot carry a 101, so baton dials the backend itself, sends the
+// request with its Upgrade, and on 101 hijacks the client connection and
+// copies bytes both ways until one side closes. A tunnel counts as in
+// flight for its backend: a drain waits for it, up to the drain timeout,
+// then closes it, with a WebSocket close frame (1001, going away) where the
+// protocol is WebSocket.
+
+var upgradeToken = []byte("upgrade")
+
+// wantsUpgrade: the request asks to switch protocols (Connection: upgrade
+// with an Upgrade field).
+func (x *exchange) wantsUpgrade(h *fasthttp.RequestHeader) bool {
+	return x.sc.conn.n > 0 && x.sc.conn.has(upgradeToken) && len(h.Peek("Upgrade")) > 0
+}
+
+// hopByHopResponse are the response fields a 101 does not pass on as they
+// came: baton writes its own Connection and Upgrade.
+func hopByHopResponse(k []byte) bool {
+	switch len(k) {
+	case 7:
+		return equalFoldLower(k, "upgrade") || equalFoldLower(k, "trailer")
+	case 10:
+		return equalFoldLower(k, "connection") || equalFoldLower(k, "keep-alive")
+	case 14:
+		return equalFoldLower(k, "content-length")
+	case 16:
+		return equalFoldLower(k, "proxy-connection")
+	case 17:
+		return equalFoldLower(k, "transfer-encoding")
+	}
+	return false
+}
+
+// tunnel serves an Upgrade request. It returns true when the tunnel owns
+// the exchange (the client connection is hijacked).
+func (x *exchange) tunnel(ctx *fasthttp.RequestCtx, p *pool.Pool, target, absHost []byte) bool {
+	h := &ctx.Request.Header
+	if cl := h.ContentLength(); cl > 0 || cl == -1 { // a length, or chunked
+		return x.reply(ctx, 400, "an Upgrade request must not have a body", true)
+	}
+	want := append([]byte(nil), h.Peek("Upgrade")...)
+	b, err := p.PickVersion(nil, x.wantVersion, x.forced)
+	if err != nil {
+		x.class = ClassNoBackend
+		return x.reply(ctx, 503, "no backend of pool "+p.Name()+" is available", false)
+	}
+	x.b, x.attempts = b, 1
+	d := net.Dialer{Timeout: x.cfg.Timeouts.Connect}
+	nc, err := d.Dial("tcp", b.Address())
+	if err != nil {
+		return x.tunnelFailed(ctx, b, err, stageConnect)
+	}
+	proto := "http"
+	if ctx.IsTLS() {
+		proto = "https"
+	}
+	head := appendRequestHead(nil, h, &x.sc, target, absHost, x.clientIP, proto, 0)
+	head = append(head[:len(head)-2], "Connection: Upgrade\r\nUpgrade: "...)
+	head = append(head, want...)
+	head = append(head, "\r\n\r\n"...)
+	_ = nc.SetDeadline(time.Now().Add(x.cfg.Timeouts.ResponseHeader))
+	if _, err := nc.Write(head); err != nil {
+		nc.Close()
+		return x.tunnelFailed(ctx, b, err, stageSend)
+	}
+	br := bufio.NewReaderSize(nc, 16<<10)
+	resp := &fasthttp.Response{}
+	if err := resp.ReadLimitBody(br, 1<<20); err != nil {
+		nc.Close()
+		return x.tunnelFailed(ctx, b, err, stageResponse)
+	}
+	x.ttfb = time.Since(x.start)
+	status := resp.StatusCode()
+	x.status, x.upstream = status, status
+	if status != fasthttp.StatusSwitchingProtocols {
+		// The backend declined the upgrade: its answer goes to the client
+		// as any response would.
+		nc.Close()
+		ctx.Response.Reset()
+		ctx.Response.Header.SetNoDefaultContentType(true)
+		resp.CopyTo(&ctx.Response)
+		ctx.Response.Header.Del("Connection")
+		ctx.Response.Header.Del("Upgrade")
+		x.class = classify(nil, stageResponse, status)
+		if status >= 500 {
+			x.noteFailureDetails(ctx)
+		}
+		x.bytesOut = int64(len(ctx.Response.Body()))
+		x.finish()
+		return false
+	}
+	_ = nc.SetDeadline(time.Time{})
+	x.class = ClassOK
+	out := append([]byte(nil), "HTTP/1.1 101 Switching Protocols\r\n"...)
+	resp.Header.VisitAll(func(k, v []byte) {
+		if hopByHopResponse(k) {
+			return
+		}
+		out = append(out, k...)
+		out = append(out, ": "...)
+		out = append(out, v...)
+		out = append(out, "\r\n"...)
+	})
+	up := resp.Header.Peek("Upgrade")
+	if len(up) == 0 {
+		up = want
+	}
+	out = append(out, "Connection: Upgrade\r\nUpgrade: "...)
+	out = append(out, up...)
+	out = append(out, "\r\n\r\n"...)
+	t := &tunnel{x: x, backend: nc, br: br, head: out, websocket: equalFoldLower(up, "websocket"),
+		pumped: make(chan struct{})}
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(t.run)
+	return true
+}
+
+// tunnelFailed answers an Upgrade request the backend could not take, and
+// counts it like any failed request.
+func (x *exchange) tunnelFailed(ctx *fasthttp.RequestCtx, b *pool.Backend, err error, st stage) bool {
+	x.class = classify(err, st, 0)
+	b.NoteError(x.class.String() + ": " + err.Error())
+	x.s.log.Warn().Str("pool", x.pool.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
+		Err(err).Msg("upgrade request failed")
+	return x.reply(ctx, x.class.Status(), x.failureText(), false)
+}
+
+// tunnel is one open Upgrade connection between a client and a backend.
+type tunnel struct {
+	x         *exchange
+	backend   net.Conn
+	br        *bufio.Reader // the backend's bytes after the 101 head
+	head      []byte        // the 101 head for the client
+	websocket bool
+	client    net.Conn // as hijacked: reads see bytes fasthttp had buffered
+	clientRaw net.Conn // the connection itself, to close
+
+	pumped    chan struct{} // closed when backend → client copying ends
+	away      atomic.Bool   // a drain timed out: the client is told, then closed
+	closeOnce sync.Once
+}
+
+func (t *tunnel) run(c net.Conn) {
+	t.client, t.clientRaw = c, c
+	// fasthttp's hijacked connection does not close until this handler
+	// returns; closing the connection under it ends a pump's read at once.
+	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
+		t.clientRaw = u.UnsafeConn()
+	}
+	x := t.x
+	remove := x.b.AddTunnel(t.goingAway)
+	defer func() {
+		remove()
+		x.finish()
+		x.s.putExchange(x)
+	}()
+	if _, err := c.Write(t.head); err != nil {
+		t.close()
+		return
+	}
+	x.bytesOut = int64(len(t.head))
+	up := make(chan struct{})
+	go func() {
+		defer close(up)
+		_, _ = io.Copy(t.backend, c) // client → backend
+	}()
+	go func() {
+		defer close(t.pumped)
+		n, _ := io.Copy(c, t.br) // backend → client
+		x.bytesOut += n
+	}()
+	select {
+	case <-up:
+	case <-t.pumped:
+	}
+	if t.away.Load() {
+		// A drain ran out of time: once nothing more is copied to the
+		// client, a WebSocket gets its close frame.
+		<-t.pumped
+		if t.websocket {
+			_ = t.clientRaw.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			_, _ = t.clientRaw.Write(wsCloseFrame(1001, "going away"))
+		}
+	}
+	t.close()
+	<-up
+	<-t.pumped
+}
+
+// close ends both sides.
+func (t *tunnel) close() {
+	t.closeOnce.Do(func() {
+		_ = t.backend.Close()
+		_ = t.clientRaw.Close()
+	})
+}
+
+// goingAway ends the tunnel for a drain that ran out of time: the
+// backend side closes, and run, once nothing more is copied to the
+// client, sends a WebSocket client a close frame 1001 "going away".
+func (t *tunnel) goingAway() {
+	t.away.Store(true)
+	_ = t.backend.Close()
+}
+
+// wsCloseFrame is an unmasked WebSocket close frame (server to client,
+// RFC 6455 §5.5.1) with a status code and a short reason.
+func wsCloseFrame(code uint16, reason string) []byte {
+	f := make([]byte, 4, 4+len(reason))
+	f[0] = 0x88 // FIN, opcode close
+	f[1] = byte(2 + len(reason))
+	binary.BigEndian.PutUint16(f[2:], code)
+	return append(f, reason...)
+}
