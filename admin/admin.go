@@ -24,6 +24,10 @@ type Option func(*api)
 // WithTokens requires one of tokens on every /v1 request.
 func WithTokens(tokens []Token) Option { return func(a *api) { a.tokens = tokens } }
 
+// WithUpgrade serves POST /v1/upgrade with fn, which hands baton's sockets
+// to a new process and returns once it serves.
+func WithUpgrade(fn func() error) Option { return func(a *api) { a.upgrade = fn } }
+
 // Handler serves the admin endpoints: the API under /v1, the dashboard
 // under /ui/, GET /healthz (baton's own liveness) and GET /metrics
 // (Prometheus exposition).

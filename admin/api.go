@@ -28,6 +28,9 @@ type api struct {
 	ctl    *control.Registry
 	log    zerolog.Logger
 	tokens []Token // none: no token needed (loopback only, enforced by config)
+	// upgrade hands the listeners to a new baton process (nil: not
+	// available, as under baton demo).
+	upgrade func() error
 }
 
 // apiError is an error with the status and code the API answers with.
@@ -58,6 +61,8 @@ func asAPIError(err error) *apiError {
 		return &apiError{status: 400, code: "invalid_value", msg: strings.TrimPrefix(err.Error(), control.ErrInvalid.Error()+": ")}
 	case errors.Is(err, control.ErrConflict):
 		return &apiError{status: 409, code: "conflict", msg: strings.TrimPrefix(err.Error(), control.ErrConflict.Error()+": ")}
+	case errors.Is(err, control.ErrUpgrading):
+		return &apiError{status: 503, code: "upgrading", msg: err.Error()}
 	case errors.Is(err, control.ErrPersist):
 		return &apiError{status: 500, code: "persist_failed", msg: err.Error()}
 	}
@@ -260,6 +265,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/canary/hold", map[string]handlerFunc{"POST": a.hold(true)})
 	a.route(mux, "/v1/pools/{pool}/canary/resume", map[string]handlerFunc{"POST": a.hold(false)})
 	a.route(mux, "/v1/events", map[string]handlerFunc{"GET": a.events})
+	a.route(mux, "/v1/upgrade", map[string]handlerFunc{"POST": a.upgradeBaton})
 	a.route(mux, "/v1/", map[string]handlerFunc{})
 }
 
@@ -455,6 +461,24 @@ func (a *api) switchVersion(r *http.Request, actor string) (int, any, error) {
 		return 0, nil, err
 	}
 	return 200, a.poolJSON(p), nil
+}
+
+// upgradeBaton starts the baton binary again (a new version, installed at
+// the same path) and hands it the listening sockets; it answers once the new
+// process serves, or with why it did not start (this one keeps serving).
+func (a *api) upgradeBaton(r *http.Request, actor string) (int, any, error) {
+	if a.upgrade == nil {
+		return 0, nil, errorf(409, "conflict", "this baton cannot hand over its sockets (it was not started by baton serve)")
+	}
+	a.log.Info().Str("actor", actor).Msg("upgrade of baton asked for")
+	if err := a.upgrade(); err != nil {
+		if errors.Is(err, control.ErrUpgrading) {
+			return 0, nil, err
+		}
+		return 0, nil, errorf(500, "upgrade_failed", "%v", err)
+	}
+	return 200, map[string]any{"upgraded": true,
+		"message": "a new baton process serves the listeners; this one finishes its requests in flight and exits"}, nil
 }
 
 func (a *api) takeLease(r *http.Request, actor string) (int, any, error) {

@@ -18,6 +18,9 @@ var (
 	// ErrPersist: the decision could not be written to the state file, so it
 	// was not applied (500).
 	ErrPersist = errors.New("the decision could not be saved")
+	// ErrUpgrading: baton is handing over to a new process, which has read
+	// the state file; decisions wait for it (503).
+	ErrUpgrading = errors.New("baton is handing over to a new process; retry in a moment")
 )
 
 // Opt qualifies an action.
@@ -40,6 +43,9 @@ func actorOf(opts []Opt) string {
 // makes it current, applies it with apply and records the event. Nothing
 // changes when edit refuses or persisting fails.
 func (r *Registry) changeLocked(ev Event, edit func(*State) error, apply func() error) error {
+	if r.frozen.Load() {
+		return ErrUpgrading
+	}
 	next := r.state.clone()
 	if err := edit(next); err != nil {
 		return err

@@ -129,6 +129,9 @@ func (r *Registry) runJudges(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			if r.frozen.Load() {
+				continue // handing over: the new process judges
+			}
 			for _, p := range r.Pools() {
 				r.judgePool(p, now)
 				r.watchSwitch(p, now)

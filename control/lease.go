@@ -98,6 +98,9 @@ func (r *Registry) leaseLocked(poolName string, now time.Time) *Lease {
 // changeQuietLocked persists an edit of the overlay that changes nothing
 // in force and is no event (a lease renewal).
 func (r *Registry) changeQuietLocked(edit func(*State) error) error {
+	if r.frozen.Load() {
+		return ErrUpgrading
+	}
 	next := r.state.clone()
 	if err := edit(next); err != nil {
 		return err

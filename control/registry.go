@@ -58,6 +58,10 @@ type Registry struct {
 	// reloads (an event and a SIGHUP) cannot apply an older file last.
 	reloadMu sync.Mutex
 
+	// frozen: a new process is taking over; no decision is written (it
+	// has read the state file) and the judge does not act.
+	frozen atomic.Bool
+
 	reloadsOK     atomic.Int64
 	reloadsFailed atomic.Int64
 	lastReload    atomic.Int64 // unix seconds of the last successful load
@@ -243,7 +247,16 @@ func (r *Registry) WaitHealthy(ctx context.Context) bool {
 // ReloadFile loads the config at path and applies it. A file that does not
 // load or validate changes nothing: its errors are logged and returned, and
 // the failure is counted.
+// Freeze stops (true) or resumes (false) every decision: while a new
+// baton process takes over, the state file it read must stay what it read.
+// Admin actions answer ErrUpgrading; the judge and reloads wait.
+func (r *Registry) Freeze(on bool) { r.frozen.Store(on) }
+
 func (r *Registry) ReloadFile(path string) error {
+	if r.frozen.Load() {
+		r.log.Info().Str("file", path).Msg("config reload skipped: a new baton process is taking over and reads the file itself")
+		return ErrUpgrading
+	}
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
 	cfg, err := config.Load(path)

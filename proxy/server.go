@@ -42,9 +42,10 @@ type Server struct {
 	httpsPort string
 	https     bool // an HTTPS listener may serve: ask each request whether it came by TLS
 
-	mu       sync.Mutex     // protects shutdown and listening
+	mu       sync.Mutex     // protects shutdown, listening and tunnels
 	shutdown bool           // Shutdown was called
 	lns      []net.Listener // what Serve was given
+	tunnels  map[*tunnel]struct{}
 }
 
 // New returns a server for cfg's client-facing settings. Those settings are
@@ -120,7 +121,54 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ln := range lns {
 		_ = ln.Close()
 	}
-	return s.srv.ShutdownWithContext(ctx)
+	err := s.srv.ShutdownWithContext(ctx)
+	// fasthttp does not wait for hijacked connections: tunnels get the
+	// same time to end on their own, then are closed politely.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for s.openTunnels() > 0 {
+		select {
+		case <-ctx.Done():
+			s.closeTunnels()
+			return err
+		case <-tick.C:
+		}
+	}
+	return err
+}
+
+func (s *Server) addTunnel(t *tunnel) {
+	s.mu.Lock()
+	if s.tunnels == nil {
+		s.tunnels = map[*tunnel]struct{}{}
+	}
+	s.tunnels[t] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) removeTunnel(t *tunnel) {
+	s.mu.Lock()
+	delete(s.tunnels, t)
+	s.mu.Unlock()
+}
+
+func (s *Server) openTunnels() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.tunnels)
+}
+
+// closeTunnels ends every open tunnel (a WebSocket client gets 1001).
+func (s *Server) closeTunnels() {
+	s.mu.Lock()
+	ts := make([]*tunnel, 0, len(s.tunnels))
+	for t := range s.tunnels {
+		ts = append(ts, t)
+	}
+	s.mu.Unlock()
+	for _, t := range ts {
+		t.goingAway()
+	}
 }
 
 // OpenConnections returns the number of open client connections.

@@ -166,7 +166,9 @@ func (t *tunnel) run(c net.Conn) {
 	}
 	x := t.x
 	remove := x.b.AddTunnel(t.goingAway)
+	x.s.addTunnel(t)
 	defer func() {
+		x.s.removeTunnel(t)
 		remove()
 		x.finish()
 		x.s.putExchange(x)

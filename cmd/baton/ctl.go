@@ -48,6 +48,8 @@ Usage: baton ctl COMMAND [ARGS] [FLAGS]
                                       of V at once; guards switch back if they fire;
                                       --wait until the watch ends (exit 1 if switched back)
   events [--limit N]                  the audit log, newest first
+  upgrade                             start the baton binary again (a new version at the
+                                      same path) and hand it the sockets; exit 0 once it serves
 
 Flags:
   --admin URL        admin API (env BATON_ADMIN; default http://127.0.0.1:9090)
@@ -545,6 +547,18 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		return nil
 	case "switch":
 		return c.switchVersion(a)
+	case "upgrade":
+		if err := need(a, 0, "upgrade"); err != nil {
+			return err
+		}
+		var res struct {
+			Message string `json:"message"`
+		}
+		if _, err := c.call("POST", "/v1/upgrade", nil, nil, &res); err != nil || c.output == "json" {
+			return err
+		}
+		fmt.Fprintln(c.stdout, res.Message)
+		return nil
 	case "events":
 		if err := need(a, 0, "events [--limit N]"); err != nil {
 			return err

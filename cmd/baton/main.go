@@ -12,6 +12,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
 
 	"github.com/baton-lb/baton/config"
 )
@@ -79,6 +82,8 @@ type cmdFlags struct {
 	path      string // -c FILE
 	stateFile string // --state-file FILE: overrides the config's state_file
 
+	pidFile string // serve --pid-file: where the serving process's PID is kept
+
 	// baton demo only.
 	fast      bool // --fast: the releases' pauses shortened (for CI)
 	exit      bool // --exit: exit after the releases instead of serving on
@@ -93,6 +98,9 @@ func parseFlags(name string, args []string, stderr io.Writer, required bool) (f 
 	fs.StringVar(&f.path, "config", "", "config file (YAML)")
 	if name != "check" {
 		fs.StringVar(&f.stateFile, "state-file", "", "where runtime decisions are kept (overrides state_file; \"off\": memory only)")
+	}
+	if name == "serve" {
+		fs.StringVar(&f.pidFile, "pid-file", "", "write the serving process's PID here (it changes with a hitless upgrade)")
 	}
 	if name == "demo" {
 		fs.BoolVar(&f.fast, "fast", false, "shorten the releases' pauses (the judge decides in seconds)")
@@ -145,7 +153,16 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	f.applyStateFlag(cfg)
 	ctx, stop := signalContext()
 	defer stop()
-	if err := serve(ctx, cfg, path, sum, stderr, nil); err != nil {
+	// Hitless upgrades: the sockets can be handed to a new baton process,
+	// and one started that way takes them from its parent.
+	upg, err := tableflip.New(tableflip.Options{PIDFile: f.pidFile, UpgradeTimeout: time.Minute})
+	if err != nil {
+		fmt.Fprintln(stderr, "baton: hitless upgrades are not available:", err)
+		upg = nil
+	} else {
+		defer upg.Stop()
+	}
+	if err := serve(ctx, cfg, path, sum, stderr, nil, upg); err != nil {
 		fmt.Fprintln(stderr, "baton:", err)
 		return exitFail
 	}

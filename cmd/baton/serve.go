@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cloudflare/tableflip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
@@ -53,8 +54,17 @@ func isTerminal(w io.Writer) bool {
 // content the config came from (zero: whatever is there when watching
 // starts). ready, when set, is called with
 // the listeners' addresses once baton accepts traffic.
-func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte, logw io.Writer, ready func(traffic, admin net.Addr)) error {
+//
+// With upg (baton serve), the listening sockets can be handed to a new
+// baton process (SIGUSR2 or POST /v1/upgrade): once it serves, this one
+// finishes what it has in flight and returns.
+func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte, logw io.Writer, ready func(traffic, admin net.Addr),
+	upg *tableflip.Upgrader) error {
 	log := newLogger(cfg.Log, logw)
+	listen := net.Listen
+	if upg != nil {
+		listen = upg.Listen // inherited from the previous process after an upgrade
+	}
 	reg, err := control.New(cfg, cfg.StateFile, log)
 	if err != nil {
 		return err
@@ -65,7 +75,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	for _, w := range cfg.Warnings {
 		log.Warn().Msg(w)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening for traffic: %w", err)
 	}
@@ -85,7 +95,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			ln.Close()
 			return err
 		}
-		raw, err := net.Listen("tcp", cfg.TLS.Listen)
+		raw, err := listen("tcp", cfg.TLS.Listen)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("listening for HTTPS: %w", err)
@@ -99,10 +109,26 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			tlsLn.Close()
 		}
 	}
+	// upgrade starts the binary again and hands it the sockets. Decisions
+	// wait meanwhile: the new process reads the state file as it starts.
+	var upgradeMu sync.Mutex
+	upgrade := func() error {
+		upgradeMu.Lock()
+		defer upgradeMu.Unlock()
+		log.Info().Msg("upgrade: starting a new baton process and handing it the listening sockets")
+		reg.Freeze(true)
+		if err := upg.Upgrade(); err != nil {
+			reg.Freeze(false)
+			log.Error().Err(err).Msg("upgrade failed; this process keeps serving")
+			return fmt.Errorf("the new baton did not start (%v); this one keeps serving", err)
+		}
+		log.Info().Msg("upgrade: the new process serves; finishing the requests in flight here, then exiting")
+		return nil
+	}
 	var adminSrv *http.Server
 	var adminAddr net.Addr
 	if cfg.Admin.Listen != "off" {
-		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		aln, err := listen("tcp", cfg.Admin.Listen)
 		if err != nil {
 			closeListeners()
 			return fmt.Errorf("listening for admin: %w", err)
@@ -117,6 +143,9 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 				return err
 			}
 			opts = append(opts, admin.WithTokens(tokens))
+		}
+		if upg != nil {
+			opts = append(opts, admin.WithUpgrade(upgrade))
 		}
 		adminSrv = &http.Server{Handler: admin.Handler(reg, metrics, log, opts...), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
@@ -189,6 +218,25 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			}
 		}()
 	}
+	var handedOver <-chan struct{}
+	if upg != nil {
+		usr2 := make(chan os.Signal, 1)
+		signal.Notify(usr2, syscall.SIGUSR2)
+		watchers.Add(1)
+		go func() {
+			defer watchers.Done()
+			defer signal.Stop(usr2)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-usr2:
+					_ = upgrade()
+				}
+			}
+		}()
+		handedOver = upg.Exit()
+	}
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	if tlsLn != nil {
@@ -200,6 +248,12 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	}
 	if adminAddr != nil {
 		ev = ev.Str("admin", adminAddr.String())
+	}
+	if upg != nil {
+		ev = ev.Bool("took_over", upg.HasParent())
+		if err := upg.Ready(); err != nil {
+			log.Warn().Err(err).Msg("could not tell the previous process or write the PID file")
+		}
 	}
 	ev.Msg("baton is serving")
 	if ready != nil {
@@ -213,6 +267,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 
 	select {
 	case <-ctx.Done():
+	case <-handedOver:
+		stopWatching()
 	case err := <-served:
 		stopWatching()
 		watchers.Wait()
@@ -223,6 +279,11 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		return fmt.Errorf("serving: %w", err)
 	}
 	watchers.Wait()
+	if upg != nil {
+		// tableflip keeps a copy of each listening socket for a future
+		// upgrade; without this the kernel would go on accepting.
+		upg.Stop()
+	}
 
 	log.Info().Dur("timeout", cfg.Server.ShutdownTimeout).Msg("shutting down: no new connections, finishing requests in flight")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
