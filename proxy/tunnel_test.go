@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
@@ -279,5 +280,44 @@ func TestUpgradeDeclinedAndFailed(t *testing.T) {
 	_, res = wsDial(t, b2.Addr, "/socket")
 	if res.StatusCode != 502 && res.StatusCode != 503 {
 		t.Errorf("an upgrade to a backend that is down answered %d, want 502 or 503", res.StatusCode)
+	}
+}
+
+// TestShutdownWaitsForTunnels: a shutdown (SIGTERM, or the old process
+// after an upgrade) gives open tunnels its timeout to end, then closes
+// them with 1001 going away.
+func TestShutdownWaitsForTunnels(t *testing.T) {
+	addr := testbed.Backend(t, &wsEcho{name: "w1"})
+	b := testbed.Start(t, wsPool(addr, ""))
+	b.WaitHealthy(t, "chat", 1)
+	ws, res := wsDial(t, b.Addr, "/socket")
+	if res.StatusCode != 101 {
+		t.Fatalf("upgrade answered %d", res.StatusCode)
+	}
+	ws.read(t) // the hello
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(done)
+		_ = b.Srv.Shutdown(ctx)
+	}()
+	// Still open while the shutdown waits.
+	ws.send(t, "during the shutdown")
+	if _, msg := ws.read(t); msg != "w1: during the shutdown" {
+		t.Fatalf("during the shutdown the tunnel answered %q", msg)
+	}
+	op, msg := ws.read(t)
+	if op != 8 || len(msg) < 2 || binary.BigEndian.Uint16([]byte(msg)) != 1001 {
+		t.Fatalf("at the shutdown timeout the client got frame %d %q; want close 1001", op, msg)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after closing the tunnel")
+	}
+	if took := time.Since(start); took < 900*time.Millisecond {
+		t.Errorf("the tunnel was closed %s into a 1s shutdown", took)
 	}
 }
