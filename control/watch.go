@@ -37,83 +37,21 @@ func WatchConfig(ctx context.Context, path string, log zerolog.Logger, reload fu
 // start of the watch is reloaded at once. A zero initial means the content
 // found when the watch starts.
 func WatchConfigFrom(ctx context.Context, path string, initial [32]byte, log zerolog.Logger, reload func()) error {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return err
-	}
-	dir, base := filepath.Dir(abs), filepath.Base(abs)
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	if err := w.Add(dir); err != nil {
-		return err
-	}
-	last, _ := fileHash(abs)
-	debounce := time.NewTimer(time.Hour)
-	debounce.Stop()
-	if initial != ([32]byte{}) && initial != last {
-		// Edited while baton was starting: apply it soon (the debounce
-		// gives a writer still at it a moment to finish).
-		last = initial
-		debounce.Reset(reloadDebounce)
-	}
-	backstop := time.NewTicker(backstopInterval)
-	defer backstop.Stop()
-
-	check := func() {
-		h, ok := fileHash(abs)
-		if !ok || h == last {
-			return // unreadable for a moment (mid-rename): the next event or tick retries
-		}
-		last = h
-		reload()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-w.Events:
-			if !ok {
-				return nil
-			}
-			name := filepath.Base(ev.Name)
-			if name == base || strings.HasPrefix(name, "..") {
-				debounce.Reset(reloadDebounce)
-			}
-		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
-			}
-			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				debounce.Reset(reloadDebounce)
-				continue
-			}
-			log.Warn().Err(err).Str("dir", dir).Msg("watching the config directory")
-		case <-debounce.C:
-			check()
-		case <-backstop.C:
-			check()
-		}
-	}
-}
-
-// fileHash returns the SHA-256 of the file's content; ok is false when it
-// cannot be read.
-func fileHash(path string) (sum [32]byte, ok bool) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return sum, false
-	}
-	return sha256.Sum256(data), true
+	return watchContent(ctx, []string{path}, initial, log, "the config directory", reload)
 }
 
 // WatchFiles calls changed whenever the content of any of paths changes,
-// until ctx ends: certificate and key files, watched like the config (their
-// directories, debounced, by content; a file missing for a moment, as in a
-// rename, waits for the next event or tick).
+// until ctx ends: certificate and key files, watched like the config.
 func WatchFiles(ctx context.Context, paths []string, log zerolog.Logger, changed func()) error {
+	return watchContent(ctx, paths, [32]byte{}, log, "certificate directories", changed)
+}
+
+// watchContent calls changed whenever the combined content of paths
+// changes: their directories are watched (renames and "..data" symlink
+// swaps included), events debounced, and the content compared, with a
+// periodic comparison as a backstop. initial, when not zero, is the hash
+// the caller last acted on.
+func watchContent(ctx context.Context, paths []string, initial [32]byte, log zerolog.Logger, what string, changed func()) error {
 	dirs := map[string]bool{}
 	bases := map[string]bool{}
 	abs := make([]string, 0, len(paths))
@@ -152,12 +90,18 @@ func WatchFiles(ctx context.Context, paths []string, log zerolog.Logger, changed
 	last, _ := sum()
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
+	if initial != ([32]byte{}) && initial != last {
+		// Edited while baton was starting: act on it soon (the debounce
+		// gives a writer still at it a moment to finish).
+		last = initial
+		debounce.Reset(reloadDebounce)
+	}
 	backstop := time.NewTicker(backstopInterval)
 	defer backstop.Stop()
 	check := func() {
 		h, ok := sum()
 		if !ok || h == last {
-			return
+			return // unreadable for a moment (mid-rename): the next event or tick retries
 		}
 		last = h
 		changed()
@@ -182,7 +126,7 @@ func WatchFiles(ctx context.Context, paths []string, log zerolog.Logger, changed
 				debounce.Reset(reloadDebounce)
 				continue
 			}
-			log.Warn().Err(err).Msg("watching certificate directories")
+			log.Warn().Err(err).Msg("watching " + what)
 		case <-debounce.C:
 			check()
 		case <-backstop.C:

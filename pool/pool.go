@@ -545,30 +545,15 @@ func (p *Pool) Eject(name string) (*Backend, error) {
 
 // Enable puts the backend back into rotation. It receives requests once a
 // health check passes, which is run at once.
-func (p *Pool) Enable(name string) (*Backend, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	b, err := p.lookup(name)
-	if err != nil {
-		return nil, err
-	}
-	if State(b.state.Load()) == Active {
-		return b, nil
-	}
-	b.health.Store(int32(Unknown))
-	b.state.Store(int32(Active))
-	b.conns.Load().SetReuse(true)
-	b.kick()
-	p.rebuildLocked()
-	p.logb(p.log.Info(), b).Msg("backend enabled; it gets traffic once a health check passes")
-	return b, nil
-}
+func (p *Pool) Enable(name string) (*Backend, error) { return p.enable(name, false) }
 
 // Activate puts a drained or ejected backend back into rotation keeping the
 // health its checks found while it stood by: a healthy standby takes
 // traffic at once, where Enable waits for a fresh check. Blue/green
 // switches use it, having checked that the standby is healthy.
-func (p *Pool) Activate(name string) (*Backend, error) {
+func (p *Pool) Activate(name string) (*Backend, error) { return p.enable(name, true) }
+
+func (p *Pool) enable(name string, keepHealth bool) (*Backend, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b, err := p.lookup(name)
@@ -578,11 +563,18 @@ func (p *Pool) Activate(name string) (*Backend, error) {
 	if State(b.state.Load()) == Active {
 		return b, nil
 	}
+	if !keepHealth {
+		b.health.Store(int32(Unknown))
+	}
 	b.state.Store(int32(Active))
 	b.conns.Load().SetReuse(true)
 	b.kick()
 	p.rebuildLocked()
-	p.logb(p.log.Info(), b).Str("health", Health(b.health.Load()).String()).Msg("backend activated")
+	if keepHealth {
+		p.logb(p.log.Info(), b).Str("health", Health(b.health.Load()).String()).Msg("backend activated")
+	} else {
+		p.logb(p.log.Info(), b).Msg("backend enabled; it gets traffic once a health check passes")
+	}
 	return b, nil
 }
 
