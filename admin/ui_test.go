@@ -338,6 +338,13 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 
+	// A release under way shows with its holder.
+	if _, err := f.bt.Reg.TakeLease("shop", "baton rollout of shop to v3 on ci-7", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitJS(t, ctx, 10*time.Second, `document.querySelector('.pool-block[data-pool="shop"] .pool-notes').textContent.includes("Release under way: baton rollout of shop to v3 on ci-7")`,
+		"the lease in the pool's header")
+
 	// 20 long-named backends: every row is there, and the page does not
 	// scroll sideways on a laptop screen (wide tables scroll in place).
 	run(t, ctx, "select the catalogue pool", chromedp.Click(chromedp.CSS(`#pools button[data-pool="catalogue"]`)))

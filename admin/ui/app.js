@@ -236,6 +236,21 @@
       let title = "Pool " + p.name + ": stable " + (p.stable_version || "—");
       if (p.canary) title += ", canary " + p.canary.version + " at " + share(p.canary.weight) + " — " + p.canary.verdict;
       $(".pool-name", wrap).textContent = title;
+      // A release under way (baton rollout's lease) and blue/green switches.
+      const notes = [];
+      if (p.lease) notes.push("Release under way: " + p.lease.holder + " (lease until " + new Date(p.lease.expires).toLocaleTimeString() + ")");
+      if (p.switch) notes.push("Switched from " + p.switch.from + " to " + p.switch.to + "; guards watch it until " + new Date(p.switch.until).toLocaleTimeString());
+      if (!p.switch && p.last_switch) {
+        notes.push("Last switch to " + p.last_switch.to + ": " + p.last_switch.outcome.replace("_", " ") +
+          (p.last_switch.reason ? " — " + p.last_switch.reason : ""));
+      }
+      let noteEl = $(".pool-notes", wrap);
+      if (!noteEl) {
+        noteEl = el("p", { class: "pool-notes" });
+        $(".pool-name", wrap).after(noteEl);
+      }
+      noteEl.textContent = notes.join(" · ");
+      noteEl.hidden = notes.length === 0;
       const tbody = $("tbody", wrap);
       const names = new Set(p.backends.map((b) => b.name));
       for (const tr of [...tbody.children]) if (!names.has(tr.dataset.backend)) tr.remove();
