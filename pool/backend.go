@@ -131,8 +131,9 @@ type Backend struct {
 }
 
 // AddTunnel registers an open Upgrade tunnel (a WebSocket, say) and how to
-// close it politely; the tunnel counts as in flight until remove is
-// called. A drain that reaches its timeout closes the tunnels left.
+// close it politely (closeFn must not block, and may be called more than
+// once); the tunnel counts as in flight until remove is called. A drain
+// that reaches its timeout closes the tunnels left.
 func (b *Backend) AddTunnel(closeFn func()) (remove func()) {
 	key := new(int)
 	b.tunnelMu.Lock()
@@ -155,8 +156,9 @@ func (b *Backend) Tunnels() int {
 	return len(b.tunnels)
 }
 
-// closeTunnels closes every open tunnel, each in its own goroutine (a
-// close may wait for a pump to stop).
+// closeTunnels asks every open tunnel to close. The close functions do
+// not block and repeat calls cost nothing, so a drain past its timeout may
+// call this on every check.
 func (b *Backend) closeTunnels() {
 	b.tunnelMu.Lock()
 	fns := make([]func(), 0, len(b.tunnels))
@@ -165,7 +167,7 @@ func (b *Backend) closeTunnels() {
 	}
 	b.tunnelMu.Unlock()
 	for _, f := range fns {
-		go f()
+		f()
 	}
 }
 

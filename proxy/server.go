@@ -129,7 +129,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for s.openTunnels() > 0 {
 		select {
 		case <-ctx.Done():
+			// Closed politely, with a moment for the close frames to go out.
 			s.closeTunnels()
+			deadline := time.Now().Add(3 * time.Second)
+			for s.openTunnels() > 0 && time.Now().Before(deadline) {
+				<-tick.C
+			}
 			return err
 		case <-tick.C:
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -48,25 +49,17 @@ func hopByHopResponse(k []byte) bool {
 	return false
 }
 
-// tunnel serves an Upgrade request. It returns true when the tunnel owns
-// the exchange (the client connection is hijacked).
+// tunnel serves an Upgrade request. The request's head for the backend is
+// built now, while the request is readable; everything that takes a
+// resource (picking a backend, dialling it) happens in the hijack
+// handler, which fasthttp skips when the client is already gone, so
+// nothing can be left held. The handler answers on the raw connection.
 func (x *exchange) tunnel(ctx *fasthttp.RequestCtx, p *pool.Pool, target, absHost []byte) bool {
 	h := &ctx.Request.Header
 	if cl := h.ContentLength(); cl > 0 || cl == -1 { // a length, or chunked
 		return x.reply(ctx, 400, "an Upgrade request must not have a body", true)
 	}
 	want := append([]byte(nil), h.Peek("Upgrade")...)
-	b, err := p.PickVersion(nil, x.wantVersion, x.forced)
-	if err != nil {
-		x.class = ClassNoBackend
-		return x.reply(ctx, 503, "no backend of pool "+p.Name()+" is available", false)
-	}
-	x.b, x.attempts = b, 1
-	d := net.Dialer{Timeout: x.cfg.Timeouts.Connect}
-	nc, err := d.Dial("tcp", b.Address())
-	if err != nil {
-		return x.tunnelFailed(ctx, b, err, stageConnect)
-	}
 	proto := "http"
 	if ctx.IsTLS() {
 		proto = "https"
@@ -75,36 +68,76 @@ func (x *exchange) tunnel(ctx *fasthttp.RequestCtx, p *pool.Pool, target, absHos
 	head = append(head[:len(head)-2], "Connection: Upgrade\r\nUpgrade: "...)
 	head = append(head, want...)
 	head = append(head, "\r\n\r\n"...)
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) { x.upgradeOn(c, p, head, want) })
+	return true
+}
+
+// upgradeOn runs in the hijack handler: it sends the request to a backend
+// and, on 101, carries bytes both ways; any other outcome is answered on
+// the client connection, which then closes.
+func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
+	defer x.s.putExchange(x)
+	b, err := p.PickVersion(nil, x.wantVersion, x.forced)
+	if err != nil {
+		x.class = ClassNoBackend
+		x.answer(c, 503, "no backend of pool "+p.Name()+" is available")
+		return
+	}
+	x.b, x.attempts = b, 1
+	fail := func(err error, st stage, nc net.Conn) {
+		if nc != nil {
+			nc.Close()
+		}
+		x.class = classify(err, st, 0)
+		b.NoteError(x.class.String() + ": " + err.Error())
+		x.s.log.Warn().Str("pool", p.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
+			Err(err).Msg("upgrade request failed")
+		x.answer(c, x.class.Status(), x.failureText())
+	}
+	d := net.Dialer{Timeout: x.cfg.Timeouts.Connect}
+	nc, err := d.Dial("tcp", b.Address())
+	if err != nil {
+		fail(err, stageConnect, nil)
+		return
+	}
 	_ = nc.SetDeadline(time.Now().Add(x.cfg.Timeouts.ResponseHeader))
 	if _, err := nc.Write(head); err != nil {
-		nc.Close()
-		return x.tunnelFailed(ctx, b, err, stageSend)
+		fail(err, stageSend, nc)
+		return
 	}
 	br := bufio.NewReaderSize(nc, 16<<10)
 	resp := &fasthttp.Response{}
 	if err := resp.ReadLimitBody(br, 1<<20); err != nil {
-		nc.Close()
-		return x.tunnelFailed(ctx, b, err, stageResponse)
+		fail(err, stageResponse, nc)
+		return
 	}
 	x.ttfb = time.Since(x.start)
 	status := resp.StatusCode()
 	x.status, x.upstream = status, status
 	if status != fasthttp.StatusSwitchingProtocols {
-		// The backend declined the upgrade: its answer goes to the client
-		// as any response would.
+		// The backend declined the upgrade: its answer goes to the client.
 		nc.Close()
-		ctx.Response.Reset()
-		ctx.Response.Header.SetNoDefaultContentType(true)
-		resp.CopyTo(&ctx.Response)
-		ctx.Response.Header.Del("Connection")
-		ctx.Response.Header.Del("Upgrade")
 		x.class = classify(nil, stageResponse, status)
 		if status >= 500 {
-			x.noteFailureDetails(ctx)
+			if name := x.cfg.Judge.ErrorCodeHeader; name != "" {
+				if v := resp.Header.Peek(name); len(v) > 0 {
+					x.appCode = append(x.appCode[:0], v[:min(len(v), 64)]...)
+				}
+			}
+			body := resp.Body()
+			x.excerpt = append(x.excerpt[:0], body[:min(len(body), maxExcerpt)]...)
 		}
-		x.bytesOut = int64(len(ctx.Response.Body()))
+		resp.Header.Del("Upgrade")
+		resp.SetConnectionClose()
+		_ = c.SetWriteDeadline(time.Now().Add(x.cfg.Timeouts.ResponseHeader))
+		w := bufio.NewWriter(c)
+		if resp.Write(w) == nil {
+			_ = w.Flush()
+		}
+		x.bytesOut = int64(len(resp.Body()))
 		x.finish()
-		return false
+		return
 	}
 	_ = nc.SetDeadline(time.Time{})
 	x.class = ClassOK
@@ -127,19 +160,22 @@ func (x *exchange) tunnel(ctx *fasthttp.RequestCtx, p *pool.Pool, target, absHos
 	out = append(out, "\r\n\r\n"...)
 	t := &tunnel{x: x, backend: nc, br: br, head: out, websocket: equalFoldLower(up, "websocket"),
 		pumped: make(chan struct{})}
-	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(t.run)
-	return true
+	t.run(c)
 }
 
-// tunnelFailed answers an Upgrade request the backend could not take, and
-// counts it like any failed request.
-func (x *exchange) tunnelFailed(ctx *fasthttp.RequestCtx, b *pool.Backend, err error, st stage) bool {
-	x.class = classify(err, st, 0)
-	b.NoteError(x.class.String() + ": " + err.Error())
-	x.s.log.Warn().Str("pool", x.pool.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
-		Err(err).Msg("upgrade request failed")
-	return x.reply(ctx, x.class.Status(), x.failureText(), false)
+// answer writes a short error response on a hijacked connection and
+// finishes the exchange.
+func (x *exchange) answer(c net.Conn, status int, msg string) {
+	x.status = status
+	if x.class == ClassOK && status >= 400 {
+		x.class = ClassClientError
+	}
+	body := "baton: " + msg + "\n"
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, fasthttp.StatusMessage(status), len(body), body)
+	x.bytesOut = int64(len(body))
+	x.finish()
 }
 
 // tunnel is one open Upgrade connection between a client and a backend.
@@ -171,7 +207,6 @@ func (t *tunnel) run(c net.Conn) {
 		x.s.removeTunnel(t)
 		remove()
 		x.finish()
-		x.s.putExchange(x)
 	}()
 	if _, err := c.Write(t.head); err != nil {
 		t.close()
@@ -218,7 +253,12 @@ func (t *tunnel) close() {
 // backend side closes, and run, once nothing more is copied to the
 // client, sends a WebSocket client a close frame 1001 "going away".
 func (t *tunnel) goingAway() {
-	t.away.Store(true)
+	if t.away.Swap(true) {
+		return
+	}
+	// A client that stopped reading cannot hold the tunnel open: its
+	// pending write fails after this.
+	_ = t.clientRaw.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	_ = t.backend.Close()
 }
 

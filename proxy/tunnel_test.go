@@ -321,3 +321,66 @@ func TestShutdownWaitsForTunnels(t *testing.T) {
 		t.Errorf("the tunnel was closed %s into a 1s shutdown", took)
 	}
 }
+
+// TestUpgradeClientGoneHoldsNothing: a client that pipelines a request and
+// an upgrade, then resets the connection, leaves nothing held: the backend
+// goes back to nothing in flight and can drain.
+func TestUpgradeClientGoneHoldsNothing(t *testing.T) {
+	addr := testbed.Backend(t, &wsEcho{name: "w1"})
+	b := testbed.Start(t, wsPool(addr, ""))
+	b.WaitHealthy(t, "chat", 1)
+	for range 5 {
+		c, err := net.DialTimeout("tcp", b.Addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /x HTTP/1.1\r\nHost: chat.test\r\n\r\nGET /socket HTTP/1.1\r\nHost: chat.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+			base64.StdEncoding.EncodeToString([]byte("0123456789abcdef")))
+		_ = c.(*net.TCPConn).SetLinger(0) // a reset, not a polite close
+		c.Close()
+	}
+	be := b.Pool(t, "chat").Backend("w1")
+	testbed.Eventually(t, 10*time.Second, func() bool { return be.Inflight() == 0 && be.Tunnels() == 0 }, "nothing in flight on w1")
+	if _, err := b.Reg.Drain("chat", "w1"); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool { return be.State() == pool.Drained }, "w1 drained")
+}
+
+// TestDrainClosesTunnelOfAClientThatStopsReading: a WebSocket client that
+// stops reading while its backend keeps sending cannot hold a drain past
+// its timeout.
+func TestDrainClosesTunnelOfAClientThatStopsReading(t *testing.T) {
+	addr := testbed.Backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			return
+		}
+		conn, rw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+			wsAccept(r.Header.Get("Sec-WebSocket-Key")))
+		msg := []byte(strings.Repeat("x", 120))
+		for { // a stock ticker that never stops
+			if wsWrite(rw, 1, msg, false) != nil || rw.Flush() != nil {
+				return
+			}
+		}
+	}))
+	b := testbed.Start(t, wsPool(addr, ""))
+	b.WaitHealthy(t, "chat", 1)
+	_, res := wsDial(t, b.Addr, "/ticker") // and never read again
+	if res.StatusCode != 101 {
+		t.Fatalf("upgrade answered %d", res.StatusCode)
+	}
+	be := b.Pool(t, "chat").Backend("w1")
+	testbed.Eventually(t, 5*time.Second, func() bool { return be.Tunnels() == 1 }, "the tunnel open")
+	if _, err := b.Reg.Drain("chat", "w1"); err != nil {
+		t.Fatal(err)
+	}
+	// drain_timeout 1s, then the 2 s write deadline, and 2 s more for the
+	// close frame the client does not read either.
+	testbed.Eventually(t, 15*time.Second, func() bool { return be.State() == pool.Drained }, "w1 drained despite the stalled client")
+}
