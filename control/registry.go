@@ -250,7 +250,15 @@ func (r *Registry) WaitHealthy(ctx context.Context) bool {
 // Freeze stops (true) or resumes (false) every decision: while a new
 // baton process takes over, the state file it read must stay what it read.
 // Admin actions answer ErrUpgrading; the judge and reloads wait.
-func (r *Registry) Freeze(on bool) { r.frozen.Store(on) }
+// A decision already being written when Freeze(true) is called finishes
+// first (it holds the lock), so the new process reads it.
+func (r *Registry) Freeze(on bool) {
+	r.reloadMu.Lock()
+	defer r.reloadMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.frozen.Store(on)
+}
 
 func (r *Registry) ReloadFile(path string) error {
 	if r.frozen.Load() {

@@ -249,6 +249,25 @@ func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason st
 			}, func() error { return nil })
 	}
 	back := sw.Old
+	healthyBack := 0
+	for _, n := range back {
+		if b := p.Backend(n); b != nil && b.Health() == pool.Up {
+			healthyBack++
+		}
+	}
+	if healthyBack == 0 {
+		// Switching back would leave nothing in service: the switch stays,
+		// and the log says why.
+		r.log.Error().Str("pool", poolName).Str("to", sw.To).Str("guard", reason).
+			Msg("a guard fired but no old backend is healthy to switch back to; the switch stays")
+		out.Outcome, out.Reason = "kept", reason+"; no "+sw.From+" backend was healthy to switch back to"
+		return r.changeLocked(Event{Actor: actorOf(opts), Action: "switch_kept", Pool: poolName, Detail: out.Reason},
+			func(s *State) error {
+				ps := s.pool(poolName)
+				ps.Switch, ps.LastSwitch = nil, out
+				return nil
+			}, func() error { return nil })
+	}
 	var drain []string
 	for _, b := range p.Backends() {
 		if b.Version() == sw.To && b.State() == pool.Active {

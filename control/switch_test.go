@@ -206,3 +206,32 @@ func TestSwitchRefusals(t *testing.T) {
 		t.Errorf("a refused switch changed the pool: stable %s, b1 %s", p.StableVersion(), p.Backend("b1").State())
 	}
 }
+
+// TestSwitchKeptWhenNothingToGoBackTo: when a guard fires but no old
+// backend is left healthy (here they were removed), switching back would
+// leave nothing in service: the switch stays, and says why.
+func TestSwitchKeptWhenNothingToGoBackTo(t *testing.T) {
+	bad := &shopBackend{fail: map[string]shopFailure{"/checkout": {every: 3, status: 500, code: "SCHEMA_MISMATCH"}}}
+	b, _, stop := startBlueGreen(t, bad)
+	defer stop()
+	if _, err := b.Reg.Switch("shop", control.SwitchSpec{To: "v2", Watch: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"b1", "b2"} {
+		if _, err := b.Reg.Remove("shop", n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testbed.Eventually(t, 20*time.Second, func() bool {
+		_, last := b.Reg.SwitchStatus("shop")
+		return last != nil
+	}, "the guard's outcome")
+	_, last := b.Reg.SwitchStatus("shop")
+	if last.Outcome != "kept" || !strings.Contains(last.Reason, "no v1 backend was healthy to switch back to") {
+		t.Errorf("last switch %+v; want kept, saying no v1 backend was healthy", last)
+	}
+	p := b.Pool(t, "shop")
+	if p.StableVersion() != "v2" || p.Backend("g1").State() != pool.Active {
+		t.Errorf("after a kept switch: stable %s, g1 %s; want v2 still serving", p.StableVersion(), p.Backend("g1").State())
+	}
+}

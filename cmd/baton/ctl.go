@@ -839,7 +839,11 @@ func (c *ctlClient) switchVersion(a *ctlArgs) error {
 	} else {
 		fmt.Fprintf(c.stdout, "switch to %s %s: %s\n", ls.To, strings.ReplaceAll(ls.Outcome, "_", " "), ls.Reason)
 	}
-	if ls.Outcome != "done" {
+	switch ls.Outcome {
+	case "done":
+	case "kept":
+		return fail(exitFail, "a guard fired on %s but nothing was left to switch back to; %s still serves: %s", p.Name, ls.To, ls.Reason)
+	default:
 		return fail(exitFail, "%s switched back to %s: %s", p.Name, ls.From, ls.Reason)
 	}
 	return nil

@@ -527,7 +527,12 @@ func (r *rolloutCmd) watchCanary(p admin.PoolJSON) error {
 				promoted = err == nil
 			}
 		case canary.Fail:
-			if !rep.AutoRollback || rep.DryRun || rep.Held {
+			if rep.Held {
+				// An operator holds the pool: nothing automatic, this
+				// rollout included, until they resume or act.
+				break
+			}
+			if !rep.AutoRollback || rep.DryRun {
 				r.event("rollback", "", r.to, "rolling %s back: %s", r.to, rep.Reason)
 				if _, err := r.c.call("POST", r.poolPath()+"/canary/rollback", nil, nil, nil); err != nil {
 					return err

@@ -237,6 +237,14 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		}()
 		handedOver = upg.Exit()
 	}
+	if upg != nil && upg.HasParent() {
+		// Taking over from a running baton, which serves meanwhile: start
+		// accepting once the backends' first health checks have passed,
+		// not with every backend still unchecked.
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		reg.WaitHealthy(wctx)
+		cancel()
+	}
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	if tlsLn != nil {
@@ -269,6 +277,13 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	case <-ctx.Done():
 	case <-handedOver:
 		stopWatching()
+		// The admin socket is the new process's now: stop answering on it
+		// at once (the request that asked for the upgrade completes).
+		if adminSrv != nil {
+			actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = adminSrv.Shutdown(actx)
+			cancel()
+		}
 	case err := <-served:
 		stopWatching()
 		watchers.Wait()
