@@ -43,6 +43,18 @@ func actorOf(opts []Opt) string {
 // makes it current, applies it with apply and records the event. Nothing
 // changes when edit refuses or persisting fails.
 func (r *Registry) changeLocked(ev Event, edit func(*State) error, apply func() error) error {
+	if err := r.persistLocked(edit); err != nil {
+		return err
+	}
+	err := apply()
+	r.recordLocked(ev)
+	return err
+}
+
+// persistLocked prepares a new overlay with edit, writes it to the state
+// file and makes it current; nothing changes when edit refuses, baton is
+// handing over to a new process, or writing fails.
+func (r *Registry) persistLocked(edit func(*State) error) error {
 	if r.frozen.Load() {
 		return ErrUpgrading
 	}
@@ -55,9 +67,7 @@ func (r *Registry) changeLocked(ev Event, edit func(*State) error, apply func() 
 		return fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
 	}
 	r.state = next
-	err := apply()
-	r.recordLocked(ev)
-	return err
+	return nil
 }
 
 // poolChangeLocked is changeLocked for a decision that reconfigures pool p

@@ -51,7 +51,7 @@ func (r *Registry) TakeLease(poolName, holder string, ttl time.Duration, opts ..
 		return nil
 	}
 	if cur != nil { // a renewal: persisted, not an event
-		return l, r.changeQuietLocked(edit)
+		return l, r.persistLocked(edit)
 	}
 	return l, r.changeLocked(Event{Actor: actorOf(opts), Action: "lease", Pool: poolName, Detail: "taken by " + holder},
 		edit, func() error { return nil })
@@ -93,22 +93,4 @@ func (r *Registry) leaseLocked(poolName string, now time.Time) *Lease {
 	}
 	l := *ps.Lease
 	return &l
-}
-
-// changeQuietLocked persists an edit of the overlay that changes nothing
-// in force and is no event (a lease renewal).
-func (r *Registry) changeQuietLocked(edit func(*State) error) error {
-	if r.frozen.Load() {
-		return ErrUpgrading
-	}
-	next := r.state.clone()
-	if err := edit(next); err != nil {
-		return err
-	}
-	next.compact()
-	if err := saveState(r.stateFile, next); err != nil {
-		return fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
-	}
-	r.state = next
-	return nil
 }
