@@ -5,6 +5,7 @@ package admin
 import (
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -27,6 +28,13 @@ func WithTokens(tokens []Token) Option { return func(a *api) { a.tokens = tokens
 // WithUpgrade serves POST /v1/upgrade with fn, which hands baton's sockets
 // to a new process and returns once it serves.
 func WithUpgrade(fn func() error) Option { return func(a *api) { a.upgrade = fn } }
+
+// WithTimeouts tells the API the admin server's read and write timeouts, so
+// that a request that waits on purpose (?wait=, an upgrade) gets its wait on
+// top of them.
+func WithTimeouts(read, write time.Duration) Option {
+	return func(a *api) { a.readTimeout, a.writeTimeout = read, write }
+}
 
 // Handler serves the admin endpoints: the API under /v1, the dashboard
 // under /ui/, GET /healthz (baton's own liveness) and GET /metrics

@@ -31,6 +31,39 @@ type api struct {
 	// upgrade hands the listeners to a new baton process (nil: not
 	// available, as under baton demo).
 	upgrade func() error
+	// readTimeout and writeTimeout are the admin server's; a request that
+	// waits (?wait=, an upgrade) gets its wait on top (0: no timeouts).
+	readTimeout, writeTimeout time.Duration
+}
+
+// upgradeWait is the longest an upgrade request waits for the new process.
+const upgradeWait = time.Minute
+
+// extendDeadlines gives a request that waits on purpose (?wait=, an
+// upgrade) its wait on top of the server's read and write timeouts. The
+// read deadline matters too: net/http cancels a request whose connection's
+// read deadline passes while its handler runs.
+func (a *api) extendDeadlines(w http.ResponseWriter, r *http.Request) {
+	if a.readTimeout <= 0 && a.writeTimeout <= 0 {
+		return
+	}
+	var extra time.Duration
+	if r.URL.Path == "/v1/upgrade" {
+		extra = upgradeWait
+	} else if d, err := waitParam(r); err == nil {
+		extra = d
+	}
+	if extra == 0 {
+		return
+	}
+	rc := http.NewResponseController(w)
+	now := time.Now()
+	if a.readTimeout > 0 {
+		_ = rc.SetReadDeadline(now.Add(extra + a.readTimeout))
+	}
+	if a.writeTimeout > 0 {
+		_ = rc.SetWriteDeadline(now.Add(extra + a.writeTimeout))
+	}
 }
 
 // apiError is an error with the status and code the API answers with.
@@ -97,6 +130,7 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 			writeError(w, errorf(405, "method_not_allowed", "%s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allow, ", ")))
 			return
 		}
+		a.extendDeadlines(w, r)
 		status, body, err := h(r, actor)
 		if err != nil {
 			ae := asAPIError(err)

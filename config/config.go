@@ -78,6 +78,18 @@ type Admin struct {
 	// path is relative to the config file. Empty (the default): no token is
 	// needed, which is allowed only on a loopback listener.
 	TokenFile string `yaml:"token_file"`
+	// ReadTimeout bounds reading one request, headers and body. Default 30s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds writing one response. A request with ?wait= (a
+	// drain that answers once the backend is idle) gets its wait on top.
+	// Default 30s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// IdleTimeout closes a keep-alive connection that sends no request for
+	// this long. Default 10s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxConnections caps the admin listener's open connections; one more
+	// is answered 503 and closed. Default 64.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // Log configures baton's own logs and the access log.
@@ -117,6 +129,12 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for in-flight requests before
 	// baton exits anyway. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// ShutdownGrace is how long, when baton shuts down or hands over to a
+	// new process, an idle keep-alive client connection stays open: a
+	// request its client is already sending still gets an answer (with
+	// Connection: close) instead of a reset. Connections still idle after
+	// it are closed. Default 1s; at most shutdown_timeout.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 }
 
 // Pool is one application: the backends that serve it and how to reach them.
@@ -335,6 +353,10 @@ type Backend struct {
 const (
 	DefaultListen            = ":8080"
 	DefaultAdminListen       = "127.0.0.1:9090"
+	DefaultAdminReadTimeout  = 30 * time.Second
+	DefaultAdminWriteTimeout = 30 * time.Second
+	DefaultAdminIdleTimeout  = 10 * time.Second
+	DefaultAdminConnections  = 64
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 60 * time.Second
 	DefaultBodyIdleTimeout   = 60 * time.Second
@@ -342,6 +364,7 @@ const (
 	DefaultMaxHeaderBytes    = Size(32 << 10)
 	DefaultMaxConnections    = 256 * 1024
 	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultShutdownGrace     = time.Second
 
 	DefaultConnectTimeout        = 2 * time.Second
 	DefaultResponseHeaderTimeout = 30 * time.Second
@@ -392,6 +415,12 @@ func (c *Config) applyDefaults() {
 	if c.Admin.Listen == "" {
 		c.Admin.Listen = DefaultAdminListen
 	}
+	setDur(&c.Admin.ReadTimeout, DefaultAdminReadTimeout)
+	setDur(&c.Admin.WriteTimeout, DefaultAdminWriteTimeout)
+	setDur(&c.Admin.IdleTimeout, DefaultAdminIdleTimeout)
+	if c.Admin.MaxConnections == 0 {
+		c.Admin.MaxConnections = DefaultAdminConnections
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -413,6 +442,7 @@ func (c *Config) applyDefaults() {
 	setDur(&s.IdleTimeout, DefaultIdleTimeout)
 	setDur(&s.BodyIdleTimeout, DefaultBodyIdleTimeout)
 	setDur(&s.ShutdownTimeout, DefaultShutdownTimeout)
+	setDur(&s.ShutdownGrace, DefaultShutdownGrace)
 	if s.MaxRequestBody == 0 {
 		s.MaxRequestBody = DefaultMaxRequestBody
 	}

@@ -148,6 +148,9 @@ pools:
 	if cfg.Listen != config.DefaultListen || cfg.Admin.Listen != config.DefaultAdminListen {
 		t.Errorf("listen %q admin %q", cfg.Listen, cfg.Admin.Listen)
 	}
+	if a := cfg.Admin; a.ReadTimeout != 30*time.Second || a.WriteTimeout != 30*time.Second || a.IdleTimeout != 10*time.Second || a.MaxConnections != 64 {
+		t.Errorf("admin limits = %+v; want read 30s, write 30s, idle 10s, 64 connections", a)
+	}
 	if cfg.Log.Level != "info" || cfg.Log.Format != "auto" || !cfg.Log.AccessLog() {
 		t.Errorf("log = %+v (access %v); want info, auto, access on", cfg.Log, cfg.Log.AccessLog())
 	}
@@ -160,6 +163,7 @@ pools:
 		MaxHeaderBytes:    32 << 10,
 		MaxConnections:    262144,
 		ShutdownTimeout:   30 * time.Second,
+		ShutdownGrace:     time.Second,
 	}
 	if s != wantServer {
 		t.Errorf("server = %+v\nwant      %+v", s, wantServer)
@@ -217,6 +221,7 @@ server:
   max_header_bytes: 64KiB
   max_connections: 100
   shutdown_timeout: 2s
+  shutdown_grace: 500ms
 pools:
   - name: web
     balance: least_inflight
@@ -245,6 +250,7 @@ pools:
 		MaxHeaderBytes:    64 << 10,
 		MaxConnections:    100,
 		ShutdownTimeout:   2 * time.Second,
+		ShutdownGrace:     500 * time.Millisecond,
 	}
 	if cfg.Server != wantServer {
 		t.Errorf("server = %+v\nwant      %+v", cfg.Server, wantServer)
@@ -493,6 +499,10 @@ func TestValidationMessages(t *testing.T) {
 			`listen: host must be an IP address or localhost, got "example.com" (test.yaml:1)`},
 		{"bad log level", "log: {level: loud}\n" + minimal,
 			`log.level: must be debug, info, warn or error, got "loud" (test.yaml:1)`},
+		{"grace longer than the shutdown", "server:\n  shutdown_timeout: 2s\n  shutdown_grace: 5s\n" + minimal,
+			"server.shutdown_grace: must not be longer than server.shutdown_timeout (2s), got 5s (test.yaml:3)"},
+		{"negative admin cap", "admin:\n  max_connections: -1\n" + minimal,
+			"admin.max_connections: must not be negative, got -1 (test.yaml:2)"},
 		{"header limit too small", "server:\n  max_header_bytes: 2KiB\n" + minimal,
 			"server.max_header_bytes: must be 4KiB..1MiB, got 2KiB (test.yaml:2)"},
 		{"no backends", "pools:\n  - name: web\n",

@@ -20,6 +20,12 @@ func (c *Config) Validate() []error {
 		if c.Admin.TokenFile == "" && !loopback(c.Admin.Listen) {
 			v.add("admin.listen", "%q is reachable from other hosts; set admin.token_file so the API needs a token, or listen on 127.0.0.1", c.Admin.Listen)
 		}
+		v.positive("admin.read_timeout", c.Admin.ReadTimeout)
+		v.positive("admin.write_timeout", c.Admin.WriteTimeout)
+		v.positive("admin.idle_timeout", c.Admin.IdleTimeout)
+		if c.Admin.MaxConnections < 0 {
+			v.add("admin.max_connections", "must not be negative, got %d", c.Admin.MaxConnections)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -36,6 +42,10 @@ func (c *Config) Validate() []error {
 	v.positive("server.idle_timeout", s.IdleTimeout)
 	v.positive("server.body_idle_timeout", s.BodyIdleTimeout)
 	v.positive("server.shutdown_timeout", s.ShutdownTimeout)
+	v.positive("server.shutdown_grace", s.ShutdownGrace)
+	if s.ShutdownGrace > s.ShutdownTimeout {
+		v.add("server.shutdown_grace", "must not be longer than server.shutdown_timeout (%s), got %s", s.ShutdownTimeout, s.ShutdownGrace)
+	}
 	if s.MaxRequestBody < 0 {
 		v.add("server.max_request_body", "must not be negative, got %d", int64(s.MaxRequestBody))
 	}

@@ -26,6 +26,17 @@ const (
 // and none frees up before the deadline.
 var ErrPoolFull = errors.New("no free connection to the backend")
 
+// LocalExhaustion reports whether err is baton running out of file
+// descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): a failure of
+// baton's own, never held against a backend.
+func LocalExhaustion(err error) bool {
+	if err == nil {
+		return false
+	}
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
 // ErrClosing is returned by Get once the pool is being closed (the backend was
 // removed or its address changed).
 var ErrClosing = errors.New("backend connections are closing")

@@ -52,6 +52,12 @@ func (p *Pool) healthLoop(b *Backend) {
 		ctx, cancel := context.WithTimeout(p.ctx, cfg.Timeout)
 		err := b.check(ctx, cfg.Path, cfg.Host, cfg.ExpectStatus)
 		cancel()
+		if LocalExhaustion(err) {
+			// baton has no descriptor to check with: that says nothing
+			// about the backend, whose health stays as it was.
+			timer.Reset(cfg.Interval)
+			continue
+		}
 		if h := b.Health(); h != seen {
 			// Health moved (an outlier ejection, an enable): count afresh.
 			seen, rise, fall = h, 0, 0

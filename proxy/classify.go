@@ -27,6 +27,7 @@ const (
 	ClassNoBackend                   // nothing to send the request to
 	ClassClientGone                  // the client went away
 	ClassClientError                 // the client sent a malformed or oversized body
+	ClassNoResources                 // baton itself ran out of descriptors or memory
 )
 
 var classNames = [...]string{
@@ -42,6 +43,7 @@ var classNames = [...]string{
 	ClassNoBackend:      "no_backend",
 	ClassClientGone:     "client_gone",
 	ClassClientError:    "client_error",
+	ClassNoResources:    "no_resources",
 }
 
 func (c Class) String() string { return classNames[c] }
@@ -54,7 +56,7 @@ func (c Class) Status() int {
 		return 502
 	case ClassConnectTimeout, ClassTimeout:
 		return 504
-	case ClassPoolFull, ClassNoBackend:
+	case ClassPoolFull, ClassNoBackend, ClassNoResources:
 		return 503
 	case ClassClientGone:
 		return 499 // logged only: nobody is left to read it
@@ -76,7 +78,13 @@ func (c Class) Result() pool.Result {
 	case ClassConnectFailed, ClassConnectTimeout:
 		return pool.ResultNotSent
 	}
-	return pool.ResultClientGone
+	return pool.ResultClientGone // the client's or baton's doing, not the backend's
+}
+
+// backendsFault reports whether a failure of this class says something
+// about the backend (its record, its error signatures, outlier detection).
+func (c Class) backendsFault() bool {
+	return c != ClassOK && c != ClassClientGone && c != ClassClientError && c != ClassNoResources
 }
 
 // Stage is how far a request got with one backend when it failed.
@@ -122,6 +130,8 @@ func classify(err error, st stage, status int) Class {
 		return ClassClientError // malformed, oversized or stalled: answered 400/408/413
 	}
 	switch {
+	case pool.LocalExhaustion(err):
+		return ClassNoResources
 	case errors.Is(err, pool.ErrNoBackend):
 		return ClassNoBackend
 	case errors.Is(err, pool.ErrPoolFull), errors.Is(err, pool.ErrClosing):

@@ -205,6 +205,10 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		if x.class == ClassClientGone || x.class == ClassClientError {
 			return x.replyClientError(ctx, err)
 		}
+		if x.class == ClassNoResources {
+			s.log.Error().Err(err).Str("pool", p.Name()).Msg("no descriptor or memory left to reach a backend")
+			return x.reply(ctx, 503, noResourcesText, false)
+		}
 		b.NoteError(x.class.String() + ": " + err.Error())
 		// Never reached the backend: safe to send anywhere, whatever the
 		// method, as long as the body can be sent again. Possibly reached:
@@ -239,8 +243,14 @@ func (x *exchange) replayable() bool {
 	return !x.streamBody || x.wrote == 0
 }
 
+// noResourcesText answers a request baton could not forward for lack of
+// descriptors or memory of its own.
+const noResourcesText = "baton is out of file descriptors or memory; retry in a moment"
+
 func (x *exchange) failureText() string {
 	switch x.class {
+	case ClassNoResources:
+		return noResourcesText
 	case ClassConnectFailed:
 		return "could not connect to the backend"
 	case ClassConnectTimeout:
@@ -799,7 +809,7 @@ func (x *exchange) finish() {
 	b := x.b
 	if b != nil {
 		x.b = nil // released once, even if logging below panics
-		if x.class.Result() != pool.ResultOK && x.class != ClassClientGone && x.class != ClassClientError {
+		if x.class.Result() != pool.ResultOK && x.class.backendsFault() {
 			x.recordFailure(b, x.status)
 		}
 		b.Release(x.class.Result(), x.upstream, x.ttfb, x.group)

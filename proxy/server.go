@@ -5,6 +5,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -19,6 +20,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/internal/listener"
 	"github.com/baton-lb/baton/pool"
 )
 
@@ -35,6 +37,9 @@ type Server struct {
 	table     atomic.Pointer[Table]
 	srv       *fasthttp.Server
 	exchanges sync.Pool
+	// gate caps client connections across the HTTP and HTTPS listeners,
+	// tunnels included (fasthttp's own cap does not see hijacked ones).
+	gate *listener.Gate
 
 	// redirect answers plain-HTTP requests with a redirect to HTTPS on
 	// httpsPort ("" for 443).
@@ -42,9 +47,12 @@ type Server struct {
 	httpsPort string
 	https     bool // an HTTPS listener may serve: ask each request whether it came by TLS
 
-	mu       sync.Mutex     // protects shutdown, listening and tunnels
-	shutdown bool           // Shutdown was called
-	lns      []net.Listener // what Serve was given
+	grace    time.Duration // server.shutdown_grace
+	draining atomic.Bool   // Shutdown began: every response closes its connection
+
+	mu       sync.Mutex // protects shutdown, lns and tunnels
+	shutdown bool       // Shutdown was called
+	lns      []*listener.Listener
 	tunnels  map[*tunnel]struct{}
 }
 
@@ -61,6 +69,8 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 		redirect:  cfg.TLS.Listen != "" && cfg.TLS.RedirectHTTP,
 		https:     cfg.TLS.Listen != "",
 		httpsPort: httpsPort(cfg.TLS.Listen),
+		gate:      listener.NewGate(sc.MaxConnections),
+		grace:     sc.ShutdownGrace,
 	}
 	s.table.Store(t)
 	s.exchanges.New = func() any { return &exchange{s: s} }
@@ -96,8 +106,24 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 // SetTable makes t the routing table for new requests.
 func (s *Server) SetTable(t *Table) { s.table.Store(t) }
 
-// Serve accepts connections on ln until Shutdown.
+// Serve accepts plain-HTTP connections on ln until Shutdown. No accept
+// error ends it but the listener closing: running out of descriptors is
+// waited out (see package listener).
 func (s *Server) Serve(ln net.Listener) error {
+	return s.serve(listener.Wrap(ln, "http", s.gate, refusal, s.log), nil)
+}
+
+// ServeTLS is Serve for HTTPS: connections accepted on ln (a TCP listener)
+// are served with TLS by conf.
+func (s *Server) ServeTLS(ln net.Listener, conf *tls.Config) error {
+	// No plain-text answer over the cap: a TLS client could not read it.
+	return s.serve(listener.Wrap(ln, "https", s.gate, nil, s.log), conf)
+}
+
+// refusal is what a client connecting over server.max_connections reads.
+var refusal = listener.Refusal("baton: too many open connections (server.max_connections); retry in a moment")
+
+func (s *Server) serve(ln *listener.Listener, conf *tls.Config) error {
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
@@ -106,26 +132,63 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
-	return s.srv.Serve(ln)
+	var l net.Listener = ln
+	if conf != nil {
+		l = tls.NewListener(ln, conf)
+	}
+	return s.srv.Serve(l)
 }
 
-// Shutdown stops accepting connections, closes idle ones and waits for
-// requests in flight until ctx ends. A Serve that had not started yet when
-// Shutdown was called returns at once: fasthttp's own Shutdown does not
-// see a listener it has not registered, and would leave it accepting.
+// Listeners returns each listener's counters, for /metrics.
+func (s *Server) Listeners() []listener.Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]listener.Stats, len(s.lns))
+	for i, ln := range s.lns {
+		out[i] = ln.Stats()
+	}
+	return out
+}
+
+// Shutdown stops accepting connections and lets the open ones end without
+// a failed request: requests in flight finish; every response from now on
+// carries Connection: close; a keep-alive connection that is idle stays
+// open for server.shutdown_grace, so that a request its client is already
+// sending is answered rather than reset, and is closed if it stays idle.
+// Shutdown waits until ctx ends for what is still in flight and returns
+// ctx's error only if something was still open then. A Serve that had not
+// started yet when Shutdown was called returns at once: fasthttp's own
+// Shutdown does not see a listener it has not registered, and would leave
+// it accepting.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown = true
 	lns := s.lns
 	s.mu.Unlock()
+	s.draining.Store(true)
 	for _, ln := range lns {
 		_ = ln.Close()
 	}
-	err := s.srv.ShutdownWithContext(ctx)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	grace := time.NewTimer(s.grace)
+	defer grace.Stop()
+	// The grace ends early once no connection but tunnels is open.
+wait:
+	for s.gate.Open() > int64(s.openTunnels()) {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-grace.C:
+			break wait
+		case <-tick.C:
+		}
+	}
+	// fasthttp closes the connections still idle and waits for the busy
+	// ones. Its error for closing listeners already closed means nothing.
+	_ = s.srv.ShutdownWithContext(ctx)
 	// fasthttp does not wait for hijacked connections: tunnels get the
 	// same time to end on their own, then are closed politely.
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
 	for s.openTunnels() > 0 {
 		select {
 		case <-ctx.Done():
@@ -135,11 +198,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			for s.openTunnels() > 0 && time.Now().Before(deadline) {
 				<-tick.C
 			}
-			return err
+			return ctx.Err()
 		case <-tick.C:
 		}
 	}
-	return err
+	if s.gate.Open() > 0 {
+		return ctx.Err()
+	}
+	return nil
 }
 
 func (s *Server) addTunnel(t *tunnel) {
@@ -176,8 +242,9 @@ func (s *Server) closeTunnels() {
 	}
 }
 
-// OpenConnections returns the number of open client connections.
-func (s *Server) OpenConnections() int32 { return s.srv.GetOpenConnectionsCount() }
+// OpenConnections returns the number of open client connections, tunnels
+// included.
+func (s *Server) OpenConnections() int64 { return s.gate.Open() }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := s.exchanges.Get().(*exchange)
@@ -206,6 +273,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}()
 	if !x.serve(ctx) {
 		s.putExchange(x)
+	}
+	if s.draining.Load() {
+		// Shutting down: the client opens its next connection elsewhere
+		// (or to the process taking over) instead of finding this one closed.
+		ctx.SetConnectionClose()
 	}
 }
 

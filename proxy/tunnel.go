@@ -90,7 +90,9 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 			nc.Close()
 		}
 		x.class = classify(err, st, 0)
-		b.NoteError(x.class.String() + ": " + err.Error())
+		if x.class.backendsFault() {
+			b.NoteError(x.class.String() + ": " + err.Error())
+		}
 		x.s.log.Warn().Str("pool", p.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
 			Err(err).Msg("upgrade request failed")
 		x.answer(c, x.class.Status(), x.failureText())

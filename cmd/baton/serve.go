@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	stdlog "log"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"github.com/baton-lb/baton/admin"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/control"
+	"github.com/baton-lb/baton/internal/listener"
 	"github.com/baton-lb/baton/proxy"
 )
 
@@ -79,14 +82,23 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	if err != nil {
 		return fmt.Errorf("listening for traffic: %w", err)
 	}
+	var adminLn *listener.Listener // set before the admin server serves /metrics
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		admin.Collector(reg),
+		admin.ListenerCollector(func() []listener.Stats {
+			out := srv.Listeners()
+			if adminLn != nil {
+				out = append(out, adminLn.Stats())
+			}
+			return out
+		}),
 	)
 	// HTTPS: the same server on a TLS listener, certificates by SNI.
-	var tlsLn net.Listener
+	var tlsLn net.Listener // the TCP listener HTTPS is served on
+	var tlsConf *tls.Config
 	var certs *proxy.Certs
 	certReloads := &admin.CertReloads{}
 	if cfg.TLS.Listen != "" {
@@ -95,12 +107,12 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			ln.Close()
 			return err
 		}
-		raw, err := listen("tcp", cfg.TLS.Listen)
+		tlsLn, err = listen("tcp", cfg.TLS.Listen)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("listening for HTTPS: %w", err)
 		}
-		tlsLn = tls.NewListener(raw, proxy.TLSConfig(cfg.TLS, certs))
+		tlsConf = proxy.TLSConfig(cfg.TLS, certs)
 		metrics.MustRegister(admin.TLSCollector(certs, certReloads))
 	}
 	closeListeners := func() {
@@ -147,9 +159,21 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		if upg != nil {
 			opts = append(opts, admin.WithUpgrade(upgrade))
 		}
-		adminSrv = &http.Server{Handler: admin.Handler(reg, metrics, log, opts...), ReadHeaderTimeout: 10 * time.Second}
+		ac := cfg.Admin
+		opts = append(opts, admin.WithTimeouts(ac.ReadTimeout, ac.WriteTimeout))
+		adminSrv = &http.Server{
+			Handler:           admin.Handler(reg, metrics, log, opts...),
+			ReadHeaderTimeout: min(10*time.Second, ac.ReadTimeout),
+			ReadTimeout:       ac.ReadTimeout,
+			WriteTimeout:      ac.WriteTimeout,
+			IdleTimeout:       ac.IdleTimeout,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          httpErrorLog(log),
+		}
+		adminLn = listener.Wrap(aln, "admin", listener.NewGate(ac.MaxConnections),
+			listener.Refusal("baton: too many admin connections (admin.max_connections); retry in a moment"), log)
 		go func() {
-			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error().Err(err).Msg("admin listener stopped")
 			}
 		}()
@@ -248,7 +272,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	if tlsLn != nil {
-		go func() { served <- srv.Serve(tlsLn) }()
+		go func() { served <- srv.ServeTLS(tlsLn, tlsConf) }()
 	}
 	ev := log.Info().Str("listen", ln.Addr().String()).Int("pools", len(cfg.Pools))
 	if tlsLn != nil {
@@ -304,7 +328,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn().Err(err).Int32("connections", srv.OpenConnections()).
+		log.Warn().Err(err).Int64("connections", srv.OpenConnections()).
 			Msg("shutdown timeout reached; exiting with connections still open")
 	}
 	if adminSrv != nil {
@@ -313,4 +337,17 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	reg.Close()
 	log.Info().Msg("baton stopped")
 	return nil
+}
+
+// httpErrorLog sends net/http's own messages (TLS handshake errors, panics
+// in handlers) to baton's log at debug level.
+func httpErrorLog(l zerolog.Logger) *stdlog.Logger {
+	return stdlog.New(debugWriter{l.With().Str("log", "admin_http").Logger()}, "", 0)
+}
+
+type debugWriter struct{ l zerolog.Logger }
+
+func (d debugWriter) Write(p []byte) (int, error) {
+	d.l.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/baton-lb/baton/internal/testbed"
+)
+
+// openFiles counts the descriptors process pid has open.
+func openFiles(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// limitFiles sets process pid's descriptor limit (soft and hard), as
+// prlimit --nofile=n:n does.
+func limitFiles(t *testing.T, pid, n int) {
+	t.Helper()
+	lim := unix.Rlimit{Cur: uint64(n), Max: uint64(n)}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		t.Fatalf("prlimit: %v", err)
+	}
+}
+
+// metricValue returns the value of the exposition line that starts with
+// series (name and labels) in baton's /metrics, or -1.
+func metricValue(t *testing.T, c *http.Client, admin, series string) float64 {
+	t.Helper()
+	_, body, err := get(c, "http://"+admin+"/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(line[len(series):]), 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// rawGet sends one GET on c (keep-alive) and reads the answer.
+func rawGet(c net.Conn, br *bufio.Reader, path string) (int, string, error) {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: shop.test\r\n\r\n", path); err != nil {
+		return 0, "", err
+	}
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	return res.StatusCode, string(body), err
+}
+
+// TestDescriptorExhaustionKeepsServing: baton runs out of file descriptors
+// (its limit lowered to a few more than it uses, then connections opened on
+// every listener until it can take no more). It must not exit: connections
+// already open keep being served, the backend is not held responsible, and
+// once the flood's connections close, new ones are served again on the
+// HTTP, HTTPS and admin listeners. Accept errors are counted and logged once
+// per burst.
+func TestDescriptorExhaustionKeepsServing(t *testing.T) {
+	dir := t.TempDir()
+	ca := testbed.NewCA(t)
+	now := time.Now()
+	ca.Issue(t, []string{"shop.test"}, now.Add(-time.Hour), now.Add(24*time.Hour)).Write(t, dir, "shop")
+	backend := testbed.NamedBackend(t, "b1")
+	plain, https, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	cfg := filepath.Join(dir, "baton.yaml")
+	// Fast health checks that would mark the backend down within a second
+	// if checks failing for lack of descriptors counted against it; pooled
+	// backend connections that outlive the test.
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {format: json, access: false}
+tls:
+  listen: %s
+  certificates: [{cert: shop.crt, key: shop.key}]
+pools:
+  - name: shop
+    health_check: {interval: 50ms, timeout: 40ms, rise: 1, fall: 2}
+    connections: {idle_timeout: 5m}
+    outlier: {consecutive_failures: 2}
+    backends:
+      - {name: b1, address: %q, version: v1}
+`, plain, adminAddr, https, backend)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startBinary(t, "serve", "-c", cfg)
+	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second}}
+	waitServing(t, p, a, "shop", "b1")
+
+	// A keep-alive client connected before the flood.
+	kept, err := net.Dial("tcp", plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	keptR := bufio.NewReader(kept)
+	if st, body, err := rawGet(kept, keptR, "/"); err != nil || st != 200 || body != "b1" {
+		t.Fatalf("before the flood: %d %q %v", st, body, err)
+	}
+
+	pid := p.cmd.Process.Pid
+	limitFiles(t, pid, openFiles(t, pid)+8)
+	// The flood: connections to every listener, more than baton has
+	// descriptors for. Connections baton cannot accept wait in the kernel's
+	// queue; the flood stops at a bounded count.
+	var flood []net.Conn
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 60; i++ {
+		addr := []string{plain, https, adminAddr}[i%3]
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break // refused: the kernel's queue is full too
+		}
+		flood = append(flood, c)
+	}
+	// Exhausted: baton's accepts fail.
+	if !poll(10*time.Second, func() bool { return strings.Contains(p.stderr.String(), "too many open files") }) {
+		t.Fatalf("baton never ran out of descriptors (%d flood connections)", len(flood))
+	}
+	// Health checks fail meanwhile for baton's lack of descriptors: give
+	// them time to (wrongly) take the backend down — 20 checks.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && p.running() {
+		if st, body, err := rawGet(kept, keptR, "/"); err != nil || st != 200 || body != "b1" {
+			t.Fatalf("a connection open before the flood failed during it: %d %q %v", st, body, err)
+		}
+	}
+	if !p.running() {
+		t.Fatalf("baton exited when it ran out of descriptors: %s", tailLines(p.stderr.String(), 10))
+	}
+
+	// The flood ends: baton serves new connections again on every listener.
+	nFlood := len(flood)
+	for _, c := range flood {
+		c.Close()
+	}
+	flood = nil
+	stopped := time.Now()
+	var recovered time.Duration
+	if !poll(10*time.Second, func() bool {
+		c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		st, body, err := get(c, "http://"+plain+"/")
+		if err != nil || st != 200 || body != "b1" {
+			return false
+		}
+		recovered = time.Since(stopped)
+		return true
+	}) {
+		t.Fatalf("no new HTTP connection served after the flood: %s", tailLines(p.stderr.String(), 10))
+	}
+	tc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: ca.Pool, ServerName: "shop.test"}, DisableKeepAlives: true}}
+	if st, body, err := get(tc, "https://"+https+"/"); err != nil || st != 200 || body != "b1" {
+		t.Errorf("HTTPS after the flood: %d %q %v", st, body, err)
+	}
+	fresh := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	if st, _, err := get(fresh, "http://"+adminAddr+"/healthz"); err != nil || st != 200 {
+		t.Errorf("admin after the flood: %d %v", st, err)
+	}
+	if st, body, err := rawGet(kept, keptR, "/"); err != nil || st != 200 || body != "b1" {
+		t.Errorf("the connection open before the flood, after it: %d %q %v", st, body, err)
+	}
+	pj, err := a.pool("shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := findBackend(pj, "b1"); b == nil || !b.Healthy || b.State != "active" {
+		t.Errorf("the backend was held responsible for baton's lack of descriptors: %+v", b)
+	}
+	for _, l := range []string{"http", "https", "admin"} {
+		if v := metricValue(t, fresh, adminAddr, `baton_listener_accept_errors_total{listener="`+l+`"}`); v < 1 {
+			t.Errorf("baton_listener_accept_errors_total{listener=%q} = %v, want ≥ 1", l, v)
+		}
+	}
+	// Logged once per burst and listener, not once per failed accept.
+	logs := p.stderr.String()
+	failed := 0
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, `"listener":"http"`) && strings.Contains(line, "accepting connections failed") {
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Errorf("the HTTP listener logged %d accept failures in one burst; want one", failed)
+	}
+	t.Logf("served again %s after the flood closed; %d flood connections", recovered.Round(time.Millisecond), nFlood)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.waitExit(t, 20*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM", code)
+	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
