@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	stdlog "log"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
