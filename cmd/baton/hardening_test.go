@@ -226,3 +226,127 @@ func tailLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestAdminListenerLimits: idle keep-alive connections to the admin API are
+// closed after admin.idle_timeout; a client trickling its request is cut
+// off after admin.read_timeout; connections over admin.max_connections are
+// answered 503; and a drain?wait= longer than the write timeout still
+// answers once the backend is idle.
+func TestAdminListenerLimits(t *testing.T) {
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	backend := testbed.Backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			started <- struct{}{}
+			<-release
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	plain, adminAddr := freeAddr(t), freeAddr(t)
+	cfg := writeFile(t, "baton.yaml", fmt.Sprintf(`listen: %s
+admin: {listen: %s, idle_timeout: 300ms, read_timeout: 500ms, write_timeout: 500ms, max_connections: 4}
+log: {format: json, access: false}
+pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+`, plain, adminAddr, backend))
+	p := startBinary(t, "serve", "-c", cfg)
+	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 10 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true}}}
+	waitServing(t, p, a, "shop", "b1")
+
+	// Idle keep-alive connections are closed by baton.
+	var idle []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", adminAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if st, _, err := rawGet(c, br, "/healthz"); err != nil || st != 200 {
+			t.Fatalf("/healthz: %d %v", st, err)
+		}
+		idle = append(idle, c)
+	}
+	for i, c := range idle {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("idle admin connection %d: read %d bytes, %v; want it closed by baton (EOF)", i, n, err)
+		}
+	}
+
+	// A request trickled byte by byte is cut off after the read timeout.
+	slow, err := net.Dial("tcp", adminAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	head := "GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + strings.Repeat("a", 200) + "\r\n\r\n"
+	cut := false
+	for i := 0; i < len(head) && !cut; i++ {
+		_ = slow.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := slow.Write([]byte{head[i]}); err != nil {
+			cut = true
+			break
+		}
+		_ = slow.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		if _, err := slow.Read(make([]byte, 1)); err != nil && !os.IsTimeout(err) {
+			cut = true
+		}
+	}
+	if !cut {
+		t.Errorf("a request trickled over %d bytes was never cut off", len(head))
+	}
+
+	// Over the cap: four connections held open, the fifth reads a 503. The
+	// held ones send nothing, so baton cuts them after the read timeout; a
+	// machine so busy that this happened before the fifth was accepted
+	// gets another try.
+	var refused []byte
+	for try := 0; try < 5 && !strings.HasPrefix(string(refused), "HTTP/1.1 503 "); try++ {
+		var held []net.Conn
+		for i := 0; i < 4; i++ {
+			c, err := net.Dial("tcp", adminAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+		}
+		over, err := net.Dial("tcp", adminAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = over.SetReadDeadline(time.Now().Add(5 * time.Second))
+		refused, _ = io.ReadAll(over)
+		over.Close()
+		for _, c := range held {
+			c.Close()
+		}
+	}
+	if !strings.HasPrefix(string(refused), "HTTP/1.1 503 ") || !strings.Contains(string(refused), "admin.max_connections") {
+		t.Errorf("a connection over admin.max_connections read %q", refused)
+	}
+	// The held connections closed, the API answers again.
+	if !poll(5*time.Second, func() bool { st, _, err := a.do("GET", "/v1/pools", ""); return err == nil && st == 200 }) {
+		t.Fatal("the admin API did not answer after the held connections closed")
+	}
+
+	// A drain that waits longer than the write timeout still answers.
+	go func() {
+		c := &http.Client{Timeout: 20 * time.Second}
+		_, _, _ = get(c, "http://"+plain+"/slow")
+	}()
+	<-started
+	time.AfterFunc(1500*time.Millisecond, func() { close(release) })
+	var drained struct {
+		State string `json:"state"`
+	}
+	begun := time.Now()
+	a.must("POST", "/v1/pools/shop/backends/b1/drain?wait=10s", "", 200, &drained)
+	if took := time.Since(begun); drained.State != "drained" || took < time.Second {
+		t.Errorf("drain?wait=10s answered state %q after %s; want drained after the held request ended (~1.5s)", drained.State, took)
+	}
+}
