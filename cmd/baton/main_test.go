@@ -150,8 +150,19 @@ type proc struct {
 // the test if it is still running.
 func startBinary(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startBinaryTo(t, nil, args...)
+}
+
+// startBinaryTo is startBinary with the process's output going to out
+// (when not nil): a file, which a process it hands over to inherits and
+// may keep writing after this one exits. stdout and stderr stay empty then.
+func startBinaryTo(t *testing.T, out *os.File, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(batonBin, args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if out != nil {
+		p.cmd.Stdout, p.cmd.Stderr = out, out
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,344 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-lb/baton/internal/testbed"
+)
+
+// keepAliveLoad sends GETs and POSTs from a few clients, each on one
+// keep-alive connection that it replaces only when baton answers with
+// Connection: close. It does not retry anything: a request written on a
+// connection that then breaks is a failed request. A connection that cannot
+// be made because baton stopped listening ends the client (when
+// refusedEnds), as a real client would go elsewhere.
+type keepAliveLoad struct {
+	addr        string
+	refusedEnds bool
+	prefix      string // of POST ids, unique per load
+
+	sent, ok, failed atomic.Int64
+	mu               sync.Mutex // protects failures and posts
+	failures         []string
+	posts            map[string]int // POST ids answered 200
+	stop             chan struct{}
+	wg               sync.WaitGroup
+}
+
+var loads atomic.Int64
+
+func startKeepAliveLoad(addr string, clients int, refusedEnds bool) *keepAliveLoad {
+	l := &keepAliveLoad{addr: addr, refusedEnds: refusedEnds, stop: make(chan struct{}), posts: map[string]int{},
+		prefix: fmt.Sprintf("l%d", loads.Add(1))}
+	for w := range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.client(w)
+		}()
+	}
+	return l
+}
+
+func (l *keepAliveLoad) fail(format string, args ...any) {
+	l.failed.Add(1)
+	l.mu.Lock()
+	if len(l.failures) < 10 {
+		l.failures = append(l.failures, fmt.Sprintf(format, args...))
+	}
+	l.mu.Unlock()
+}
+
+func (l *keepAliveLoad) client(w int) {
+	var c net.Conn
+	var br *bufio.Reader
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
+	// Bounded: at most 200 000 requests per client, and the test stops it.
+	for i := 0; i < 200000; i++ {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		if c == nil {
+			var err error
+			c, err = net.DialTimeout("tcp", l.addr, 2*time.Second)
+			if err != nil {
+				if l.refusedEnds && errors.Is(err, syscall.ECONNREFUSED) {
+					return
+				}
+				l.fail("dial: %v", err)
+				return
+			}
+			br = bufio.NewReader(c)
+		}
+		var req string
+		id := ""
+		if i%2 == 0 {
+			req = "GET /products HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+		} else {
+			id = fmt.Sprintf("%s-c%d-%d", l.prefix, w, i)
+			body := "order " + id
+			req = fmt.Sprintf("POST /orders HTTP/1.1\r\nHost: shop.test\r\nX-Order: %s\r\nContent-Length: %d\r\n\r\n%s", id, len(body), body)
+		}
+		l.sent.Add(1)
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.WriteString(c, req)
+		var res *http.Response
+		if err == nil {
+			res, err = http.ReadResponse(br, nil)
+		}
+		if err == nil {
+			_, err = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+		if err != nil {
+			l.fail("%s on a connection baton had accepted: %v", strings.Fields(req)[0], err)
+			c.Close()
+			c = nil
+			continue
+		}
+		if res.StatusCode != 200 {
+			l.fail("%s: status %d", strings.Fields(req)[0], res.StatusCode)
+		} else {
+			l.ok.Add(1)
+			if id != "" {
+				l.mu.Lock()
+				l.posts[id]++
+				l.mu.Unlock()
+			}
+		}
+		if res.Close {
+			c.Close()
+			c = nil
+		}
+	}
+}
+
+// waitFor waits until n more requests than now were answered.
+func (l *keepAliveLoad) waitFor(t *testing.T, n int64) {
+	t.Helper()
+	target := l.ok.Load() + n
+	if !poll(30*time.Second, func() bool { return l.ok.Load() >= target }) {
+		t.Fatalf("the load stalled at %d answered requests (%d failed: %v)", l.ok.Load(), l.failed.Load(), l.failures)
+	}
+}
+
+// end stops the clients and waits for them.
+func (l *keepAliveLoad) end() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.wg.Wait()
+}
+
+// orderBackend answers GETs and POSTs and records each POST's id.
+func orderBackend(t *testing.T, mu *sync.Mutex, ledger map[string]int) string {
+	return testbed.Backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			_, _ = io.Copy(io.Discard, r.Body)
+			mu.Lock()
+			ledger[r.Header.Get("X-Order")]++
+			mu.Unlock()
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	}))
+}
+
+// TestSIGTERMUnderKeepAliveLoadLosesNothing: SIGTERM while clients send
+// GETs and POSTs on keep-alive connections, three times. Requests a client
+// was already sending on an idle connection get their answer (with
+// Connection: close), none fails, and baton exits 0 at once, without
+// reporting a timeout.
+func TestSIGTERMUnderKeepAliveLoadLosesNothing(t *testing.T) {
+	var mu sync.Mutex
+	ledger := map[string]int{}
+	b1, b2 := orderBackend(t, &mu, ledger), orderBackend(t, &mu, ledger)
+	for run := 1; run <= 3; run++ {
+		traffic, adminAddr := freeAddr(t), freeAddr(t)
+		cfg := writeFile(t, "baton.yaml", fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {format: json, access: false}
+server: {shutdown_timeout: 10s}
+pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+      - {name: b2, address: %q, version: v1}
+`, traffic, adminAddr, b1, b2))
+		p := startBinary(t, "serve", "-c", cfg)
+		a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second}}
+		waitServing(t, p, a, "shop", "b1", "b2")
+		load := startKeepAliveLoad(traffic, 6, true)
+		load.waitFor(t, 400)
+		begun := time.Now()
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		code := p.waitExit(t, 20*time.Second)
+		took := time.Since(begun)
+		load.end()
+		if code != 0 {
+			t.Errorf("run %d: exit code %d after SIGTERM", run, code)
+		}
+		if n := load.failed.Load(); n != 0 {
+			t.Errorf("run %d: %d of %d requests failed through SIGTERM: %v", run, n, load.sent.Load(), load.failures)
+		}
+		if logs := p.stderr.String(); strings.Contains(logs, "shutdown timeout reached") {
+			t.Errorf("run %d: a shutdown that took %s reported a timeout: %s", run, took, tailLines(logs, 5))
+		}
+		mu.Lock()
+		for id := range load.posts {
+			if ledger[id] != 1 {
+				t.Errorf("run %d: POST %s reached the backends %d times", run, id, ledger[id])
+			}
+		}
+		mu.Unlock()
+		t.Logf("run %d: %d requests answered, %d failed; baton exited %s after SIGTERM", run, load.ok.Load(), load.failed.Load(), took.Round(time.Millisecond))
+	}
+}
+
+// TestSIGTERMWithoutTrafficIsQuiet: with nothing open, SIGTERM stops baton
+// at once and says nothing of a timeout or of connections left open.
+func TestSIGTERMWithoutTrafficIsQuiet(t *testing.T) {
+	traffic, adminAddr := freeAddr(t), freeAddr(t)
+	cfg := writeFile(t, "baton.yaml", fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {format: json}
+pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+`, traffic, adminAddr, testbed.NamedBackend(t, "b1")))
+	p := startBinary(t, "serve", "-c", cfg)
+	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	waitServing(t, p, a, "shop", "b1")
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.waitExit(t, 20*time.Second); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	logs := p.stderr.String()
+	for _, bad := range []string{"shutdown timeout reached", `"connections":-1`, "use of closed network connection"} {
+		if strings.Contains(logs, bad) {
+			t.Errorf("an idle shutdown logged %q:\n%s", bad, tailLines(logs, 5))
+		}
+	}
+	if !strings.Contains(logs, "baton stopped") {
+		t.Errorf("no \"baton stopped\" in the log:\n%s", tailLines(logs, 5))
+	}
+}
+
+// processGone reports whether pid has exited (gone, or a zombie).
+func processGone(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the parenthesised command name.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+// TestUpgradesUnderKeepAliveLoadLoseNothing: three hitless upgrades in a
+// row (SIGUSR2) while clients send GETs and POSTs on keep-alive
+// connections: no request fails, every POST reaches a backend once, and
+// each old process exits.
+func TestUpgradesUnderKeepAliveLoadLoseNothing(t *testing.T) {
+	var mu sync.Mutex
+	ledger := map[string]int{}
+	b1, b2 := orderBackend(t, &mu, ledger), orderBackend(t, &mu, ledger)
+	dir := t.TempDir()
+	traffic, adminAddr := freeAddr(t), freeAddr(t)
+	cfgPath := filepath.Join(dir, "baton.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {format: json, access: false}
+server: {shutdown_timeout: 10s}
+pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+      - {name: b2, address: %q, version: v1}
+`, traffic, adminAddr, b1, b2)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(dir, "baton.pid")
+	logPath := filepath.Join(dir, "baton.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	first := startBinaryTo(t, logFile, "serve", "-c", cfgPath, "--pid-file", pidFile)
+	t.Cleanup(func() {
+		if pid := readPID(pidFile); pid > 0 && pid != first.cmd.Process.Pid {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			data, _ := os.ReadFile(logPath)
+			t.Logf("baton log:\n%s", tailLines(string(data), 40))
+		}
+	})
+	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	if !poll(20*time.Second, func() bool { return readPID(pidFile) == first.cmd.Process.Pid }) {
+		t.Fatal("baton wrote no PID file")
+	}
+	waitServing(t, first, a, "shop", "b1", "b2")
+	load := startKeepAliveLoad(traffic, 6, false)
+	defer load.end()
+	load.waitFor(t, 400)
+	pid := first.cmd.Process.Pid
+	for up := 1; up <= 3; up++ {
+		if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		if !poll(30*time.Second, func() bool { n := readPID(pidFile); return n != 0 && n != pid }) {
+			t.Fatalf("upgrade %d: no new process took over from %d", up, pid)
+		}
+		if !poll(30*time.Second, func() bool { return processGone(pid) }) {
+			t.Fatalf("upgrade %d: the old process %d did not exit", up, pid)
+		}
+		pid = readPID(pidFile)
+		load.waitFor(t, 400)
+	}
+	load.end()
+	if n := load.failed.Load(); n != 0 {
+		t.Errorf("%d of %d requests failed across 3 upgrades: %v", n, load.sent.Load(), load.failures)
+	}
+	mu.Lock()
+	for id := range load.posts {
+		if ledger[id] != 1 {
+			t.Errorf("POST %s reached the backends %d times", id, ledger[id])
+		}
+	}
+	mu.Unlock()
+	if code := first.waitExit(t, 5*time.Second); code != 0 {
+		t.Errorf("the first process exited %d after handing over, want 0", code)
+	}
+	t.Logf("%d requests answered across 3 upgrades, %d failed", load.ok.Load(), load.failed.Load())
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	if !poll(20*time.Second, func() bool { return processGone(pid) }) {
+		t.Errorf("the last process %d did not stop on SIGTERM", pid)
+	}
+}
