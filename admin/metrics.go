@@ -21,6 +21,7 @@ type collector struct {
 
 	requests, errors, duration, inflight, up, state, weight, conns, retries *prometheus.Desc
 	canaryWeight, reloads, generation, lastReload, verdict                  *prometheus.Desc
+	tunnels, tunnelsRefused, tunnelsIdle                                    *prometheus.Desc
 }
 
 func newCollector(ctl *control.Registry) *collector {
@@ -28,27 +29,31 @@ func newCollector(ctl *control.Registry) *collector {
 		return prometheus.NewDesc("baton_"+name, help, labels, nil)
 	}
 	return &collector{
-		ctl:          ctl,
-		requests:     d("requests_total", "Requests finished by a backend, by status class (none: the backend gave no status).", "pool", "backend", "version", "code_class"),
-		errors:       d("request_errors_total", "Requests a version failed on the server's side: 5xx answers and transport failures.", "pool", "version"),
-		duration:     d("request_duration_seconds", "Time from a request's arrival to its backend's response headers.", "pool", "version"),
-		inflight:     d("inflight_requests", "Requests being served by a backend now.", "pool", "backend"),
-		up:           d("backend_healthy", "1 when active and passive health checks consider the backend healthy.", "pool", "backend"),
-		state:        d("backend_state", "1 for the backend's admin state.", "pool", "backend", "state"),
-		weight:       d("backend_weight", "The backend's weight within its version.", "pool", "backend"),
-		conns:        d("backend_open_connections", "Connections baton has open to the backend.", "pool", "backend"),
-		retries:      d("retries_total", "Requests sent again to another backend after a failure.", "pool"),
-		canaryWeight: d("canary_weight_percent", "The canary version's share of the pool's requests.", "pool", "version"),
-		verdict:      d("canary_verdict", "1 for the judge's latest verdict on the pool's canary.", "pool", "version", "verdict"),
-		reloads:      d("config_reloads_total", "Config loads, the first included, by result.", "result"),
-		generation:   d("config_generation", "How many configs were applied since start."),
-		lastReload:   d("config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully."),
+		ctl:            ctl,
+		requests:       d("requests_total", "Requests finished by a backend, by status class (none: the backend gave no status).", "pool", "backend", "version", "code_class"),
+		errors:         d("request_errors_total", "Requests a version failed on the server's side: 5xx answers and transport failures.", "pool", "version"),
+		duration:       d("request_duration_seconds", "Time from a request's arrival to its backend's response headers.", "pool", "version"),
+		inflight:       d("inflight_requests", "Requests being served by a backend now.", "pool", "backend"),
+		up:             d("backend_healthy", "1 when active and passive health checks consider the backend healthy.", "pool", "backend"),
+		state:          d("backend_state", "1 for the backend's admin state.", "pool", "backend", "state"),
+		weight:         d("backend_weight", "The backend's weight within its version.", "pool", "backend"),
+		conns:          d("backend_open_connections", "Connections baton has open to the backend.", "pool", "backend"),
+		retries:        d("retries_total", "Requests sent again to another backend after a failure.", "pool"),
+		tunnels:        d("tunnels_open", "WebSocket and other Upgrade tunnels open now.", "pool"),
+		tunnelsRefused: d("tunnels_refused_total", "Upgrade requests answered 503 because the pool had tunnels.max open.", "pool"),
+		tunnelsIdle:    d("tunnels_idle_closed_total", "Tunnels closed after tunnels.idle_timeout without a byte either way.", "pool"),
+		canaryWeight:   d("canary_weight_percent", "The canary version's share of the pool's requests.", "pool", "version"),
+		verdict:        d("canary_verdict", "1 for the judge's latest verdict on the pool's canary.", "pool", "version", "verdict"),
+		reloads:        d("config_reloads_total", "Config loads, the first included, by result.", "result"),
+		generation:     d("config_generation", "How many configs were applied since start."),
+		lastReload:     d("config_last_reload_success_timestamp_seconds", "When the config was last loaded successfully."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.errors, c.duration, c.inflight, c.up, c.state, c.weight,
-		c.conns, c.retries, c.canaryWeight, c.reloads, c.generation, c.lastReload, c.verdict} {
+		c.conns, c.retries, c.canaryWeight, c.reloads, c.generation, c.lastReload, c.verdict,
+		c.tunnels, c.tunnelsRefused, c.tunnelsIdle} {
 		ch <- d
 	}
 }
@@ -92,6 +97,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				foldBuckets(&snap), pn, vs.Version())
 		}
 		counter(c.retries, float64(p.Retries()), pn)
+		ts := p.TunnelStats()
+		gauge(c.tunnels, float64(ts.Open), pn)
+		counter(c.tunnelsRefused, float64(ts.Refused), pn)
+		counter(c.tunnelsIdle, float64(ts.IdleClosed), pn)
 		if v, w := p.Canary(); v != "" {
 			gauge(c.canaryWeight, w, pn, v)
 			current, _ := c.ctl.Verdict(pn)

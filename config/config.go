@@ -164,6 +164,7 @@ type Pool struct {
 	HealthCheck HealthCheck `yaml:"health_check"`
 	Outlier     Outlier     `yaml:"outlier"`
 	Retries     Retries     `yaml:"retries"`
+	Tunnels     Tunnels     `yaml:"tunnels"`
 
 	// DrainTimeout is how long a drain lets in-flight requests and streams
 	// finish before it closes what is still open. Default 30s.
@@ -326,6 +327,20 @@ type Outlier struct {
 	MaxEjection time.Duration `yaml:"max_ejection"`
 }
 
+// Tunnels are WebSocket and other Upgrade connections, carried byte for
+// byte between a client and a backend once the backend agreed to switch
+// protocols. Each holds a client connection (counted in
+// server.max_connections) and a backend connection (counted in
+// connections.max).
+type Tunnels struct {
+	// Max caps the pool's open tunnels; one more is answered 503. Default
+	// 10000.
+	Max int `yaml:"max"`
+	// IdleTimeout closes a tunnel that carried no byte either way for this
+	// long (a WebSocket client gets close code 1001). Default 10m.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+}
+
 // Retries of requests that failed before a response reached the client.
 type Retries struct {
 	// Attempts is the most tries per request, the first included, 1–5.
@@ -380,6 +395,8 @@ const (
 	DefaultRetryAttempts         = 2
 	DefaultRetryBudgetPercent    = 20
 	DefaultDrainTimeout          = 30 * time.Second
+	DefaultMaxTunnels            = 10000
+	DefaultTunnelIdleTimeout     = 10 * time.Minute
 	DefaultWeight                = 100
 	DefaultVersion               = "default"
 	DefaultCanaryInitialWeight   = 5
@@ -502,6 +519,10 @@ func (p *Pool) applyDefaults() {
 	setDur(&t.ResponseHeader, DefaultResponseHeaderTimeout)
 	setDur(&t.Idle, DefaultIdleBodyTimeout)
 	setDur(&p.Connections.IdleTimeout, DefaultConnIdleTimeout)
+	if p.Tunnels.Max == 0 {
+		p.Tunnels.Max = DefaultMaxTunnels
+	}
+	setDur(&p.Tunnels.IdleTimeout, DefaultTunnelIdleTimeout)
 	h := &p.HealthCheck
 	setDur(&h.Interval, DefaultHealthInterval)
 	setDur(&h.Timeout, DefaultHealthTimeout)

@@ -202,6 +202,10 @@ func (v *validator) pool(path string, p *Pool) {
 		v.add(path+".connections.max", "must not be negative, got %d", p.Connections.Max)
 	}
 	v.positive(path+".connections.idle_timeout", p.Connections.IdleTimeout)
+	if p.Tunnels.Max < 0 {
+		v.add(path+".tunnels.max", "must not be negative, got %d", p.Tunnels.Max)
+	}
+	v.positive(path+".tunnels.idle_timeout", p.Tunnels.IdleTimeout)
 
 	h := p.HealthCheck
 	if h.Path != "" && (!strings.HasPrefix(h.Path, "/") || strings.ContainsAny(h.Path, " \r\n\t")) {

@@ -171,13 +171,25 @@ func (c *Conns) Addr() string { return c.addr }
 // deadline bounds the wait for a free slot and the dial. The caller sets its
 // own deadlines on the connection before using it.
 func (c *Conns) Get(now int64, deadline time.Time) (conn *Conn, err error) {
+	return c.get(now, deadline, false)
+}
+
+// Dedicated dials a connection of its own for one long exchange (an
+// Upgrade tunnel): it takes a place under the backend's cap like any
+// connection, and the drain timeout closes it like any busy one, but it
+// never goes back to the pool: end it with Close.
+func (c *Conns) Dedicated(deadline time.Time) (*Conn, error) {
+	return c.get(0, deadline, true)
+}
+
+func (c *Conns) get(now int64, deadline time.Time, fresh bool) (conn *Conn, err error) {
 	c.mu.Lock()
 	for {
 		if c.closing {
 			c.mu.Unlock()
 			return nil, ErrClosing
 		}
-		for n := len(c.idle); n > 0; n = len(c.idle) {
+		for n := len(c.idle); n > 0 && !fresh; n = len(c.idle) {
 			conn = c.idle[n-1]
 			c.idle[n-1] = nil
 			c.idle = c.idle[:n-1]

@@ -90,6 +90,8 @@ type Pool struct {
 	budget  retryBudget
 	started bool // guarded by mu
 
+	tunnels tunnelCount
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -653,11 +655,13 @@ func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
 	if time.Duration(Nanotime()-b.drainStart.Load()) >= p.settings().DrainTimeout {
 		p.logb(p.log.Warn(), b).Stringer("open", st).
 			Msg("drain timeout reached; closing the backend's remaining connections")
+		// Tunnels first: each is told it is going away (a WebSocket
+		// client gets 1001) before its backend connection is cut.
+		b.closeTunnels()
 		c.CloseAll()
 		for _, rc := range b.retiredConns() {
 			rc.CloseAll()
 		}
-		b.closeTunnels()
 	}
 	return st, false
 }

@@ -85,9 +85,15 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 		return
 	}
 	x.b, x.attempts = b, 1
-	fail := func(err error, st stage, nc net.Conn) {
-		if nc != nil {
-			nc.Close()
+	if !p.ReserveTunnel() {
+		x.answer(c, 503, fmt.Sprintf("pool %s has its maximum of %d tunnels open; retry in a moment", p.Name(), x.cfg.Tunnels.Max))
+		return
+	}
+	idleClosed := false
+	defer func() { p.ReleaseTunnel(idleClosed) }()
+	fail := func(err error, st stage, bc *pool.Conn) {
+		if bc != nil {
+			bc.Close()
 		}
 		x.class = classify(err, st, 0)
 		if x.class.backendsFault() {
@@ -97,21 +103,22 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 			Err(err).Msg("upgrade request failed")
 		x.answer(c, x.class.Status(), x.failureText())
 	}
-	d := net.Dialer{Timeout: x.cfg.Timeouts.Connect}
-	nc, err := d.Dial("tcp", b.Address())
+	// A connection of its own, under the backend's connections.max.
+	bc, err := b.Conns().Dedicated(time.Now().Add(x.cfg.Timeouts.Connect))
 	if err != nil {
 		fail(err, stageConnect, nil)
 		return
 	}
+	nc := bc.NetConn()
 	_ = nc.SetDeadline(time.Now().Add(x.cfg.Timeouts.ResponseHeader))
 	if _, err := nc.Write(head); err != nil {
-		fail(err, stageSend, nc)
+		fail(err, stageSend, bc)
 		return
 	}
-	br := bufio.NewReaderSize(nc, 16<<10)
+	br := bc.Reader()
 	resp := &fasthttp.Response{}
 	if err := resp.ReadLimitBody(br, 1<<20); err != nil {
-		fail(err, stageResponse, nc)
+		fail(err, stageResponse, bc)
 		return
 	}
 	x.ttfb = time.Since(x.start)
@@ -119,7 +126,7 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 	x.status, x.upstream = status, status
 	if status != fasthttp.StatusSwitchingProtocols {
 		// The backend declined the upgrade: its answer goes to the client.
-		nc.Close()
+		bc.Close()
 		x.class = classify(nil, stageResponse, status)
 		if status >= 500 {
 			if name := x.cfg.Judge.ErrorCodeHeader; name != "" {
@@ -160,9 +167,10 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 	out = append(out, "Connection: Upgrade\r\nUpgrade: "...)
 	out = append(out, up...)
 	out = append(out, "\r\n\r\n"...)
-	t := &tunnel{x: x, backend: nc, br: br, head: out, websocket: equalFoldLower(up, "websocket"),
-		pumped: make(chan struct{})}
+	t := &tunnel{x: x, bconn: bc, backend: nc, br: br, head: out, websocket: equalFoldLower(up, "websocket"),
+		idleTimeout: x.cfg.Tunnels.IdleTimeout, pumped: make(chan struct{})}
 	t.run(c)
+	idleClosed = t.idle.Load()
 }
 
 // answer writes a short error response on a hijacked connection and
@@ -183,15 +191,20 @@ func (x *exchange) answer(c net.Conn, status int, msg string) {
 // tunnel is one open Upgrade connection between a client and a backend.
 type tunnel struct {
 	x         *exchange
-	backend   net.Conn
+	bconn     *pool.Conn    // the backend connection, counted under its cap
+	backend   net.Conn      // bconn's connection, for reads, writes and deadlines
 	br        *bufio.Reader // the backend's bytes after the 101 head
 	head      []byte        // the 101 head for the client
 	websocket bool
 	client    net.Conn // as hijacked: reads see bytes fasthttp had buffered
 	clientRaw net.Conn // the connection itself, to close
 
+	idleTimeout time.Duration // tunnels.idle_timeout
+	active      atomic.Int64  // Nanotime of the last byte either way
+
 	pumped    chan struct{} // closed when backend → client copying ends
-	away      atomic.Bool   // a drain timed out: the client is told, then closed
+	away      atomic.Bool   // a drain timed out or the tunnel idled: the client is told, then closed
+	idle      atomic.Bool   // closed for idleness
 	closeOnce sync.Once
 }
 
@@ -215,14 +228,15 @@ func (t *tunnel) run(c net.Conn) {
 		return
 	}
 	x.bytesOut = int64(len(t.head))
+	t.active.Store(pool.Nanotime())
 	up := make(chan struct{})
 	go func() {
 		defer close(up)
-		_, _ = io.Copy(t.backend, c) // client → backend
+		_, _ = t.pump(t.backend, c, t.clientRaw, t.backend) // client → backend
 	}()
 	go func() {
 		defer close(t.pumped)
-		n, _ := io.Copy(c, t.br) // backend → client
+		n, _ := t.pump(c, t.br, t.backend, t.clientRaw) // backend → client
 		x.bytesOut += n
 	}()
 	select {
@@ -230,8 +244,8 @@ func (t *tunnel) run(c net.Conn) {
 	case <-t.pumped:
 	}
 	if t.away.Load() {
-		// A drain ran out of time: once nothing more is copied to the
-		// client, a WebSocket gets its close frame.
+		// A drain ran out of time or the tunnel idled: once nothing more
+		// is copied to the client, a WebSocket gets its close frame.
 		<-t.pumped
 		if t.websocket {
 			_ = t.clientRaw.SetWriteDeadline(time.Now().Add(2 * time.Second))
@@ -243,17 +257,74 @@ func (t *tunnel) run(c net.Conn) {
 	<-t.pumped
 }
 
+// pump copies src to dst until either ends. from is the connection src
+// reads from and to the one dst writes to, for their deadlines: a read that
+// waits tunnels.idle_timeout while the other direction was quiet too, or a
+// write that cannot go out for that long, ends the tunnel as idle.
+func (t *tunnel) pump(dst io.Writer, src io.Reader, from, to net.Conn) (int64, error) {
+	buf := make([]byte, 32<<10)
+	var n int64
+	idle := t.idleTimeout
+	_ = from.SetReadDeadline(time.Now().Add(idle))
+	for {
+		k, rerr := src.Read(buf)
+		if k > 0 {
+			t.active.Store(pool.Nanotime())
+			_ = to.SetWriteDeadline(time.Now().Add(idle))
+			if t.away.Load() {
+				// goingAway may have set its shorter deadline just before
+				// the line above: a client that stopped reading must not
+				// hold a closing tunnel for the idle timeout.
+				_ = to.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			}
+			w, werr := dst.Write(buf[:k])
+			n += int64(w)
+			if werr != nil {
+				if isTimeout(werr) {
+					t.idled()
+				}
+				return n, werr
+			}
+			t.active.Store(pool.Nanotime())
+		}
+		if rerr == nil {
+			continue
+		}
+		if !isTimeout(rerr) || t.away.Load() {
+			return n, rerr
+		}
+		// No byte this way for idle: the tunnel is idle only if the other
+		// way was quiet as long.
+		quiet := time.Duration(pool.Nanotime() - t.active.Load())
+		if quiet >= idle {
+			t.idled()
+			return n, rerr
+		}
+		_ = from.SetReadDeadline(time.Now().Add(idle - quiet))
+	}
+}
+
+// idled ends a tunnel that carried nothing for tunnels.idle_timeout, as a
+// drain past its timeout would.
+func (t *tunnel) idled() {
+	if !t.idle.Swap(true) {
+		t.x.s.log.Info().Str("pool", t.x.pool.Name()).Str("backend", t.x.b.Name()).Dur("idle", t.idleTimeout).
+			Msg("tunnel closed: no byte either way for tunnels.idle_timeout")
+	}
+	t.goingAway()
+}
+
 // close ends both sides.
 func (t *tunnel) close() {
 	t.closeOnce.Do(func() {
-		_ = t.backend.Close()
+		t.bconn.Close()
 		_ = t.clientRaw.Close()
 	})
 }
 
-// goingAway ends the tunnel for a drain that ran out of time: the
-// backend side closes, and run, once nothing more is copied to the
-// client, sends a WebSocket client a close frame 1001 "going away".
+// goingAway ends the tunnel for a drain that ran out of time (or for
+// idleness): the backend side closes, and run, once nothing more is copied
+// to the client, sends a WebSocket client a close frame 1001 "going away".
 func (t *tunnel) goingAway() {
 	if t.away.Swap(true) {
 		return
@@ -261,7 +332,7 @@ func (t *tunnel) goingAway() {
 	// A client that stopped reading cannot hold the tunnel open: its
 	// pending write fails after this.
 	_ = t.clientRaw.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	_ = t.backend.Close()
+	t.bconn.Close()
 }
 
 // wsCloseFrame is an unmasked WebSocket close frame (server to client,

@@ -384,3 +384,108 @@ func TestDrainClosesTunnelOfAClientThatStopsReading(t *testing.T) {
 	// close frame the client does not read either.
 	testbed.Eventually(t, 15*time.Second, func() bool { return be.State() == pool.Drained }, "w1 drained despite the stalled client")
 }
+
+// TestTunnelsCountAgainstConnectionLimits: tunnels hold a client and a
+// backend connection each, so they count against server.max_connections
+// (one connection more is answered 503) and the backend's connections.max
+// (one tunnel more is answered 503 once the connect timeout passes), and
+// the pool's tunnels.max refuses one more with a message naming it.
+func TestTunnelsCountAgainstConnectionLimits(t *testing.T) {
+	addr := testbed.Backend(t, &wsEcho{name: "w1"})
+	open := func(t *testing.T, b *testbed.Baton, n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			ws, res := wsDial(t, b.Addr, "/socket")
+			if res.StatusCode != 101 {
+				t.Fatalf("tunnel %d answered %d", i+1, res.StatusCode)
+			}
+			if _, msg := ws.read(t); msg != "hello from w1" {
+				t.Fatalf("tunnel %d: %q", i+1, msg)
+			}
+		}
+	}
+	t.Run("server.max_connections", func(t *testing.T) {
+		b := testbed.Start(t, strings.Replace(wsPool(addr, ""), "log:", "server: {max_connections: 3}\nlog:", 1))
+		b.WaitHealthy(t, "chat", 1)
+		open(t, b, 3)
+		c, err := net.Dial("tcp", b.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, _ := io.ReadAll(c)
+		if !strings.HasPrefix(string(got), "HTTP/1.1 503 ") || !strings.Contains(string(got), "server.max_connections") {
+			t.Errorf("with 3 tunnels open and max_connections 3, a new connection read %q", got)
+		}
+		if n := b.Srv.OpenConnections(); n != 3 {
+			t.Errorf("open connections %d, want the 3 tunnels", n)
+		}
+	})
+	t.Run("connections.max", func(t *testing.T) {
+		b := testbed.Start(t, wsPool(addr, "")+"    connections: {max: 2}\n    timeouts: {connect: 200ms}\n")
+		b.WaitHealthy(t, "chat", 1)
+		open(t, b, 2)
+		_, res := wsDial(t, b.Addr, "/socket")
+		if res.StatusCode != 503 {
+			t.Errorf("a third tunnel to a backend with connections.max 2 answered %d, want 503", res.StatusCode)
+		}
+		if n := b.Pool(t, "chat").Backend("w1").OpenConns(); n != 2 {
+			t.Errorf("the backend has %d connections open, want the 2 tunnels'", n)
+		}
+	})
+	t.Run("tunnels.max", func(t *testing.T) {
+		b := testbed.Start(t, wsPool(addr, "")+"    tunnels: {max: 2}\n")
+		b.WaitHealthy(t, "chat", 1)
+		open(t, b, 2)
+		_, res := wsDial(t, b.Addr, "/socket")
+		body, _ := io.ReadAll(res.Body)
+		if res.StatusCode != 503 || !strings.Contains(string(body), "maximum of 2 tunnels") {
+			t.Errorf("a third tunnel with tunnels.max 2 answered %d %q", res.StatusCode, body)
+		}
+		st := b.Pool(t, "chat").TunnelStats()
+		if st.Open != 2 || st.Refused != 1 {
+			t.Errorf("tunnel stats %+v, want 2 open and 1 refused", st)
+		}
+		if !strings.Contains(b.Logs.String(), "tunnel refused: the pool has tunnels.max open") {
+			t.Errorf("the refusal was not logged")
+		}
+	})
+}
+
+// TestIdleTunnelIsClosed: a tunnel that carries no byte either way for
+// tunnels.idle_timeout is closed (the WebSocket client gets 1001) and
+// gives back its connections; one that keeps talking stays open past it.
+func TestIdleTunnelIsClosed(t *testing.T) {
+	addr := testbed.Backend(t, &wsEcho{name: "w1"})
+	b := testbed.Start(t, wsPool(addr, "")+"    tunnels: {idle_timeout: 800ms}\n")
+	b.WaitHealthy(t, "chat", 1)
+	be := b.Pool(t, "chat").Backend("w1")
+
+	busy, _ := wsDial(t, b.Addr, "/busy")
+	busy.read(t)
+	quiet, _ := wsDial(t, b.Addr, "/quiet")
+	quiet.read(t)
+	start := time.Now()
+	// The busy one sends every 100ms for 2s, more than two idle timeouts.
+	for i := 0; time.Since(start) < 2*time.Second; i++ {
+		busy.send(t, fmt.Sprintf("ping %d", i))
+		if _, msg := busy.read(t); msg != fmt.Sprintf("w1: ping %d", i) {
+			t.Fatalf("the busy tunnel answered %q after %s", msg, time.Since(start))
+		}
+		time.Sleep(100 * time.Millisecond) // the pace of the client's messages
+	}
+	op, msg := quiet.read(t)
+	if op != 8 || len(msg) < 2 || binary.BigEndian.Uint16([]byte(msg)) != 1001 {
+		t.Fatalf("the idle tunnel got frame %d %q; want close 1001", op, msg)
+	}
+	testbed.Eventually(t, 5*time.Second, func() bool { return be.Tunnels() == 1 && be.OpenConns() == 1 },
+		"the idle tunnel's backend connection closed (tunnels %d, connections %d)", be.Tunnels(), be.OpenConns())
+	if st := b.Pool(t, "chat").TunnelStats(); st.IdleClosed != 1 || st.Open != 1 {
+		t.Errorf("tunnel stats %+v, want 1 closed for idleness and 1 open", st)
+	}
+	busy.send(t, "still there")
+	if _, msg := busy.read(t); msg != "w1: still there" {
+		t.Errorf("the busy tunnel after the idle one closed: %q", msg)
+	}
+}
