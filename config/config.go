@@ -106,16 +106,17 @@ type Log struct {
 
 // Server is the client-facing side of the proxy.
 type Server struct {
-	// ReadHeaderTimeout bounds reading a request's headers (and a small body
-	// that arrives with them). A slow client is cut off after it. Default 10s.
+	// ReadHeaderTimeout bounds reading a request's headers. A slow client is
+	// cut off after it (408). Default 10s.
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 	// IdleTimeout is how long a keep-alive client connection may wait for its
 	// next request. Default 60s.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// BodyIdleTimeout is the longest a client may go without sending a byte
-	// of its request body or accepting a byte of the response. It restarts
-	// whenever a body makes progress, so it never cuts a long upload or
-	// download that keeps moving. Default 60s.
+	// of its request body or accepting a byte of the response, for bodies of
+	// any size (the first 8 KiB of a request body, read with its headers,
+	// must arrive within it). It restarts whenever a body makes progress, so
+	// it never cuts a long upload or download that keeps moving. Default 60s.
 	BodyIdleTimeout time.Duration `yaml:"body_idle_timeout"`
 	// MaxRequestBody is the largest request body accepted; larger ones get 413.
 	// Bodies are streamed, so this is a policy limit, not a memory cost.

@@ -306,8 +306,23 @@ func (x *exchange) readBody(ctx *fasthttp.RequestCtx, n int) error {
 	if r == nil {
 		return &clientError{err: io.ErrUnexpectedEOF, gone: true}
 	}
-	if _, err := io.ReadFull(r, x.body); err != nil {
-		return clientReadError(err)
+	// Like a streamed body, a small one may take as long as it keeps
+	// moving: body_idle_timeout between bytes, not the header timeout for
+	// all of it (a checkout form on a slow mobile link).
+	cc := ctx.Conn()
+	for got := 0; got < n; {
+		_ = cc.SetReadDeadline(x.bound(time.Now().Add(x.s.bodyIdle)))
+		k, err := r.Read(x.body[got:])
+		got += k
+		if got == n {
+			break
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return clientReadError(err)
+		}
 	}
 	return nil
 }

@@ -75,10 +75,11 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 	s.table.Store(t)
 	s.exchanges.New = func() any { return &exchange{s: s} }
 	s.srv = &fasthttp.Server{
-		Handler:       s.handle,
-		ErrorHandler:  s.errorHandler,
-		ExpectHandler: s.expect,
-		Logger:        fasthttpLogger{log},
+		Handler:        s.handle,
+		ErrorHandler:   s.errorHandler,
+		ExpectHandler:  s.expect,
+		HeaderReceived: s.headerReceived,
+		Logger:         fasthttpLogger{log},
 		// Header names are canonicalised (as HAProxy and Envoy lowercase
 		// them); values, order and repeats pass unchanged.
 		DisableHeaderNamesNormalizing: false,
@@ -284,6 +285,17 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 func (s *Server) putExchange(x *exchange) {
 	x.reset()
 	s.exchanges.Put(x)
+}
+
+// headerReceived gives a request with a body body_idle_timeout, not what
+// is left of the header timeout, for the part of the body fasthttp reads
+// before the handler (up to 8 KiB); the handler then renews it between
+// reads, so a slow client's form arrives as long as it keeps moving.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if h.ContentLength() > 0 || h.ContentLength() == -1 {
+		return fasthttp.RequestConfig{ReadTimeout: s.bodyIdle}
+	}
+	return fasthttp.RequestConfig{}
 }
 
 // expect answers "Expect: 100-continue": a body that is too large is refused

@@ -1113,3 +1113,64 @@ func TestStreamTimeouts(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowSmallBodyArrives: a small request body (read whole before it is
+// forwarded) sent slowly, so that it takes longer than the header timeout,
+// still arrives as long as it keeps moving: body_idle_timeout applies
+// between its bytes as it does for streamed bodies. One that stops
+// moving gets 408 after body_idle_timeout.
+func TestSlowSmallBodyArrives(t *testing.T) {
+	got := make(chan string, 1)
+	addr := testbed.Backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		got <- string(body)
+		_, _ = io.WriteString(w, "thanks")
+	}))
+	b := testbed.Start(t, stConfig("read_header_timeout: 300ms, body_idle_timeout: 1s", stPool("web", [][2]string{{"b1", addr}}, "")))
+	b.WaitHealthy(t, "web", 1)
+
+	body := strings.Repeat("cart=42&qty=1&", 2000) // 28 000 bytes, buffered
+	c, br := stDial(t, b.Addr, 20*time.Second)
+	if _, err := fmt.Fprintf(c, "POST /checkout HTTP/1.1\r\nHost: shop.test\r\nContent-Length: %d\r\n\r\n", len(body)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// 1 400 bytes every 100 ms: two seconds for the whole body, six
+	// header timeouts.
+	for i := 0; i < len(body); i += 1400 {
+		if _, err := io.WriteString(c, body[i:min(i+1400, len(body))]); err != nil {
+			t.Fatalf("baton closed the connection %s into the body: %v", time.Since(start), err)
+		}
+		time.Sleep(100 * time.Millisecond) // the slow client's pace
+	}
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || string(reply) != "thanks" {
+		t.Fatalf("a body sent over %s answered %d %q", time.Since(start).Round(time.Millisecond), res.StatusCode, reply)
+	}
+	if g := <-got; g != body {
+		t.Errorf("the backend got %d bytes, want %d", len(g), len(body))
+	}
+
+	// A body that stops moving is cut after body_idle_timeout.
+	c2, br2 := stDial(t, b.Addr, 10*time.Second)
+	if _, err := io.WriteString(c2, "POST /checkout HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\nhalf"); err != nil {
+		t.Fatal(err)
+	}
+	stalled := time.Now()
+	res2, err := http.ReadResponse(br2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res2.Body.Close()
+	if took := time.Since(stalled); res2.StatusCode != 408 || took < 900*time.Millisecond {
+		t.Errorf("a stalled body answered %d after %s; want 408 after body_idle_timeout (1s)", res2.StatusCode, took.Round(time.Millisecond))
+	}
+}
