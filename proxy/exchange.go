@@ -133,7 +133,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		// anything but chunked is ambiguous to someone on the path.
 		return x.reply(ctx, 400, "Transfer-Encoding must be chunked", true)
 	}
-	if x.sc.bareLF || x.sc.folded {
+	if x.sc.bareLF || x.sc.folded || requestLineLF(ctx) {
 		// Normalised for the backend; the client connection ends after this
 		// response so nothing after the irregular bytes is read as a request.
 		ctx.SetConnectionClose()
@@ -235,6 +235,12 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 			Err(err).Msg("request failed")
 		return x.reply(ctx, x.class.Status(), x.failureText(), false)
 	}
+}
+
+// requestLineLF reports whether the request line ended with a bare LF.
+func requestLineLF(ctx *fasthttp.RequestCtx) bool {
+	w := watchOf(ctx.Conn())
+	return w != nil && w.lineLF
 }
 
 // replayable: the request body can be sent again (none, buffered, or a

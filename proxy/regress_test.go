@@ -306,3 +306,106 @@ pools:
 		t.Errorf("the listener still accepts after Shutdown")
 	}
 }
+
+// TestBareLFRequestsAreAnsweredAtOnce: request heads whose lines end in LF
+// alone are never left waiting (fasthttp waits for CRLF CRLF). A head that
+// ends with a bare LF gets 400 naming the problem; one whose request line
+// alone ends in LF is forwarded normalised, and the connection closes
+// after the answer. Bytes sent one at a time, and a bare-LF request after
+// a clean one on the same connection, behave the same.
+func TestBareLFRequestsAreAnsweredAtOnce(t *testing.T) {
+	got := make(chan string, 16)
+	addr := testbed.Backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			got <- r.Method + " " + r.URL.Path + " host=" + r.Host
+		}
+		_, _ = io.WriteString(w, "b1")
+	}))
+	b := testbed.Start(t, testbed.Config(testbed.PoolYAML("web", [][2]string{{"b1", addr}}, "")))
+	b.WaitHealthy(t, "web", 1)
+
+	// exchange writes raw (in one write, or byte by byte) without closing
+	// its side, and returns everything baton sends before it closes.
+	exchange := func(t *testing.T, c net.Conn, raw string, byteByByte bool) string {
+		t.Helper()
+		start := time.Now()
+		if byteByByte {
+			for i := 0; i < len(raw); i++ {
+				if _, err := c.Write([]byte{raw[i]}); err != nil {
+					break
+				}
+			}
+		} else if _, err := io.WriteString(c, raw); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		out, err := io.ReadAll(c)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("%q: no answer and no close within 3s (got %q)", raw, out)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("%q: answered after %s", raw, took)
+		}
+		return string(out)
+	}
+	dial := func(t *testing.T) net.Conn {
+		c, err := net.Dial("tcp", b.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	refused := []string{
+		"GET / HTTP/1.1\nHost: a\n\n",
+		"GET / HTTP/1.1\r\nHost: a\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\n\n",
+		"POST /cart HTTP/1.1\nHost: a\nContent-Length: 3\n\nabc",
+	}
+	for _, raw := range refused {
+		for _, slow := range []bool{false, true} {
+			out := exchange(t, dial(t), raw, slow)
+			if !strings.HasPrefix(out, "HTTP/1.1 400 ") || !strings.Contains(out, "bare LF") {
+				t.Errorf("%q (byte by byte %v): got %q, want 400 naming the bare LF", raw, slow, out)
+			}
+		}
+	}
+	select {
+	case r := <-got:
+		t.Errorf("a refused request reached the backend: %s", r)
+	default:
+	}
+
+	// The request line alone ends in LF: forwarded, then the connection ends.
+	out := exchange(t, dial(t), "GET /lf HTTP/1.1\nHost: a\r\n\r\n", false)
+	if !strings.HasPrefix(out, "HTTP/1.1 200 ") || !strings.HasSuffix(out, "b1") {
+		t.Errorf("a request line ending in LF: got %q, want the backend's 200 and a close", out)
+	}
+	if r := <-got; r != "GET /lf host=a" {
+		t.Errorf("the backend got %q", r)
+	}
+
+	// A clean request, then a bare-LF one on the same connection.
+	c := dial(t)
+	br := bufio.NewReader(c)
+	if _, err := io.WriteString(c, "GET /first HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	res, err := http.ReadResponse(br, nil)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("first request: %v %v", res, err)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	<-got
+	if _, err := io.WriteString(c, "GET /second HTTP/1.1\nHost: a\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	res, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("a bare-LF request after a clean one got no answer: %v", err)
+	}
+	if res.StatusCode != 400 || !res.Close {
+		t.Errorf("a bare-LF request after a clean one: %d, close %v", res.StatusCode, res.Close)
+	}
+}

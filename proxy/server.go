@@ -133,11 +133,7 @@ func (s *Server) serve(ln *listener.Listener, conf *tls.Config) error {
 	}
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
-	var l net.Listener = ln
-	if conf != nil {
-		l = tls.NewListener(ln, conf)
-	}
-	return s.srv.Serve(l)
+	return s.srv.Serve(watchingListener{Listener: ln, tls: conf})
 }
 
 // Listeners returns each listener's counters, for /metrics.
@@ -319,6 +315,8 @@ func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 		status, msg = 413, fmt.Sprintf("the request body is larger than %d bytes", s.maxBody)
 	case isTimeout(err):
 		status, msg = 408, "the request did not arrive in time"
+	case errors.Is(err, errBareLF):
+		msg = errBareLF.Error()
 	case errors.Is(err, fasthttp.ErrDuplicateContentLength):
 		msg = "more than one Content-Length"
 	case errors.Is(err, fasthttp.ErrUnsupportedTransferEncoding):

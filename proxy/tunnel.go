@@ -215,6 +215,9 @@ func (t *tunnel) run(c net.Conn) {
 	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
 		t.clientRaw = u.UnsafeConn()
 	}
+	if w := watchOf(t.clientRaw); w != nil {
+		w.off.Store(true) // the bytes are the new protocol's now, both ways at once
+	}
 	x := t.x
 	remove := x.b.AddTunnel(t.goingAway)
 	x.s.addTunnel(t)

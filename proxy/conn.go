@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync/atomic"
+)
+
+// fasthttp ends a request head only at CRLF CRLF. A head whose empty line
+// ends in a bare LF ("GET / HTTP/1.1\nHost: a\n\n") never ends for it: it
+// waits for more bytes until the header timeout, and the client waits for
+// an answer that does not come. baton's client connections watch the bytes
+// of each request head (up to its empty line, nothing of the body) and, when
+// the head ended with a bare LF, answer fasthttp's next read with errBareLF,
+// so the client gets a 400 at once. They also note a request line ending in
+// a bare LF, which fasthttp accepts: the request is forwarded normalised and
+// the connection closed after it.
+
+// errBareLF: a request head whose lines end in LF alone.
+var errBareLF = errors.New("the request head ends with a bare LF; HTTP lines end with CRLF")
+
+// headWatch follows one connection's request heads. Read calls scan; Write
+// calls written. It is used by one request at a time (fasthttp serves a
+// connection's requests in turn); a tunnel turns it off before its two
+// directions run at once.
+type headWatch struct {
+	off       atomic.Bool // the connection was hijacked: bytes are no longer HTTP
+	inHead    bool        // reading a request head
+	lines     int         // line ends seen in this head
+	last      byte        // the last byte seen
+	afterLF   uint8       // 1: just after a line end; 2: just after a line end and CR
+	lfBare    bool        // the last line end was a bare LF
+	lineLF    bool        // the request line ended with a bare LF
+	bareEnd   bool        // the head ended with a bare LF: fasthttp will wait for ever
+}
+
+func (h *headWatch) reset() {
+	h.inHead, h.lines, h.last, h.afterLF, h.lfBare, h.lineLF = true, 0, 0, 0, false, false
+}
+
+// scan looks at the next bytes read from the client.
+func (h *headWatch) scan(s []byte) {
+	for h.inHead && len(s) > 0 {
+		switch h.afterLF {
+		case 1:
+			switch s[0] {
+			case '\n': // an empty line ended by a bare LF
+				h.inHead, h.bareEnd = false, true
+				return
+			case '\r':
+				h.afterLF, h.last = 2, '\r'
+				s = s[1:]
+				continue
+			}
+			h.afterLF = 0
+		case 2:
+			if s[0] == '\n' { // the empty line, CRLF: a proper end only after a CRLF line
+				h.inHead, h.bareEnd = false, h.lfBare
+				return
+			}
+			h.afterLF = 0
+		}
+		i := bytes.IndexByte(s, '\n')
+		if i < 0 {
+			h.last = s[len(s)-1]
+			return
+		}
+		prev := h.last
+		if i > 0 {
+			prev = s[i-1]
+		}
+		h.lfBare = prev != '\r'
+		if h.lines == 0 && h.lfBare {
+			h.lineLF = true
+		}
+		h.lines++
+		h.afterLF, h.last = 1, '\n'
+		s = s[i+1:]
+	}
+}
+
+// written sees the start of a write to the client: a final response
+// (status 2xx and up) means the next bytes read begin a new request head.
+// 100 Continue and 101 Switching Protocols do not.
+func (h *headWatch) written(p []byte) {
+	if len(p) >= 10 && p[9] >= '2' && bytes.HasPrefix(p, httpVersionPrefix) {
+		h.reset()
+	}
+}
+
+var httpVersionPrefix = []byte("HTTP/1.")
+
+// clientConn is a plain client connection with its head watch.
+type clientConn struct {
+	net.Conn
+	h headWatch
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
+	if c.h.off.Load() {
+		return c.Conn.Read(p)
+	}
+	if c.h.bareEnd {
+		return 0, errBareLF
+	}
+	n, err := c.Conn.Read(p)
+	c.h.scan(p[:n])
+	return n, err
+}
+
+func (c *clientConn) Write(p []byte) (int, error) {
+	if !c.h.off.Load() {
+		c.h.written(p)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *clientConn) watch() *headWatch { return &c.h }
+
+// tlsClientConn is clientConn for HTTPS. It embeds the *tls.Conn so that
+// fasthttp still sees a TLS connection (ctx.IsTLS, the handshake state).
+type tlsClientConn struct {
+	*tls.Conn
+	h headWatch
+}
+
+func (c *tlsClientConn) Read(p []byte) (int, error) {
+	if c.h.off.Load() {
+		return c.Conn.Read(p)
+	}
+	if c.h.bareEnd {
+		return 0, errBareLF
+	}
+	n, err := c.Conn.Read(p)
+	c.h.scan(p[:n])
+	return n, err
+}
+
+func (c *tlsClientConn) Write(p []byte) (int, error) {
+	if !c.h.off.Load() {
+		c.h.written(p)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *tlsClientConn) watch() *headWatch { return &c.h }
+
+type watched interface{ watch() *headWatch }
+
+// watchOf returns the head watch of a client connection (nil for one that
+// has none, as in tests that serve fasthttp's in-memory connections).
+func watchOf(c net.Conn) *headWatch {
+	if w, ok := c.(watched); ok {
+		return w.watch()
+	}
+	return nil
+}
+
+// watchingListener gives every connection it accepts a head watch.
+type watchingListener struct {
+	net.Listener
+	tls *tls.Config // nil: plain HTTP
+}
+
+func (l watchingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if l.tls != nil {
+		tc := &tlsClientConn{Conn: tls.Server(c, l.tls)}
+		tc.h.reset()
+		return tc, nil
+	}
+	cc := &clientConn{Conn: c}
+	cc.h.reset()
+	return cc, nil
+}
