@@ -26,14 +26,14 @@ var errBareLF = errors.New("the request head ends with a bare LF; HTTP lines end
 // connection's requests in turn); a tunnel turns it off before its two
 // directions run at once.
 type headWatch struct {
-	off       atomic.Bool // the connection was hijacked: bytes are no longer HTTP
-	inHead    bool        // reading a request head
-	lines     int         // line ends seen in this head
-	last      byte        // the last byte seen
-	afterLF   uint8       // 1: just after a line end; 2: just after a line end and CR
-	lfBare    bool        // the last line end was a bare LF
-	lineLF    bool        // the request line ended with a bare LF
-	bareEnd   bool        // the head ended with a bare LF: fasthttp will wait for ever
+	off     atomic.Bool // the connection was hijacked: bytes are no longer HTTP
+	inHead  bool        // reading a request head
+	lines   int         // line ends seen in this head
+	last    byte        // the last byte seen
+	afterLF uint8       // 1: just after a line end; 2: just after a line end and CR
+	lfBare  bool        // the last line end was a bare LF
+	lineLF  bool        // the request line ended with a bare LF
+	bareEnd bool        // the head ended with a bare LF: fasthttp will wait for ever
 }
 
 func (h *headWatch) reset() {
