@@ -26,8 +26,8 @@ type Option func(*api)
 func WithTokens(tokens []Token) Option { return func(a *api) { a.tokens = tokens } }
 
 // WithUpgrade serves POST /v1/upgrade with fn, which hands baton's sockets
-// to a new process and returns once it serves.
-func WithUpgrade(fn func() error) Option { return func(a *api) { a.upgrade = fn } }
+// to a new process and returns once it serves; actor is who asked.
+func WithUpgrade(fn func(actor string) error) Option { return func(a *api) { a.upgrade = fn } }
 
 // WithTimeouts tells the API the admin server's read and write timeouts, so
 // that a request that waits on purpose (?wait=, an upgrade) gets its wait on
@@ -56,7 +56,7 @@ func Handler(ctl *control.Registry, metrics prometheus.Gatherer, log zerolog.Log
 		ErrorLog:      promLogger{log},
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
-	return mux
+	return a.guard(mux)
 }
 
 // promLogger routes the exposition's errors to baton's log.

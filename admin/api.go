@@ -30,7 +30,7 @@ type api struct {
 	tokens []Token // none: no token needed (loopback only, enforced by config)
 	// upgrade hands the listeners to a new baton process (nil: not
 	// available, as under baton demo).
-	upgrade func() error
+	upgrade func(actor string) error
 	// readTimeout and writeTimeout are the admin server's; a request that
 	// waits (?wait=, an upgrade) gets its wait on top (0: no timeouts).
 	readTimeout, writeTimeout time.Duration
@@ -116,8 +116,10 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		actor, ok := a.authenticate(r)
 		if !ok {
+			e := errorf(401, "unauthorized", "a valid token is required: send Authorization: Bearer TOKEN")
+			a.audit(r, "unauthenticated", e)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="baton"`)
-			writeError(w, errorf(401, "unauthorized", "a valid token is required: send Authorization: Bearer TOKEN"))
+			writeError(w, e)
 			return
 		}
 		if len(methods) == 0 {
@@ -130,12 +132,20 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 			writeError(w, errorf(405, "method_not_allowed", "%s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allow, ", ")))
 			return
 		}
+		if e := needJSON(r); e != nil {
+			a.audit(r, actor, e)
+			writeError(w, e)
+			return
+		}
 		a.extendDeadlines(w, r)
 		status, body, err := h(r, actor)
 		if err != nil {
 			ae := asAPIError(err)
 			if ae.status >= 500 {
 				a.log.Error().Err(err).Str("path", r.URL.Path).Msg("admin API request failed")
+			}
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				a.audit(r, actor, ae) // a refused change: who asked, and why not
 			}
 			writeError(w, ae)
 			return
@@ -505,7 +515,7 @@ func (a *api) upgradeBaton(r *http.Request, actor string) (int, any, error) {
 		return 0, nil, errorf(409, "conflict", "this baton cannot hand over its sockets (it was not started by baton serve)")
 	}
 	a.log.Info().Str("actor", actor).Msg("upgrade of baton asked for")
-	if err := a.upgrade(); err != nil {
+	if err := a.upgrade(actor); err != nil {
 		if errors.Is(err, control.ErrUpgrading) {
 			return 0, nil, err
 		}
@@ -594,5 +604,13 @@ func (a *api) events(r *http.Request, _ string) (int, any, error) {
 		}
 		limit = n
 	}
-	return 200, a.ctl.Events(limit), nil
+	var refused bool
+	switch v := r.URL.Query().Get("refused"); v {
+	case "", "false":
+	case "true":
+		refused = true
+	default:
+		return 0, nil, errorf(400, "invalid_value", "refused must be true or false, got %q", v)
+	}
+	return 200, a.ctl.Events(limit, refused), nil
 }

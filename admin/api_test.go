@@ -164,7 +164,7 @@ func (f *apiFixture) req(t *testing.T, method, path, auth, body string) apiResp 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if body != "" {
+	if method != http.MethodGet {
 		r.Header.Set("Content-Type", "application/json")
 	}
 	if auth != "" {
@@ -947,6 +947,7 @@ func TestAPIDrainWait(t *testing.T) {
 	go func() {
 		req, _ := http.NewRequest("POST", f.url+path+"?wait=20s", nil)
 		req.Header.Set("Authorization", "Bearer "+tokDeployer)
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := f.client.Do(req)
 		if err != nil {
 			long <- answer{status: -1, body: []byte(err.Error())}

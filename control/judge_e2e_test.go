@@ -182,13 +182,13 @@ func TestJudgePromotesHealthyCanary(t *testing.T) {
 		t.Errorf("the canary went through shares %v; want 20, 50, 100", steps)
 	}
 	var promoted bool
-	for _, e := range b.Reg.Events(50) {
+	for _, e := range b.Reg.Events(50, false) {
 		if e.Actor == "judge" && e.Action == "promote" {
 			promoted = true
 		}
 	}
 	if !promoted {
-		t.Errorf("no promote by the judge in the audit log: %+v", b.Reg.Events(10))
+		t.Errorf("no promote by the judge in the audit log: %+v", b.Reg.Events(10, false))
 	}
 	t.Logf("%d requests, promoted after shares %v", l.sent.Load(), steps)
 }
@@ -221,7 +221,7 @@ func TestJudgeRollsBackNewError(t *testing.T) {
 		t.Errorf("after the rollback the canary backend is %s, want drained", s4.State())
 	}
 	var rolled *control.Event
-	for _, e := range b.Reg.Events(50) {
+	for _, e := range b.Reg.Events(50, false) {
 		if e.Actor == "judge" && e.Action == "rollback" {
 			rolled = &e
 		}
@@ -294,7 +294,7 @@ func TestJudgeKnownErrorDoesNotFail(t *testing.T) {
 	stop()
 	wg.Wait()
 	if p.StableVersion() != "v2" {
-		t.Fatalf("a failure stable has at the same rate failed the release: %+v", b.Reg.Events(5))
+		t.Fatalf("a failure stable has at the same rate failed the release: %+v", b.Reg.Events(5, false))
 	}
 	if rep == nil {
 		t.Fatal("no report with signatures seen during the canary")

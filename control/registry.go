@@ -43,7 +43,9 @@ type Registry struct {
 	onTable    func(*proxy.Table)
 	started    bool
 	generation int64
-	events     []Event // the audit log, oldest first, at most maxEvents
+	events     []Event // the audit log of changes, oldest first, at most maxEvents
+	refusals   []Event // refused requests, oldest first, at most maxEvents
+	auditFile  *auditFile
 	baselines  map[string]*baseline
 
 	judges judges
@@ -76,8 +78,13 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	if err != nil {
 		return nil, err
 	}
+	audit, changes, refusals, err := openAudit(AuditPath(stateFile))
+	if err != nil {
+		return nil, err
+	}
 	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool),
-		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}, switchBase: map[string]*canary.VersionSnapshot{}}
+		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}, switchBase: map[string]*canary.VersionSnapshot{},
+		auditFile: audit, events: changes, refusals: refusals}
 	r.pruneLocked()
 	for _, pc := range cfg.Pools {
 		r.pools[pc.Name] = pool.New(effective(pc, st.Pools[pc.Name]), log)
@@ -85,6 +92,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	r.applyStatesLocked()
 	t, err := proxy.BuildTable(cfg, r.pools)
 	if err != nil {
+		audit.close()
 		return nil, err
 	}
 	r.table = t
@@ -218,6 +226,8 @@ func (r *Registry) Close() {
 	for _, p := range r.pools {
 		p.Close()
 	}
+	r.auditFile.close()
+	r.auditFile = nil
 }
 
 // WaitHealthy waits until every pool has a backend that takes requests, or

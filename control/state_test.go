@@ -212,7 +212,7 @@ func TestStateSurvivesCrash(t *testing.T) {
 		t.Fatalf("a state file exists before any decision: %v", err)
 	}
 
-	wantNames := []string{"baton.state.json", "baton.yaml"}
+	wantNames := []string{"baton.audit.jsonl", "baton.state.json", "baton.yaml"}
 	afterEach := func(what string, check func(s *control.State) bool) {
 		t.Helper()
 		if got := ctDirNames(t, dir); !reflect.DeepEqual(got, wantNames) {
@@ -375,7 +375,7 @@ func TestStateFileNeverTorn(t *testing.T) {
 	if n := torn.Load(); n != 0 {
 		t.Errorf("%d reads saw a torn or invalid state file, e.g. %v", n, tornSample.Load())
 	}
-	if got, want := ctDirNames(t, dir), []string{"baton.state.json", "baton.yaml"}; !reflect.DeepEqual(got, want) {
+	if got, want := ctDirNames(t, dir), []string{"baton.audit.jsonl", "baton.state.json", "baton.yaml"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("directory holds %q, want %q", got, want)
 	}
 	s := stReadState(t, cfg.StateFile)
@@ -523,7 +523,7 @@ func TestUnwritableStateRefusesDecision(t *testing.T) {
 	if s := r.State(); len(s.Pools) != 0 {
 		t.Errorf("overlay after failed decisions: %+v, want empty", s.Pools)
 	}
-	for _, ev := range r.Events(0) {
+	for _, ev := range r.Events(0, false) {
 		switch ev.Action {
 		case "drain", "eject", "patch", "canary":
 			t.Errorf("audit log records %s of %s though it was not applied", ev.Action, ev.Backend)

@@ -154,11 +154,11 @@ func TestSwitchBackWhenAGuardFires(t *testing.T) {
 		t.Errorf("after switching back requests went to %v; want b1 and b2 only", got)
 	}
 	var back bool
-	for _, e := range b.Reg.Events(20) {
+	for _, e := range b.Reg.Events(20, false) {
 		back = back || (e.Action == "switch_back" && e.Actor == "judge")
 	}
 	if !back {
-		t.Errorf("no switch_back event by the judge: %+v", b.Reg.Events(5))
+		t.Errorf("no switch_back event by the judge: %+v", b.Reg.Events(5, false))
 	}
 	stop()
 	if l.failed.Load() != 0 {

@@ -44,7 +44,8 @@
   async function api(method, path, body) {
     const headers = {};
     if (token) headers.Authorization = "Bearer " + token;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    // Changes are taken only as JSON, body or not.
+    if (method !== "GET") headers["Content-Type"] = "application/json";
     let res;
     try {
       res = await fetch(path, {

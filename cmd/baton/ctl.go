@@ -47,7 +47,7 @@ Usage: baton ctl COMMAND [ARGS] [FLAGS]
                                       blue/green: all traffic to the standby servers
                                       of V at once; guards switch back if they fire;
                                       --wait until the watch ends (exit 1 if switched back)
-  events [--limit N]                  the audit log, newest first
+  events [--limit N] [--refused]      the audit log, newest first (--refused: refused requests)
   upgrade                             start the baton binary again (a new version at the
                                       same path) and hand it the sockets; exit 0 once it serves
 
@@ -73,7 +73,7 @@ var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "outp
 	"version": true, "weight": true, "address": true, "limit": true, "max-error-rate-increase": true, "min-requests": true,
 	"to": true, "watch": true, "max-error-rate": true}
 
-var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true}
+var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true}
 
 func parseCtlArgs(args []string) (*ctlArgs, error) {
 	a := &ctlArgs{flags: map[string]string{}}
@@ -270,7 +270,9 @@ func (c *ctlClient) call(method, path string, query url.Values, body, out any) (
 	if err != nil {
 		return 0, fail(exitUsage, "%v", err)
 	}
-	if body != nil {
+	if method != http.MethodGet {
+		// The admin API takes changes only as JSON, body or not (a web
+		// page cannot send that to another site without asking first).
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
@@ -560,18 +562,30 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		fmt.Fprintln(c.stdout, res.Message)
 		return nil
 	case "events":
-		if err := need(a, 0, "events [--limit N]"); err != nil {
+		if err := need(a, 0, "events [--limit N] [--refused]"); err != nil {
 			return err
 		}
 		q := url.Values{}
 		if l := a.flags["limit"]; l != "" {
 			q.Set("limit", l)
 		}
+		refused := a.flags["refused"] == "true"
+		if refused {
+			q.Set("refused", "true")
+		}
 		var evs []control.Event
 		if _, err := c.call("GET", "/v1/events", q, nil, &evs); err != nil || c.output == "json" {
 			return err
 		}
 		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		if refused {
+			fmt.Fprintln(tw, "TIME\tACTOR\tREQUEST\tFROM\tREFUSED")
+			for _, e := range evs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action,
+					strings.TrimPrefix(e.Detail, "from "), e.Refused)
+			}
+			return tw.Flush()
+		}
 		fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
 		for _, e := range evs {
 			target := e.Pool

@@ -62,7 +62,7 @@ func metricValue(t *testing.T, c *http.Client, admin, series string) float64 {
 // rawGet sends one GET on c (keep-alive) and reads the answer.
 func rawGet(c net.Conn, br *bufio.Reader, path string) (int, string, error) {
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: shop.test\r\n\r\n", path); err != nil {
+	if _, err := fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path); err != nil {
 		return 0, "", err
 	}
 	res, err := http.ReadResponse(br, nil)

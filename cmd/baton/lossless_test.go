@@ -337,6 +337,18 @@ pools:
 		t.Errorf("the first process exited %d after handing over, want 0", code)
 	}
 	t.Logf("%d requests answered across 3 upgrades, %d failed", load.ok.Load(), load.failed.Load())
+	// Each upgrade is in the audit log the last process serves.
+	var evs []map[string]any
+	a.must("GET", "/v1/events", "", 200, &evs)
+	upgrades := 0
+	for _, ev := range evs {
+		if ev["action"] == "upgrade" && ev["actor"] == "signal" {
+			upgrades++
+		}
+	}
+	if upgrades != 3 {
+		t.Errorf("%d upgrades in the audit log, want 3: %v", upgrades, evs)
+	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
 	if !poll(20*time.Second, func() bool { return processGone(pid) }) {
 		t.Errorf("the last process %d did not stop on SIGTERM", pid)

@@ -124,15 +124,20 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	// upgrade starts the binary again and hands it the sockets. Decisions
 	// wait meanwhile: the new process reads the state file as it starts.
 	var upgradeMu sync.Mutex
-	upgrade := func() error {
+	upgrade := func(actor string) error {
 		upgradeMu.Lock()
 		defer upgradeMu.Unlock()
-		log.Info().Msg("upgrade: starting a new baton process and handing it the listening sockets")
+		log.Info().Str("actor", actor).Msg("upgrade: starting a new baton process and handing it the listening sockets")
+		// Audited first, so that the new process, which reads the audit
+		// file as it starts, has it; a failure is audited as refused.
+		reg.Audit(control.Event{Actor: actor, Action: "upgrade", Detail: fmt.Sprintf("from pid %d", os.Getpid())})
 		reg.Freeze(true)
 		if err := upg.Upgrade(); err != nil {
 			reg.Freeze(false)
 			log.Error().Err(err).Msg("upgrade failed; this process keeps serving")
-			return fmt.Errorf("the new baton did not start (%v); this one keeps serving", err)
+			err = fmt.Errorf("the new baton did not start (%v); this one keeps serving", err)
+			reg.Audit(control.Event{Actor: actor, Action: "upgrade", Refused: err.Error()})
+			return err
 		}
 		log.Info().Msg("upgrade: the new process serves; finishing the requests in flight here, then exiting")
 		return nil
@@ -255,7 +260,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 				case <-ctx.Done():
 					return
 				case <-usr2:
-					_ = upgrade()
+					_ = upgrade("signal")
 				}
 			}
 		}()
