@@ -254,29 +254,60 @@ func (r *Registry) WaitHealthy(ctx context.Context) bool {
 	}
 }
 
-// ReloadFile loads the config at path and applies it. A file that does not
-// load or validate changes nothing: its errors are logged and returned, and
-// the failure is counted.
 // Freeze stops (true) or resumes (false) every decision: while a new
-// baton process takes over, the state file it read must stay what it read.
-// Admin actions answer ErrUpgrading; the judge and reloads wait.
-// A decision already being written when Freeze(true) is called finishes
-// first (it holds the lock), so the new process reads it.
+// baton process takes over, the state file it read must stay what it read;
+// a process taking over is frozen until it is ready. Admin actions answer
+// ErrUpgrading; the judge and reloads wait. A decision already being
+// written when Freeze(true) is called finishes first (it holds the lock),
+// so the new process reads it. Resuming reads the state file again: what
+// it holds then is what this process continues from (a handover that
+// failed half-way must not be undone by this process's older memory).
 func (r *Registry) Freeze(on bool) {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	was := r.frozen.Load()
 	r.frozen.Store(on)
+	if was && !on {
+		r.rereadStateLocked()
+	}
 }
 
-func (r *Registry) ReloadFile(path string) error {
-	if r.frozen.Load() {
-		r.log.Info().Str("file", path).Msg("config reload skipped: a new baton process is taking over and reads the file itself")
-		return ErrUpgrading
+// rereadStateLocked makes the state file's content the overlay in force,
+// when it differs from what this process holds.
+func (r *Registry) rereadStateLocked() {
+	if r.stateFile == "" {
+		return
 	}
+	st, err := loadState(r.stateFile)
+	if err != nil {
+		r.log.Error().Err(err).Msg("could not read the state file again after the handover; this process keeps the decisions it knows")
+		return
+	}
+	reconcile(st, r.cfg, r.log)
+	if reflect.DeepEqual(st, r.state) {
+		return
+	}
+	r.log.Warn().Str("state_file", r.stateFile).Msg("the state file changed during the handover; its decisions apply now")
+	r.state = st
+	for _, p := range r.pools {
+		r.applyPoolLocked(p)
+	}
+	r.applyStatesLocked()
+}
+
+// ReloadFile loads the config at path and applies it. A file that does not
+// load or validate changes nothing: its errors are logged and returned, and
+// the failure is counted. While frozen it does nothing and returns
+// ErrUpgrading.
+func (r *Registry) ReloadFile(path string) error {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
+	if r.frozen.Load() { // checked under reloadMu, which Freeze takes
+		r.log.Info().Str("file", path).Msg("config reload skipped: a baton process is handing over to another, which reads the file itself")
+		return ErrUpgrading
+	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		r.reloadsFailed.Add(1)
@@ -301,6 +332,11 @@ func (r *Registry) ReloadFile(path string) error {
 func (r *Registry) Reload(cfg *config.Config) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.frozen.Load() {
+		// The overlay is re-saved by a reload: nothing may be written
+		// while another process reads or owns the state file.
+		return ErrUpgrading
+	}
 	if reflect.DeepEqual(r.cfg, cfg) {
 		r.reloadsOK.Add(1)
 		r.lastReload.Store(time.Now().Unix())

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/baton-lb/baton/config"
@@ -258,9 +259,17 @@ func saveState(path string, s *State) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("writing state: %w", err)
 	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
+	// The rename is durable only once the directory is on disk: a decision
+	// acknowledged before that could be lost by a power cut.
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("writing state: opening the directory to sync it: %w", err)
+	}
+	err = d.Sync()
+	d.Close()
+	if err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
+		// (EINVAL, ENOTSUP: a file system that cannot sync a directory.)
+		return fmt.Errorf("writing state: syncing the directory: %w", err)
 	}
 	return nil
 }

@@ -702,3 +702,56 @@ func TestStateFileLocation(t *testing.T) {
 		t.Errorf("custom.json was written to the working directory")
 	}
 }
+
+// TestFreezeWritesNothingAndThawRereadsTheFile: while frozen (a handover),
+// neither decisions nor reloads write the state file; when decisions
+// resume, the file's content is what counts, so a process whose handover
+// failed half-way does not overwrite what the other process acknowledged.
+func TestFreezeWritesNothingAndThawRereadsTheFile(t *testing.T) {
+	_, cfgPath, cfg := stSetup(t, stFakeAddrs(), "")
+	parent := stNew(t, cfg, cfg.StateFile)
+	parent.Freeze(true)
+	if _, err := parent.Drain("web", "b1"); !errors.Is(err, control.ErrUpgrading) {
+		t.Errorf("a drain while frozen: %v, want ErrUpgrading", err)
+	}
+	cfg2, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg2.Pools[0].Backends[0].Weight = nil
+	w := 7
+	cfg2.Pools[0].Backends[1].Weight = &w
+	if err := parent.Reload(cfg2); !errors.Is(err, control.ErrUpgrading) {
+		t.Errorf("a reload while frozen: %v, want ErrUpgrading", err)
+	}
+	if err := parent.ReloadFile(cfgPath); !errors.Is(err, control.ErrUpgrading) {
+		t.Errorf("a file reload while frozen: %v, want ErrUpgrading", err)
+	}
+	if _, err := os.Stat(cfg.StateFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the state file was written while frozen: %v", err)
+	}
+
+	// The other process (here a second registry on the same file) decides.
+	child := stNew(t, cfg, cfg.StateFile)
+	if _, err := child.Drain("web", "b2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := child.SetCanary("web", "v2", 25); err != nil {
+		t.Fatal(err)
+	}
+	parent.Freeze(false)
+	if s := stBackend(t, parent, "b2").State(); s != pool.Draining && s != pool.Drained {
+		t.Errorf("after thawing, b2 is %s; want the drain the other process acknowledged", s)
+	}
+	if v, w := parent.Pool("web").Canary(); v != "v2" || w != 25 {
+		t.Errorf("after thawing the canary is %q at %g%%, want v2 at 25%%", v, w)
+	}
+	// And the next decision keeps them.
+	if _, err := parent.Eject("web", "b3"); err != nil {
+		t.Fatal(err)
+	}
+	s := stReadState(t, cfg.StateFile)
+	if bs := stBackendState(s, "b2"); bs == nil || (bs.State != "draining" && bs.State != "drained") {
+		t.Errorf("the parent's next decision dropped b2's drain: %+v", bs)
+	}
+}

@@ -354,3 +354,131 @@ pools:
 		t.Errorf("the last process %d did not stop on SIGTERM", pid)
 	}
 }
+
+// TestSecondBatonRefusesAStateFileInUse: two batons on one state file
+// would overwrite each other's decisions; the second refuses to start and
+// names the first.
+func TestSecondBatonRefusesAStateFileInUse(t *testing.T) {
+	dir := t.TempDir()
+	backend := testbed.NamedBackend(t, "b1")
+	write := func(name string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+state_file: shared.state.json
+log: {format: json}
+pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+`, freeAddr(t), freeAddr(t), backend)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	first := startBinary(t, "serve", "-c", write("a.yaml"))
+	if !poll(15*time.Second, func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "shared.state.json.lock"))
+		return err == nil && strings.TrimSpace(string(data)) == fmt.Sprint(first.cmd.Process.Pid)
+	}) {
+		t.Fatalf("the first baton took no lock: %s", first.stderr)
+	}
+	_, stderr, code := runBinary(t, "serve", "-c", write("b.yaml"))
+	want := fmt.Sprintf("is locked by baton pid %d", first.cmd.Process.Pid)
+	if code != 1 || !strings.Contains(stderr, "state file is in use by another baton") || !strings.Contains(stderr, want) {
+		t.Errorf("a second baton on the same state file: exit %d, %q; want 1 naming pid %d", code, stderr, first.cmd.Process.Pid)
+	}
+	if !first.running() {
+		t.Errorf("the first baton stopped")
+	}
+}
+
+// TestNewProcessDecidesNothingBeforeItIsReady: during a hitless upgrade the
+// admin socket is shared by both processes, and the new one waits for its
+// first health checks before it is ready. Until then neither takes a
+// decision (503 upgrading); once it is, decisions work and are the new
+// process's.
+func TestNewProcessDecidesNothingBeforeItIsReady(t *testing.T) {
+	dir := t.TempDir()
+	traffic, adminAddr := freeAddr(t), freeAddr(t)
+	down := freeAddr(t) // nothing listens: the "later" pool never gets healthy
+	cfgPath := filepath.Join(dir, "baton.yaml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {format: json, access: false}
+pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+  - name: later
+    routes: [{path_prefix: /later}]
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: l1, address: %q, version: v1}
+`, traffic, adminAddr, testbed.NamedBackend(t, "b1"), down)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join(dir, "baton.pid")
+	logFile, err := os.Create(filepath.Join(dir, "baton.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	first := startBinaryTo(t, logFile, "serve", "-c", cfgPath, "--pid-file", pidFile)
+	t.Cleanup(func() {
+		if pid := readPID(pidFile); pid > 0 && pid != first.cmd.Process.Pid {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			data, _ := os.ReadFile(filepath.Join(dir, "baton.log"))
+			t.Logf("baton log:\n%s", tailLines(string(data), 30))
+		}
+	})
+	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	waitServing(t, first, a, "shop", "b1")
+	if err := first.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	// The new process has started (it holds the lock file) but waits
+	// for the "later" pool, up to 10 s.
+	if !poll(15*time.Second, func() bool {
+		data, _ := os.ReadFile(filepath.Join(dir, "baton.state.json.lock"))
+		pid := strings.TrimSpace(string(data))
+		return pid != "" && pid != fmt.Sprint(first.cmd.Process.Pid)
+	}) {
+		t.Fatal("no new process started")
+	}
+	answers := map[int]int{}
+	for i := 0; i < 20 && readPID(pidFile) == first.cmd.Process.Pid; i++ {
+		st, body, err := a.do("POST", "/v1/pools/shop/backends/b1/eject", "")
+		if err != nil {
+			continue // the old process closing its admin socket under us
+		}
+		answers[st]++
+		if st != 503 || !strings.Contains(string(body), "upgrading") {
+			t.Errorf("an eject during the handover answered %d %s; want 503 upgrading", st, body)
+		}
+	}
+	if answers[503] == 0 {
+		t.Fatalf("no request was answered during the handover (%v)", answers)
+	}
+	if !poll(30*time.Second, func() bool { n := readPID(pidFile); return n != 0 && n != first.cmd.Process.Pid }) {
+		t.Fatal("the new process never took over")
+	}
+	if !poll(10*time.Second, func() bool {
+		st, _, err := a.do("POST", "/v1/pools/shop/backends/b1/drain", "")
+		return err == nil && (st == 200 || st == 202)
+	}) {
+		t.Fatal("decisions did not resume in the new process")
+	}
+	p, err := a.pool("shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := findBackend(p, "b1"); b == nil || (b.State != "draining" && b.State != "drained") {
+		t.Errorf("b1 after the handover: %+v; want drained by the new process, never ejected", b)
+	}
+	t.Logf("answers during the handover: %v", answers)
+}

@@ -68,10 +68,33 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	if upg != nil {
 		listen = upg.Listen // inherited from the previous process after an upgrade
 	}
+	// One baton per state file. A process taking over from another
+	// inherits the lock with the sockets.
+	var inheritedLock *os.File
+	if upg != nil {
+		inheritedLock, _ = upg.Fds.File(stateLockName)
+	}
+	lock, err := control.LockStateFile(cfg.StateFile, inheritedLock)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if upg != nil && lock != nil {
+		if err := upg.Fds.AddFile(stateLockName, lock.File()); err != nil {
+			log.Warn().Err(err).Msg("the state file's lock cannot be handed to a new process; upgrades will fail")
+		}
+	}
 	reg, err := control.New(cfg, cfg.StateFile, log)
 	if err != nil {
 		return err
 	}
+	takingOver := upg != nil && upg.HasParent()
+	if takingOver {
+		// Until this process is ready, the one handing over may still be
+		// the one that serves: no decision here yet.
+		reg.Freeze(true)
+	}
+	var thawed func() // once decisions resume: apply an edit of the config skipped meanwhile
 	srv := proxy.New(cfg, reg.Table(), log)
 	reg.OnTable(srv.SetTable)
 
@@ -133,7 +156,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		reg.Audit(control.Event{Actor: actor, Action: "upgrade", Detail: fmt.Sprintf("from pid %d", os.Getpid())})
 		reg.Freeze(true)
 		if err := upg.Upgrade(); err != nil {
-			reg.Freeze(false)
+			reg.Freeze(false) // reads the state file again
+			thawed()
 			log.Error().Err(err).Msg("upgrade failed; this process keeps serving")
 			err = fmt.Errorf("the new baton did not start (%v); this one keeps serving", err)
 			reg.Audit(control.Event{Actor: actor, Action: "upgrade", Refused: err.Error()})
@@ -209,6 +233,11 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			reloadCerts("config reload")
 		}
 	}
+	thawed = func() {
+		if path != "" {
+			reloadConfig() // the same file is a no-op
+		}
+	}
 	if certs != nil {
 		var files []string
 		for _, c := range cfg.TLS.Certificates {
@@ -266,7 +295,7 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		}()
 		handedOver = upg.Exit()
 	}
-	if upg != nil && upg.HasParent() {
+	if takingOver {
 		// Taking over from a running baton, which serves meanwhile: start
 		// accepting once the backends' first health checks have passed,
 		// not with every backend still unchecked.
@@ -287,9 +316,14 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		ev = ev.Str("admin", adminAddr.String())
 	}
 	if upg != nil {
-		ev = ev.Bool("took_over", upg.HasParent())
+		ev = ev.Bool("took_over", takingOver)
 		if err := upg.Ready(); err != nil {
 			log.Warn().Err(err).Msg("could not tell the previous process or write the PID file")
+		}
+		if takingOver {
+			// The previous process stops serving now: decisions are ours.
+			reg.Freeze(false)
+			thawed()
 		}
 	}
 	ev.Msg("baton is serving")
@@ -356,3 +390,7 @@ func (d debugWriter) Write(p []byte) (int, error) {
 	d.l.Debug().Msg(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// stateLockName names the state file's lock among the files a hitless
+// upgrade hands to the new process.
+const stateLockName = "state-lock"
