@@ -21,7 +21,7 @@ type collector struct {
 
 	requests, errors, duration, inflight, up, state, weight, conns, retries *prometheus.Desc
 	canaryWeight, reloads, generation, lastReload, verdict                  *prometheus.Desc
-	tunnels, tunnelsRefused, tunnelsIdle                                    *prometheus.Desc
+	tunnels, tunnelsRefused, tunnelsIdle, recovered                         *prometheus.Desc
 }
 
 func newCollector(ctl *control.Registry) *collector {
@@ -39,6 +39,7 @@ func newCollector(ctl *control.Registry) *collector {
 		weight:         d("backend_weight", "The backend's weight within its version.", "pool", "backend"),
 		conns:          d("backend_open_connections", "Connections baton has open to the backend.", "pool", "backend"),
 		retries:        d("retries_total", "Requests sent again to another backend after a failure.", "pool"),
+		recovered:      d("state_file_recovered", "1 when this baton started after moving a corrupt state file aside (serve --state-recover): runtime decisions were lost."),
 		tunnels:        d("tunnels_open", "WebSocket and other Upgrade tunnels open now.", "pool"),
 		tunnelsRefused: d("tunnels_refused_total", "Upgrade requests answered 503 because the pool had tunnels.max open.", "pool"),
 		tunnelsIdle:    d("tunnels_idle_closed_total", "Tunnels closed after tunnels.idle_timeout without a byte either way.", "pool"),
@@ -53,7 +54,7 @@ func newCollector(ctl *control.Registry) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.errors, c.duration, c.inflight, c.up, c.state, c.weight,
 		c.conns, c.retries, c.canaryWeight, c.reloads, c.generation, c.lastReload, c.verdict,
-		c.tunnels, c.tunnelsRefused, c.tunnelsIdle} {
+		c.tunnels, c.tunnelsRefused, c.tunnelsIdle, c.recovered} {
 		ch <- d
 	}
 }
@@ -114,6 +115,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.reloads, float64(failed), "failure")
 	gauge(c.generation, float64(c.ctl.Generation()))
 	gauge(c.lastReload, float64(last))
+	gauge(c.recovered, boolFloat(c.ctl.Recovered()))
 }
 
 // foldBuckets turns the fine histogram into cumulative counts at

@@ -64,6 +64,10 @@ type Registry struct {
 	// has read the state file) and the judge does not act.
 	frozen atomic.Bool
 
+	// recovered: this process started after moving a corrupt state file
+	// aside (serve --state-recover).
+	recovered atomic.Bool
+
 	reloadsOK     atomic.Int64
 	reloadsFailed atomic.Int64
 	lastReload    atomic.Int64 // unix seconds of the last successful load
@@ -145,6 +149,19 @@ func (r *Registry) Generation() int64 {
 	defer r.mu.Unlock()
 	return r.generation
 }
+
+// NoteRecovered records that the state file was corrupt and moved aside to
+// moved before this registry started from the config alone: it is audited
+// and shown in /metrics until baton restarts.
+func (r *Registry) NoteRecovered(moved string) {
+	r.recovered.Store(true)
+	r.Audit(Event{Actor: "baton", Action: "state_recover",
+		Detail: "the state file was corrupt: moved to " + moved + "; runtime decisions start from the config alone"})
+}
+
+// Recovered reports whether this process started after moving a corrupt
+// state file aside.
+func (r *Registry) Recovered() bool { return r.recovered.Load() }
 
 // Reloads returns how many config loads succeeded and failed, and when the
 // last one succeeded (unix seconds).

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -184,26 +185,30 @@ func loadState(path string) (*State, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(s); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v (fix or move the file to start without the runtime decisions it holds)", ErrCorruptState, path, err)
+		return nil, fmt.Errorf("%w: %s%s: %v (%s)", ErrCorruptState, path, where(data, err, dec), err, fixHint)
 	}
+	end := dec.InputOffset()
 	if err := dec.Decode(&struct{}{}); err != io.EOF {
-		return nil, fmt.Errorf("%w: %s: data after the state object (fix or move the file to start without the runtime decisions it holds)", ErrCorruptState, path)
+		for end < int64(len(data)) && strings.ContainsRune(" \t\r\n", rune(data[end])) {
+			end++
+		}
+		return nil, fmt.Errorf("%w: %s%s: data after the state object (%s)", ErrCorruptState, path, at(data, end), fixHint)
 	}
 	if s.Format != stateFormat {
-		return nil, fmt.Errorf("%w: %s: format %d, this baton reads format %d", ErrCorruptState, path, s.Format, stateFormat)
+		return nil, fmt.Errorf("%w: %s: format %d, this baton reads format %d (%s)", ErrCorruptState, path, s.Format, stateFormat, fixHint)
 	}
 	for pn, ps := range s.Pools {
 		if ps == nil {
-			return nil, fmt.Errorf("%w: %s: pool %q has no entry", ErrCorruptState, path, pn)
+			return nil, fmt.Errorf("%w: %s: pool %q has no entry (%s)", ErrCorruptState, path, pn, fixHint)
 		}
 		for bn, bs := range ps.Backends {
 			if bs == nil {
-				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has no entry", ErrCorruptState, path, bn, pn)
+				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has no entry (%s)", ErrCorruptState, path, bn, pn, fixHint)
 			}
 			switch bs.State {
 			case "", "draining", "drained", "ejected":
 			default:
-				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has state %q", ErrCorruptState, path, bn, pn, bs.State)
+				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has state %q (%s)", ErrCorruptState, path, bn, pn, bs.State, fixHint)
 			}
 			bad := ""
 			switch {
@@ -217,14 +222,52 @@ func loadState(path string) (*State, error) {
 				bad = "no address for a backend added at runtime"
 			}
 			if bad != "" {
-				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has %s", ErrCorruptState, path, bn, pn, bad)
+				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has %s (%s)", ErrCorruptState, path, bn, pn, bad, fixHint)
 			}
 		}
 		if c := ps.Canary; c != nil && (!(c.Weight >= 0 && c.Weight <= 100) || (c.Version != "" && !config.ValidName(c.Version))) {
-			return nil, fmt.Errorf("%w: %s: pool %q has canary %q at %g%%", ErrCorruptState, path, pn, c.Version, c.Weight)
+			return nil, fmt.Errorf("%w: %s: pool %q has canary %q at %g%% (%s)", ErrCorruptState, path, pn, c.Version, c.Weight, fixHint)
 		}
 	}
 	return s, nil
+}
+
+// fixHint says what an operator can do about a corrupt state file.
+const fixHint = "fix the file, or start with baton serve --state-recover to move it aside and start from the config alone"
+
+// where returns " (line L, column C)" for a JSON error in data.
+func where(data []byte, err error, dec *json.Decoder) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return at(data, se.Offset-1) // Offset counts the bytes read, the bad one included
+	case errors.As(err, &te):
+		return at(data, te.Offset-1)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return at(data, int64(len(data)))
+	}
+	return at(data, dec.InputOffset())
+}
+
+// at returns " (line L, column C)" for the byte at index i of data (i ==
+// len(data): just after its end).
+func at(data []byte, i int64) string {
+	i = min(max(i, 0), int64(len(data)))
+	line := 1 + bytes.Count(data[:i], []byte("\n"))
+	col := i - int64(bytes.LastIndexByte(data[:i], '\n'))
+	return fmt.Sprintf(" (line %d, column %d)", line, col)
+}
+
+// MoveAsideState renames a state file that cannot be used to
+// NAME.corrupt-TIMESTAMP, so that baton can start from the config alone,
+// and returns the new name. The file is kept for a person to look at.
+func MoveAsideState(path string) (string, error) {
+	dest := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+	if err := os.Rename(path, dest); err != nil {
+		return "", fmt.Errorf("moving the corrupt state file aside: %w", err)
+	}
+	return dest, nil
 }
 
 // saveState writes the state atomically: a temporary file in the same

@@ -102,7 +102,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 			}
 		}()
 	}
-	if err := serve(ctx, cfg, path, [32]byte{}, stderr, ready, nil); err != nil {
+	if err := serve(ctx, cfg, path, [32]byte{}, stderr, ready, nil, false); err != nil {
 		fmt.Fprintln(stderr, "baton demo:", err)
 		return exitFail
 	}

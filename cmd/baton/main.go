@@ -83,6 +83,9 @@ type cmdFlags struct {
 	stateFile string // --state-file FILE: overrides the config's state_file
 
 	pidFile string // serve --pid-file: where the serving process's PID is kept
+	// serve --state-recover: a corrupt state file is moved aside and baton
+	// starts from the config alone.
+	recoverState bool
 
 	// baton demo only.
 	fast      bool // --fast: the releases' pauses shortened (for CI)
@@ -101,6 +104,7 @@ func parseFlags(name string, args []string, stderr io.Writer, required bool) (f 
 	}
 	if name == "serve" {
 		fs.StringVar(&f.pidFile, "pid-file", "", "write the serving process's PID here (it changes with a hitless upgrade)")
+		fs.BoolVar(&f.recoverState, "state-recover", false, "if the state file is corrupt, move it aside (NAME.corrupt-TIME) and start from the config alone: runtime decisions are lost")
 	}
 	if name == "demo" {
 		fs.BoolVar(&f.fast, "fast", false, "shorten the releases' pauses (the judge decides in seconds)")
@@ -162,7 +166,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	} else {
 		defer upg.Stop()
 	}
-	if err := serve(ctx, cfg, path, sum, stderr, nil, upg); err != nil {
+	if err := serve(ctx, cfg, path, sum, stderr, nil, upg, f.recoverState); err != nil {
 		fmt.Fprintln(stderr, "baton:", err)
 		return exitFail
 	}

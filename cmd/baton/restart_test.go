@@ -312,15 +312,16 @@ pools:
 // with a message naming the file and saying it is corrupt, and the file is
 // left as it was.
 func TestServeRefusesCorruptStateFile(t *testing.T) {
-	cases := []struct{ name, content string }{
-		{"truncated", `{"format": 1, "pools": {"shop": {"backends": {"b1": {"state": "drain`},
-		{"not JSON", "this is not a state file\n"},
-		{"empty", ""},
-		{"unknown state", `{"format":1,"pools":{"shop":{"backends":{"b1":{"state":"sleeping"}}}}}`},
-		{"unknown field", `{"format":1,"pools":{"shop":{"colour":"red"}}}`},
-		{"other format", `{"format": 2}`},
-		{"null pool", `{"format":1,"pools":{"shop":null}}`},
-		{"trailing data", `{"format":1}` + "\n" + `{"format":1,"pools":{"shop":{"backends":{"b1":{"state":"ejected"}}}}}` + "\n"},
+	cases := []struct{ name, content, where string }{
+		{"truncated", `{"format": 1, "pools": {"shop": {"backends": {"b1": {"state": "drain`, "(line 1, column 69)"},
+		{"not JSON", "this is not a state file\n", "(line 1, column 2)"},
+		{"bad value on line 3", "{\n  \"format\": 1,\n  \"pools\": {\"shop\": {\"held\": \"yes\"}}\n}\n", "(line 3,"},
+		{"empty", "", ""},
+		{"unknown state", `{"format":1,"pools":{"shop":{"backends":{"b1":{"state":"sleeping"}}}}}`, ""},
+		{"unknown field", `{"format":1,"pools":{"shop":{"colour":"red"}}}`, ""},
+		{"other format", `{"format": 2}`, ""},
+		{"null pool", `{"format":1,"pools":{"shop":null}}`, ""},
+		{"trailing data", `{"format":1}` + "\n" + `{"format":1,"pools":{"shop":{"backends":{"b1":{"state":"ejected"}}}}}` + "\n", "(line 2, column 1)"},
 	}
 	for _, c := range cases {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
@@ -345,12 +346,61 @@ func TestServeRefusesCorruptStateFile(t *testing.T) {
 				t.Errorf("baton serve with a %s state file exited 0, want non-zero", c.name)
 			}
 			msg := p.stderr.String()
-			if !strings.Contains(msg, stateFile) || !strings.Contains(msg, "corrupt") {
-				t.Errorf("baton serve with a %s state file said %q; want the file (%s) named and called corrupt", c.name, msg, stateFile)
+			if !strings.Contains(msg, stateFile) || !strings.Contains(msg, "corrupt") || !strings.Contains(msg, "--state-recover") {
+				t.Errorf("baton serve with a %s state file said %q; want the file (%s) named, called corrupt, and --state-recover suggested", c.name, msg, stateFile)
+			}
+			if c.where != "" && !strings.Contains(msg, c.where) {
+				t.Errorf("baton serve with a %s state file said %q; want the place, %q", c.name, msg, c.where)
 			}
 			if got, err := os.ReadFile(stateFile); err != nil || string(got) != c.content {
 				t.Errorf("the %s state file was changed: %q (%v), want it left as it was", c.name, got, err)
 			}
 		})
+	}
+}
+
+// TestServeStateRecover: with --state-recover, a corrupt state file is
+// moved aside (kept, unchanged, as NAME.corrupt-TIME) and baton starts from
+// the config alone, saying so in its log, its audit log and /metrics.
+func TestServeStateRecover(t *testing.T) {
+	dir := t.TempDir()
+	stateFile := filepath.Join(dir, "baton.state.json")
+	bad := `{"format": 1, "pools": {"shop": {"backends": {"b1": {"state": "drai`
+	if err := os.WriteFile(stateFile, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	adminAddr := freeAddr(t)
+	cfgPath := filepath.Join(dir, "baton.yaml")
+	cfg := fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nlog: {format: json}\npools:\n  - name: shop\n    health_check: {interval: 100ms, timeout: 80ms, rise: 1}\n    backends: [{name: b1, address: \"%s\"}]\n",
+		freeAddr(t), adminAddr, namedBackend(t, "b1"))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startBinary(t, "serve", "-c", cfgPath, "--state-recover")
+	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second}}
+	waitServing(t, p, a, "shop", "b1")
+	moved, _ := filepath.Glob(stateFile + ".corrupt-*")
+	if len(moved) != 1 {
+		t.Fatalf("corrupt files kept: %v, want one", moved)
+	}
+	if got, _ := os.ReadFile(moved[0]); string(got) != bad {
+		t.Errorf("the moved file holds %q, want the corrupt content unchanged", got)
+	}
+	if !strings.Contains(p.stderr.String(), "the state file is corrupt; moved aside") {
+		t.Errorf("no log line says the state file was moved aside:\n%s", p.stderr)
+	}
+	_, metrics, err := get(a.c, "http://"+adminAddr+"/metrics")
+	if err != nil || !strings.Contains(metrics, "baton_state_file_recovered 1") {
+		t.Errorf("/metrics does not show the recovery (%v)", err)
+	}
+	var evs []control.Event
+	a.must("GET", "/v1/events", "", 200, &evs)
+	if len(evs) == 0 || evs[len(evs)-1].Action != "state_recover" || !strings.Contains(evs[len(evs)-1].Detail, moved[0]) {
+		t.Errorf("audit log %+v; want the recovery, naming %s", evs, moved[0])
+	}
+	// Decisions work again, in a new state file.
+	a.must("POST", "/v1/pools/shop/backends/b1/drain", "", 202, nil)
+	if _, err := os.Stat(stateFile); err != nil {
+		t.Errorf("no new state file after a decision: %v", err)
 	}
 }

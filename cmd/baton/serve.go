@@ -58,11 +58,14 @@ func isTerminal(w io.Writer) bool {
 // starts). ready, when set, is called with
 // the listeners' addresses once baton accepts traffic.
 //
+// With recoverState (serve --state-recover), a corrupt state file is moved
+// aside and baton starts from the config alone.
+//
 // With upg (baton serve), the listening sockets can be handed to a new
 // baton process (SIGUSR2 or POST /v1/upgrade): once it serves, this one
 // finishes what it has in flight and returns.
 func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte, logw io.Writer, ready func(traffic, admin net.Addr),
-	upg *tableflip.Upgrader) error {
+	upg *tableflip.Upgrader, recoverState bool) error {
 	log := newLogger(cfg.Log, logw)
 	listen := net.Listen
 	if upg != nil {
@@ -85,8 +88,20 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		}
 	}
 	reg, err := control.New(cfg, cfg.StateFile, log)
+	moved := ""
+	if errors.Is(err, control.ErrCorruptState) && recoverState {
+		// The operator chose to lose the decisions rather than stay down.
+		if moved, err = control.MoveAsideState(cfg.StateFile); err == nil {
+			log.Error().Str("state_file", cfg.StateFile).Str("moved_to", moved).
+				Msg("the state file is corrupt; moved aside, starting from the config alone: drains, canary shares and other runtime decisions are lost")
+			reg, err = control.New(cfg, cfg.StateFile, log)
+		}
+	}
 	if err != nil {
 		return err
+	}
+	if moved != "" {
+		reg.NoteRecovered(moved)
 	}
 	takingOver := upg != nil && upg.HasParent()
 	if takingOver {
