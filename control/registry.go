@@ -45,6 +45,7 @@ type Registry struct {
 	generation int64
 	events     []Event // the audit log of changes, oldest first, at most maxEvents
 	refusals   []Event // refused requests, oldest first, at most maxEvents
+	gone       *goneBackends
 	auditFile  *auditFile
 	baselines  map[string]*baseline
 
@@ -86,7 +87,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool),
+	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool), gone: &goneBackends{},
 		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}, switchBase: map[string]*canary.VersionSnapshot{},
 		auditFile: audit, events: changes, refusals: refusals}
 	r.pruneLocked()
@@ -302,7 +303,7 @@ func (r *Registry) rereadStateLocked() {
 		r.log.Error().Err(err).Msg("could not read the state file again after the handover; this process keeps the decisions it knows")
 		return
 	}
-	reconcile(st, r.cfg, r.log)
+	reconcile(st, r.cfg, r.log, r.gone)
 	if reflect.DeepEqual(st, r.state) {
 		return
 	}
@@ -371,7 +372,10 @@ func (r *Registry) Reload(cfg *config.Config) error {
 	// The overlay as it stands against the new file, first: overrides of
 	// fields the file changed give way.
 	st := r.state.clone()
-	stChanged := reconcile(st, cfg, r.log)
+	stChanged := reconcile(st, cfg, r.log, r.gone)
+	if r.gone.restore(st, cfg, r.log) {
+		stChanged = true
+	}
 	prevPools := r.pools
 	next := make(map[string]*pool.Pool, len(cfg.Pools))
 	var added, removed, changed []string
@@ -440,10 +444,11 @@ func (r *Registry) Reload(cfg *config.Config) error {
 // override whose field the file has changed since it was made gives way to
 // the file, since someone edited that field on purpose. It reports whether
 // anything changed.
-func (r *Registry) pruneLocked() bool { return reconcile(r.state, r.cfg, r.log) }
+func (r *Registry) pruneLocked() bool { return reconcile(r.state, r.cfg, r.log, r.gone) }
 
-// reconcile is pruneLocked for any state and config; it edits st.
-func reconcile(st *State, cfg *config.Config, log zerolog.Logger) bool {
+// reconcile is pruneLocked for any state and config; it edits st, and
+// remembers in gone the admin states of backends the file dropped.
+func reconcile(st *State, cfg *config.Config, log zerolog.Logger, gone *goneBackends) bool {
 	changed := false
 	drop := func(pn, bn, what string) {
 		ev := log.Warn().Str("pool", pn)
@@ -457,7 +462,13 @@ func reconcile(st *State, cfg *config.Config, log zerolog.Logger) bool {
 		pc, ok := filePool(cfg, pn)
 		if !ok {
 			delete(st.Pools, pn)
-			log.Warn().Str("pool", pn).Msg("the file no longer has this pool; its runtime decisions are dropped")
+			log.Warn().Str("pool", pn).Str("dropped", describePool(ps)).
+				Msg("the file no longer has this pool; its runtime decisions are dropped")
+			for bn, bs := range ps.Backends {
+				if !bs.Added {
+					gone.add(pn, bn, bs)
+				}
+			}
 			changed = true
 			continue
 		}
@@ -475,7 +486,9 @@ func reconcile(st *State, cfg *config.Config, log zerolog.Logger) bool {
 			switch {
 			case !inFile && !bs.Added:
 				delete(ps.Backends, bn)
-				log.Warn().Str("pool", pn).Str("backend", bn).Msg("the file no longer has this backend; its runtime decisions are dropped")
+				log.Warn().Str("pool", pn).Str("backend", bn).Str("dropped", describeBackend(bs)).
+					Msg("the file no longer has this backend; its runtime decisions are dropped")
+				gone.add(pn, bn, bs)
 				changed = true
 				continue
 			case inFile && bs.Added:

@@ -546,7 +546,9 @@ func TestUnwritableStateRefusesDecision(t *testing.T) {
 
 // TestStateDropsRemovedBackends: a backend the file no longer lists loses
 // its runtime decisions at the reload (on disk too), other decisions stay,
-// and when it comes back it starts afresh.
+// and when it comes back within a minute it keeps only its admin state (a
+// drained server stays out of rotation; after a minute it would start
+// afresh, see TestGoneBackendsExpire).
 func TestStateDropsRemovedBackends(t *testing.T) {
 	addrs := stFakeAddrs()
 	_, cfgPath, cfg := stSetup(t, addrs, "")
@@ -595,14 +597,16 @@ func TestStateDropsRemovedBackends(t *testing.T) {
 		t.Errorf("b5 is %s after the reload, want ejected", s)
 	}
 
-	// b3 comes back: a new backend, active, with the file's weight.
+	// b3 comes back at once: a new backend, still drained, with the
+	// file's weight.
 	ctWriteAtomic(t, cfgPath, []byte(stConfigText(addrs, stAllNames, "")))
 	if err := r.ReloadFile(cfgPath); err != nil {
 		t.Fatalf("reload with b3: %v", err)
 	}
+	out := func(s pool.State) bool { return s == pool.Draining || s == pool.Drained }
 	b3 := stBackend(t, r, "b3")
-	if b3.State() != pool.Active || b3.Weight() != 100 {
-		t.Errorf("b3 back in the file: %s weight %d, want active weight 100 (old decisions resurrected?)", b3.State(), b3.Weight())
+	if !out(b3.State()) || b3.Weight() != 100 {
+		t.Errorf("b3 back in the file: %s weight %d, want out of rotation with weight 100", b3.State(), b3.Weight())
 	}
 	// And a restart agrees.
 	cfg2, err := config.Load(cfgPath)
@@ -610,8 +614,8 @@ func TestStateDropsRemovedBackends(t *testing.T) {
 		t.Fatal(err)
 	}
 	r2 := stNew(t, cfg2, cfg2.StateFile)
-	if b := stBackend(t, r2, "b3"); b.State() != pool.Active || b.Weight() != 100 {
-		t.Errorf("b3 after restart: %s weight %d, want active weight 100", b.State(), b.Weight())
+	if b := stBackend(t, r2, "b3"); !out(b.State()) || b.Weight() != 100 {
+		t.Errorf("b3 after restart: %s weight %d, want out of rotation with weight 100", b.State(), b.Weight())
 	}
 	if b := stBackend(t, r2, "b5"); b.State() != pool.Ejected {
 		t.Errorf("b5 after restart: %s, want ejected", b.State())
@@ -753,5 +757,56 @@ func TestFreezeWritesNothingAndThawRereadsTheFile(t *testing.T) {
 	s := stReadState(t, cfg.StateFile)
 	if bs := stBackendState(s, "b2"); bs == nil || (bs.State != "draining" && bs.State != "drained") {
 		t.Errorf("the parent's next decision dropped b2's drain: %+v", bs)
+	}
+}
+
+// TestDroppedBackendKeepsItsDrainWhenItComesBack: a reload of a file that
+// lost some backends (caught half-written, or an edit undone) logs which
+// decisions it drops; a drained backend listed again within the minute is
+// still drained, so a server being upgraded does not get traffic.
+func TestDroppedBackendKeepsItsDrainWhenItComesBack(t *testing.T) {
+	dir, _, cfg := stSetup(t, stFakeAddrs(), "")
+	logs := &testbed.SyncBuffer{}
+	r, err := control.New(cfg, cfg.StateFile, zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	if _, err := r.Drain("web", "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SetWeight("web", "b2", 7); err != nil {
+		t.Fatal(err)
+	}
+	load := func(names ...string) {
+		t.Helper()
+		path := filepath.Join(dir, "baton.yaml")
+		ctWriteInPlace(t, path, []byte(stConfigText(stFakeAddrs(), names, "")))
+		c, err := config.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Reload(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load("b3", "b4", "b5") // b1 and b2 missing
+	for _, want := range []string{`"backend":"b1","dropped":"state draining"`, `"backend":"b2","dropped":"weight 7"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("the log does not name the dropped decision %s:\n%s", want, logs)
+		}
+	}
+	load(stAllNames...)
+	if s := stBackend(t, r, "b1").State(); s != pool.Draining && s != pool.Drained {
+		t.Errorf("b1 came back %s; want it still out of rotation", s)
+	}
+	if w := stBackend(t, r, "b2").Weight(); w != 100 {
+		t.Errorf("b2 came back with weight %d; only admin states are kept, want the file's 100", w)
+	}
+	if bs := stBackendState(stReadState(t, cfg.StateFile), "b1"); bs == nil || (bs.State != "draining" && bs.State != "drained") {
+		t.Errorf("the state file has b1 as %+v; want its drain saved again", bs)
+	}
+	if !strings.Contains(logs.String(), "keeps the admin state it had") {
+		t.Errorf("the restored drain was not logged")
 	}
 }

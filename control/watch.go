@@ -20,6 +20,11 @@ const (
 	// backstopInterval: the file's content is also compared this often, in
 	// case an event was missed (some network file systems send none).
 	backstopInterval = 5 * time.Second
+	// settleTime: a new content is acted on only once it has stayed the
+	// same this long. A file written in place by a slow writer can be read
+	// half-written, and a half that parses (a pool cut off after its first
+	// backends) would remove servers and drop their drains.
+	settleTime = 300 * time.Millisecond
 )
 
 // WatchConfig calls reload whenever the content of the config file at path
@@ -49,7 +54,8 @@ func WatchFiles(ctx context.Context, paths []string, log zerolog.Logger, changed
 // watchContent calls changed whenever the combined content of paths
 // changes: their directories are watched (renames and "..data" symlink
 // swaps included), events debounced, and the content compared, with a
-// periodic comparison as a backstop. initial, when not zero, is the hash
+// periodic comparison as a backstop; a new content counts once it has
+// stayed the same for settleTime. initial, when not zero, is the hash
 // the caller last acted on.
 func watchContent(ctx context.Context, paths []string, initial [32]byte, log zerolog.Logger, what string, changed func()) error {
 	dirs := map[string]bool{}
@@ -98,12 +104,24 @@ func watchContent(ctx context.Context, paths []string, initial [32]byte, log zer
 	}
 	backstop := time.NewTicker(backstopInterval)
 	defer backstop.Stop()
+	var pending [32]byte // a new content waiting to settle
+	var pendingSince time.Time
 	check := func() {
 		h, ok := sum()
 		if !ok || h == last {
+			pending = [32]byte{}
 			return // unreadable for a moment (mid-rename): the next event or tick retries
 		}
-		last = h
+		if h != pending {
+			pending, pendingSince = h, time.Now()
+			debounce.Reset(settleTime)
+			return
+		}
+		if wait := settleTime - time.Since(pendingSince); wait > 0 {
+			debounce.Reset(wait)
+			return
+		}
+		last, pending = h, [32]byte{}
 		changed()
 	}
 	for {

@@ -373,3 +373,24 @@ func TestWatchMissingDirectory(t *testing.T) {
 		t.Error("WatchConfig on a missing directory did not return")
 	}
 }
+
+// TestWatchWaitsForAHalfWrittenFileToSettle: a slow writer writes the
+// file in place in two parts, 150ms apart (longer than the event
+// debounce). The first part alone is never reported: only the content
+// that then stays the same is.
+func TestWatchWaitsForAHalfWrittenFileToSettle(t *testing.T) {
+	t.Parallel()
+	path := wtFile(t, "baton.yaml", "a: 1\n")
+	w := wtStart(t, path)
+	for i := range 3 {
+		full := fmt.Sprintf("pools:\n  - name: web\n    backends:\n      - {name: b1}\n      - {name: b%d}\n", 10+i)
+		half := full[:len(full)-20]
+		ctWriteInPlace(t, path, []byte(half))
+		time.Sleep(150 * time.Millisecond) // the slow writer's pause between its two writes
+		ctWriteInPlace(t, path, []byte(full))
+		if got := w.next(t, "a file written in two parts"); got != full {
+			t.Fatalf("callback read %q, want the whole file %q", got, full)
+		}
+		w.quiet(t, "after the whole file was reported")
+	}
+}
