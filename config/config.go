@@ -130,6 +130,12 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for in-flight requests before
 	// baton exits anyway. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// TrustedProxies are the addresses (IPs or CIDRs, "10.0.0.0/8") of
+	// proxies in front of baton whose X-Forwarded-For baton keeps, adding
+	// the peer's address after it. From any other client the header is
+	// replaced by the client's own address: a client cannot make a backend
+	// believe it comes from elsewhere. Default: none (always replaced).
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// ShutdownGrace is how long, when baton shuts down or hands over to a
 	// new process, an idle keep-alive client connection stays open: a
 	// request its client is already sending still gets an answer (with

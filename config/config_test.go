@@ -165,7 +165,7 @@ pools:
 		ShutdownTimeout:   30 * time.Second,
 		ShutdownGrace:     time.Second,
 	}
-	if s != wantServer {
+	if !reflect.DeepEqual(s, wantServer) {
 		t.Errorf("server = %+v\nwant      %+v", s, wantServer)
 	}
 	p := cfg.Pools[0]
@@ -252,7 +252,7 @@ pools:
 		ShutdownTimeout:   2 * time.Second,
 		ShutdownGrace:     500 * time.Millisecond,
 	}
-	if cfg.Server != wantServer {
+	if !reflect.DeepEqual(cfg.Server, wantServer) {
 		t.Errorf("server = %+v\nwant      %+v", cfg.Server, wantServer)
 	}
 	p := cfg.Pools[0]
@@ -501,6 +501,8 @@ func TestValidationMessages(t *testing.T) {
 			`log.level: must be debug, info, warn or error, got "loud" (test.yaml:1)`},
 		{"grace longer than the shutdown", "server:\n  shutdown_timeout: 2s\n  shutdown_grace: 5s\n" + minimal,
 			"server.shutdown_grace: must not be longer than server.shutdown_timeout (2s), got 5s (test.yaml:3)"},
+		{"bad trusted proxy", "server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.300]\n" + minimal,
+			`server.trusted_proxies[1]: must be an IP address or a CIDR such as 10.0.0.0/8, got "10.0.0.300" (test.yaml:2)`},
 		{"negative admin cap", "admin:\n  max_connections: -1\n" + minimal,
 			"admin.max_connections: must not be negative, got -1 (test.yaml:2)"},
 		{"header limit too small", "server:\n  max_header_bytes: 2KiB\n" + minimal,

@@ -55,6 +55,11 @@ func (c *Config) Validate() []error {
 	if s.MaxConnections < 0 {
 		v.add("server.max_connections", "must not be negative, got %d", s.MaxConnections)
 	}
+	for i, tp := range s.TrustedProxies {
+		if _, err := ParseTrusted(tp); err != nil {
+			v.add(fmt.Sprintf("server.trusted_proxies[%d]", i), "must be an IP address or a CIDR such as 10.0.0.0/8, got %q", tp)
+		}
+	}
 	v.tls(c)
 
 	if len(c.Pools) == 0 {
@@ -401,4 +406,19 @@ func checkBackendAddr(addr string) string {
 		}
 	}
 	return ""
+}
+
+// ParseTrusted parses one server.trusted_proxies entry: a CIDR, or an IP
+// address standing for itself alone.
+func ParseTrusted(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }

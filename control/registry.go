@@ -361,7 +361,7 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		r.log.Debug().Msg("config unchanged; nothing to do")
 		return nil
 	}
-	if cfg.Listen != r.cfg.Listen || cfg.Admin != r.cfg.Admin || cfg.Server != r.cfg.Server ||
+	if cfg.Listen != r.cfg.Listen || cfg.Admin != r.cfg.Admin || !reflect.DeepEqual(cfg.Server, r.cfg.Server) ||
 		!reflect.DeepEqual(cfg.Log, r.cfg.Log) || cfg.StateFile != r.cfg.StateFile ||
 		cfg.TLS.Listen != r.cfg.TLS.Listen || cfg.TLS.MinVersion != r.cfg.TLS.MinVersion || cfg.TLS.RedirectHTTP != r.cfg.TLS.RedirectHTTP {
 		r.log.Warn().Msg("listen, admin, server, log, state_file and tls listener settings changed in the file; they take effect at the next restart (certificates reload now)")

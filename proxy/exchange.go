@@ -125,6 +125,11 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
 	x.sc.scan(h.RawHeaders())
+	if x.sc.xff && !s.trustedPeer(ctx.RemoteAddr()) {
+		// Not from a proxy baton trusts: its X-Forwarded-For is replaced
+		// by the client's own address.
+		x.sc.xff = false
+	}
 	if x.sc.badName != nil {
 		return x.reply(ctx, 400, "invalid header field name "+strconv.Quote(string(x.sc.badName[:min(len(x.sc.badName), 64)])), true)
 	}

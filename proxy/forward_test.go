@@ -79,11 +79,12 @@ func TestForwardingIsTransparent(t *testing.T) {
 		t.Errorf("request line reached the backend as %q", lines[0])
 	}
 	want := []string{
-		"X-Forwarded-For: 203.0.113.9, 127.0.0.1",
 		"Host: shop.example",
 		"X-Dup: first",
 		"Cookie: s=1",
 		"X-Dup: second",
+		// Not from a trusted proxy: the client's X-Forwarded-For is replaced.
+		"X-Forwarded-For: 127.0.0.1",
 		"X-Forwarded-Proto: http",
 		"X-Forwarded-Host: shop.example",
 	}
@@ -214,4 +215,39 @@ func TestClientGoneIsLogged499(t *testing.T) {
 		t.Errorf("backend blamed for the client leaving: %d errors (last: %s)", be.Errors(), be.LastError())
 	}
 	testbed.Eventually(t, 5*time.Second, func() bool { return be.Inflight() == 0 }, "the request to end on the backend")
+}
+
+// TestXForwardedForTrust: X-Forwarded-For is kept (with the peer appended)
+// only from server.trusted_proxies; from anyone else it is replaced, so a
+// client cannot pose as another address to the backend.
+func TestXForwardedForTrust(t *testing.T) {
+	for _, c := range []struct {
+		name, server, want string
+	}{
+		{"untrusted", "", "X-Forwarded-For: 127.0.0.1"},
+		{"trusted CIDR", "server: {trusted_proxies: [10.0.0.0/8, 127.0.0.0/8]}\n", "X-Forwarded-For: 203.0.113.9, 198.51.100.7, 127.0.0.1"},
+		{"trusted other address", "server: {trusted_proxies: [192.0.2.1]}\n", "X-Forwarded-For: 127.0.0.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			heads := make(chan string, 4)
+			addr := captureBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", heads)
+			yaml := strings.Replace(testbed.Config(testbed.PoolYAML("web", [][2]string{{"b1", addr}},
+				"    health_check: {path: /healthz, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}\n")), "pools:", c.server+"pools:", 1)
+			b := testbed.Start(t, yaml)
+			b.WaitHealthy(t, "web", 1)
+			out := testbed.RawRequest(t, b.Addr, "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n", 5*time.Second)
+			if !strings.HasPrefix(out, "HTTP/1.1 200") {
+				t.Fatalf("answer %q", out)
+			}
+			var got []string
+			for _, l := range strings.Split(<-heads, "\r\n") {
+				if strings.HasPrefix(l, "X-Forwarded-For:") {
+					got = append(got, l)
+				}
+			}
+			if len(got) != 1 || got[0] != c.want {
+				t.Errorf("backend got %q, want [%q]", got, c.want)
+			}
+		})
+	}
 }

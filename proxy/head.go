@@ -253,7 +253,8 @@ func (sc *reqScan) scan(raw []byte) {
 // appendRequestHead appends the head baton sends to a backend: the client's
 // request line (with the target exactly as sent) and header fields in their
 // order, minus hop-by-hop fields and those named in Connection, then
-// X-Forwarded-For (the client's values with the client's address appended),
+// X-Forwarded-For (with sc.xff, set for a trusted proxy, its values with its
+// address appended; else the client's address alone),
 // X-Forwarded-Proto, X-Forwarded-Host and baton's own framing. Hop-by-hop
 // fields go before baton adds its own, so a client cannot name baton's
 // headers in Connection to strip them (golang/go#50580).

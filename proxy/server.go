@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -47,7 +48,8 @@ type Server struct {
 	httpsPort string
 	https     bool // an HTTPS listener may serve: ask each request whether it came by TLS
 
-	grace    time.Duration // server.shutdown_grace
+	trusted  []netip.Prefix // server.trusted_proxies
+	grace    time.Duration  // server.shutdown_grace
 	draining atomic.Bool   // Shutdown began: every response closes its connection
 
 	mu       sync.Mutex // protects shutdown, lns and tunnels
@@ -71,6 +73,11 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 		httpsPort: httpsPort(cfg.TLS.Listen),
 		gate:      listener.NewGate(sc.MaxConnections),
 		grace:     sc.ShutdownGrace,
+	}
+	for _, tp := range sc.TrustedProxies {
+		if p, err := config.ParseTrusted(tp); err == nil { // validated
+			s.trusted = append(s.trusted, p)
+		}
 	}
 	s.table.Store(t)
 	s.exchanges.New = func() any { return &exchange{s: s} }
@@ -102,6 +109,29 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 		SecureErrorLogMessage:        true,
 	}
 	return s
+}
+
+// trustedPeer reports whether a client's X-Forwarded-For is kept: its
+// address is one of server.trusted_proxies.
+func (s *Server) trustedPeer(a net.Addr) bool {
+	if len(s.trusted) == 0 {
+		return false
+	}
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range s.trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // SetTable makes t the routing table for new requests.
