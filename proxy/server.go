@@ -50,7 +50,7 @@ type Server struct {
 
 	trusted  []netip.Prefix // server.trusted_proxies
 	grace    time.Duration  // server.shutdown_grace
-	draining atomic.Bool   // Shutdown began: every response closes its connection
+	draining atomic.Bool    // Shutdown began: every response closes its connection
 
 	mu       sync.Mutex // protects shutdown, lns and tunnels
 	shutdown bool       // Shutdown was called
