@@ -23,7 +23,12 @@ func Collector(ctl *control.Registry) prometheus.Collector { return newCollector
 type Option func(*api)
 
 // WithTokens requires one of tokens on every /v1 request.
-func WithTokens(tokens []Token) Option { return func(a *api) { a.tokens = tokens } }
+func WithTokens(tokens []Token) Option { return WithTokenSet(NewTokenSet(tokens)) }
+
+// WithTokenSet is WithTokens for a set the caller replaces when the token
+// file changes. A set is given only when a token file is configured: the
+// API then never answers without a token, even if the set were emptied.
+func WithTokenSet(ts *TokenSet) Option { return func(a *api) { a.tokens = ts } }
 
 // WithUpgrade serves POST /v1/upgrade with fn, which hands baton's sockets
 // to a new process and returns once it serves; actor is who asked.

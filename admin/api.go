@@ -27,7 +27,7 @@ const maxWait = time.Hour
 type api struct {
 	ctl    *control.Registry
 	log    zerolog.Logger
-	tokens []Token // none: no token needed (loopback only, enforced by config)
+	tokens *TokenSet // nil: no token needed (loopback only, enforced by config)
 	// upgrade hands the listeners to a new baton process (nil: not
 	// available, as under baton demo).
 	upgrade func(actor string) error
@@ -157,7 +157,7 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 // authenticate returns the name of the request's token. Tokens are compared
 // as SHA-256 digests in constant time.
 func (a *api) authenticate(r *http.Request) (string, bool) {
-	if len(a.tokens) == 0 {
+	if a.tokens == nil {
 		return "anonymous", true
 	}
 	h := r.Header.Get("Authorization")
@@ -167,7 +167,7 @@ func (a *api) authenticate(r *http.Request) (string, bool) {
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):])))
 	name, found := "", 0
-	for _, t := range a.tokens {
+	for _, t := range a.tokens.Load() {
 		if subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1 {
 			name, found = t.Name, 1
 		}

@@ -44,7 +44,7 @@ func (a *api) guard(next http.Handler) http.Handler {
 }
 
 func (a *api) refuse(r *http.Request) *apiError {
-	if len(a.tokens) == 0 && !loopbackHost(r.Host) {
+	if a.tokens == nil && !loopbackHost(r.Host) {
 		return errorf(403, "host_not_allowed",
 			"without an admin token baton answers only requests addressed to 127.0.0.1, [::1] or localhost, got Host %q; set admin.token_file to reach the admin API by another name",
 			r.Host)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync/atomic"
 )
 
 // Token is one named API token. Only its digest is kept.
@@ -61,4 +62,31 @@ func LoadTokens(path string) ([]Token, error) {
 		return nil, fmt.Errorf("token file %s has no token", path)
 	}
 	return out, nil
+}
+
+// TokenSet is the API's tokens, replaced as a whole when the token file is
+// read again (a revoked token stops working without a restart).
+//
+// It is safe for concurrent use. TokenSet values must not be copied.
+type TokenSet struct{ p atomic.Pointer[[]Token] }
+
+// NewTokenSet returns a set holding tokens.
+func NewTokenSet(tokens []Token) *TokenSet {
+	ts := &TokenSet{}
+	ts.Store(tokens)
+	return ts
+}
+
+// Store replaces the tokens.
+func (ts *TokenSet) Store(tokens []Token) { ts.p.Store(&tokens) }
+
+// Load returns the tokens in force (none for a nil set).
+func (ts *TokenSet) Load() []Token {
+	if ts == nil {
+		return nil
+	}
+	if p := ts.p.Load(); p != nil {
+		return *p
+	}
+	return nil
 }

@@ -90,6 +90,11 @@ type Admin struct {
 	// MaxConnections caps the admin listener's open connections; one more
 	// is answered 503 and closed. Default 64.
 	MaxConnections int `yaml:"max_connections"`
+	// TLS, when its cert and key are set, serves the admin listener over
+	// HTTPS, so tokens do not travel in cleartext off loopback. Relative
+	// paths are relative to the config file; the files are reloaded when
+	// they change. Default: plain HTTP.
+	TLS Certificate `yaml:"tls"`
 }
 
 // Log configures baton's own logs and the access log.

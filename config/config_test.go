@@ -503,6 +503,8 @@ func TestValidationMessages(t *testing.T) {
 			"server.shutdown_grace: must not be longer than server.shutdown_timeout (2s), got 5s (test.yaml:3)"},
 		{"bad trusted proxy", "server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.300]\n" + minimal,
 			`server.trusted_proxies[1]: must be an IP address or a CIDR such as 10.0.0.0/8, got "10.0.0.300" (test.yaml:2)`},
+		{"admin tls without key", "admin:\n  tls: {cert: a.crt}\n" + minimal,
+			"admin.tls.key: the private key's PEM file is required with admin.tls.cert (test.yaml:2)"},
 		{"negative admin cap", "admin:\n  max_connections: -1\n" + minimal,
 			"admin.max_connections: must not be negative, got -1 (test.yaml:2)"},
 		{"header limit too small", "server:\n  max_header_bytes: 2KiB\n" + minimal,

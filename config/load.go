@@ -59,7 +59,26 @@ func Load(path string) (*Config, error) {
 	if cfg.Admin.TokenFile != "" && !filepath.IsAbs(cfg.Admin.TokenFile) {
 		cfg.Admin.TokenFile = filepath.Join(filepath.Dir(path), cfg.Admin.TokenFile)
 	}
+	cfg.Warnings = append(cfg.Warnings, cfg.adminWarnings()...)
 	return cfg, nil
+}
+
+// adminWarnings are what does not stop baton but weakens the admin API: a
+// token file others can read, tokens sent in cleartext off loopback.
+func (c *Config) adminWarnings() []string {
+	if c.Admin.Listen == "off" {
+		return nil
+	}
+	var out []string
+	if f := c.Admin.TokenFile; f != "" {
+		if st, err := os.Stat(f); err == nil && st.Mode().Perm()&0o077 != 0 {
+			out = append(out, fmt.Sprintf("admin.token_file: %s can be read by other users (mode %04o); chmod 600 it", f, st.Mode().Perm()))
+		}
+	}
+	if !loopback(c.Admin.Listen) && c.Admin.TLS == (Certificate{}) {
+		out = append(out, fmt.Sprintf("admin.listen: %s is reachable from other hosts over plain HTTP, so tokens travel in cleartext; set admin.tls", c.Admin.Listen))
+	}
+	return out
 }
 
 // Parse is Load for bytes already read; name is used in error messages.

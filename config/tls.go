@@ -65,13 +65,32 @@ func (c *Config) resolveTLSPaths(dir string) {
 	if dir == "" {
 		return
 	}
+	certs := []*Certificate{&c.Admin.TLS}
 	for i := range c.TLS.Certificates {
-		cc := &c.TLS.Certificates[i]
+		certs = append(certs, &c.TLS.Certificates[i])
+	}
+	for _, cc := range certs {
 		if cc.Cert != "" && !filepath.IsAbs(cc.Cert) {
 			cc.Cert = filepath.Join(dir, cc.Cert)
 		}
 		if cc.Key != "" && !filepath.IsAbs(cc.Key) {
 			cc.Key = filepath.Join(dir, cc.Key)
+		}
+	}
+}
+
+// adminTLS checks the admin listener's certificate.
+func (v *validator) adminTLS(c *Config) {
+	t := c.Admin.TLS
+	switch {
+	case t == Certificate{}:
+	case t.Cert == "":
+		v.add("admin.tls.cert", "the certificate's PEM file is required with admin.tls.key")
+	case t.Key == "":
+		v.add("admin.tls.key", "the private key's PEM file is required with admin.tls.cert")
+	default:
+		if _, err := LoadCertificate(t, time.Now()); err != nil {
+			v.add("admin.tls", "%v", err)
 		}
 	}
 }

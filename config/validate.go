@@ -26,6 +26,7 @@ func (c *Config) Validate() []error {
 		if c.Admin.MaxConnections < 0 {
 			v.add("admin.max_connections", "must not be negative, got %d", c.Admin.MaxConnections)
 		}
+		v.adminTLS(c)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

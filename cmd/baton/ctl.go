@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,6 +56,8 @@ Usage: baton ctl COMMAND [ARGS] [FLAGS]
 Flags:
   --admin URL        admin API (env BATON_ADMIN; default http://127.0.0.1:9090)
   --token-file FILE  file with the API token (env BATON_TOKEN_FILE, or BATON_TOKEN)
+  --ca FILE          PEM certificates to trust for an https:// admin URL (env
+                     BATON_ADMIN_CA; default: the system's)
   -o FORMAT          text (default), json, name (names, one per line) or
                      template=GO-TEMPLATE applied to the JSON answer,
                      e.g. -o 'template={{.stable_version}}'
@@ -71,7 +75,7 @@ type ctlArgs struct {
 // valued lists the flags that take a value; the others are switches.
 var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "output": true, "wait": true,
 	"version": true, "weight": true, "address": true, "limit": true, "max-error-rate-increase": true, "min-requests": true,
-	"to": true, "watch": true, "max-error-rate": true}
+	"to": true, "watch": true, "max-error-rate": true, "ca": true}
 
 var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true}
 
@@ -221,6 +225,21 @@ func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
 		timeout += d
 	}
 	c.http = &http.Client{Timeout: timeout}
+	ca := a.flags["ca"]
+	if ca == "" {
+		ca = os.Getenv("BATON_ADMIN_CA")
+	}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fail(exitUsage, "reading --ca: %v", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fail(exitUsage, "--ca %s holds no PEM certificate", ca)
+		}
+		c.http.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	}
 	return c, nil
 }
 

@@ -350,3 +350,84 @@ pools:
 		t.Errorf("drain?wait=10s answered state %q after %s; want drained after the held request ended (~1.5s)", drained.State, took)
 	}
 }
+
+// TestAdminTokensReloadAndTLS: the admin API over HTTPS (admin.tls), baton
+// ctl trusting its CA with --ca; a token file others can read is warned
+// about by check and serve; revoking a token in the file takes effect
+// without a restart, and a broken token file keeps the tokens in force.
+func TestAdminTokensReloadAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := testbed.NewCA(t)
+	leaf := ca.Issue(t, []string{"localhost"}, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	leaf.Write(t, dir, "admin")
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, leaf.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte("ops:ops-token-0123456789\nci:ci-token-0123456789\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{"ops.tok": "ops-token-0123456789", "ci.tok": "ci-token-0123456789"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	cfg := filepath.Join(dir, "baton.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`listen: %s
+admin: {listen: "127.0.0.1:%s", token_file: tokens, tls: {cert: admin.crt, key: admin.key}}
+log: {format: json}
+pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+`, freeAddr(t), port, testbed.NamedBackend(t, "b1"))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := runBinary(t, "check", "-c", cfg)
+	if code != 0 || !strings.Contains(stderr, "warning: admin.token_file: "+tokens+" can be read by other users (mode 0644); chmod 600 it") {
+		t.Errorf("baton check with a token file others can read: exit %d, %q", code, stderr)
+	}
+	p := startBinary(t, "serve", "-c", cfg)
+	admin := "https://localhost:" + port
+	ctl := func(token string, args ...string) (int, string) {
+		out, errOut, code := runBinary(t, append([]string{"ctl", "--admin", admin, "--ca", caFile, "--token-file", filepath.Join(dir, token)}, args...)...)
+		return code, out + errOut
+	}
+	if !poll(15*time.Second, func() bool { code, _ := ctl("ops.tok", "pools"); return code == 0 }) {
+		_, out := ctl("ops.tok", "pools")
+		t.Fatalf("baton ctl over HTTPS never worked: %s\n%s", out, p.stderr)
+	}
+	if !strings.Contains(p.stderr.String(), "can be read by other users") {
+		t.Errorf("serve did not warn about the token file")
+	}
+	if code, out := ctl("ci.tok", "pools"); code != 0 {
+		t.Fatalf("the ci token before the revocation: %d %s", code, out)
+	}
+	plain := &http.Client{Timeout: 5 * time.Second}
+	if st, _, err := get(plain, "http://127.0.0.1:"+port+"/healthz"); err == nil && st == 200 {
+		t.Errorf("plain HTTP to the admin listener with admin.tls answered 200")
+	}
+
+	// Revoke ci.
+	testbed.WriteAtomic(t, tokens, []byte("ops:ops-token-0123456789\n"))
+	if !poll(10*time.Second, func() bool {
+		code, out := ctl("ci.tok", "pools")
+		return code == 1 && strings.Contains(out, "a valid token is required")
+	}) {
+		t.Fatal("a revoked token still works")
+	}
+	if code, out := ctl("ops.tok", "pools"); code != 0 {
+		t.Errorf("the kept token after the revocation: %d %s", code, out)
+	}
+	// A token file that does not load keeps the tokens in force.
+	testbed.WriteAtomic(t, tokens, []byte("ops:short\n"))
+	if !poll(10*time.Second, func() bool { return strings.Contains(p.stderr.String(), "admin tokens not reloaded") }) {
+		t.Fatal("a broken token file was not reported")
+	}
+	if code, out := ctl("ops.tok", "pools"); code != 0 {
+		t.Errorf("after a broken token file the token in force was lost: %d %s", code, out)
+	}
+}

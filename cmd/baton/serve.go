@@ -183,6 +183,8 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	}
 	var adminSrv *http.Server
 	var adminAddr net.Addr
+	var tokenSet *admin.TokenSet // the admin API's tokens, read again on change
+	var adminCerts *proxy.Certs  // admin.tls
 	if cfg.Admin.Listen != "off" {
 		aln, err := listen("tcp", cfg.Admin.Listen)
 		if err != nil {
@@ -198,7 +200,15 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 				aln.Close()
 				return err
 			}
-			opts = append(opts, admin.WithTokens(tokens))
+			tokenSet = admin.NewTokenSet(tokens)
+			opts = append(opts, admin.WithTokenSet(tokenSet))
+		}
+		if cfg.Admin.TLS != (config.Certificate{}) {
+			if adminCerts, err = proxy.NewCerts([]config.Certificate{cfg.Admin.TLS}); err != nil {
+				closeListeners()
+				aln.Close()
+				return fmt.Errorf("admin.tls: %w", err)
+			}
 		}
 		if upg != nil {
 			opts = append(opts, admin.WithUpgrade(upgrade))
@@ -214,10 +224,18 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          httpErrorLog(log),
 		}
-		adminLn = listener.Wrap(aln, "admin", listener.NewGate(ac.MaxConnections),
-			listener.Refusal("baton: too many admin connections (admin.max_connections); retry in a moment"), log)
+		refusal := listener.Refusal("baton: too many admin connections (admin.max_connections); retry in a moment")
+		if adminCerts != nil {
+			refusal = nil // a TLS client could not read it
+		}
+		adminLn = listener.Wrap(aln, "admin", listener.NewGate(ac.MaxConnections), refusal, log)
+		var served net.Listener = adminLn
+		if adminCerts != nil {
+			served = tls.NewListener(adminLn, &tls.Config{MinVersion: tls.VersionTLS12,
+				GetCertificate: adminCerts.GetCertificate, NextProtos: []string{"http/1.1"}})
+		}
 		go func() {
-			if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := adminSrv.Serve(served); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error().Err(err).Msg("admin listener stopped")
 			}
 		}()
@@ -231,6 +249,13 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	// Certificates come back from their files when those change, and with
 	// every config reload; a bad set is refused and the old one serves on.
 	reloadCerts := func(why string) {
+		if adminCerts != nil {
+			// The admin listener's settings change at a restart; its
+			// certificate files are read again.
+			if err := adminCerts.Load([]config.Certificate{cfg.Admin.TLS}); err != nil {
+				log.Error().Err(err).Str("trigger", why).Msg("the admin certificate was not reloaded; the one in service stays")
+			}
+		}
 		if certs == nil {
 			return
 		}
@@ -243,6 +268,21 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		certReloads.OK.Add(1)
 		log.Info().Str("trigger", why).Int("certificates", len(list)).Msg("certificates reloaded")
 	}
+	// Tokens come back from their file when it changes and on SIGHUP: a
+	// revoked token stops working without a restart. A file that does not
+	// load keeps the tokens in force.
+	reloadTokens := func(why string) {
+		if tokenSet == nil {
+			return
+		}
+		tokens, err := admin.LoadTokens(cfg.Admin.TokenFile)
+		if err != nil {
+			log.Error().Err(err).Str("trigger", why).Msg("admin tokens not reloaded; the ones in force stay")
+			return
+		}
+		tokenSet.Store(tokens)
+		log.Info().Str("trigger", why).Int("tokens", len(tokens)).Msg("admin tokens reloaded")
+	}
 	reloadConfig := func() {
 		if reg.ReloadFile(path) == nil {
 			reloadCerts("config reload")
@@ -253,10 +293,22 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			reloadConfig() // the same file is a no-op
 		}
 	}
-	if certs != nil {
+	if tokenSet != nil {
+		watchers.Add(1)
+		go func() {
+			defer watchers.Done()
+			if err := control.WatchFiles(ctx, []string{cfg.Admin.TokenFile}, log, func() { reloadTokens("file changed") }); err != nil {
+				log.Warn().Err(err).Msg("the token file is not watched; send SIGHUP to reload it")
+			}
+		}()
+	}
+	if certs != nil || adminCerts != nil {
 		var files []string
 		for _, c := range cfg.TLS.Certificates {
 			files = append(files, c.Cert, c.Key)
+		}
+		if adminCerts != nil {
+			files = append(files, cfg.Admin.TLS.Cert, cfg.Admin.TLS.Key)
 		}
 		watchers.Add(1)
 		go func() {
@@ -285,8 +337,9 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 				case <-ctx.Done():
 					return
 				case <-hup:
-					log.Info().Str("file", path).Msg("SIGHUP: reloading the config")
+					log.Info().Str("file", path).Msg("SIGHUP: reloading the config, certificates and tokens")
 					reloadConfig()
+					reloadTokens("SIGHUP")
 				}
 			}
 		}()
