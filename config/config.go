@@ -472,6 +472,9 @@ func (c *Config) applyDefaults() {
 	setDur(&s.BodyIdleTimeout, DefaultBodyIdleTimeout)
 	setDur(&s.ShutdownTimeout, DefaultShutdownTimeout)
 	setDur(&s.ShutdownGrace, DefaultShutdownGrace)
+	if len(s.TrustedProxies) == 0 {
+		s.TrustedProxies = nil // "trusted_proxies: []" is the same as none
+	}
 	if s.MaxRequestBody == 0 {
 		s.MaxRequestBody = DefaultMaxRequestBody
 	}
