@@ -92,32 +92,36 @@ func (h *headWatch) written(p []byte) {
 
 var httpVersionPrefix = []byte("HTTP/1.")
 
+// read is Read of a watched connection c.
+func (h *headWatch) read(c net.Conn, p []byte) (int, error) {
+	if h.off.Load() {
+		return c.Read(p)
+	}
+	if h.bareEnd {
+		return 0, errBareLF
+	}
+	n, err := c.Read(p)
+	h.scan(p[:n])
+	return n, err
+}
+
+// write is Write of a watched connection c.
+func (h *headWatch) write(c net.Conn, p []byte) (int, error) {
+	if !h.off.Load() {
+		h.written(p)
+	}
+	return c.Write(p)
+}
+
 // clientConn is a plain client connection with its head watch.
 type clientConn struct {
 	net.Conn
 	h headWatch
 }
 
-func (c *clientConn) Read(p []byte) (int, error) {
-	if c.h.off.Load() {
-		return c.Conn.Read(p)
-	}
-	if c.h.bareEnd {
-		return 0, errBareLF
-	}
-	n, err := c.Conn.Read(p)
-	c.h.scan(p[:n])
-	return n, err
-}
-
-func (c *clientConn) Write(p []byte) (int, error) {
-	if !c.h.off.Load() {
-		c.h.written(p)
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *clientConn) watch() *headWatch { return &c.h }
+func (c *clientConn) Read(p []byte) (int, error)  { return c.h.read(c.Conn, p) }
+func (c *clientConn) Write(p []byte) (int, error) { return c.h.write(c.Conn, p) }
+func (c *clientConn) watch() *headWatch           { return &c.h }
 
 // tlsClientConn is clientConn for HTTPS. It embeds the *tls.Conn so that
 // fasthttp still sees a TLS connection (ctx.IsTLS, the handshake state).
@@ -126,26 +130,9 @@ type tlsClientConn struct {
 	h headWatch
 }
 
-func (c *tlsClientConn) Read(p []byte) (int, error) {
-	if c.h.off.Load() {
-		return c.Conn.Read(p)
-	}
-	if c.h.bareEnd {
-		return 0, errBareLF
-	}
-	n, err := c.Conn.Read(p)
-	c.h.scan(p[:n])
-	return n, err
-}
-
-func (c *tlsClientConn) Write(p []byte) (int, error) {
-	if !c.h.off.Load() {
-		c.h.written(p)
-	}
-	return c.Conn.Write(p)
-}
-
-func (c *tlsClientConn) watch() *headWatch { return &c.h }
+func (c *tlsClientConn) Read(p []byte) (int, error)  { return c.h.read(c.Conn, p) }
+func (c *tlsClientConn) Write(p []byte) (int, error) { return c.h.write(c.Conn, p) }
+func (c *tlsClientConn) watch() *headWatch           { return &c.h }
 
 type watched interface{ watch() *headWatch }
 

@@ -259,6 +259,32 @@ func processGone(pid int) bool {
 	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
 }
 
+// startUpgradable starts baton serve on cfgPath with a PID file beside it,
+// its output in a file (the processes it hands over to inherit it), and
+// kills whichever process serves at the end of the test.
+func startUpgradable(t *testing.T, cfgPath string) (first *proc, pidFile string) {
+	t.Helper()
+	dir := filepath.Dir(cfgPath)
+	pidFile = filepath.Join(dir, "baton.pid")
+	logPath := filepath.Join(dir, "baton.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logFile.Close() })
+	first = startBinaryTo(t, logFile, "serve", "-c", cfgPath, "--pid-file", pidFile)
+	t.Cleanup(func() {
+		if pid := readPID(pidFile); pid > 0 && pid != first.cmd.Process.Pid {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			data, _ := os.ReadFile(logPath)
+			t.Logf("baton log:\n%s", tailLines(string(data), 40))
+		}
+	})
+	return first, pidFile
+}
+
 // TestUpgradesUnderKeepAliveLoadLoseNothing: three hitless upgrades in a
 // row (SIGUSR2) while clients send GETs and POSTs on keep-alive
 // connections: no request fails, every POST reaches a backend once, and
@@ -283,23 +309,7 @@ pools:
 `, traffic, adminAddr, b1, b2)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pidFile := filepath.Join(dir, "baton.pid")
-	logPath := filepath.Join(dir, "baton.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	first := startBinaryTo(t, logFile, "serve", "-c", cfgPath, "--pid-file", pidFile)
-	t.Cleanup(func() {
-		if pid := readPID(pidFile); pid > 0 && pid != first.cmd.Process.Pid {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			data, _ := os.ReadFile(logPath)
-			t.Logf("baton log:\n%s", tailLines(string(data), 40))
-		}
-	})
+	first, pidFile := startUpgradable(t, cfgPath)
 	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 	if !poll(20*time.Second, func() bool { return readPID(pidFile) == first.cmd.Process.Pid }) {
 		t.Fatal("baton wrote no PID file")
@@ -420,22 +430,7 @@ pools:
 `, traffic, adminAddr, testbed.NamedBackend(t, "b1"), down)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pidFile := filepath.Join(dir, "baton.pid")
-	logFile, err := os.Create(filepath.Join(dir, "baton.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	first := startBinaryTo(t, logFile, "serve", "-c", cfgPath, "--pid-file", pidFile)
-	t.Cleanup(func() {
-		if pid := readPID(pidFile); pid > 0 && pid != first.cmd.Process.Pid {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			data, _ := os.ReadFile(filepath.Join(dir, "baton.log"))
-			t.Logf("baton log:\n%s", tailLines(string(data), 30))
-		}
-	})
+	first, pidFile := startUpgradable(t, cfgPath)
 	a := &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 	waitServing(t, first, a, "shop", "b1")
 	if err := first.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
