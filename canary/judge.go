@@ -24,9 +24,23 @@ type JudgeConfig struct {
 	LatencyTol      float64       // relative tolerance on latency quantiles (0.2 = 20 %)
 	LatencyFloor    time.Duration // and at least this much slower
 	SignatureMargin float64       // relative margin for a signature to count as elevated
+	GrossFactor     float64       // a gross regression: the canary's p50 or p90 this many times stable's
+	GrossFloor      time.Duration // and at least this much slower
 	StepMinTime     time.Duration // a step passes no sooner than this
 	StepMinRequests uint64        // and not before the canary served this many in it
 }
+
+// How the judge spends α, a fixed split over the rules that are tests: each
+// is an e-value, valid however often it is looked at, so by Ville's
+// inequality and a union bound the chance that a canary as good as stable
+// fails on any of them over the whole release is at most the sum, α. The
+// fine latency comparison is not among them: it compares confidence bounds
+// at a strict z at each look, and the A/A calibration measures its share.
+const (
+	alphaSignatures = 0.5  // split again over the signatures seen
+	alphaErrorRate  = 0.25 // the error rate's sequential test
+	alphaGross      = 0.25 // gross regressions, split over groups × {p50, p90}
+)
 
 // quantiles the judge compares, with the fewest samples per side each needs:
 // a p99 estimate from fewer than a few hundred requests is noise.
@@ -110,14 +124,35 @@ type Result struct {
 type Judge struct {
 	cfg    JudgeConfig
 	errors *SeqTest
-	sigs   map[string]*SeqTest
+	sigs   map[string]*sigTest
+	gross  map[string]*grossGroup // by route group
 	last   Input
 	ticks  int
 }
 
+// sigTest is one signature's two sequential tests: elevated (the canary has
+// it more often than its share explains, beyond the margin) and new (every
+// occurrence so far on the canary).
+type sigTest struct {
+	elevated *SeqTest
+	onlyNew  NewTest
+}
+
+// logE is the signature's evidence: the log of the mean of its two
+// e-values, itself an e-value when the canary has the signature no more
+// often than stable.
+func (t *sigTest) logE() float64 {
+	a, b := t.elevated.LogEValue(), t.onlyNew.LogEValue()
+	m := math.Max(a, b)
+	if math.IsInf(m, -1) {
+		return m
+	}
+	return m + math.Log((math.Exp(a-m)+math.Exp(b-m))/2)
+}
+
 // NewJudge returns a judge for a canary that just started.
 func NewJudge(cfg JudgeConfig) *Judge {
-	return &Judge{cfg: cfg, errors: NewSeqTest(cfg.ErrorMargin), sigs: map[string]*SeqTest{}}
+	return &Judge{cfg: cfg, errors: NewSeqTest(cfg.ErrorMargin), sigs: map[string]*sigTest{}, gross: map[string]*grossGroup{}}
 }
 
 // Evaluate takes the tick's evidence and returns the verdict.
@@ -132,11 +167,13 @@ func (j *Judge) Evaluate(in Input) Result {
 	for _, s := range in.Signatures {
 		t := j.sigs[s.Key]
 		if t == nil {
-			t = NewSeqTest(j.cfg.SignatureMargin)
+			t = &sigTest{elevated: NewSeqTest(j.cfg.SignatureMargin)}
 			j.sigs[s.Key] = t
 		}
 		p := prevSig[s.Key]
-		t.Observe(sub(s.Stable, p.Stable), sub(s.Canary, p.Canary), share)
+		ds, dc := sub(s.Stable, p.Stable), sub(s.Canary, p.Canary)
+		t.elevated.Observe(ds, dc, share)
+		t.onlyNew.Observe(ds, dc, share)
 	}
 	j.last = in
 	j.ticks++
@@ -160,21 +197,23 @@ func (j *Judge) Evaluate(in Input) Result {
 		return r.fail("guard_errors", "the canary answered %.0f%% of its %d requests with errors, stable %.2f%%", 100*cRate, ca.Requests, 100*sRate)
 	}
 
+	// Gross regressions: a route group's median or p90 several times
+	// stable's, beyond chance. Checked before the fine statistics so that
+	// the obvious is said in seconds.
+	if f := j.grossLatency(&r, st, ca); f != "" {
+		return r.fail("latency_gross", "%s", f)
+	}
+
 	// Signatures first, as the most specific finding: a failure the canary
 	// has and stable does not (or far less) is new (elevated); comparable
 	// rates make it known, a caveat of the old version that never fails a
 	// release. Each is a sequential test; the level is split over the
 	// signatures seen (Bonferroni).
-	keys := make([]string, 0, len(in.Signatures))
-	for _, s := range in.Signatures {
-		keys = append(keys, s.Key)
-	}
-	sort.Strings(keys)
-	sigThreshold := math.Log(float64(max(1, len(keys))) / j.cfg.Alpha)
+	sigThreshold := math.Log(float64(max(1, len(in.Signatures))) / (alphaSignatures * j.cfg.Alpha))
 	var worst *SignatureClass
 	for _, s := range in.Signatures {
 		t := j.sigs[s.Key]
-		lev := t.LogEValue()
+		lev := t.logE()
 		sc := SignatureClass{Key: s.Key, Stable: s.Stable, Canary: s.Canary, LogEvidence: round2(lev),
 			ExpectedCanary: round2(float64(s.Stable+s.Canary) * share)}
 		switch {
@@ -203,7 +242,7 @@ func (j *Judge) Evaluate(in Input) Result {
 			worst.Class, worst.Key, worst.Canary, worst.Stable, worst.ExpectedCanary, worst.LogEvidence, sigThreshold)
 	}
 
-	threshold := math.Log(1 / j.cfg.Alpha)
+	threshold := math.Log(1 / (alphaErrorRate * j.cfg.Alpha))
 
 	// Error rate: the sequential test, and a floor so that a tiny
 	// difference at high volume never fails a release.
@@ -255,6 +294,93 @@ func (j *Judge) Evaluate(in Input) Result {
 func (r Result) fail(rule, format string, args ...any) Result {
 	r.Verdict, r.Rule, r.Reason = Fail, rule, fmt.Sprintf(format, args...)
 	return r
+}
+
+// grossQuantiles are the quantiles the gross rule watches, with the fewest
+// stable samples its bound needs.
+var grossQuantiles = [2]struct {
+	q    float64
+	name string
+	min  uint64
+}{{0.5, "p50", 30}, {0.9, "p90", 100}}
+
+// grossGroup is the gross-regression evidence of one route group: for p50
+// and p90, a sequential sign test that more than half (a tenth) of the
+// canary's requests take longer than GrossFactor times stable's quantile.
+type grossGroup struct {
+	tests [2]*BernoulliTest
+	seen  Snapshot // the canary's latency at the last look, to take increments
+}
+
+// grossLatency returns why the canary is grossly slower, or "". For each
+// route group and quantile q (p50, p90) it takes stable's upper confidence
+// bound u (distribution-free, from the ranks), the limit L = max(factor·u,
+// u + floor), and counts the canary's requests since the last look that
+// certainly took longer than L (their histogram bucket starts above it). If
+// the canary's q quantile were at most L, each would do so with probability
+// at most 1 − q: a sequential sign test of that, one per group and
+// quantile, each at its share of alphaGross.
+func (j *Judge) grossLatency(r *Result, st, ca Side) string {
+	groups := make([]string, 0, len(ca.Latency))
+	for g := range ca.Latency {
+		if st.Latency[g] != nil {
+			groups = append(groups, g)
+		}
+	}
+	if len(groups) == 0 {
+		return ""
+	}
+	sort.Strings(groups)
+	threshold := math.Log(float64(2*len(groups)) / (alphaGross * j.cfg.Alpha))
+	floor := float64(j.cfg.GrossFloor / time.Microsecond)
+	for _, g := range groups {
+		cs, ss := ca.Latency[g], st.Latency[g]
+		gg := j.gross[g]
+		if gg == nil {
+			gg = &grossGroup{}
+			for i, gq := range grossQuantiles {
+				gg.tests[i] = NewBernoulliTest(1 - gq.q)
+			}
+			j.gross[g] = gg
+		}
+		d := *cs
+		if gg.seen.Count <= cs.Count {
+			d = cs.Sub(&gg.seen)
+		}
+		gg.seen = *cs
+		for i, gq := range grossQuantiles {
+			if ss.Count < gq.min {
+				continue
+			}
+			_, sMid, sHi := quantileCI(ss, gq.q, latencyZ)
+			limit := math.Max(j.cfg.GrossFactor*sHi, sHi+floor)
+			t := gg.tests[i]
+			t.Observe(d.countFrom(limit), d.Count)
+			le := t.LogEValue()
+			cMid := cs.Quantile(gq.q)
+			if le < threshold || !(cMid >= limit) {
+				continue
+			}
+			above := cs.countFrom(limit)
+			return fmt.Sprintf("%s of %s is %s on the canary against %s on stable (%.1f× slower): %d of its %d requests took over %s (%g× stable's at most %s, and at least %s more; log e-value %.1f ≥ %.1f)",
+				gq.name, g, ms(cMid), ms(sMid), cMid/sMid, above, cs.Count, ms(limit), j.cfg.GrossFactor, ms(sHi), ms(floor), le, threshold)
+		}
+	}
+	return ""
+}
+
+// countFrom returns the observations certainly at least us: those in
+// buckets whose lower edge is at least us.
+func (s *Snapshot) countFrom(us float64) uint64 {
+	var n uint64
+	for i := NumBuckets - 1; i >= 0; i-- {
+		lo, _ := BucketBounds(i)
+		if float64(lo) < us {
+			break
+		}
+		n += s.Buckets[i]
+	}
+	return n
 }
 
 // compareLatency returns why the canary is slower, or "". A quantile counts

@@ -13,28 +13,32 @@ import (
 func testJudgeConfig() JudgeConfig {
 	return JudgeConfig{
 		Alpha: 0.01, ErrorMargin: 0.1, ErrorFloor: 0.002, LatencyTol: 0.1, LatencyFloor: 5 * time.Millisecond,
-		SignatureMargin: 0.5, StepMinTime: time.Minute, StepMinRequests: 200,
+		SignatureMargin: 0.5, GrossFactor: 2, GrossFloor: 20 * time.Millisecond, StepMinTime: time.Minute, StepMinRequests: 200,
 	}
 }
 
 // sim is a seeded synthetic release: requests split by share, errors and
 // latencies drawn per version, fed to a Judge tick by tick.
 type sim struct {
-	rng        *rand.Rand
-	share      float64 // canary share
-	perTick    int     // requests per tick (5 s)
-	errStable  float64
-	errCanary  float64
-	latCanary  func(us float64) float64 // transforms a stable-like latency for the canary
-	newSig     float64                  // rate of a canary-only error signature
-	knownSig   float64                  // rate of a signature both versions have
-	maxTicks   int
-	stable     Side
-	canary     Side
-	sHist      Histogram
-	cHist      Histogram
-	ss, cs     Snapshot
-	signatures map[string]*SignatureEvidence
+	rng       *rand.Rand
+	share     float64 // canary share
+	perTick   int     // requests per tick (5 s)
+	errStable float64
+	errCanary float64
+	latCanary func(us float64) float64 // transforms a stable-like latency for the canary
+	newSig    float64                  // rate of a canary-only error signature
+	knownSig  float64                  // rate of a signature both versions have
+	maxTicks  int
+	// warmupRequests: latency is judged from the tick the canary has
+	// served this many (as the control loop's warm-up by evidence does).
+	warmupRequests uint64
+	warmed         bool
+	stable         Side
+	canary         Side
+	sHist          Histogram
+	cHist          Histogram
+	ss, cs         Snapshot
+	signatures     map[string]*SignatureEvidence
 }
 
 func newSim(seed uint64) *sim {
@@ -48,6 +52,13 @@ func newSim(seed uint64) *sim {
 // latency draws a realistic response time in µs: log-normal, median 40 ms,
 // p99 about 160 ms.
 func (s *sim) latency() float64 { return 40000 * math.Exp(0.6*s.rng.NormFloat64()) }
+
+func (e *SignatureEvidence) canaryCount() uint64 {
+	if e == nil {
+		return 0
+	}
+	return e.Canary
+}
 
 func (s *sim) sig(key string, canary bool) {
 	e := s.signatures[key]
@@ -97,9 +108,18 @@ func (s *sim) run(cfg JudgeConfig) (Result, uint64, int) {
 			}
 			h.Observe(time.Duration(lat) * time.Microsecond)
 		}
+		if tick == 1 {
+			s.warmed = s.warmupRequests == 0
+		}
+		if !s.warmed {
+			// Still warming up: the latency so far is not evidence; it
+			// starts after the tick the canary served enough.
+			s.sHist, s.cHist = Histogram{}, Histogram{}
+			s.warmed = s.canary.Requests >= s.warmupRequests
+		}
 		s.sHist.Snapshot(&s.ss)
 		s.cHist.Snapshot(&s.cs)
-		if s.stable.Latency == nil {
+		if s.stable.Latency == nil && s.ss.Count > 0 {
 			s.stable.Latency = map[string]*Snapshot{"/": &s.ss}
 			s.canary.Latency = map[string]*Snapshot{"/": &s.cs}
 		}
@@ -150,6 +170,7 @@ func TestJudgeCalibration(t *testing.T) {
 	for i := range runs {
 		s := newSim(uint64(i) + 1)
 		s.maxTicks = 360 // 30 min, judged every 5 s
+		s.warmupRequests, s.knownSig = 100, 0.01
 		r, _, _ := s.run(cfg)
 		if r.Verdict == Fail {
 			fails[r.Rule]++
@@ -161,7 +182,7 @@ func TestJudgeCalibration(t *testing.T) {
 	}
 	rate := float64(total) / float64(runs)
 	rows = append(rows, calibrationRow{
-		fmt.Sprintf("A/A, both 0.5 %% errors, 10 %% share, 30 min judged every 5 s (%d runs)", runs),
+		fmt.Sprintf("A/A, every rule on: both 0.5 %% errors and a shared 1 %% signature, realistic latency, 10 %% share, 30 min judged every 5 s (%d runs)", runs),
 		fmt.Sprintf("false fail %.1f %% (α = %.0f %%) %v", 100*rate, 100*cfg.Alpha, fails)})
 	if rate > cfg.Alpha {
 		t.Errorf("A/A false fail rate %.2f%% exceeds α %.0f%%: %v", 100*rate, 100*cfg.Alpha, fails)
@@ -258,7 +279,45 @@ func TestJudgeCalibration(t *testing.T) {
 		}
 	}
 
-	// 6. Too little data never fails.
+	// 6. Gross regressions at 300 requests/s: a route 3× and 2× slower
+	// (every request), and a new error on 2 % of one route's requests (a
+	// fifth of the traffic), latency judged after 100 canary requests.
+	for _, c := range []struct {
+		name   string
+		factor float64
+		sig    float64
+	}{{"a route 3× slower (every request)", 3, 0}, {"a route 2× slower (every request)", 2, 0},
+		{"a new error on 2 % of one route (a fifth of the requests)", 1, 0.02 / 5}} {
+		var req, secs, occ []float64
+		failed, byRule := 0, map[string]int{}
+		for i := range n {
+			s := newSim(uint64(60000 + i))
+			s.perTick, s.maxTicks, s.warmupRequests, s.newSig = 1500, 120, 100, c.sig
+			f := c.factor
+			s.latCanary = func(us float64) float64 { return us * f }
+			r, q, tick := s.run(cfg)
+			if r.Verdict == Fail {
+				failed++
+				byRule[r.Rule]++
+				req = append(req, float64(q))
+				secs = append(secs, float64(5*tick))
+				occ = append(occ, float64(s.signatures["POST /checkout 500 code=PAYMENT_TIMEOUT"].canaryCount()))
+			}
+		}
+		out := fmt.Sprintf("failed %d of %d runs %v; median %.0f canary requests, %.0f s", failed, n, byRule, median(req), median(secs))
+		if c.sig > 0 {
+			out += fmt.Sprintf(", %.0f occurrences", median(occ))
+		}
+		rows = append(rows, calibrationRow{c.name + ", 10 % share of 300 requests/s", out})
+		if failed < n {
+			t.Errorf("%s: failed only %d of %d releases", c.name, failed, n)
+		}
+		if c.factor == 3 && median(secs) > 10 {
+			t.Errorf("a 3× slower route took a median %.0f s to fail", median(secs))
+		}
+	}
+
+	// 7. Too little data never fails.
 	holds := map[string]int{}
 	for i := range n {
 		s := newSim(uint64(50000 + i))
@@ -339,5 +398,74 @@ func TestJudgeErrorRateNamesTheSignature(t *testing.T) {
 	want := `; most often new error "GET /cart 502 bad_gateway": 2 on the canary, 0 on stable`
 	if !strings.HasSuffix(r.Reason, want) {
 		t.Errorf("reason %q; want it to end with %q", r.Reason, want)
+	}
+}
+
+// Two occurrences of a new signature fail the canary when chance would
+// explain them less often than the signatures' share of α allows (the
+// arithmetic in the README): at a 5 % share 1/(2·0.05²) = 200 ≥ 1/(½·α),
+// at 10 % 1/(2·0.1²) = 50 falls short and a third is needed.
+func TestJudgeNewSignatureAtTwoOccurrences(t *testing.T) {
+	start := time.Unix(0, 0)
+	for _, c := range []struct {
+		share float64
+		occ   uint64
+		fail  bool
+	}{{0.05, 2, true}, {0.02, 2, true}, {0.10, 2, false}, {0.10, 3, true}, {0.05, 1, false}} {
+		j := NewJudge(testJudgeConfig())
+		stable, canary := uint64(0), uint64(0)
+		var r Result
+		for tick := uint64(1); tick <= c.occ; tick++ {
+			stable += 1000
+			canary += uint64(1000 * c.share / (1 - c.share))
+			r = j.Evaluate(Input{Now: start.Add(time.Duration(tick) * 5 * time.Second), Share: c.share, StepStart: start,
+				CanaryBackends: 1, CanaryHealthy: 1, StepCanaryRequests: canary,
+				Stable: Side{Requests: stable}, Canary: Side{Requests: canary, Errors: tick},
+				Signatures: []SignatureEvidence{{Key: "POST /checkout 500 server_error", Canary: tick}}})
+		}
+		if got := r.Verdict == Fail && r.Rule == "signature"; got != c.fail {
+			t.Errorf("%d occurrences at %.0f%% share: verdict %s/%s %q; want fail %v", c.occ, 100*c.share, r.Verdict, r.Rule, r.Reason, c.fail)
+		}
+	}
+}
+
+// A route three times slower fails by the gross rule with a reason naming
+// the group and both medians; one as fast never does.
+func TestJudgeGrossRegression(t *testing.T) {
+	start := time.Unix(0, 0)
+	for _, factor := range []float64{3, 1} {
+		rng := rand.New(rand.NewPCG(7, 7))
+		var sh, ch Histogram
+		var ss, cs Snapshot
+		cfg := testJudgeConfig()
+		cfg.LatencyTol = 5 // the fine comparison stays out of the way
+		j := NewJudge(cfg)
+		var r Result
+		for tick := 1; tick <= 4 && r.Verdict != Fail; tick++ {
+			for range 300 {
+				sh.Observe(time.Duration(22000*math.Exp(0.3*rng.NormFloat64())) * time.Microsecond)
+			}
+			for range 30 {
+				ch.Observe(time.Duration(factor*22000*math.Exp(0.3*rng.NormFloat64())) * time.Microsecond)
+			}
+			sh.Snapshot(&ss)
+			ch.Snapshot(&cs)
+			s, c := ss, cs
+			r = j.Evaluate(Input{Now: start.Add(time.Duration(tick) * 5 * time.Second), Share: 0.1, StepStart: start,
+				CanaryBackends: 1, CanaryHealthy: 1,
+				Stable: Side{Requests: uint64(300 * tick), Latency: map[string]*Snapshot{"/search": &s}},
+				Canary: Side{Requests: uint64(30 * tick), Latency: map[string]*Snapshot{"/search": &c}}})
+		}
+		if factor == 1 {
+			if r.Verdict == Fail {
+				t.Errorf("an equally fast canary failed: %s %q", r.Rule, r.Reason)
+			}
+			continue
+		}
+		if r.Verdict != Fail || r.Rule != "latency_gross" || !strings.Contains(r.Reason, "p50 of /search is") ||
+			!strings.Contains(r.Reason, "on the canary against 2") {
+			t.Errorf("3× slower /search: %s/%s %q; want latency_gross naming /search and both medians", r.Verdict, r.Rule, r.Reason)
+		}
+		t.Logf("3× slower: %s", r.Reason)
 	}
 }

@@ -86,3 +86,87 @@ func (t *SeqTest) LogEValue() float64 {
 
 // Errors returns the errors observed on stable and canary.
 func (t *SeqTest) Errors() (stable, canary uint64) { return t.errors[0], t.errors[1] }
+
+// NewTest is the sequential test for a failure that, so far, only the canary
+// has. Under the null — the canary has it no more often than stable — each
+// occurrence lands on the canary with probability at most s, the canary's
+// share of the requests when it happened. Its e-value is the likelihood
+// ratio of the alternative "it only happens on the canary": ∏ 1/s over the
+// occurrences while every one is on the canary, and 0 for good once stable
+// has one. It is a test martingale under the null, so it passes 1/α with
+// probability at most α however often it is looked at; two occurrences at a
+// 5 % share give 1/0.05² = 400, and at 10 % 1/0.1² = 100.
+//
+// The zero value is ready to use; a NewTest is not safe for concurrent use.
+type NewTest struct {
+	logE float64
+	dead bool // stable had it: the alternative is refuted
+}
+
+// Observe adds a batch: stableErrs and canaryErrs occurrences while the
+// canary had share s (0 < s < 1).
+func (t *NewTest) Observe(stableErrs, canaryErrs uint64, s float64) {
+	if t.dead || stableErrs+canaryErrs == 0 || s <= 0 || s >= 1 || math.IsNaN(s) {
+		return
+	}
+	if stableErrs > 0 {
+		t.dead = true
+		return
+	}
+	t.logE += float64(canaryErrs) * -math.Log(s)
+}
+
+// LogEValue returns the log of the e-value (−Inf once stable had it).
+func (t *NewTest) LogEValue() float64 {
+	if t.dead {
+		return math.Inf(-1)
+	}
+	return t.logE
+}
+
+// BernoulliTest is a sequential test that the probability of an event is
+// above p0: a mixture, over a grid of alternatives p > p0, of the
+// likelihood ratios of Bernoulli trials. Under any probability ≤ p0 each
+// alternative's ratio is a supermartingale, so the mixture passes 1/α with
+// probability at most α over any number of looks.
+//
+// A BernoulliTest is not safe for concurrent use.
+type BernoulliTest struct {
+	p0    float64
+	p     []float64
+	logLR []float64
+}
+
+// NewBernoulliTest returns a test of "the probability is above p0" with
+// alternatives spread between p0 and 1.
+func NewBernoulliTest(p0 float64) *BernoulliTest {
+	t := &BernoulliTest{p0: p0}
+	for _, f := range []float64{0.2, 0.4, 0.6, 0.75, 0.9, 0.97} {
+		t.p = append(t.p, p0+(1-p0)*f)
+	}
+	t.logLR = make([]float64, len(t.p))
+	return t
+}
+
+// Observe adds n trials of which k had the event.
+func (t *BernoulliTest) Observe(k, n uint64) {
+	if n == 0 || k > n {
+		return
+	}
+	for i, p := range t.p {
+		t.logLR[i] += float64(k)*math.Log(p/t.p0) + float64(n-k)*math.Log((1-p)/(1-t.p0))
+	}
+}
+
+// LogEValue returns the log of the mixture's e-value (equal weights).
+func (t *BernoulliTest) LogEValue() float64 {
+	m := math.Inf(-1)
+	for _, l := range t.logLR {
+		m = math.Max(m, l)
+	}
+	sum := 0.0
+	for _, l := range t.logLR {
+		sum += math.Exp(l - m)
+	}
+	return m + math.Log(sum/float64(len(t.logLR)))
+}

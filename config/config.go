@@ -235,6 +235,15 @@ type Judge struct {
 	// Warmup is the time after a canary starts whose latency is not judged
 	// (caches fill, code warms up). Errors count from the start. Default 30s.
 	Warmup time.Duration `yaml:"warmup"`
+	// WarmupRequests ends a route group's latency warm-up early, once the
+	// canary has served this many requests in it: caches and code warm by
+	// the requests served, not by the clock. Default 100.
+	WarmupRequests int `yaml:"warmup_requests"`
+	// GrossFactor: a route group whose canary p50 or p90 is this many times
+	// stable's, beyond chance, fails the canary at once. Default 2.
+	GrossFactor float64 `yaml:"gross_factor"`
+	// GrossFloor: and at least this much slower. Default 20ms.
+	GrossFloor time.Duration `yaml:"gross_floor"`
 	// Alpha bounds the chance that a release as good as the stable version
 	// fails, over its whole life. Default 0.01.
 	Alpha float64 `yaml:"alpha"`
@@ -416,6 +425,9 @@ const (
 	DefaultStepMinRequests       = 500
 	DefaultJudgeInterval         = 5 * time.Second
 	DefaultJudgeWarmup           = 30 * time.Second
+	DefaultWarmupRequests        = 100
+	DefaultGrossFactor           = 2
+	DefaultGrossFloor            = 20 * time.Millisecond
 	DefaultJudgeAlpha            = 0.01
 	DefaultErrorMargin           = 0.1
 	DefaultErrorFloor            = 0.002
@@ -506,6 +518,11 @@ func (p *Pool) applyDefaults() {
 	j := &p.Judge
 	setDur(&j.Interval, DefaultJudgeInterval)
 	setDur(&j.Warmup, DefaultJudgeWarmup)
+	if j.WarmupRequests == 0 {
+		j.WarmupRequests = DefaultWarmupRequests
+	}
+	setFloat(&j.GrossFactor, DefaultGrossFactor)
+	setDur(&j.GrossFloor, DefaultGrossFloor)
 	setDur(&j.LatencyFloor, DefaultLatencyFloor)
 	setFloat(&j.Alpha, DefaultJudgeAlpha)
 	setFloat(&j.ErrorMargin, DefaultErrorMargin)

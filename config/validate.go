@@ -261,6 +261,13 @@ func (v *validator) pool(path string, p *Pool) {
 	}
 	v.nonNegative(path+".judge.warmup", j.Warmup)
 	v.nonNegative(path+".judge.latency_floor", j.LatencyFloor)
+	if j.WarmupRequests < 1 {
+		v.add(path+".judge.warmup_requests", "must be at least 1, got %d", j.WarmupRequests)
+	}
+	if !(j.GrossFactor >= 1.2 && j.GrossFactor <= 100) {
+		v.add(path+".judge.gross_factor", "must be 1.2..100 (2 is twice as slow), got %g", j.GrossFactor)
+	}
+	v.nonNegative(path+".judge.gross_floor", j.GrossFloor)
 	if !(j.Alpha > 0 && j.Alpha <= 0.5) {
 		v.add(path+".judge.alpha", "must be above 0 and at most 0.5, got %g", j.Alpha)
 	}

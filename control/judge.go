@@ -15,12 +15,15 @@ import (
 // canary started, since its warm-up ended, since its step started) and the
 // judge's sequential tests.
 type poolJudge struct {
-	canary    string
-	stable    string // the stable version it is compared with
-	judge     *canary.Judge
-	start     time.Time
-	base      map[string]*canary.VersionSnapshot // at the canary's start, by version
-	warm      map[string]*canary.VersionSnapshot // at the warm-up's end; nil before
+	canary string
+	stable string // the stable version it is compared with
+	judge  *canary.Judge
+	start  time.Time
+	base   map[string]*canary.VersionSnapshot // at the canary's start, by version
+	// warm holds, per route group, the snapshot at the end of its warm-up
+	// (judge.warmup passed, or the canary served judge.warmup_requests in
+	// it); a group without one is still warming up.
+	warm      map[int]map[string]*canary.VersionSnapshot
 	sigBase   map[string]canary.Signature
 	weight    float64 // the share of the current step
 	stepStart time.Time
@@ -173,6 +176,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	snaps := snapshotVersions(p)
 	if pj == nil || pj.canary != cv || pj.ended {
 		pj = &poolJudge{canary: cv, stable: p.StableVersion(), judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
+			warm:    map[int]map[string]*canary.VersionSnapshot{},
 			sigBase: p.Signatures().Snapshot(), weight: weight, stepStart: now}
 		pj.stepBase = since(snaps, pj.base, cv).Requests
 		r.log.Info().Str("pool", name).Str("canary", cv).Float64("weight", weight).Msg("judging a new canary")
@@ -183,8 +187,11 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	if weight != pj.weight {
 		pj.weight, pj.stepStart, pj.stepBase = weight, now, ca.Requests
 	}
-	if pj.warm == nil && now.Sub(pj.start) >= cfg.Judge.Warmup {
-		pj.warm = snaps
+	warmedUp := now.Sub(pj.start) >= cfg.Judge.Warmup
+	for i, g := range ca.Groups {
+		if pj.warm[i] == nil && (warmedUp || g.Requests >= uint64(cfg.Judge.WarmupRequests)) {
+			pj.warm[i] = snaps
+		}
 	}
 
 	// The share during this tick, from what each version actually served:
@@ -234,19 +241,19 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 }
 
 // side is one version's evidence for the judge: counts since the canary
-// started, latency per route group since the warm-up ended.
-func side(s *canary.VersionSnapshot, groups *canary.Groups, warm, now map[string]*canary.VersionSnapshot, version string) canary.Side {
+// started, latency per route group since the group's warm-up ended.
+func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[string]*canary.VersionSnapshot, now map[string]*canary.VersionSnapshot, version string) canary.Side {
 	out := canary.Side{Requests: s.Requests, Errors: s.Errors, Gateway: s.NoAnswer}
-	if warm == nil {
-		return out
-	}
-	lat := since(now, warm, version)
-	out.Latency = map[string]*canary.Snapshot{}
-	for i, g := range lat.Groups {
-		if g.Latency.Count > 0 {
-			l := g.Latency
-			out.Latency[groups.Name(i)] = &l
+	for i, base := range warm {
+		g := since(now, base, version).Groups[i]
+		if g == nil || g.Latency.Count == 0 {
+			continue
 		}
+		if out.Latency == nil {
+			out.Latency = map[string]*canary.Snapshot{}
+		}
+		l := g.Latency
+		out.Latency[groups.Name(i)] = &l
 	}
 	return out
 }
