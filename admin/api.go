@@ -48,10 +48,15 @@ func (a *api) extendDeadlines(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var extra time.Duration
-	if r.URL.Path == "/v1/upgrade" {
+	switch {
+	case r.URL.Path == "/v1/upgrade":
 		extra = upgradeWait
-	} else if d, err := waitParam(r); err == nil {
-		extra = d
+	case r.Pattern == "/v1/pools/{pool}/backends/{name}/drain" || r.Pattern == "/v1/pools/{pool}/backends/{name}" && r.Method == http.MethodDelete:
+		// Only the routes that wait: ?wait= elsewhere must not hold a
+		// connection past the timeouts.
+		if d, err := waitParam(r); err == nil {
+			extra = d
+		}
 	}
 	if extra == 0 {
 		return
@@ -117,6 +122,9 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 		actor, ok := a.authenticate(r)
 		if !ok {
 			e := errorf(401, "unauthorized", "a valid token is required: send Authorization: Bearer TOKEN")
+			if p := a.tokens.Problem(); p != "" {
+				e.msg = "no token is accepted until the token file loads again: " + p
+			}
 			a.audit(r, "unauthenticated", e)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="baton"`)
 			writeError(w, e)

@@ -68,7 +68,10 @@ func LoadTokens(path string) ([]Token, error) {
 // read again (a revoked token stops working without a restart).
 //
 // It is safe for concurrent use. TokenSet values must not be copied.
-type TokenSet struct{ p atomic.Pointer[[]Token] }
+type TokenSet struct {
+	p       atomic.Pointer[[]Token]
+	problem atomic.Pointer[string] // why no token is accepted; nil when the file loaded
+}
 
 // NewTokenSet returns a set holding tokens.
 func NewTokenSet(tokens []Token) *TokenSet {
@@ -78,7 +81,29 @@ func NewTokenSet(tokens []Token) *TokenSet {
 }
 
 // Store replaces the tokens.
-func (ts *TokenSet) Store(tokens []Token) { ts.p.Store(&tokens) }
+func (ts *TokenSet) Store(tokens []Token) {
+	ts.p.Store(&tokens)
+	ts.problem.Store(nil)
+}
+
+// Revoke accepts no token any more, for the reason given: a token file that
+// is emptied, removed or broken revokes every token rather than leaving
+// the old ones in force.
+func (ts *TokenSet) Revoke(reason string) {
+	ts.p.Store(&[]Token{})
+	ts.problem.Store(&reason)
+}
+
+// Problem returns why no token is accepted ("" when the file loaded).
+func (ts *TokenSet) Problem() string {
+	if ts == nil {
+		return ""
+	}
+	if p := ts.problem.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
 
 // Load returns the tokens in force (none for a nil set).
 func (ts *TokenSet) Load() []Token {

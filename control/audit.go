@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 )
@@ -30,7 +31,18 @@ func AuditPath(stateFile string) string {
 	return filepath.Join(filepath.Dir(stateFile), base+".audit.jsonl")
 }
 
-// auditFile is the audit log on disk: one JSON object per line, appended
+// RefusedPath returns where refused requests are logged, beside the audit
+// log and apart from it, so that a flood of refusals (which anyone who can
+// reach the admin port can send) never rotates the changes out.
+func RefusedPath(stateFile string) string {
+	a := AuditPath(stateFile)
+	if a == "" {
+		return ""
+	}
+	return strings.TrimSuffix(a, ".audit.jsonl") + ".refused.jsonl"
+}
+
+// auditFile is an audit log on disk: one JSON object per line, appended
 // as events happen, rotated by size. A nil *auditFile writes nothing.
 // Its methods are called with the registry's lock held.
 type auditFile struct {
@@ -40,15 +52,26 @@ type auditFile struct {
 	failed bool // a write failed; logged once until one succeeds
 }
 
-// openAudit prepares the audit file at path and returns the events it
-// already holds, oldest first: the changes and the refusals,
-// each at most maxEvents.
-func openAudit(path string) (*auditFile, []Event, []Event, error) {
+// openAudit prepares the audit file at path and returns the last maxEvents
+// events it and its rotated files hold, oldest first: the refused requests
+// with refused, else the changes (files older than the split held both).
+func openAudit(path string, refused bool) (*auditFile, []Event, error) {
 	if path == "" {
-		return nil, nil, nil, nil
+		return nil, nil, nil
 	}
-	var changes, refusals []Event
-	if f, err := os.Open(path); err == nil {
+	var events []Event
+	for i := auditKeep; i >= 0; i-- {
+		name := path
+		if i > 0 {
+			name = fmt.Sprintf("%s.%d", path, i)
+		}
+		f, err := os.Open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading the audit log: %w", err)
+		}
 		sc := bufio.NewScanner(f)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -56,20 +79,54 @@ func openAudit(path string) (*auditFile, []Event, []Event, error) {
 			if json.Unmarshal(sc.Bytes(), &ev) != nil {
 				continue // a line cut short by a crash; the rest still counts
 			}
-			if ev.Refused != "" {
-				refusals = appendEvent(refusals, ev)
-			} else {
-				changes = appendEvent(changes, ev)
+			if (ev.Refused != "") != refused {
+				continue
 			}
+			ev.Clean()
+			events = appendEvent(events, ev)
 		}
 		f.Close()
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil, fmt.Errorf("reading the audit log: %w", err)
 	}
 	// Opened for writing with the first event: a state directory that
 	// cannot be written refuses decisions (ErrPersist), it does not stop
 	// baton from starting.
-	return &auditFile{path: path}, changes, refusals, nil
+	return &auditFile{path: path}, events, nil
+}
+
+// maxField bounds each text field of an event: a refused request's path is
+// the client's to choose.
+const maxField = 256
+
+// Clean makes an event's text safe to keep and to print: control
+// characters become '?', and each field is cut to maxField bytes.
+func (ev *Event) Clean() {
+	for _, f := range []*string{&ev.Actor, &ev.Action, &ev.Pool, &ev.Backend, &ev.Detail, &ev.Refused} {
+		*f = cleanText(*f, maxField)
+	}
+}
+
+// cleanText replaces control characters and invalid UTF-8 in s with '?'
+// and cuts it to at most max bytes (at a character boundary, marked "…").
+func cleanText(s string, max int) string {
+	ok := len(s) <= max
+	for i := 0; ok && i < len(s); i++ {
+		ok = s[i] >= 0x20 && s[i] != 0x7f && s[i] < 0x80
+	}
+	if ok {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
+			r = '?'
+		}
+		if b.Len()+utf8.RuneLen(r) > max-len("…") {
+			b.WriteString("…")
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func (a *auditFile) open() error {

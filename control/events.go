@@ -24,12 +24,14 @@ const maxEvents = 1000
 // the audit file.
 func (r *Registry) recordLocked(ev Event) {
 	ev.Time = time.Now().UTC()
+	ev.Clean()
 	if ev.Refused != "" {
 		r.refusals = appendEvent(r.refusals, ev)
+		r.refusedFile.write(ev, r.log)
 	} else {
 		r.events = appendEvent(r.events, ev)
+		r.auditFile.write(ev, r.log)
 	}
-	r.auditFile.write(ev, r.log)
 	e := r.log.Info().Str("actor", ev.Actor).Str("action", ev.Action)
 	if ev.Pool != "" {
 		e = e.Str("pool", ev.Pool)

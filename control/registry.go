@@ -46,8 +46,10 @@ type Registry struct {
 	events     []Event // the audit log of changes, oldest first, at most maxEvents
 	refusals   []Event // refused requests, oldest first, at most maxEvents
 	gone       *goneBackends
-	auditFile  *auditFile
-	baselines  map[string]*baseline
+	auditFile  *auditFile // changes
+	// refusedFile logs refused requests apart from the changes.
+	refusedFile *auditFile
+	baselines   map[string]*baseline
 
 	judges judges
 	// switchBase: each switched pool's new-version evidence when its watch
@@ -83,13 +85,17 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	if err != nil {
 		return nil, err
 	}
-	audit, changes, refusals, err := openAudit(AuditPath(stateFile))
+	audit, changes, err := openAudit(AuditPath(stateFile), false)
+	if err != nil {
+		return nil, err
+	}
+	refusedLog, refusals, err := openAudit(RefusedPath(stateFile), true)
 	if err != nil {
 		return nil, err
 	}
 	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool), gone: &goneBackends{},
 		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}, switchBase: map[string]*canary.VersionSnapshot{},
-		auditFile: audit, events: changes, refusals: refusals}
+		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals}
 	r.pruneLocked()
 	for _, pc := range cfg.Pools {
 		r.pools[pc.Name] = pool.New(effective(pc, st.Pools[pc.Name]), log)
@@ -246,6 +252,8 @@ func (r *Registry) Close() {
 	}
 	r.auditFile.close()
 	r.auditFile = nil
+	r.refusedFile.close()
+	r.refusedFile = nil
 }
 
 // WaitHealthy waits until every pool has a backend that takes requests, or

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,12 @@ func watchContent(ctx context.Context, paths []string, initial [32]byte, log zer
 		h := sha256.New()
 		for _, p := range abs {
 			data, err := os.ReadFile(p)
-			if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				// Gone is a content too (a removed token file revokes its
+				// tokens) once it stays gone for settleTime; a rename in
+				// progress does not.
+				data = []byte("\x00missing\x00" + p)
+			} else if err != nil {
 				return [32]byte{}, false
 			}
 			h.Write(data)

@@ -51,6 +51,7 @@ type Conn struct {
 	bufs      [2][]byte
 	nb        net.Buffers
 	owner     *Conns
+	dedicated bool  // a tunnel's: counted in owner.dedicated while open
 	idleSince int64 // nanotime when last put back
 	uses      int
 	// suspect: the last response had no body by rule (HEAD, 204, 304) but
@@ -141,13 +142,17 @@ type Conns struct {
 	// are closed instead of pooled.
 	reuse atomic.Bool
 
-	mu      sync.Mutex // protects idle, open, dialing, closing, waiting and freed
+	mu      sync.Mutex // protects idle, open, dialing, dedicated, closing, waiting and freed
 	idle    []*Conn
 	open    map[*Conn]struct{}
 	dialing int
-	closing bool
-	waiting int           // requests waiting for a free slot
-	freed   chan struct{} // closed and replaced when a slot frees up and someone waits
+	// dedicated counts the open (and dialling) connections of tunnels: they
+	// may take at most tunnelShare of max, so a few idle WebSockets cannot
+	// starve ordinary requests.
+	dedicated int
+	closing   bool
+	waiting   int           // requests waiting for a free slot
+	freed     chan struct{} // closed and replaced when a slot frees up and someone waits
 }
 
 // NewConns returns an empty connection set for addr.
@@ -179,8 +184,26 @@ func (c *Conns) Get(now int64, deadline time.Time) (conn *Conn, err error) {
 // connection, and the drain timeout closes it like any busy one, but it
 // never goes back to the pool: end it with Close.
 func (c *Conns) Dedicated(deadline time.Time) (*Conn, error) {
-	return c.get(0, deadline, true)
+	c.mu.Lock()
+	if c.max > 0 && c.dedicated >= c.maxDedicated() {
+		c.mu.Unlock()
+		return nil, ErrPoolFull
+	}
+	c.dedicated++
+	c.mu.Unlock()
+	conn, err := c.get(0, deadline, true)
+	if err != nil {
+		c.mu.Lock()
+		c.dedicated--
+		c.mu.Unlock()
+		return nil, err
+	}
+	return conn, nil
 }
+
+// maxDedicated is how many of max connections tunnels may hold: all but a
+// quarter (at least one), which stays for ordinary requests.
+func (c *Conns) maxDedicated() int { return c.max - max(1, c.max/4) }
 
 func (c *Conns) get(now int64, deadline time.Time, fresh bool) (conn *Conn, err error) {
 	c.mu.Lock()
@@ -249,6 +272,7 @@ func (c *Conns) get(now int64, deadline time.Time, fresh bool) (conn *Conn, err 
 		conn.nc.Close()
 		return nil, ErrClosing
 	}
+	conn.dedicated = fresh // only tunnels dial fresh
 	c.open[conn] = struct{}{}
 	c.mu.Unlock()
 	conn.uses = 1
@@ -306,6 +330,9 @@ func (c *Conns) discard(conn *Conn) {
 func (c *Conns) closeLocked(conn *Conn) {
 	if _, ok := c.open[conn]; ok {
 		delete(c.open, conn)
+		if conn.dedicated {
+			c.dedicated--
+		}
 		conn.nc.Close()
 		c.signalLocked()
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync/atomic"
+	"time"
 )
 
 // fasthttp ends a request head only at CRLF CRLF. A head whose empty line
@@ -16,7 +17,13 @@ import (
 // the head ended with a bare LF, answer fasthttp's next read with errBareLF,
 // so the client gets a 400 at once. They also note a request line ending in
 // a bare LF, which fasthttp accepts: the request is forwarded normalised and
-// the connection closed after it.
+// the connection closed after it. Bytes after a head are watched too: a
+// bare-LF head pipelined behind a clean one closes the connection after the
+// clean one's answer (or, arriving later, gets the 400).
+//
+// The watch also gives each read of a body body_idle_timeout: fasthttp reads
+// the first 8 KiB of a body (all of a small one) under one deadline, so a
+// slow client's small form would otherwise have to arrive whole within it.
 
 // errBareLF: a request head whose lines end in LF alone.
 var errBareLF = errors.New("the request head ends with a bare LF; HTTP lines end with CRLF")
@@ -34,14 +41,42 @@ type headWatch struct {
 	lfBare  bool        // the last line end was a bare LF
 	lineLF  bool        // the request line ended with a bare LF
 	bareEnd bool        // the head ended with a bare LF: fasthttp will wait for ever
+	// tailLF: after the head, two LFs in a row came (a pipelined bare-LF
+	// head, or a body that has them): the connection closes after this
+	// request, and a read for the next head gets errBareLF.
+	tailLF   bool
+	tailLast byte
+	bodyIdle time.Duration // renewed read deadline per body read; 0: none
 }
 
 func (h *headWatch) reset() {
+	h.bareEnd = h.bareEnd || h.tailLF
 	h.inHead, h.lines, h.last, h.afterLF, h.lfBare, h.lineLF = true, 0, 0, 0, false, false
+	h.tailLF, h.tailLast = false, 0
 }
+
+// scanTail looks at bytes read after a head.
+func (h *headWatch) scanTail(s []byte) {
+	if h.tailLF || len(s) == 0 {
+		return
+	}
+	if h.tailLast == '\n' && s[0] == '\n' || bytes.Contains(s, lfLF) {
+		h.tailLF = true
+	}
+	h.tailLast = s[len(s)-1]
+}
+
+var lfLF = []byte("\n\n")
+
+// closeAfter reports whether the connection must close after this request.
+func (h *headWatch) closeAfter() bool { return h.lineLF || h.tailLF }
 
 // scan looks at the next bytes read from the client.
 func (h *headWatch) scan(s []byte) {
+	if !h.inHead {
+		h.scanTail(s)
+		return
+	}
 	for h.inHead && len(s) > 0 {
 		switch h.afterLF {
 		case 1:
@@ -58,6 +93,7 @@ func (h *headWatch) scan(s []byte) {
 		case 2:
 			if s[0] == '\n' { // the empty line, CRLF: a proper end only after a CRLF line
 				h.inHead, h.bareEnd = false, h.lfBare
+				h.scanTail(s[1:])
 				return
 			}
 			h.afterLF = 0
@@ -100,7 +136,11 @@ func (h *headWatch) read(c net.Conn, p []byte) (int, error) {
 	if h.bareEnd {
 		return 0, errBareLF
 	}
+	body := !h.inHead
 	n, err := c.Read(p)
+	if body && n > 0 && h.bodyIdle > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(h.bodyIdle))
+	}
 	h.scan(p[:n])
 	return n, err
 }
@@ -148,7 +188,8 @@ func watchOf(c net.Conn) *headWatch {
 // watchingListener gives every connection it accepts a head watch.
 type watchingListener struct {
 	net.Listener
-	tls *tls.Config // nil: plain HTTP
+	tls      *tls.Config // nil: plain HTTP
+	bodyIdle time.Duration
 }
 
 func (l watchingListener) Accept() (net.Conn, error) {
@@ -159,9 +200,11 @@ func (l watchingListener) Accept() (net.Conn, error) {
 	if l.tls != nil {
 		tc := &tlsClientConn{Conn: tls.Server(c, l.tls)}
 		tc.h.reset()
+		tc.h.bodyIdle = l.bodyIdle
 		return tc, nil
 	}
 	cc := &clientConn{Conn: c}
 	cc.h.reset()
+	cc.h.bodyIdle = l.bodyIdle
 	return cc, nil
 }

@@ -125,10 +125,11 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
 	x.sc.scan(h.RawHeaders())
-	if x.sc.xff && !s.trustedPeer(ctx.RemoteAddr()) {
+	if x.sc.xff || x.sc.addr {
 		// Not from a proxy baton trusts: its X-Forwarded-For is replaced
-		// by the client's own address.
-		x.sc.xff = false
+		// by the client's own address, X-Real-IP and Forwarded dropped.
+		x.sc.trusted = s.trustedPeer(ctx.RemoteAddr())
+		x.sc.xff = x.sc.xff && x.sc.trusted
 	}
 	if x.sc.badName != nil {
 		return x.reply(ctx, 400, "invalid header field name "+strconv.Quote(string(x.sc.badName[:min(len(x.sc.badName), 64)])), true)
@@ -242,10 +243,12 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	}
 }
 
-// requestLineLF reports whether the request line ended with a bare LF.
+// requestLineLF reports whether the connection must close after this
+// request: its request line ended with a bare LF, or a bare-LF head came
+// after it.
 func requestLineLF(ctx *fasthttp.RequestCtx) bool {
 	w := watchOf(ctx.Conn())
-	return w != nil && w.lineLF
+	return w != nil && w.closeAfter()
 }
 
 // replayable: the request body can be sent again (none, buffered, or a

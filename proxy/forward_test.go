@@ -223,10 +223,11 @@ func TestClientGoneIsLogged499(t *testing.T) {
 func TestXForwardedForTrust(t *testing.T) {
 	for _, c := range []struct {
 		name, server, want string
+		addrHeaders        bool // X-Real-IP and Forwarded reach the backend
 	}{
-		{"untrusted", "", "X-Forwarded-For: 127.0.0.1"},
-		{"trusted CIDR", "server: {trusted_proxies: [10.0.0.0/8, 127.0.0.0/8]}\n", "X-Forwarded-For: 203.0.113.9, 198.51.100.7, 127.0.0.1"},
-		{"trusted other address", "server: {trusted_proxies: [192.0.2.1]}\n", "X-Forwarded-For: 127.0.0.1"},
+		{"untrusted", "", "X-Forwarded-For: 127.0.0.1", false},
+		{"trusted CIDR", "server: {trusted_proxies: [10.0.0.0/8, 127.0.0.0/8]}\n", "X-Forwarded-For: 203.0.113.9, 198.51.100.7, 127.0.0.1", true},
+		{"trusted other address", "server: {trusted_proxies: [192.0.2.1]}\n", "X-Forwarded-For: 127.0.0.1", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			heads := make(chan string, 4)
@@ -235,18 +236,36 @@ func TestXForwardedForTrust(t *testing.T) {
 				"    health_check: {path: /healthz, interval: 100ms, timeout: 50ms, rise: 1, fall: 1}\n")), "pools:", c.server+"pools:", 1)
 			b := testbed.Start(t, yaml)
 			b.WaitHealthy(t, "web", 1)
-			out := testbed.RawRequest(t, b.Addr, "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n", 5*time.Second)
+			out := testbed.RawRequest(t, b.Addr, "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.7\r\n"+
+				"X-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9\r\nX_Forwarded_For: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n"+
+				"X_Custom: kept\r\nConnection: close\r\n\r\n", 5*time.Second)
 			if !strings.HasPrefix(out, "HTTP/1.1 200") {
 				t.Fatalf("answer %q", out)
 			}
 			var got []string
-			for _, l := range strings.Split(<-heads, "\r\n") {
+			head := <-heads
+			for _, l := range strings.Split(head, "\r\n") {
 				if strings.HasPrefix(l, "X-Forwarded-For:") {
 					got = append(got, l)
 				}
 			}
 			if len(got) != 1 || got[0] != c.want {
 				t.Errorf("backend got %q, want [%q]", got, c.want)
+			}
+			// Look-alikes that applications read as the real header never
+			// pass; a client's address headers pass only from a trusted proxy.
+			for _, h := range []string{"X_Forwarded_For", "x_real_ip", "X_Forwarded_Proto", "6.6.6.6"} {
+				if strings.Contains(head, h) {
+					t.Errorf("backend got %q: %q", h, head)
+				}
+			}
+			if !strings.Contains(head, "X_Custom: kept") {
+				t.Errorf("an ordinary header with an underscore was dropped: %q", head)
+			}
+			for _, h := range []string{"X-Real-IP: 203.0.113.9", "Forwarded: for=203.0.113.9"} {
+				if strings.Contains(head, h) != c.addrHeaders {
+					t.Errorf("%q reached the backend: %v, want %v", h, !c.addrHeaders, c.addrHeaders)
+				}
 			}
 		})
 	}

@@ -100,6 +100,8 @@ const (
 	hdrXFProto
 	hdrXFHost
 	hdrExpect
+	hdrClientAddr // X-Real-IP, Forwarded: a client address, kept only from a trusted proxy
+	hdrLookalike  // X_Forwarded_For and the like: read by CGI-style apps as the real one
 )
 
 // classifyName sorts a header name into the classes baton treats specially.
@@ -116,6 +118,10 @@ func classifyName(n []byte) int {
 	case 6:
 		if equalFoldLower(n, "expect") {
 			return hdrExpect
+		}
+	case 9:
+		if equalFoldLower(n, "x-real-ip") || equalFoldLower(n, "forwarded") {
+			return hdrClientAddr
 		}
 	case 7:
 		if equalFoldLower(n, "trailer") || equalFoldLower(n, "upgrade") {
@@ -150,6 +156,31 @@ func classifyName(n []byte) int {
 		if equalFoldLower(n, "x-forwarded-proto") {
 			return hdrXFProto
 		}
+	}
+	if bytes.IndexByte(n, '_') >= 0 {
+		return classifyLookalike(n)
+	}
+	return hdrOther
+}
+
+// classifyLookalike returns hdrLookalike for a name with underscores that
+// reads as a header baton sets or vets once "_" is "-" (X_Forwarded_For):
+// applications that map both to one name (CGI, WSGI, Rack) would take the
+// client's value for baton's.
+func classifyLookalike(n []byte) int {
+	var buf [20]byte
+	if len(n) > len(buf) {
+		return hdrOther
+	}
+	b := buf[:len(n)]
+	for i, c := range n {
+		if c == '_' {
+			c = '-'
+		}
+		b[i] = c
+	}
+	if c := classifyName(b); c != hdrOther {
+		return hdrLookalike
 	}
 	return hdrOther
 }
@@ -219,12 +250,14 @@ type reqScan struct {
 	badName        []byte // the first field name that is not a token, or nil
 	te             bool   // a Transfer-Encoding field is present
 	xff            bool
+	addr           bool // an X-Real-IP or Forwarded field is present
+	trusted        bool // the peer is a trusted proxy (set by the caller when xff or addr)
 	conn           connTokens
 }
 
 // scan reads the raw request header block once.
 func (sc *reqScan) scan(raw []byte) {
-	sc.bareLF, sc.folded, sc.te, sc.xff, sc.badName = false, false, false, false, nil
+	sc.bareLF, sc.folded, sc.te, sc.xff, sc.addr, sc.trusted, sc.badName = false, false, false, false, false, false, nil
 	sc.conn.reset()
 	for i := 0; ; {
 		f, next, lf, fold, ok := nextField(raw, i)
@@ -246,6 +279,8 @@ func (sc *reqScan) scan(raw []byte) {
 			sc.te = true
 		case hdrXFF:
 			sc.xff = true
+		case hdrClientAddr:
+			sc.addr = true
 		}
 	}
 }
@@ -304,6 +339,10 @@ func appendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *reqScan, targe
 				continue // absolute-form target: its authority is the Host
 			}
 			wroteHost = true
+		case hdrClientAddr:
+			if !sc.trusted {
+				continue // a client naming its own address
+			}
 		default:
 			continue
 		}

@@ -408,4 +408,14 @@ func TestBareLFRequestsAreAnsweredAtOnce(t *testing.T) {
 	if res.StatusCode != 400 || !res.Close {
 		t.Errorf("a bare-LF request after a clean one: %d, close %v", res.StatusCode, res.Close)
 	}
+
+	// Both in one write: the clean one is answered and the connection
+	// closes at once, instead of waiting for the header timeout.
+	out = exchange(t, dial(t), "GET /pipelined HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\nHost: a\n\n", false)
+	if !strings.HasPrefix(out, "HTTP/1.1 200 ") || !strings.Contains(out, "Connection: close") {
+		t.Errorf("a bare-LF head pipelined behind a clean one: got %q, want the first answer and a close", out)
+	}
+	if r := <-got; r != "GET /pipelined host=a" {
+		t.Errorf("the backend got %q", r)
+	}
 }

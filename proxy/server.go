@@ -163,7 +163,7 @@ func (s *Server) serve(ln *listener.Listener, conf *tls.Config) error {
 	}
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
-	return s.srv.Serve(watchingListener{Listener: ln, tls: conf})
+	return s.srv.Serve(watchingListener{Listener: ln, tls: conf, bodyIdle: s.bodyIdle})
 }
 
 // Listeners returns each listener's counters, for /metrics.
@@ -301,9 +301,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if !x.serve(ctx) {
 		s.putExchange(x)
 	}
-	if s.draining.Load() {
+	if s.draining.Load() || requestLineLF(ctx) {
 		// Shutting down: the client opens its next connection elsewhere
 		// (or to the process taking over) instead of finding this one closed.
+		// Or a bare-LF head came behind this request.
 		ctx.SetConnectionClose()
 	}
 }

@@ -1159,6 +1159,42 @@ func TestSlowSmallBodyArrives(t *testing.T) {
 		t.Errorf("the backend got %d bytes, want %d", len(g), len(body))
 	}
 
+	// Bodies smaller than fasthttp's first read (8 KiB), and chunked ones,
+	// trickling in a few bytes at a time for three times body_idle_timeout.
+	for _, c := range []struct{ name, head, body string }{
+		{"a 300-byte form", "Content-Length: 300", strings.Repeat("q=1&", 75)},
+		{"a chunked body", "Transfer-Encoding: chunked", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"},
+	} {
+		conn, cbr := stDial(t, b.Addr, 20*time.Second)
+		if _, err := fmt.Fprintf(conn, "POST /checkout HTTP/1.1\r\nHost: shop.test\r\n%s\r\n\r\n", c.head); err != nil {
+			t.Fatal(err)
+		}
+		piece := max(1, len(c.body)/30)
+		start := time.Now()
+		for i := 0; i < len(c.body); i += piece {
+			if _, err := io.WriteString(conn, c.body[i:min(i+piece, len(c.body))]); err != nil {
+				t.Fatalf("%s: baton closed the connection %s into the body: %v", c.name, time.Since(start), err)
+			}
+			time.Sleep(100 * time.Millisecond) // the slow client's pace
+		}
+		res, err := http.ReadResponse(cbr, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Errorf("%s sent over %s: %d, want 200", c.name, time.Since(start).Round(time.Millisecond), res.StatusCode)
+			continue
+		}
+		want := c.body
+		if c.name == "a chunked body" {
+			want = "hello world"
+		}
+		if g := <-got; g != want {
+			t.Errorf("%s: the backend got %q", c.name, g)
+		}
+	}
+
 	// A body that stops moving is cut after body_idle_timeout.
 	c2, br2 := stDial(t, b.Addr, 10*time.Second)
 	if _, err := io.WriteString(c2, "POST /checkout HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\nhalf"); err != nil {

@@ -117,6 +117,7 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 	}
 	br := bc.Reader()
 	resp := &fasthttp.Response{}
+	resp.Header.SetNoDefaultContentType(true) // only what the backend sent
 	if err := resp.ReadLimitBody(br, 1<<20); err != nil {
 		fail(err, stageResponse, bc)
 		return

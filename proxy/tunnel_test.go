@@ -188,6 +188,9 @@ func TestWebSocketTunnel(t *testing.T) {
 	if res.StatusCode != 101 || res.Header.Get("X-Backend") != "w1" || !strings.EqualFold(res.Header.Get("Upgrade"), "websocket") {
 		t.Fatalf("upgrade answered %d %v", res.StatusCode, res.Header)
 	}
+	if ct, ok := res.Header["Content-Type"]; ok {
+		t.Errorf("the 101 gained a Content-Type the backend did not send: %q", ct)
+	}
 	if op, msg := ws.read(t); op != 1 || msg != "hello from w1" {
 		t.Fatalf("first frame %d %q, want the backend's hello", op, msg)
 	}
@@ -423,15 +426,21 @@ func TestTunnelsCountAgainstConnectionLimits(t *testing.T) {
 		}
 	})
 	t.Run("connections.max", func(t *testing.T) {
-		b := testbed.Start(t, wsPool(addr, "")+"    connections: {max: 2}\n    timeouts: {connect: 200ms}\n")
+		// Tunnels take at most three quarters of connections.max: the rest
+		// stays for ordinary requests.
+		b := testbed.Start(t, wsPool(addr, "")+"    connections: {max: 4}\n    timeouts: {connect: 200ms}\n")
 		b.WaitHealthy(t, "chat", 1)
-		open(t, b, 2)
+		open(t, b, 3)
 		_, res := wsDial(t, b.Addr, "/socket")
 		if res.StatusCode != 503 {
-			t.Errorf("a third tunnel to a backend with connections.max 2 answered %d, want 503", res.StatusCode)
+			t.Errorf("a fourth tunnel to a backend with connections.max 4 answered %d, want 503", res.StatusCode)
 		}
-		if n := b.Pool(t, "chat").Backend("w1").OpenConns(); n != 2 {
-			t.Errorf("the backend has %d connections open, want the 2 tunnels'", n)
+		if n := b.Pool(t, "chat").Backend("w1").OpenConns(); n != 3 {
+			t.Errorf("the backend has %d connections open, want the 3 tunnels'", n)
+		}
+		out := testbed.RawRequest(t, b.Addr, "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 5*time.Second)
+		if !strings.HasPrefix(out, "HTTP/1.1 200 ") {
+			t.Errorf("with the tunnels' share of connections.max taken, a plain request got %q", out)
 		}
 	})
 	t.Run("tunnels.max", func(t *testing.T) {

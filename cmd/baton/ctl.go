@@ -600,6 +600,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if refused {
 			fmt.Fprintln(tw, "TIME\tACTOR\tREQUEST\tFROM\tREFUSED")
 			for _, e := range evs {
+				e.Clean() // what a client sent must not reach the terminal raw
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action,
 					strings.TrimPrefix(e.Detail, "from "), e.Refused)
 			}
@@ -607,6 +608,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		}
 		fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
 		for _, e := range evs {
+			e.Clean()
 			target := e.Pool
 			if e.Backend != "" {
 				target += "/" + e.Backend

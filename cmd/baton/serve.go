@@ -269,19 +269,23 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		log.Info().Str("trigger", why).Int("certificates", len(list)).Msg("certificates reloaded")
 	}
 	// Tokens come back from their file when it changes and on SIGHUP: a
-	// revoked token stops working without a restart. A file that does not
-	// load keeps the tokens in force.
+	// revoked token stops working without a restart. A file that is
+	// emptied, removed or broken revokes every token (the API stays closed
+	// until it loads): "revoke everyone" must never revoke no one.
 	reloadTokens := func(why string) {
 		if tokenSet == nil {
 			return
 		}
 		tokens, err := admin.LoadTokens(cfg.Admin.TokenFile)
 		if err != nil {
-			log.Error().Err(err).Str("trigger", why).Msg("admin tokens not reloaded; the ones in force stay")
+			tokenSet.Revoke(err.Error())
+			log.Error().Err(err).Str("trigger", why).Msg("admin token file did not load: every token is revoked until it does")
+			reg.Audit(control.Event{Actor: "baton", Action: "revoke admin tokens", Detail: "the token file did not load: " + err.Error()})
 			return
 		}
 		tokenSet.Store(tokens)
 		log.Info().Str("trigger", why).Int("tokens", len(tokens)).Msg("admin tokens reloaded")
+		reg.Audit(control.Event{Actor: "baton", Action: "reload admin tokens", Detail: fmt.Sprintf("%d tokens (%s)", len(tokens), why)})
 	}
 	reloadConfig := func() {
 		if reg.ReloadFile(path) == nil {
