@@ -10,7 +10,10 @@
 package config
 
 import (
+	"fmt"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // Config is the whole file.
@@ -273,17 +276,58 @@ type Judge struct {
 
 // Affinity keeps each client on the version that served it during a canary.
 type Affinity struct {
-	// Cookie is the name of the cookie naming the client's version. Empty:
-	// no affinity. Default "baton_version".
+	// Cookie is the name of the cookie that keeps a client on its version.
+	// Default "baton_" and the pool's name, so two pools' canaries on one
+	// host do not overwrite each other; "off": no affinity. Its value is
+	// signed (a key in the state directory) and names the pool: a forged,
+	// altered or other pool's cookie is ignored and the split decides.
 	Cookie string `yaml:"cookie"`
 	// MaxAge is the cookie's lifetime. Default 1h.
 	MaxAge time.Duration `yaml:"max_age"`
-	// ForceHeader lets a tester pick a version with a request header.
-	// Default "X-Baton-Version". Such requests are not evidence for the
-	// judge.
-	ForceHeader string `yaml:"force_header"`
-	// ForceCookie does the same with a cookie. Default: none.
-	ForceCookie string `yaml:"force_cookie"`
+	// ExposeVersion puts the version's name in the cookie's value (still
+	// signed). Default false: the value is opaque, so version names do not
+	// leak to clients.
+	ExposeVersion bool `yaml:"expose_version"`
+	// ForceHeader lets a tester pick a version with a request header whose
+	// value is "VERSION:SECRET", the secret read from secret_file and
+	// compared in constant time. Default: off. Forced requests are not
+	// evidence for the judge.
+	ForceHeader Force `yaml:"force_header"`
+	// ForceCookie does the same with a cookie. Default: off.
+	ForceCookie Force `yaml:"force_cookie"`
+}
+
+// Force is a header or cookie by which a tester picks a version.
+type Force struct {
+	// Name of the header or cookie.
+	Name string `yaml:"name"`
+	// SecretFile holds the secret (at least 16 characters, no spaces or
+	// ':'), relative to the config file's directory.
+	SecretFile string `yaml:"secret_file"`
+	// Secret is SecretFile's content, read when the config loads.
+	Secret []byte `yaml:"-"`
+}
+
+// UnmarshalYAML takes {name, secret_file} or off. A bare header name (the
+// form before secrets were needed) is refused with what to write instead.
+func (f *Force) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		if n.Value == "off" || n.Value == "" || n.Tag == "!!null" {
+			*f = Force{}
+			return nil
+		}
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: a forced version needs a secret: write {name: %s, secret_file: FILE} (requests send %s: VERSION:SECRET), or off", n.Line, n.Value, n.Value)}}
+	}
+	if n.Kind != yaml.MappingNode {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: must be {name, secret_file} or off", n.Line)}}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i].Value; k != "name" && k != "secret_file" {
+			return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: field %s not found in type config.Force", n.Content[i].Line, k)}}
+		}
+	}
+	type plain Force
+	return n.Decode((*plain)(f))
 }
 
 // Timeouts towards backends.
@@ -434,9 +478,8 @@ const (
 	DefaultLatencyTolerance      = 0.1
 	DefaultLatencyFloor          = 5 * time.Millisecond
 	DefaultSignatureMargin       = 0.5
-	DefaultAffinityCookie        = "baton_version"
+	DefaultAffinityCookiePrefix  = "baton_"
 	DefaultAffinityMaxAge        = time.Hour
-	DefaultForceHeader           = "X-Baton-Version"
 
 	BalanceRoundRobin    = "round_robin"
 	BalanceLeastInflight = "least_inflight"
@@ -532,17 +575,11 @@ func (p *Pool) applyDefaults() {
 	a := &p.Affinity
 	switch a.Cookie {
 	case "":
-		a.Cookie = DefaultAffinityCookie
+		a.Cookie = DefaultAffinityCookiePrefix + p.Name
 	case "off":
 		a.Cookie = ""
 	}
 	setDur(&a.MaxAge, DefaultAffinityMaxAge)
-	switch a.ForceHeader {
-	case "":
-		a.ForceHeader = DefaultForceHeader
-	case "off":
-		a.ForceHeader = ""
-	}
 	if p.Balance == "" {
 		p.Balance = BalanceRoundRobin
 	}

@@ -63,6 +63,31 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
+// resolveForceSecrets makes relative secret files relative to dir.
+func (c *Config) resolveForceSecrets(dir string) {
+	for i := range c.Pools {
+		a := &c.Pools[i].Affinity
+		for _, f := range []*Force{&a.ForceHeader, &a.ForceCookie} {
+			if f.SecretFile != "" && !filepath.IsAbs(f.SecretFile) && dir != "" {
+				f.SecretFile = filepath.Join(dir, f.SecretFile)
+			}
+		}
+	}
+}
+
+// loadForceSecrets reads the secrets of forced versions (validation has
+// checked them).
+func (c *Config) loadForceSecrets() {
+	for i := range c.Pools {
+		a := &c.Pools[i].Affinity
+		for _, f := range []*Force{&a.ForceHeader, &a.ForceCookie} {
+			if f.Name != "" && f.SecretFile != "" {
+				f.Secret, _ = readForceSecret(f.SecretFile)
+			}
+		}
+	}
+}
+
 // adminWarnings are what does not stop baton but weakens the admin API: a
 // token file others can read, tokens sent in cleartext off loopback.
 func (c *Config) adminWarnings() []string {
@@ -121,6 +146,7 @@ func parse(data []byte, name, dir string) (*Config, error) {
 	// the decode error already names it.
 	cfg.applyDefaults()
 	cfg.resolveTLSPaths(dir)
+	cfg.resolveForceSecrets(dir)
 	for _, e := range cfg.Validate() {
 		var fe *Error
 		if !errors.As(e, &fe) {
@@ -136,6 +162,7 @@ func parse(data []byte, name, dir string) (*Config, error) {
 		errs = append(errs, fe)
 	}
 	if len(errs) == 0 {
+		cfg.loadForceSecrets()
 		cfg.Warnings = cfg.tlsWarnings(time.Now())
 		return cfg, nil
 	}

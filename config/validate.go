@@ -1,9 +1,11 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -153,7 +155,9 @@ func (v *validator) listenAddr(path, addr string) {
 var (
 	tokenRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	nameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	labelRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	// cookieRE: a cookie name, long enough for "baton_" and a pool name.
+	cookieRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	labelRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
 )
 
 func (v *validator) route(path string, r Route) {
@@ -300,15 +304,26 @@ func (v *validator) pool(path string, p *Pool) {
 		v.add(path+".judge.error_code_header", "must be a header name, got %q", j.ErrorCodeHeader)
 	}
 	a := p.Affinity
-	if a.Cookie != "" && !tokenRE.MatchString(a.Cookie) {
+	if a.Cookie != "" && !cookieRE.MatchString(a.Cookie) && (a.Cookie != DefaultAffinityCookiePrefix+p.Name || nameRE.MatchString(p.Name)) {
 		v.add(path+".affinity.cookie", "must be a cookie name (letters, digits, -_.), or off, got %q", a.Cookie)
 	}
 	v.positive(path+".affinity.max_age", a.MaxAge)
-	if a.ForceHeader != "" && !tokenRE.MatchString(a.ForceHeader) {
-		v.add(path+".affinity.force_header", "must be a header name, or off, got %q", a.ForceHeader)
-	}
-	if a.ForceCookie != "" && !tokenRE.MatchString(a.ForceCookie) {
-		v.add(path+".affinity.force_cookie", "must be a cookie name, got %q", a.ForceCookie)
+	for _, f := range []struct {
+		key string
+		f   Force
+	}{{"force_header", a.ForceHeader}, {"force_cookie", a.ForceCookie}} {
+		fp := path + ".affinity." + f.key
+		switch {
+		case f.f.Name == "" && f.f.SecretFile == "":
+		case !tokenRE.MatchString(f.f.Name):
+			v.add(fp+".name", "must be a header or cookie name, got %q", f.f.Name)
+		case f.f.SecretFile == "":
+			v.add(fp+".secret_file", "is required: a version anyone can force is a version anyone can judge")
+		default:
+			if err := checkForceSecret(f.f.SecretFile); err != nil {
+				v.add(fp+".secret_file", "%v", err)
+			}
+		}
 	}
 	if p.Retries.Attempts < 1 || p.Retries.Attempts > 5 {
 		v.add(path+".retries.attempts", "must be 1..5, got %d", p.Retries.Attempts)
@@ -388,6 +403,32 @@ func listVersions(m map[string]bool) string {
 		}
 	}
 	return strings.Join(vs, ", ")
+}
+
+// minForceSecret is the shortest secret a forced version accepts.
+const minForceSecret = 16
+
+// checkForceSecret reports what is wrong with a force secret file.
+func checkForceSecret(file string) error {
+	secret, err := readForceSecret(file)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(secret) < minForceSecret:
+		return fmt.Errorf("the secret in %s is shorter than %d characters", file, minForceSecret)
+	case bytes.ContainsAny(secret, " \t\r\n:;,"):
+		return fmt.Errorf("the secret in %s must not contain spaces, ':', ';' or ','", file)
+	}
+	return nil
+}
+
+func readForceSecret(file string) ([]byte, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the secret: %w", err)
+	}
+	return bytes.TrimSpace(data), nil
 }
 
 // ValidName reports whether s is a valid pool, backend or version name:

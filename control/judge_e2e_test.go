@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -54,7 +56,7 @@ func (s *shopBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // judgeYAML is a pool of three v1 servers and one spare that becomes the
 // v2 canary, judged fast.
-func judgeYAML(addrs [4]string, canaryExtra string) string {
+func judgeYAML(addrs [4]string, canaryExtra string, poolExtra ...string) string {
 	return fmt.Sprintf(`listen: 127.0.0.1:0
 admin: {listen: "off"}
 log: {level: info, access: false}
@@ -64,12 +66,12 @@ pools:
     retries: {attempts: 1}
     canary: {initial_weight: 20, step_min_time: 1s, step_min_requests: 40%s}
     judge: {interval: 200ms, warmup: 1ms, error_code_header: X-Error-Code}
-    backends:
+%s    backends:
       - {name: s1, address: %q, version: v1}
       - {name: s2, address: %q, version: v1}
       - {name: s3, address: %q, version: v1}
       - {name: s4, address: %q, version: v1}
-`, canaryExtra, addrs[0], addrs[1], addrs[2], addrs[3])
+`, canaryExtra, strings.Join(poolExtra, ""), addrs[0], addrs[1], addrs[2], addrs[3])
 }
 
 // load sends requests to /checkout and /search from several clients until
@@ -131,12 +133,18 @@ func startShop(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, can
 // startShopState is startShop keeping runtime state in stateFile.
 func startShopState(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra, stateFile string) *testbed.Baton {
 	t.Helper()
+	return startShopWith(t, v2, v1Fail, canaryExtra, stateFile, "")
+}
+
+// startShopWith is startShopState with more lines for the pool.
+func startShopWith(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra, stateFile, poolExtra string) *testbed.Baton {
+	t.Helper()
 	var addrs [4]string
 	for i := range 3 {
 		addrs[i] = testbed.Backend(t, &shopBackend{name: fmt.Sprintf("s%d", i+1), version: "v1", fail: v1Fail})
 	}
 	addrs[3] = testbed.Backend(t, v2)
-	cfg, err := config.Parse([]byte(judgeYAML(addrs, canaryExtra)), "test.yaml")
+	cfg, err := config.Parse([]byte(judgeYAML(addrs, canaryExtra, poolExtra)), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,10 +315,16 @@ func TestJudgeKnownErrorDoesNotFail(t *testing.T) {
 }
 
 // A client keeps the version that served it while the canary runs, and
-// moves to stable without an error when the canary is rolled back.
+// moves to stable without an error when the canary is rolled back. Its
+// cookie is signed and opaque; a forged, altered or other pool's cookie is
+// ignored, and only a tester with the force secret picks a version.
 func TestAffinityHoldsAndMovesBackOnRollback(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "force.secret")
+	if err := os.WriteFile(secret, []byte("tester-secret-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	v2 := &shopBackend{name: "s4", version: "v2"}
-	b := startShop(t, v2, nil, "")
+	b := startShopWith(t, v2, nil, "", "", fmt.Sprintf("    affinity: {force_header: {name: X-Baton-Version, secret_file: %q}}\n", secret))
 	startCanary(t, b)
 	p := b.Pool(t, "shop")
 	testbed.Eventually(t, 10*time.Second, func() bool { return p.CanaryActive() == "v2" && p.HasAvailable() }, "the canary in service")
@@ -318,15 +332,25 @@ func TestAffinityHoldsAndMovesBackOnRollback(t *testing.T) {
 
 	// Find a client the split sends to the canary, then check it stays.
 	var canaryClient *http.Client
+	var canaryCookie *http.Cookie
 	for i := 0; i < 200 && canaryClient == nil; i++ {
 		jar, _ := cookiejar.New(nil)
 		c := &http.Client{Jar: jar, Timeout: 5 * time.Second}
 		if body := getBody(t, c, b.URL("/checkout")); strings.HasSuffix(body, "v2") {
 			canaryClient = c
+			u, _ := url.Parse(b.URL("/"))
+			for _, ck := range jar.Cookies(u) {
+				if ck.Name == "baton_shop" {
+					canaryCookie = ck
+				}
+			}
 		}
 	}
 	if canaryClient == nil {
 		t.Fatal("no client reached the canary in 200 tries at a 20 % share")
+	}
+	if canaryCookie == nil || strings.Contains(canaryCookie.Value, "v2") || strings.Contains(canaryCookie.Value, "v1") {
+		t.Fatalf("the canary client's cookie %v: want baton_shop with an opaque value", canaryCookie)
 	}
 	for i := range 30 {
 		if body := getBody(t, canaryClient, b.URL("/checkout")); !strings.HasSuffix(body, "v2") {
@@ -345,17 +369,56 @@ func TestAffinityHoldsAndMovesBackOnRollback(t *testing.T) {
 			t.Fatalf("request %d of a stable client went to the canary", i)
 		}
 	}
-	// A tester can force the canary.
-	req, _ := http.NewRequest("GET", b.URL("/checkout"), nil)
-	req.Header.Set("X-Baton-Version", "v2")
-	if res, err := http.DefaultClient.Do(req); err != nil {
-		t.Fatal(err)
-	} else {
-		body, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		if !strings.HasSuffix(string(body), "v2") {
-			t.Errorf("a request forcing v2 went to %q", body)
+	// served sends n requests with the given header and cookie and counts
+	// those the canary served.
+	served := func(header, value string, cookie *http.Cookie, n int) int {
+		onCanary := 0
+		for range n {
+			req, _ := http.NewRequest("GET", b.URL("/checkout"), nil)
+			if header != "" {
+				req.Header.Set(header, value)
+			}
+			if cookie != nil {
+				req.AddCookie(cookie)
+			}
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if strings.HasSuffix(string(body), "v2") {
+				onCanary++
+			}
 		}
+		return onCanary
+	}
+	// A tester with the secret forces the canary; without it, or with a
+	// wrong one, the header is an ordinary request's.
+	if n := served("X-Baton-Version", "v2:tester-secret-0123456789", nil, 10); n != 10 {
+		t.Errorf("with the force secret, %d of 10 requests reached v2", n)
+	}
+	for _, v := range []string{"v2", "v2:wrong-secret-0123456789", "v2:"} {
+		if n := served("X-Baton-Version", v, nil, 40); n > 25 {
+			t.Errorf("X-Baton-Version: %s sent %d of 40 requests to the canary at a 20 %% share", v, n)
+		}
+	}
+	// Forged cookies: a version name, an altered signature, the old
+	// cookie name. Each is ignored and the split decides.
+	altered := []byte(canaryCookie.Value)
+	if i := len(altered) - 10; altered[i] != 'A' { // inside the MAC
+		altered[i] = 'A'
+	} else {
+		altered[i] = 'B'
+	}
+	for _, ck := range []*http.Cookie{{Name: "baton_shop", Value: "v2"}, {Name: "baton_shop", Value: string(altered)},
+		{Name: "baton_version", Value: "v2"}} {
+		if n := served("", "", ck, 40); n > 25 {
+			t.Errorf("a forged cookie %s=%s sent %d of 40 requests to the canary at a 20 %% share", ck.Name, ck.Value, n)
+		}
+	}
+	if n := served("", "", canaryCookie, 10); n != 10 {
+		t.Errorf("the canary client's own cookie sent %d of 10 requests to the canary", n)
 	}
 	if err := b.Reg.Rollback("shop"); err != nil {
 		t.Fatal(err)

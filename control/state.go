@@ -281,38 +281,45 @@ func saveState(path string, s *State) error {
 		return err
 	}
 	data = append(data, '\n')
+	return writeAtomic(path, data, "state")
+}
+
+// writeAtomic writes data to path atomically: a temporary file in the same
+// directory (mode 0600), fsync, rename over the old one, fsync of the
+// directory. Errors start with "writing WHAT".
+func writeAtomic(path string, data []byte, what string) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return fmt.Errorf("writing %s: %w", what, err)
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // after a successful rename this finds nothing
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return fmt.Errorf("writing state: %w", err)
+		return fmt.Errorf("writing %s: %w", what, err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("writing state: %w", err)
+		return fmt.Errorf("writing %s: %w", what, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return fmt.Errorf("writing %s: %w", what, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("writing state: %w", err)
+		return fmt.Errorf("writing %s: %w", what, err)
 	}
 	// The rename is durable only once the directory is on disk: a decision
 	// acknowledged before that could be lost by a power cut.
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("writing state: opening the directory to sync it: %w", err)
+		return fmt.Errorf("writing %s: opening the directory to sync it: %w", what, err)
 	}
 	err = d.Sync()
 	d.Close()
 	if err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
 		// (EINVAL, ENOTSUP: a file system that cannot sync a directory.)
-		return fmt.Errorf("writing state: syncing the directory: %w", err)
+		return fmt.Errorf("writing %s: syncing the directory: %w", what, err)
 	}
 	return nil
 }

@@ -94,7 +94,7 @@ func TestSwitchBlueGreen(t *testing.T) {
 		t.Errorf("after the switch requests went to %v; want g1 and g2 only", got)
 	}
 	req, _ := http.NewRequest("GET", b.URL("/search"), nil)
-	req.AddCookie(&http.Cookie{Name: "baton_version", Value: "v1"})
+	req.AddCookie(&http.Cookie{Name: "baton_shop", Value: "v1"}) // unsigned: ignored
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

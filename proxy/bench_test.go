@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"testing"
 
@@ -76,3 +77,48 @@ func BenchmarkProxyGet256K(b *testing.B) { benchProxy(b, 256<<10, false) }
 
 // BenchmarkProxyPost1K sends a small JSON body with each request.
 func BenchmarkProxyPost1K(b *testing.B) { benchProxy(b, 1<<10, true) }
+
+// BenchmarkProxyCanaryGet1K is BenchmarkProxyGet1K with a canary taking
+// 10 %: every request carries the signed affinity cookie it was given, so
+// each one is verified (an HMAC) on the way.
+func BenchmarkProxyCanaryGet1K(b *testing.B) {
+	body := bytes.Repeat([]byte("x"), 1<<10)
+	v1, v2 := benchBackend(b, body), benchBackend(b, body)
+	bt := testbed.Start(b, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: "off"}
+log: {level: warn, format: json, access: false}
+pools:
+  - name: web
+    health_check: {interval: 100ms, timeout: 50ms, rise: 1, fall: 1}
+    canary: {version: v2, weight: 10}
+    backends:
+      - {name: b1, address: %q, version: v1}
+      - {name: b2, address: %q, version: v2}
+`, v1, v2))
+	bt.WaitHealthy(b, "web", 2)
+	client := &fasthttp.HostClient{Addr: bt.Addr, MaxConns: 512}
+	b.SetBytes(1 << 10)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		req := fasthttp.AcquireRequest()
+		resp := fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.SetRequestURI("http://shop.example/products/42?ref=bench")
+		for pb.Next() {
+			if err := client.Do(req, resp); err != nil {
+				b.Fatal(err)
+			}
+			if resp.StatusCode() != 200 {
+				b.Fatalf("status %d", resp.StatusCode())
+			}
+			if c := resp.Header.PeekCookie("baton_web"); len(c) > 0 {
+				var ck fasthttp.Cookie
+				if ck.ParseBytes(c) == nil {
+					req.Header.SetCookieBytesKV([]byte("baton_web"), ck.Value())
+				}
+			}
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/netip"
@@ -53,7 +54,14 @@ type exchange struct {
 	// Version affinity.
 	wantVersion []byte // the version the client asks for (cookie or forced)
 	forced      bool
-	canaryOn    bool   // a canary takes traffic: the response names its version
+	canaryOn    bool // a canary takes traffic: the response names its version
+	aff         *affinityTable
+	clientID    [8]byte // from the client's verified affinity cookie, or new
+	hasClientID bool
+	mac         hash.Hash // keyed with macKey; kept across requests
+	macKey      *affinityKey
+	macBuf      []byte
+	cookieRaw   [cookieRaw + 2]byte
 	appCode     []byte // the backend's application error code, for signatures
 	excerpt     []byte // the start of an error response's body, for signatures
 	attempts    int
@@ -91,9 +99,10 @@ type exchange struct {
 func (x *exchange) reset() {
 	s, sc, scratch, pathBuf, absBuf, ioBuf, body := x.s, x.sc, x.scratch, x.pathBuf, x.absBuf, x.ioBuf, x.body
 	method, target, host, ip, code, exc, want := x.method, x.target, x.host, x.clientIP, x.appCode, x.excerpt, x.wantVersion
+	mac, macKey, macBuf := x.mac, x.macKey, x.macBuf
 	*x = exchange{s: s, sc: sc, scratch: scratch[:0], pathBuf: pathBuf[:0], absBuf: absBuf[:0], ioBuf: ioBuf,
 		body: body[:0], method: method[:0], target: target[:0], host: host[:0], clientIP: ip[:0],
-		appCode: code[:0], excerpt: exc[:0], wantVersion: want[:0]}
+		appCode: code[:0], excerpt: exc[:0], wantVersion: want[:0], mac: mac, macKey: macKey, macBuf: macBuf}
 	x.sc.conn.reset()
 }
 

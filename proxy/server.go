@@ -52,6 +52,12 @@ type Server struct {
 	grace    time.Duration  // server.shutdown_grace
 	draining atomic.Bool    // Shutdown began: every response closes its connection
 
+	// keys sign affinity cookies; affinity holds each pool's table of
+	// them (*pool.Pool → *affinityTable), rebuilt when keys or versions
+	// change.
+	keys     atomic.Pointer[keyRing]
+	affinity sync.Map
+
 	mu       sync.Mutex // protects shutdown, lns and tunnels
 	shutdown bool       // Shutdown was called
 	lns      []*listener.Listener
@@ -80,6 +86,9 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 		}
 	}
 	s.table.Store(t)
+	// Until the control loop installs the persisted keys, a key of this
+	// process's own signs.
+	s.SetAffinityKeys([]AffinityKey{NewAffinityKey(0)})
 	s.exchanges.New = func() any { return &exchange{s: s} }
 	s.srv = &fasthttp.Server{
 		Handler:        s.handle,

@@ -112,6 +112,24 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	var thawed func() // once decisions resume: apply an edit of the config skipped meanwhile
 	srv := proxy.New(cfg, reg.Table(), log)
 	reg.OnTable(srv.SetTable)
+	// Affinity cookies are signed with the keys kept beside the state file,
+	// so they outlive restarts and upgrades; checked hourly for rotation.
+	installKeys := func() {
+		keys, err := reg.AffinityKeys(time.Now())
+		if err != nil {
+			log.Error().Err(err).Msg("affinity keys not loaded; cookies are signed with this process's own key until they are")
+			return
+		}
+		if len(keys) == 0 {
+			return
+		}
+		pk := make([]proxy.AffinityKey, len(keys))
+		for i, k := range keys {
+			pk[i] = proxy.AffinityKey{ID: k.ID, Secret: k.Secret}
+		}
+		srv.SetAffinityKeys(pk)
+	}
+	installKeys()
 
 	for _, w := range cfg.Warnings {
 		log.Warn().Msg(w)
@@ -296,7 +314,22 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 		if path != "" {
 			reloadConfig() // the same file is a no-op
 		}
+		installKeys()
 	}
+	watchers.Add(1)
+	go func() {
+		defer watchers.Done()
+		t := time.NewTicker(time.Hour)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				installKeys()
+			}
+		}
+	}()
 	if tokenSet != nil {
 		watchers.Add(1)
 		go func() {
