@@ -22,6 +22,7 @@ type collector struct {
 	requests, errors, duration, inflight, up, state, weight, conns, retries *prometheus.Desc
 	canaryWeight, reloads, generation, lastReload, verdict                  *prometheus.Desc
 	tunnels, tunnelsRefused, tunnelsIdle, recovered                         *prometheus.Desc
+	groupsFolded, sigsFolded                                                *prometheus.Desc
 }
 
 func newCollector(ctl *control.Registry) *collector {
@@ -43,6 +44,8 @@ func newCollector(ctl *control.Registry) *collector {
 		tunnels:        d("tunnels_open", "WebSocket and other Upgrade tunnels open now.", "pool"),
 		tunnelsRefused: d("tunnels_refused_total", "Upgrade requests answered 503 because the pool had tunnels.max open.", "pool"),
 		tunnelsIdle:    d("tunnels_idle_closed_total", "Tunnels closed after tunnels.idle_timeout without a byte either way.", "pool"),
+		groupsFolded:   d("route_groups_folded", "Requests since the current canary started whose path found no free automatic route group (counted in \"other\").", "pool"),
+		sigsFolded:     d("signatures_folded", "Failures since the current canary started that found no room in the signature table (counted in \"other\").", "pool"),
 		canaryWeight:   d("canary_weight_percent", "The canary version's share of the pool's requests.", "pool", "version"),
 		verdict:        d("canary_verdict", "1 for the judge's latest verdict on the pool's canary.", "pool", "version", "verdict"),
 		reloads:        d("config_reloads_total", "Config loads, the first included, by result.", "result"),
@@ -54,7 +57,7 @@ func newCollector(ctl *control.Registry) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.errors, c.duration, c.inflight, c.up, c.state, c.weight,
 		c.conns, c.retries, c.canaryWeight, c.reloads, c.generation, c.lastReload, c.verdict,
-		c.tunnels, c.tunnelsRefused, c.tunnelsIdle, c.recovered} {
+		c.tunnels, c.tunnelsRefused, c.tunnelsIdle, c.recovered, c.groupsFolded, c.sigsFolded} {
 		ch <- d
 	}
 }
@@ -102,6 +105,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.tunnels, float64(ts.Open), pn)
 		counter(c.tunnelsRefused, float64(ts.Refused), pn)
 		counter(c.tunnelsIdle, float64(ts.IdleClosed), pn)
+		gauge(c.groupsFolded, float64(p.Groups().Folded()), pn)
+		gauge(c.sigsFolded, float64(p.Signatures().Folded()), pn)
 		if v, w := p.Canary(); v != "" {
 			gauge(c.canaryWeight, w, pn, v)
 			current, _ := c.ctl.Verdict(pn)

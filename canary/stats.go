@@ -30,6 +30,10 @@ type Groups struct {
 	mu    sync.Mutex // serialises additions to auto
 	auto  atomic.Pointer[map[string]uint8]
 	names atomic.Pointer[[]string] // by index; copy-on-write
+	// full: every automatic group is taken; requests of further segments
+	// count in folded (and in "other") without taking the lock.
+	full   atomic.Bool
+	folded atomic.Uint64
 }
 
 // NewGroups returns route groups for prefixes (automatic when empty).
@@ -75,8 +79,16 @@ func (g *Groups) Index(path []byte) int {
 	if i, ok := (*g.auto.Load())[string(seg)]; ok {
 		return int(i)
 	}
+	if g.full.Load() {
+		g.folded.Add(1)
+		return OtherGroup
+	}
 	return g.add(string(seg))
 }
+
+// Folded returns how many requests went to "other" because every
+// automatic route group was taken.
+func (g *Groups) Folded() uint64 { return g.folded.Load() }
 
 func (g *Groups) add(seg string) int {
 	g.mu.Lock()
@@ -87,6 +99,8 @@ func (g *Groups) add(seg string) int {
 	}
 	names := *g.names.Load()
 	if len(names) >= MaxGroups {
+		g.full.Store(true)
+		g.folded.Add(1)
 		return OtherGroup
 	}
 	next := make(map[string]uint8, len(m)+1)
@@ -146,6 +160,9 @@ type VersionStats struct {
 	errors   atomic.Uint64 // 5xx answers and transport failures
 	gateway  atomic.Uint64 // no answer at all: refused, reset, timed out
 	groups   [MaxGroups]atomic.Pointer[groupStats]
+
+	retiredMu sync.Mutex // protects retired
+	retired   Snapshot   // latency of groups reset by ResetGroups
 }
 
 // NewVersionStats returns empty stats for a pool's version.
@@ -192,6 +209,21 @@ func (v *VersionStats) Record(group int, failed, noAnswer bool, latency time.Dur
 	g.latency.Observe(latency)
 }
 
+// ResetGroups starts the per-group evidence afresh (the route groups were
+// made anew). The version's totals go on, and so does its latency as
+// Latency reports it: the retired groups' histograms are kept in one sum.
+func (v *VersionStats) ResetGroups() {
+	v.retiredMu.Lock()
+	defer v.retiredMu.Unlock()
+	var g Snapshot
+	for i := range v.groups {
+		if gs := v.groups[i].Swap(nil); gs != nil {
+			gs.latency.Snapshot(&g)
+			v.retired.add(&g)
+		}
+	}
+}
+
 // Requests returns the requests recorded.
 func (v *VersionStats) Requests() uint64 { return v.requests.Load() }
 
@@ -201,9 +233,12 @@ func (v *VersionStats) Errors() uint64 { return v.errors.Load() }
 // NoAnswer returns the requests the backend gave no answer to.
 func (v *VersionStats) NoAnswer() uint64 { return v.gateway.Load() }
 
-// Latency copies the latency histogram of all route groups into s.
+// Latency copies the latency histogram of all route groups, those reset
+// included, into s.
 func (v *VersionStats) Latency(s *Snapshot) {
-	*s = Snapshot{}
+	v.retiredMu.Lock()
+	*s = v.retired
+	v.retiredMu.Unlock()
 	var g Snapshot
 	for i := range v.groups {
 		if gs := v.groups[i].Load(); gs != nil {
@@ -318,17 +353,29 @@ const (
 //
 // It is safe for concurrent use.
 type Signatures struct {
-	mu   sync.Mutex // protects sigs
-	sigs map[string]*Signature
+	mu     sync.Mutex // protects sigs and folded
+	sigs   map[string]*Signature
+	folded uint64 // failures counted in "other" for want of room
 }
 
 // NewSignatures returns an empty collection.
 func NewSignatures() *Signatures { return &Signatures{sigs: map[string]*Signature{}} }
 
+// StandardMethod returns m for the standard methods (RFC 9110 and PATCH)
+// and "OTHER" for the rest, so that made-up methods cannot fill the
+// signature table.
+func StandardMethod(m string) string {
+	switch m {
+	case "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH":
+		return m
+	}
+	return "OTHER"
+}
+
 // Key returns a failure's signature.
 func (f *Failure) Key() string {
 	var b strings.Builder
-	b.WriteString(f.Method)
+	b.WriteString(StandardMethod(f.Method))
 	b.WriteByte(' ')
 	b.WriteString(f.Group)
 	b.WriteByte(' ')
@@ -356,6 +403,7 @@ func (s *Signatures) Record(version string, f *Failure, now time.Time) {
 		if len(s.sigs) >= maxSignatures {
 			key = "other"
 			sig = s.sigs[key]
+			s.folded++
 		}
 		if sig == nil {
 			sig = &Signature{Key: key, Counts: map[string]uint64{}}
@@ -370,6 +418,14 @@ func (s *Signatures) Record(version string, f *Failure, now time.Time) {
 		copy(sig.Examples, sig.Examples[1:])
 		sig.Examples[maxExamples-1] = ex
 	}
+}
+
+// Folded returns how many failures were counted in "other" because the
+// signature table was full.
+func (s *Signatures) Folded() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.folded
 }
 
 // Snapshot returns a copy of every signature.

@@ -25,7 +25,8 @@ type poolJudge struct {
 	// it); a group without one is still warming up.
 	warm      map[int]map[string]*canary.VersionSnapshot
 	sigBase   map[string]canary.Signature
-	weight    float64 // the share of the current step
+	sigOf     *canary.Signatures // the table sigBase was taken from
+	weight    float64            // the share of the current step
 	stepStart time.Time
 	stepBase  uint64    // canary requests when the step started
 	last      [2]uint64 // stable, canary requests at the last tick
@@ -118,6 +119,7 @@ func judgeConfig(pc *config.Pool) canary.JudgeConfig {
 	return canary.JudgeConfig{
 		Alpha: j.Alpha, ErrorMargin: j.ErrorMargin, ErrorFloor: j.ErrorFloor,
 		LatencyTol: j.LatencyTolerance, LatencyFloor: j.LatencyFloor, SignatureMargin: j.SignatureMargin,
+		GrossFactor: j.GrossFactor, GrossFloor: j.GrossFloor,
 		StepMinTime: pc.Canary.StepMinTime, StepMinRequests: uint64(pc.Canary.StepMinRequests),
 	}
 }
@@ -177,7 +179,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	if pj == nil || pj.canary != cv || pj.ended {
 		pj = &poolJudge{canary: cv, stable: p.StableVersion(), judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
 			warm:    map[int]map[string]*canary.VersionSnapshot{},
-			sigBase: p.Signatures().Snapshot(), weight: weight, stepStart: now}
+			sigBase: p.Signatures().Snapshot(), sigOf: p.Signatures(), weight: weight, stepStart: now}
 		pj.stepBase = since(snaps, pj.base, cv).Requests
 		r.log.Info().Str("pool", name).Str("canary", cv).Float64("weight", weight).Msg("judging a new canary")
 	}
@@ -216,6 +218,9 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 				in.CanaryHealthy++
 			}
 		}
+	}
+	if t := p.Signatures(); t != pj.sigOf {
+		pj.sigBase, pj.sigOf = nil, t // a table made for this canary: all of it counts
 	}
 	for key, sig := range p.Signatures().Snapshot() {
 		b := pj.sigBase[key]

@@ -17,6 +17,7 @@ type baseline struct {
 	since  time.Time
 	snaps  map[string]*versionSnap
 	sigs   map[string]canary.Signature
+	sigsOf *canary.Signatures // the table sigs were taken from
 }
 
 type versionSnap struct {
@@ -38,7 +39,7 @@ func (r *Registry) syncBaselineLocked(p *pool.Pool) {
 	if b := r.baselines[p.Name()]; b != nil && b.canary == cur {
 		return
 	}
-	b := &baseline{canary: cur, since: time.Now().UTC(), snaps: map[string]*versionSnap{}, sigs: p.Signatures().Snapshot()}
+	b := &baseline{canary: cur, since: time.Now().UTC(), snaps: map[string]*versionSnap{}, sigs: p.Signatures().Snapshot(), sigsOf: p.Signatures()}
 	for _, vs := range p.VersionStats() {
 		b.snaps[vs.Version()] = snapVersion(vs)
 	}
@@ -83,10 +84,20 @@ type CanaryReport struct {
 
 	Versions   []VersionReport   `json:"versions"`
 	Signatures []SignatureReport `json:"signatures"`
+	// Evidence says what the tables could not keep apart.
+	Evidence EvidenceReport `json:"evidence"`
 
 	// Previous is the last verdict on the pool's previous canary, once it
 	// was promoted or rolled back: why it ended.
 	Previous *PreviousCanary `json:"previous,omitempty"`
+}
+
+// EvidenceReport is what the current canary's evidence tables had no room
+// for: requests of paths past the 16 automatic route groups (counted in
+// "other"), failures past the 256 signatures (counted in "other").
+type EvidenceReport struct {
+	RouteGroupsFolded uint64 `json:"route_groups_folded"`
+	SignaturesFolded  uint64 `json:"signatures_folded"`
 }
 
 // PreviousCanary is how the last canary ended. It is kept in the state
@@ -123,6 +134,15 @@ func (r *Registry) endedCanaryLocked(p *pool.Pool, cur, outcome, by string) *Pre
 // counts per version and the latest example of each.
 func signatureReports(res canary.Result, p *pool.Pool, canaryVersion, stable string) []SignatureReport {
 	sigs := p.Signatures().Snapshot()
+	if prev := p.PreviousSignatures(); prev != nil {
+		// A canary that ended may have had its table replaced by the next
+		// one's: its examples are there.
+		for k, sig := range prev.Snapshot() {
+			if _, ok := sigs[k]; !ok {
+				sigs[k] = sig
+			}
+		}
+	}
 	out := []SignatureReport{}
 	for _, sc := range res.Signatures {
 		sr := SignatureReport{Key: sc.Key, Class: sc.Class, FailsRelease: sc.FailsRelease,
@@ -185,7 +205,14 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 			}
 		}
 	}
-	sigs := p.Signatures().Snapshot()
+	table := p.Signatures()
+	sigs := table.Snapshot()
+	if base.sigsOf != table {
+		// A new canary's table, made after the window began: all of it is
+		// this window's.
+		base.sigs, base.sigsOf = nil, table
+	}
+	rep.Evidence = EvidenceReport{RouteGroupsFolded: p.Groups().Folded(), SignaturesFolded: table.Folded()}
 	if cur == "" {
 		// How the last canary ended: as recorded when it was promoted or
 		// rolled back (kept across restarts), or, when a later canary

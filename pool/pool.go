@@ -81,7 +81,9 @@ type Pool struct {
 	canaryPc   float64
 	stats      map[string]*canary.VersionStats // by version
 	groups     atomic.Pointer[canary.Groups]
-	signatures *canary.Signatures
+	// signatures of the current canary's evidence, and of the one before
+	// (readable while its report is).
+	signatures, prevSignatures atomic.Pointer[canary.Signatures]
 	// leaving are backends removed from the pool that still finish
 	// requests; housekeeping enforces their drain timeout until idle.
 	leaving map[string]*Backend
@@ -107,10 +109,10 @@ func New(cfg config.Pool, log zerolog.Logger) *Pool {
 		backends:   make(map[string]*Backend),
 		stats:      make(map[string]*canary.VersionStats),
 		leaving:    make(map[string]*Backend),
-		signatures: canary.NewSignatures(),
 		ctx:        ctx,
 		cancel:     cancel,
 	}
+	p.signatures.Store(canary.NewSignatures())
 	p.Configure(cfg)
 	return p
 }
@@ -151,6 +153,9 @@ func (p *Pool) Configure(cfg config.Pool) {
 	}
 	if old == nil || old.Canary.Version != c.Canary.Version || old.Canary.Weight != c.Canary.Weight {
 		p.canaryV, p.canaryPc = c.Canary.Version, c.Canary.Weight
+	}
+	if old != nil && c.Canary.Version != "" && old.Canary.Version != c.Canary.Version {
+		p.freshEvidenceLocked()
 	}
 
 	seen := make(map[string]bool, len(c.Backends))
@@ -213,8 +218,27 @@ func (p *Pool) pruneStatsLocked() {
 // Groups returns the pool's route groups.
 func (p *Pool) Groups() *canary.Groups { return p.groups.Load() }
 
-// Signatures returns the pool's failure signatures.
-func (p *Pool) Signatures() *canary.Signatures { return p.signatures }
+// Signatures returns the failure signatures of the pool's current canary
+// (since the last one started).
+func (p *Pool) Signatures() *canary.Signatures { return p.signatures.Load() }
+
+// PreviousSignatures returns those of the canary before (nil: none).
+func (p *Pool) PreviousSignatures() *canary.Signatures { return p.prevSignatures.Load() }
+
+// freshEvidenceLocked starts the tables that fill up — automatic route
+// groups, error signatures — afresh for a new canary, so that one release's
+// paths and failures never crowd out the next one's. The previous
+// signatures stay readable; counters and the latency metrics go on.
+func (p *Pool) freshEvidenceLocked() {
+	p.prevSignatures.Store(p.signatures.Load())
+	p.signatures.Store(canary.NewSignatures())
+	if len(p.cfg.Judge.RouteGroups) == 0 {
+		p.groups.Store(canary.NewGroups(nil))
+		for _, vs := range p.stats {
+			vs.ResetGroups()
+		}
+	}
+}
 
 // VersionStats returns the evidence of every version the pool runs.
 func (p *Pool) VersionStats() []*canary.VersionStats {
