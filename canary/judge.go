@@ -70,6 +70,9 @@ type Side struct {
 type SignatureEvidence struct {
 	Key            string
 	Stable, Canary uint64
+	// CanaryClients is how many distinct clients the canary's occurrences
+	// came from (capped; 0: not known). One alone never fails a release.
+	CanaryClients int
 }
 
 // Input is one tick's evidence for a pool with a canary.
@@ -89,6 +92,9 @@ type Input struct {
 	CanaryBackends, CanaryHealthy int
 	Signatures                    []SignatureEvidence
 	Held                          bool
+	// Discarded and DiscardedFailures: requests and failures left out of
+	// the evidence for being over a client's share.
+	Discarded, DiscardedFailures uint64
 }
 
 // Finding is a figure behind a verdict.
@@ -115,6 +121,9 @@ type Result struct {
 	Reason     string           `json:"reason"`
 	Findings   []Finding        `json:"figures"`
 	Signatures []SignatureClass `json:"-"`
+	// Discarded and DiscardedFailures repeat the input's: evidence left
+	// out for being over a client's share.
+	Discarded, DiscardedFailures uint64 `json:"-"`
 }
 
 // Judge keeps the sequential tests of one canary. Feed it one Input per tick
@@ -178,7 +187,7 @@ func (j *Judge) Evaluate(in Input) Result {
 	j.last = in
 	j.ticks++
 
-	r := Result{}
+	r := Result{Discarded: in.Discarded, DiscardedFailures: in.DiscardedFailures}
 	add := func(rule, format string, args ...any) {
 		r.Findings = append(r.Findings, Finding{Rule: rule, Detail: fmt.Sprintf(format, args...)})
 	}
@@ -186,6 +195,9 @@ func (j *Judge) Evaluate(in Input) Result {
 	sRate, cRate := rate(st.Errors, st.Requests), rate(ca.Errors, ca.Requests)
 	add("counts", "stable %d requests, %d errors (%.2f%%); canary %d requests, %d errors (%.2f%%); canary share %.1f%%",
 		st.Requests, st.Errors, 100*sRate, ca.Requests, ca.Errors, 100*cRate, 100*share)
+	if in.Discarded+in.DiscardedFailures > 0 {
+		add("client_bound", "left out for being over one client's share: %d requests, %d failures", in.Discarded, in.DiscardedFailures)
+	}
 
 	// Absolute guards: no statistics needed to see these.
 	switch {
@@ -224,7 +236,7 @@ func (j *Judge) Evaluate(in Input) Result {
 		default:
 			sc.Class = "known"
 		}
-		sc.FailsRelease = sc.Class != "known" && lev >= sigThreshold && s.Canary >= 2
+		sc.FailsRelease = sc.Class != "known" && lev >= sigThreshold && s.Canary >= 2 && s.CanaryClients != 1
 		r.Signatures = append(r.Signatures, sc)
 		if sc.FailsRelease && (worst == nil || sc.LogEvidence > worst.LogEvidence) {
 			c := sc

@@ -1,6 +1,7 @@
 package canary
 
 import (
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -163,6 +164,8 @@ type VersionStats struct {
 
 	retiredMu sync.Mutex // protects retired
 	retired   Snapshot   // latency of groups reset by ResetGroups
+
+	bound bound // per-client bounds of the current judge window
 }
 
 // NewVersionStats returns empty stats for a pool's version.
@@ -339,6 +342,13 @@ type Signature struct {
 	Key      string            `json:"key"`
 	Counts   map[string]uint64 `json:"counts"`
 	Examples []Example         `json:"examples"`
+	// Clients counts, per version, the distinct client addresses it came
+	// from (up to maxSigClients): a failure one client alone provokes
+	// never fails a release.
+	Clients map[string]int `json:"clients"`
+
+	addrs                map[string][]uint64 // per version, up to maxSigClients
+	inWindow, lastWindow uint32              // occurrences this and last window
 }
 
 // maxSignatures bounds the signatures a pool keeps; further kinds count in
@@ -346,6 +356,7 @@ type Signature struct {
 const (
 	maxSignatures = 256
 	maxExamples   = 3
+	maxSigClients = 8
 )
 
 // Signatures collects the failure signatures of one pool. Failures are rare
@@ -353,13 +364,60 @@ const (
 //
 // It is safe for concurrent use.
 type Signatures struct {
-	mu     sync.Mutex // protects sigs and folded
+	mu     sync.Mutex // protects everything below
 	sigs   map[string]*Signature
 	folded uint64 // failures counted in "other" for want of room
+	// Per-client bounds: in each judge window a client counts for at most
+	// max(1, share × the signature's occurrences last window) of it.
+	share     float64
+	perClient map[sigClient]uint32
+	discarded uint64
+}
+
+type sigClient struct {
+	key    string
+	client uint64
 }
 
 // NewSignatures returns an empty collection.
-func NewSignatures() *Signatures { return &Signatures{sigs: map[string]*Signature{}} }
+func NewSignatures() *Signatures {
+	return &Signatures{sigs: map[string]*Signature{}, perClient: map[sigClient]uint32{}}
+}
+
+// NewWindow starts a judge window: one client may count for at most share
+// of a signature's occurrences (at least one); 0 lifts the bound.
+func (s *Signatures) NewWindow(share float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.share = share
+	clear(s.perClient)
+	for _, sig := range s.sigs {
+		sig.lastWindow, sig.inWindow = sig.inWindow, 0
+	}
+}
+
+// Discarded returns the failures left out for being over a client's bound.
+func (s *Signatures) Discarded() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.discarded
+}
+
+// admitLocked counts one occurrence of sig from client and reports whether
+// it is within the client's bound.
+func (s *Signatures) admitLocked(sig *Signature, client uint64) bool {
+	if s.share <= 0 || client == 0 {
+		return true
+	}
+	limit := max(1, uint32(s.share*float64(sig.lastWindow)))
+	k := sigClient{sig.Key, client}
+	if s.perClient[k] >= limit {
+		s.discarded++
+		return false
+	}
+	s.perClient[k]++
+	return true
+}
 
 // StandardMethod returns m for the standard methods (RFC 9110 and PATCH)
 // and "OTHER" for the rest, so that made-up methods cannot fill the
@@ -393,8 +451,10 @@ func (f *Failure) Key() string {
 	return b.String()
 }
 
-// Record counts a failure of version.
-func (s *Signatures) Record(version string, f *Failure, now time.Time) {
+// Record counts a failure of version from client (a ClientKey's hash; 0:
+// unknown). It returns false when the failure was over the client's bound
+// and left out.
+func (s *Signatures) Record(version string, f *Failure, now time.Time, client ClientKey) bool {
 	key := f.Key()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -406,11 +466,22 @@ func (s *Signatures) Record(version string, f *Failure, now time.Time) {
 			s.folded++
 		}
 		if sig == nil {
-			sig = &Signature{Key: key, Counts: map[string]uint64{}}
+			sig = &Signature{Key: key, Counts: map[string]uint64{}, addrs: map[string][]uint64{}}
 			s.sigs[key] = sig
 		}
 	}
+	id := client.Addr
+	if id == 0 {
+		id = client.Cookie
+	}
+	if !s.admitLocked(sig, client.Addr) || client.Cookie != 0 && !s.admitLocked(sig, client.Cookie^0x9e3779b97f4a7c15) {
+		return false
+	}
+	sig.inWindow++
 	sig.Counts[version]++
+	if a := sig.addrs[version]; id != 0 && len(a) < maxSigClients && !slices.Contains(a, id) {
+		sig.addrs[version] = append(a, id)
+	}
 	ex := Example{Time: now.UTC(), Version: version, Path: f.Path, Status: f.Status, Body: f.Body}
 	if len(sig.Examples) < maxExamples {
 		sig.Examples = append(sig.Examples, ex)
@@ -418,6 +489,7 @@ func (s *Signatures) Record(version string, f *Failure, now time.Time) {
 		copy(sig.Examples, sig.Examples[1:])
 		sig.Examples[maxExamples-1] = ex
 	}
+	return true
 }
 
 // Folded returns how many failures were counted in "other" because the
@@ -434,9 +506,13 @@ func (s *Signatures) Snapshot() map[string]Signature {
 	defer s.mu.Unlock()
 	out := make(map[string]Signature, len(s.sigs))
 	for k, sig := range s.sigs {
-		c := Signature{Key: sig.Key, Counts: make(map[string]uint64, len(sig.Counts)), Examples: append([]Example(nil), sig.Examples...)}
+		c := Signature{Key: sig.Key, Counts: make(map[string]uint64, len(sig.Counts)), Examples: append([]Example(nil), sig.Examples...),
+			Clients: make(map[string]int, len(sig.addrs))}
 		for v, n := range sig.Counts {
 			c.Counts[v] = n
+		}
+		for v, a := range sig.addrs {
+			c.Clients[v] = len(a)
 		}
 		out[k] = c
 	}

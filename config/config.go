@@ -247,6 +247,14 @@ type Judge struct {
 	GrossFactor float64 `yaml:"gross_factor"`
 	// GrossFloor: and at least this much slower. Default 20ms.
 	GrossFloor time.Duration `yaml:"gross_floor"`
+	// MaxClientShare: in each 10 s window one client (by address, and by
+	// its affinity cookie) counts for at most this share of a version's
+	// requests (at least 50) and of a failure signature's occurrences (at
+	// least one); the rest is served but left out of the evidence, so one
+	// client cannot steer the verdict. Loopback and trusted proxies'
+	// addresses are shared by many clients: for them only the cookie
+	// counts. Default 0.1.
+	MaxClientShare float64 `yaml:"max_client_share"`
 	// Alpha bounds the chance that a release as good as the stable version
 	// fails, over its whole life. Default 0.01.
 	Alpha float64 `yaml:"alpha"`
@@ -472,6 +480,7 @@ const (
 	DefaultWarmupRequests        = 100
 	DefaultGrossFactor           = 2
 	DefaultGrossFloor            = 20 * time.Millisecond
+	DefaultMaxClientShare        = 0.1
 	DefaultJudgeAlpha            = 0.01
 	DefaultErrorMargin           = 0.1
 	DefaultErrorFloor            = 0.002
@@ -566,6 +575,7 @@ func (p *Pool) applyDefaults() {
 	}
 	setFloat(&j.GrossFactor, DefaultGrossFactor)
 	setDur(&j.GrossFloor, DefaultGrossFloor)
+	setFloat(&j.MaxClientShare, DefaultMaxClientShare)
 	setDur(&j.LatencyFloor, DefaultLatencyFloor)
 	setFloat(&j.Alpha, DefaultJudgeAlpha)
 	setFloat(&j.ErrorMargin, DefaultErrorMargin)

@@ -272,6 +272,9 @@ func (v *validator) pool(path string, p *Pool) {
 		v.add(path+".judge.gross_factor", "must be 1.2..100 (2 is twice as slow), got %g", j.GrossFactor)
 	}
 	v.nonNegative(path+".judge.gross_floor", j.GrossFloor)
+	if !(j.MaxClientShare > 0 && j.MaxClientShare <= 1) {
+		v.add(path+".judge.max_client_share", "must be a fraction above 0 and at most 1 (0.1 is 10 %%), got %g", j.MaxClientShare)
+	}
 	if !(j.Alpha > 0 && j.Alpha <= 0.5) {
 		v.add(path+".judge.alpha", "must be above 0 and at most 0.5, got %g", j.Alpha)
 	}

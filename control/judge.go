@@ -23,16 +23,21 @@ type poolJudge struct {
 	// warm holds, per route group, the snapshot at the end of its warm-up
 	// (judge.warmup passed, or the canary served judge.warmup_requests in
 	// it); a group without one is still warming up.
-	warm      map[int]map[string]*canary.VersionSnapshot
-	sigBase   map[string]canary.Signature
-	sigOf     *canary.Signatures // the table sigBase was taken from
-	weight    float64            // the share of the current step
-	stepStart time.Time
-	stepBase  uint64    // canary requests when the step started
-	last      [2]uint64 // stable, canary requests at the last tick
-	lastEval  time.Time
-	result    canary.Result // result, at and ended: written under judges.mu
-	at        time.Time
+	warm    map[int]map[string]*canary.VersionSnapshot
+	sigBase map[string]canary.Signature
+	sigOf   *canary.Signatures // the table sigBase was taken from
+	// windowStart: each version's requests when the current window of the
+	// per-client bounds began; discardBase: what was discarded before.
+	windowStart map[string]uint64
+	windowAt    time.Time
+	discardBase map[*canary.VersionStats]uint64
+	weight      float64 // the share of the current step
+	stepStart   time.Time
+	stepBase    uint64    // canary requests when the step started
+	last        [2]uint64 // stable, canary requests at the last tick
+	lastEval    time.Time
+	result      canary.Result // result, at and ended: written under judges.mu
+	at          time.Time
 	// ended: the canary is gone (promoted or rolled back); the last
 	// verdict stays for reports until the next canary.
 	ended bool
@@ -169,6 +174,9 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	cv, weight := p.Canary()
 	pj := r.judges.get(name)
 	if cv == "" {
+		if pj != nil && !pj.ended {
+			liftClientBounds(p)
+		}
 		r.judges.end(name)
 		return
 	}
@@ -224,14 +232,20 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	}
 	for key, sig := range p.Signatures().Snapshot() {
 		b := pj.sigBase[key]
-		e := canary.SignatureEvidence{Key: key, Stable: sig.Counts[stable] - b.Counts[stable], Canary: sig.Counts[cv] - b.Counts[cv]}
+		e := canary.SignatureEvidence{Key: key, Stable: sig.Counts[stable] - b.Counts[stable], Canary: sig.Counts[cv] - b.Counts[cv],
+			CanaryClients: sig.Clients[cv]}
 		if e.Stable+e.Canary > 0 {
 			in.Signatures = append(in.Signatures, e)
 		}
 	}
 	sort.Slice(in.Signatures, func(i, j int) bool { return in.Signatures[i].Key < in.Signatures[j].Key })
 
+	in.Discarded, in.DiscardedFailures = pj.discarded(p, stable, cv)
 	res := pj.judge.Evaluate(in)
+	if now.Sub(pj.windowAt) >= canary.ClientWindow {
+		pj.windowAt = now
+		pj.newWindow(p, cfg, stable, cv)
+	}
 	prev := pj.result
 	r.judges.record(name, pj, res, now)
 	if res.Verdict != prev.Verdict || res.Rule != prev.Rule {
@@ -243,6 +257,53 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 			Str("reason", res.Reason).Msg("canary verdict")
 	}
 	r.act(p, cfg, cv, weight, res, in.Held)
+}
+
+// newWindow starts the next window of the per-client bounds: in it, one
+// client counts for at most judge.max_client_share of what its version
+// served in the window that ended (at least canary.MinClientRequests), and
+// of each signature's occurrences.
+func (pj *poolJudge) newWindow(p *pool.Pool, cfg *config.Pool, stable, cv string) {
+	share := cfg.Judge.MaxClientShare
+	if pj.windowStart == nil {
+		pj.windowStart = map[string]uint64{}
+	}
+	for _, vs := range p.VersionStats() {
+		v := vs.Version()
+		if v != stable && v != cv {
+			vs.NewWindow(0)
+			continue
+		}
+		n := vs.Requests() - min(vs.Requests(), pj.windowStart[v])
+		pj.windowStart[v] = vs.Requests()
+		vs.NewWindow(max(canary.MinClientRequests, uint32(share*float64(n))))
+	}
+	p.Signatures().NewWindow(share)
+}
+
+// discarded returns the requests and failures left out of this canary's
+// evidence for being over a client's bound.
+func (pj *poolJudge) discarded(p *pool.Pool, stable, cv string) (requests, failures uint64) {
+	if pj.discardBase == nil {
+		pj.discardBase = map[*canary.VersionStats]uint64{}
+		for _, vs := range p.VersionStats() {
+			pj.discardBase[vs] = vs.Discarded()
+		}
+	}
+	for _, vs := range p.VersionStats() {
+		if v := vs.Version(); v == stable || v == cv {
+			requests += vs.Discarded() - min(vs.Discarded(), pj.discardBase[vs])
+		}
+	}
+	return requests, p.Signatures().Discarded()
+}
+
+// liftClientBounds ends the per-client bounds once a pool has no canary.
+func liftClientBounds(p *pool.Pool) {
+	for _, vs := range p.VersionStats() {
+		vs.NewWindow(0)
+	}
+	p.Signatures().NewWindow(0)
 }
 
 // side is one version's evidence for the judge: counts since the canary

@@ -490,3 +490,130 @@ func TestJudgeDryRunAndHold(t *testing.T) {
 		})
 	}
 }
+
+// attack sends requests to path until ctx ends, each with the given
+// cookies and headers, and counts them.
+func attack(ctx context.Context, url, path string, header http.Header, cookies []*http.Cookie) (*sync.WaitGroup, *atomic.Int64) {
+	var wg sync.WaitGroup
+	var sent atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c := &http.Client{Timeout: 5 * time.Second}
+		for i := 0; i < 100000 && ctx.Err() == nil; i++ {
+			req, _ := http.NewRequestWithContext(ctx, "GET", url+path, nil)
+			for k, v := range header {
+				req.Header[k] = v
+			}
+			for _, ck := range cookies {
+				req.AddCookie(ck)
+			}
+			if res, err := c.Do(req); err == nil {
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				sent.Add(1)
+			}
+		}
+	}()
+	return &wg, &sent
+}
+
+// TestForgedEvidenceCannotSteerTheJudge: a client forging the affinity
+// cookie and the force header, and provoking 500s on a path that fails on
+// both versions, cannot make the judge fail a good canary; one pumping cheap
+// 200s — with forged cookies, or with a genuine canary cookie — cannot make
+// a bad canary pass.
+func TestForgedEvidenceCannotSteerTheJudge(t *testing.T) {
+	forged := http.Header{"X-Baton-Version": {"v2"}}
+	cookies := []*http.Cookie{{Name: "baton_shop", Value: "v2"}, {Name: "baton_version", Value: "v2"}}
+
+	t.Run("500s against a good canary", func(t *testing.T) {
+		broken := map[string]shopFailure{"/broken": {every: 1, status: 500, code: "BROKEN"}}
+		b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: broken}, broken, ", auto_rollback: true")
+		ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+		defer stop()
+		l := &load{}
+		wg := l.run(ctx, b.URL(""), 2)
+		startCanary(t, b)
+		// One attacker forges the header, one the cookies.
+		awg, sent := attack(ctx, b.URL(""), "/broken", forged, nil)
+		cwg, csent := attack(ctx, b.URL(""), "/broken", nil, cookies)
+		// Thirty verdicts (200 ms apart) under attack, looked at every 100 ms.
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for end := time.Now().Add(6 * time.Second); time.Now().Before(end); <-tick.C {
+			if v, reason := b.Reg.Verdict("shop"); v == canary.Fail {
+				t.Fatalf("forged evidence failed a good canary: %s", reason)
+			}
+			if cv, _ := b.Pool(t, "shop").Canary(); cv != "v2" {
+				t.Fatalf("forged evidence rolled a good canary back")
+			}
+		}
+		stop()
+		wg.Wait()
+		awg.Wait()
+		cwg.Wait()
+		if sent.Load() < 100 || csent.Load() < 100 {
+			t.Fatalf("the attacks sent only %d and %d requests", sent.Load(), csent.Load())
+		}
+		rep, _ := b.Reg.Canary("shop")
+		for _, s := range rep.Signatures {
+			if strings.Contains(s.Key, "BROKEN") && s.Class != "known" {
+				t.Errorf("the attacked path's failure is %q; want known (it fails on both versions)", s.Class)
+			}
+		}
+	})
+
+	bad := map[string]shopFailure{"/checkout": {every: 4, status: 500, code: "PAYMENT_DOWN"}}
+	for _, genuine := range []bool{false, true} {
+		name := "200s with forged cookies for a bad canary"
+		if genuine {
+			name = "200s with a genuine canary cookie for a bad canary"
+		}
+		t.Run(name, func(t *testing.T) {
+			b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: bad}, nil, ", auto_rollback: true")
+			ctx, stop := context.WithTimeout(context.Background(), 40*time.Second)
+			defer stop()
+			startCanary(t, b)
+			p := b.Pool(t, "shop")
+			testbed.Eventually(t, 10*time.Second, func() bool { return p.Backend("s4").Health().String() == "healthy" }, "the canary healthy")
+			jar := cookies
+			if genuine {
+				jar = nil
+				for i := 0; i < 200 && jar == nil; i++ {
+					res, err := http.Get(b.URL("/search"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					body, _ := io.ReadAll(res.Body)
+					res.Body.Close()
+					if strings.HasSuffix(string(body), "v2") {
+						for _, ck := range res.Cookies() {
+							if ck.Name == "baton_shop" {
+								jar = []*http.Cookie{ck}
+							}
+						}
+					}
+				}
+				if jar == nil {
+					t.Fatal("no genuine canary cookie in 200 tries")
+				}
+			}
+			awg, _ := attack(ctx, b.URL(""), "/search", forged, jar)
+			l := &load{}
+			wg := l.run(ctx, b.URL(""), 2)
+			testbed.Eventually(t, 30*time.Second, func() bool {
+				cv, _ := p.Canary()
+				return cv == ""
+			}, "the judge to roll the bad canary back despite the pumped 200s")
+			rep, _ := b.Reg.Canary("shop")
+			stop()
+			wg.Wait()
+			awg.Wait()
+			if rep.Previous == nil || rep.Previous.Verdict != canary.Fail {
+				t.Errorf("the canary ended with %+v; want a fail", rep.Previous)
+			}
+			t.Logf("ended: %s %s", rep.Previous.Rule, rep.Previous.Reason)
+		})
+	}
+}

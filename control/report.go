@@ -98,6 +98,10 @@ type CanaryReport struct {
 type EvidenceReport struct {
 	RouteGroupsFolded uint64 `json:"route_groups_folded"`
 	SignaturesFolded  uint64 `json:"signatures_folded"`
+	// Requests and failures the judge left out for being over one
+	// client's share (judge.max_client_share).
+	ClientDiscardedRequests uint64 `json:"client_discarded_requests"`
+	ClientDiscardedFailures uint64 `json:"client_discarded_failures"`
 }
 
 // PreviousCanary is how the last canary ended. It is kept in the state
@@ -197,6 +201,7 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 		rep.Verdict, rep.Reason = canary.Inconclusive, "the judge has not looked at this canary yet"
 		if res, at, ok := r.judges.latest(poolName); ok {
 			rep.Verdict, rep.Rule, rep.Reason, rep.Figures = res.Verdict, res.Rule, res.Reason, res.Findings
+			rep.Evidence.ClientDiscardedRequests, rep.Evidence.ClientDiscardedFailures = res.Discarded, res.DiscardedFailures
 			at := at.UTC()
 			rep.VerdictAt = &at
 			classes = map[string]canary.SignatureClass{}
@@ -212,7 +217,7 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 		// this window's.
 		base.sigs, base.sigsOf = nil, table
 	}
-	rep.Evidence = EvidenceReport{RouteGroupsFolded: p.Groups().Folded(), SignaturesFolded: table.Folded()}
+	rep.Evidence.RouteGroupsFolded, rep.Evidence.SignaturesFolded = p.Groups().Folded(), table.Folded()
 	if cur == "" {
 		// How the last canary ended: as recorded when it was promoted or
 		// rolled back (kept across restarts), or, when a later canary

@@ -44,7 +44,7 @@ func TestEvidenceTablesStartAfreshWithEachCanary(t *testing.T) {
 	}
 	sigs := p.Signatures()
 	for _, m := range []string{"GET", "BREW", "PROPFIND-X"} {
-		sigs.Record("v2", &canary.Failure{Group: "/checkout", Method: m, Status: 500, Class: "server_error"}, time.Now())
+		sigs.Record("v2", &canary.Failure{Group: "/checkout", Method: m, Status: 500, Class: "server_error"}, time.Now(), canary.ClientKey{})
 	}
 	snap := sigs.Snapshot()
 	if snap["OTHER /checkout 500 server_error"].Counts["v2"] != 2 || len(snap) != 2 {

@@ -72,15 +72,15 @@ type Pool struct {
 	view  atomic.Pointer[view]
 	split atomic.Uint64 // requests that went through the version split
 
-	mu         sync.Mutex // protects cfg, backends, order, stable, canary*, stats; serialises rebuilds
-	cfg        *config.Pool
-	backends   map[string]*Backend
-	order      []*Backend
-	stable     string
-	canaryV    string
-	canaryPc   float64
-	stats      map[string]*canary.VersionStats // by version
-	groups     atomic.Pointer[canary.Groups]
+	mu       sync.Mutex // protects cfg, backends, order, stable, canary*, stats; serialises rebuilds
+	cfg      *config.Pool
+	backends map[string]*Backend
+	order    []*Backend
+	stable   string
+	canaryV  string
+	canaryPc float64
+	stats    map[string]*canary.VersionStats // by version
+	groups   atomic.Pointer[canary.Groups]
 	// signatures of the current canary's evidence, and of the one before
 	// (readable while its report is).
 	signatures, prevSignatures atomic.Pointer[canary.Signatures]
@@ -104,13 +104,13 @@ type Pool struct {
 func New(cfg config.Pool, log zerolog.Logger) *Pool {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{
-		name:       cfg.Name,
-		log:        log.With().Str("pool", cfg.Name).Logger(),
-		backends:   make(map[string]*Backend),
-		stats:      make(map[string]*canary.VersionStats),
-		leaving:    make(map[string]*Backend),
-		ctx:        ctx,
-		cancel:     cancel,
+		name:     cfg.Name,
+		log:      log.With().Str("pool", cfg.Name).Logger(),
+		backends: make(map[string]*Backend),
+		stats:    make(map[string]*canary.VersionStats),
+		leaving:  make(map[string]*Backend),
+		ctx:      ctx,
+		cancel:   cancel,
 	}
 	p.signatures.Store(canary.NewSignatures())
 	p.Configure(cfg)

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"math/rand/v2"
+	"net"
 	"strconv"
 	"time"
 
@@ -54,10 +55,18 @@ func (x *exchange) affinity(ctx *fasthttp.RequestCtx, p *pool.Pool) {
 		return
 	}
 	x.canaryOn = true
+	x.sharedPeer = sharedAddr(ctx.RemoteAddr()) || x.s.trustedPeer(ctx.RemoteAddr())
 	x.aff = x.s.affinityTable(p)
 	if v := h.Cookie(a.Cookie); len(v) > 0 {
 		x.readCookie(v)
 	}
+}
+
+// sharedAddr reports whether a peer address is likely shared by many
+// clients: loopback, a proxy on the same host.
+func sharedAddr(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return !ok || ta.IP.IsLoopback()
 }
 
 // force takes "VERSION:SECRET": the version is wanted when the secret is
@@ -294,10 +303,37 @@ func (x *exchange) noteFailureDetails(ctx *fasthttp.RequestCtx) {
 	}
 }
 
+// clientKey identifies the client for the judge's per-client bounds: its
+// address, unless that is loopback or a trusted proxy's (shared by many
+// clients), and its affinity cookie's client id.
+func (x *exchange) clientKey() canary.ClientKey {
+	var k canary.ClientKey
+	if !x.sharedPeer {
+		k.Addr = canary.ClientHash(x.clientIP)
+	}
+	if x.hasClientID {
+		k.Cookie = canary.ClientHash(x.clientID[:])
+	}
+	return k
+}
+
+// admit returns the route group the request counts in as evidence:
+// pool.NotEvidence when its client is over its share of the version's
+// requests in this judge window (only while a canary is judged).
+func (x *exchange) admit(b *pool.Backend) int {
+	if !x.canaryOn || x.group == pool.NotEvidence {
+		return x.group
+	}
+	if !b.Stats().Admit(x.clientKey()) {
+		return pool.NotEvidence
+	}
+	return x.group
+}
+
 // recordFailure adds a failed request to its pool's error signatures.
 // Failures are rare next to requests; this allocates.
-func (x *exchange) recordFailure(b *pool.Backend, status int) {
-	if x.pool == nil || x.group == pool.NotEvidence {
+func (x *exchange) recordFailure(b *pool.Backend, status int, group int) {
+	if x.pool == nil || group == pool.NotEvidence {
 		return
 	}
 	f := canary.Failure{
@@ -309,7 +345,11 @@ func (x *exchange) recordFailure(b *pool.Backend, status int) {
 		Path:    string(examplePath(x.target)),
 		Body:    printable(x.excerpt),
 	}
-	x.pool.Signatures().Record(b.Version(), &f, time.Now())
+	var k canary.ClientKey
+	if x.canaryOn {
+		k = x.clientKey()
+	}
+	x.pool.Signatures().Record(b.Version(), &f, time.Now(), k)
 }
 
 // examplePath is the path a signature's example shows: without the query,

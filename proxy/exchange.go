@@ -58,6 +58,7 @@ type exchange struct {
 	aff         *affinityTable
 	clientID    [8]byte // from the client's verified affinity cookie, or new
 	hasClientID bool
+	sharedPeer  bool // the peer's address is shared (loopback, a trusted proxy): not a client's
 	mac         hash.Hash // keyed with macKey; kept across requests
 	macKey      *affinityKey
 	macBuf      []byte
@@ -234,8 +235,9 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 			((notSent && x.replayable()) ||
 				(idempotent && !x.streamBody && (x.class == ClassReset || x.class == ClassBadResponse)))
 		if retry && p.AllowRetry() {
-			x.recordFailure(b, 0)
-			b.Release(x.class.Result(), 0, 0, x.group)
+			group := x.admit(b)
+			x.recordFailure(b, 0, group)
+			b.Release(x.class.Result(), 0, 0, group)
 			x.b = nil
 			tried = b
 			ctx.Response.Reset()
@@ -847,10 +849,11 @@ func (x *exchange) finish() {
 	b := x.b
 	if b != nil {
 		x.b = nil // released once, even if logging below panics
+		group := x.admit(b)
 		if x.class.Result() != pool.ResultOK && x.class.backendsFault() {
-			x.recordFailure(b, x.status)
+			x.recordFailure(b, x.status, group)
 		}
-		b.Release(x.class.Result(), x.upstream, x.ttfb, x.group)
+		b.Release(x.class.Result(), x.upstream, x.ttfb, group)
 	}
 	if !x.s.accessLog {
 		return

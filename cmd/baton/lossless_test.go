@@ -23,8 +23,9 @@ import (
 // keep-alive connection that it replaces only when baton answers with
 // Connection: close. It does not retry anything: a request written on a
 // connection that then breaks is a failed request. A connection that cannot
-// be made because baton stopped listening ends the client (when
-// refusedEnds), as a real client would go elsewhere.
+// be made because baton stopped listening (refused, or reset before the
+// handshake completed) ends the client (when refusedEnds), as a real
+// client would go elsewhere.
 type keepAliveLoad struct {
 	addr        string
 	refusedEnds bool
@@ -81,7 +82,9 @@ func (l *keepAliveLoad) client(w int) {
 			var err error
 			c, err = net.DialTimeout("tcp", l.addr, 2*time.Second)
 			if err != nil {
-				if l.refusedEnds && errors.Is(err, syscall.ECONNREFUSED) {
+				// Refused, or reset while connecting (the listener closed
+				// with the handshake in its queue): nothing was sent.
+				if l.refusedEnds && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)) {
 					return
 				}
 				l.fail("dial: %v", err)
