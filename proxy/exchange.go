@@ -58,7 +58,7 @@ type exchange struct {
 	aff         *affinityTable
 	clientID    [8]byte // from the client's verified affinity cookie, or new
 	hasClientID bool
-	sharedPeer  bool // the peer's address is shared (loopback, a trusted proxy): not a client's
+	sharedPeer  bool      // the peer's address is shared (loopback, a trusted proxy): not a client's
 	mac         hash.Hash // keyed with macKey; kept across requests
 	macKey      *affinityKey
 	macBuf      []byte
