@@ -230,6 +230,17 @@ func (v *VersionStats) ResetGroups() {
 // Requests returns the requests recorded.
 func (v *VersionStats) Requests() uint64 { return v.requests.Load() }
 
+// GroupRequests returns the requests recorded in route group i.
+func (v *VersionStats) GroupRequests(i int) uint64 {
+	if i < 0 || i >= MaxGroups {
+		return 0
+	}
+	if g := v.groups[i].Load(); g != nil {
+		return g.requests.Load()
+	}
+	return 0
+}
+
 // Errors returns the failures recorded.
 func (v *VersionStats) Errors() uint64 { return v.errors.Load() }
 

@@ -180,7 +180,10 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 		r.judges.end(name)
 		return
 	}
-	if pj != nil && now.Sub(pj.lastEval) < cfg.Judge.Interval && pj.canary == cv {
+	if pj != nil && now.Sub(pj.lastEval) < cfg.Judge.Interval && pj.canary == cv && !pj.ended {
+		// Between verdicts: a route group's warm-up ends when it does,
+		// not at the next verdict, so its evidence starts on time.
+		pj.checkWarm(p, cfg, now)
 		return
 	}
 	snaps := snapshotVersions(p)
@@ -304,6 +307,37 @@ func liftClientBounds(p *pool.Pool) {
 		vs.NewWindow(0)
 	}
 	p.Signatures().NewWindow(0)
+}
+
+// checkWarm ends the warm-up of route groups whose canary served
+// judge.warmup_requests since the canary started (or all, once
+// judge.warmup passed): their latency evidence starts from this moment. It
+// reads one counter per group; a snapshot is taken only when a group's
+// warm-up ends.
+func (pj *poolJudge) checkWarm(p *pool.Pool, cfg *config.Pool, now time.Time) {
+	vs := p.StatsOf(pj.canary)
+	if vs == nil {
+		return
+	}
+	base := pj.base[pj.canary]
+	timeUp := now.Sub(pj.start) >= cfg.Judge.Warmup
+	var snaps map[string]*canary.VersionSnapshot
+	for i := range canary.MaxGroups {
+		if pj.warm[i] != nil {
+			continue
+		}
+		n := vs.GroupRequests(i)
+		if base != nil && base.Of == vs && base.Groups[i] != nil {
+			n -= min(n, base.Groups[i].Requests)
+		}
+		if n == 0 || !timeUp && n < uint64(cfg.Judge.WarmupRequests) {
+			continue
+		}
+		if snaps == nil {
+			snaps = snapshotVersions(p)
+		}
+		pj.warm[i] = snaps
+	}
 }
 
 // side is one version's evidence for the judge: counts since the canary

@@ -240,6 +240,13 @@ func (p *Pool) freshEvidenceLocked() {
 	}
 }
 
+// StatsOf returns the evidence of one version (nil: none).
+func (p *Pool) StatsOf(version string) *canary.VersionStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stats[version]
+}
+
 // VersionStats returns the evidence of every version the pool runs.
 func (p *Pool) VersionStats() []*canary.VersionStats {
 	p.mu.Lock()
