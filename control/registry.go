@@ -81,9 +81,12 @@ type Registry struct {
 // error: baton does not start by forgetting decisions. Nothing runs until
 // Start.
 func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, error) {
-	st, err := loadState(stateFile)
+	st, warning, err := loadState(stateFile)
 	if err != nil {
 		return nil, err
+	}
+	if warning != "" {
+		log.Warn().Msg(warning)
 	}
 	audit, changes, err := openAudit(AuditPath(stateFile), false)
 	if err != nil {
@@ -306,10 +309,13 @@ func (r *Registry) rereadStateLocked() {
 	if r.stateFile == "" {
 		return
 	}
-	st, err := loadState(r.stateFile)
+	st, warning, err := loadState(r.stateFile)
 	if err != nil {
 		r.log.Error().Err(err).Msg("could not read the state file again after the handover; this process keeps the decisions it knows")
 		return
+	}
+	if warning != "" {
+		r.log.Warn().Msg(warning)
 	}
 	reconcile(st, r.cfg, r.log, r.gone)
 	if reflect.DeepEqual(st, r.state) {

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"syscall"
@@ -169,46 +170,57 @@ func (s *State) compact() {
 var ErrCorruptState = errors.New("state file is unreadable or corrupt")
 
 // loadState reads the state file. A missing file is an empty state; an
-// unreadable or malformed one is an error naming the file.
-func loadState(path string) (*State, error) {
+// unreadable or malformed one is an error naming the file. Fields this
+// baton does not know (a newer baton added them within the same format)
+// are ignored, and said in the warning returned; a newer format is refused.
+func loadState(path string) (*State, string, error) {
 	s := &State{Format: stateFormat}
 	if path == "" {
-		return s, nil
+		return s, "", nil
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return s, nil
+		return s, "", nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
+		return nil, "", fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
 	}
+	var rec stateRecord
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(s); err != nil {
-		return nil, fmt.Errorf("%w: %s%s: %v (%s)", ErrCorruptState, path, where(data, err, dec), err, fixHint)
+	if err := dec.Decode(&rec); err != nil {
+		return nil, "", fmt.Errorf("%w: %s%s: %v (%s)", ErrCorruptState, path, where(data, err, dec), err, fixHint)
 	}
 	end := dec.InputOffset()
 	if err := dec.Decode(&struct{}{}); err != io.EOF {
 		for end < int64(len(data)) && strings.ContainsRune(" \t\r\n", rune(data[end])) {
 			end++
 		}
-		return nil, fmt.Errorf("%w: %s%s: data after the state object (%s)", ErrCorruptState, path, at(data, end), fixHint)
+		return nil, "", fmt.Errorf("%w: %s%s: data after the state object (%s)", ErrCorruptState, path, at(data, end), fixHint)
 	}
-	if s.Format != stateFormat {
-		return nil, fmt.Errorf("%w: %s: format %d, this baton reads format %d (%s)", ErrCorruptState, path, s.Format, stateFormat, fixHint)
+	switch {
+	case rec.Format > stateFormat:
+		return nil, "", fmt.Errorf("%w: %s is of format %d, written by a newer baton; this one reads format %d: run the newer baton, or start with --state-recover to move the file aside and start from the config alone",
+			ErrCorruptState, path, rec.Format, stateFormat)
+	case rec.Format != stateFormat:
+		return nil, "", fmt.Errorf("%w: %s: format %d, this baton reads format %d (%s)", ErrCorruptState, path, rec.Format, stateFormat, fixHint)
 	}
+	warning := unknownFields(data)
+	if warning != "" {
+		warning = fmt.Sprintf("the state file %s has %s, which this baton does not know (a newer baton wrote it?): ignored, and gone from the file at its next write", path, warning)
+	}
+	s = rec.state()
 	for pn, ps := range s.Pools {
 		if ps == nil {
-			return nil, fmt.Errorf("%w: %s: pool %q has no entry (%s)", ErrCorruptState, path, pn, fixHint)
+			return nil, "", fmt.Errorf("%w: %s: pool %q has no entry (%s)", ErrCorruptState, path, pn, fixHint)
 		}
 		for bn, bs := range ps.Backends {
 			if bs == nil {
-				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has no entry (%s)", ErrCorruptState, path, bn, pn, fixHint)
+				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has no entry (%s)", ErrCorruptState, path, bn, pn, fixHint)
 			}
 			switch bs.State {
 			case "", "draining", "drained", "ejected":
 			default:
-				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has state %q (%s)", ErrCorruptState, path, bn, pn, bs.State, fixHint)
+				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has state %q (%s)", ErrCorruptState, path, bn, pn, bs.State, fixHint)
 			}
 			bad := ""
 			switch {
@@ -222,14 +234,84 @@ func loadState(path string) (*State, error) {
 				bad = "no address for a backend added at runtime"
 			}
 			if bad != "" {
-				return nil, fmt.Errorf("%w: %s: backend %q of pool %q has %s (%s)", ErrCorruptState, path, bn, pn, bad, fixHint)
+				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has %s (%s)", ErrCorruptState, path, bn, pn, bad, fixHint)
 			}
 		}
 		if c := ps.Canary; c != nil && (!(c.Weight >= 0 && c.Weight <= 100) || (c.Version != "" && !config.ValidName(c.Version))) {
-			return nil, fmt.Errorf("%w: %s: pool %q has canary %q at %g%% (%s)", ErrCorruptState, path, pn, c.Version, c.Weight, fixHint)
+			return nil, "", fmt.Errorf("%w: %s: pool %q has canary %q at %g%% (%s)", ErrCorruptState, path, pn, c.Version, c.Weight, fixHint)
 		}
 	}
-	return s, nil
+	return s, warning, nil
+}
+
+// unknownFields names the fields of data that the state file's records
+// do not have, as paths ("pools.shop.rollout"), at most five; "" for none.
+func unknownFields(data []byte) string {
+	var v any
+	if json.Unmarshal(data, &v) != nil {
+		return ""
+	}
+	var found []string
+	walkUnknown(v, reflect.TypeOf(stateRecord{}), "", &found)
+	if len(found) == 0 {
+		return ""
+	}
+	more := ""
+	if len(found) > 5 {
+		found, more = found[:5], " and more"
+	}
+	return "the fields " + strings.Join(found, ", ") + more
+}
+
+// walkUnknown adds to found the keys of v, a decoded JSON value, that t
+// (the record type it decodes into) does not have.
+func walkUnknown(v any, t reflect.Type, path string, found *[]string) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return
+		}
+		fields := map[string]reflect.Type{}
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			fields[name] = f.Type
+		}
+		keys := make([]string, 0, len(obj))
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			ft, ok := fields[k]
+			if !ok {
+				*found = append(*found, strings.TrimPrefix(path+"."+k, "."))
+				continue
+			}
+			walkUnknown(obj[k], ft, path+"."+k, found)
+		}
+	case reflect.Map:
+		if obj, ok := v.(map[string]any); ok {
+			keys := make([]string, 0, len(obj))
+			for k := range obj {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				walkUnknown(obj[k], t.Elem(), path+"."+k, found)
+			}
+		}
+	case reflect.Slice:
+		if list, ok := v.([]any); ok {
+			for i, e := range list {
+				walkUnknown(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i), found)
+			}
+		}
+	}
 }
 
 // fixHint says what an operator can do about a corrupt state file.
@@ -276,7 +358,7 @@ func saveState(path string, s *State) error {
 	if path == "" {
 		return nil
 	}
-	data, err := json.MarshalIndent(s, "", "  ")
+	data, err := json.MarshalIndent(s.record(), "", "  ")
 	if err != nil {
 		return err
 	}

@@ -318,7 +318,7 @@ func TestServeRefusesCorruptStateFile(t *testing.T) {
 		{"bad value on line 3", "{\n  \"format\": 1,\n  \"pools\": {\"shop\": {\"held\": \"yes\"}}\n}\n", "(line 3,"},
 		{"empty", "", ""},
 		{"unknown state", `{"format":1,"pools":{"shop":{"backends":{"b1":{"state":"sleeping"}}}}}`, ""},
-		{"unknown field", `{"format":1,"pools":{"shop":{"colour":"red"}}}`, ""},
+		{"newer format", `{"format": 3}`, "written by a newer baton"},
 		{"other format", `{"format": 2}`, ""},
 		{"null pool", `{"format":1,"pools":{"shop":null}}`, ""},
 		{"trailing data", `{"format":1}` + "\n" + `{"format":1,"pools":{"shop":{"backends":{"b1":{"state":"ejected"}}}}}` + "\n", "(line 2, column 1)"},
