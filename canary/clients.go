@@ -2,6 +2,8 @@ package canary
 
 import (
 	"hash/maphash"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -80,3 +82,55 @@ func (v *VersionStats) NewWindow(limit uint32) {
 // Discarded returns the requests left out of the evidence for being over a
 // client's bound.
 func (v *VersionStats) Discarded() uint64 { return v.bound.discarded.Load() }
+
+// MaxErrorClients caps the distinct clients a version's errors are
+// remembered from: enough to tell one or two from many.
+const MaxErrorClients = 8
+
+// errorClients remembers from which clients a version's errors came.
+type errorClients struct {
+	mu  sync.Mutex
+	ids [MaxErrorClients]uint64
+	n   int
+}
+
+// NoteErrorClient records that an error of this version came from the
+// client with this id (a ClientKey's address hash, else its cookie's; 0:
+// unknown, not recorded). Errors are rare next to requests: a mutex is fine.
+func (v *VersionStats) NoteErrorClient(id uint64) {
+	if id == 0 {
+		return
+	}
+	e := &v.errClients
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.n == MaxErrorClients || slices.Contains(e.ids[:e.n], id) {
+		return
+	}
+	e.ids[e.n] = id
+	e.n++
+}
+
+// ErrorClients returns how many distinct clients the version's errors came
+// from since ResetClients (at most MaxErrorClients).
+func (v *VersionStats) ErrorClients() int {
+	v.errClients.mu.Lock()
+	defer v.errClients.mu.Unlock()
+	return v.errClients.n
+}
+
+// ResetClients forgets the clients errors came from (a new canary).
+func (v *VersionStats) ResetClients() {
+	v.errClients.mu.Lock()
+	defer v.errClients.mu.Unlock()
+	v.errClients.n = 0
+}
+
+// ID returns the key's client id for distinct counts: its address, else its
+// cookie (0: unknown).
+func (k ClientKey) ID() uint64 {
+	if k.Addr != 0 {
+		return k.Addr
+	}
+	return k.Cookie
+}

@@ -90,3 +90,33 @@ func TestSignatureClientBounds(t *testing.T) {
 		t.Errorf("the same from three clients: %s/%s; want a signature fail", r.Verdict, r.Rule)
 	}
 }
+
+// TestErrorsFromFewClientsDoNotFail: one client holding a canary cookie
+// chooses where its failures land; errors from fewer than MinErrorClients
+// known clients never fail a release by the error rules, from more they do.
+func TestErrorsFromFewClientsDoNotFail(t *testing.T) {
+	start := time.Unix(0, 0)
+	for _, c := range []struct {
+		clients int
+		fail    bool
+	}{{1, false}, {2, false}, {3, true}, {0, true}} {
+		r := NewJudge(testJudgeConfig()).Evaluate(Input{Now: start.Add(5 * time.Second), Share: 0.1, StepStart: start,
+			CanaryBackends: 1, CanaryHealthy: 1,
+			Stable: Side{Requests: 1000}, Canary: Side{Requests: 100, Errors: 60, ErrorClients: c.clients}})
+		if failed := r.Verdict == Fail; failed != c.fail {
+			t.Errorf("errors from %d clients (0: unknown): %s/%s %q; want fail %v", c.clients, r.Verdict, r.Rule, r.Reason, c.fail)
+		}
+	}
+	v := NewVersionStats("shop", "v2")
+	for i := range 20 {
+		v.NoteErrorClient(uint64(i%2 + 1))
+	}
+	v.NoteErrorClient(0)
+	if n := v.ErrorClients(); n != 2 {
+		t.Errorf("errors from two clients (and one unknown) counted as %d clients", n)
+	}
+	v.ResetClients()
+	if n := v.ErrorClients(); n != 0 {
+		t.Errorf("after a reset: %d", n)
+	}
+}

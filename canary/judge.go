@@ -37,9 +37,9 @@ type JudgeConfig struct {
 // fine latency comparison is not among them: it compares confidence bounds
 // at a strict z at each look, and the A/A calibration measures its share.
 const (
-	alphaSignatures = 0.5  // split again over the signatures seen
+	alphaSignatures = 0.5  // split again: the k-th signature seen gets 6/(π²k²) of it
 	alphaErrorRate  = 0.25 // the error rate's sequential test
-	alphaGross      = 0.25 // gross regressions, split over groups × {p50, p90}
+	alphaGross      = 0.25 // gross regressions, split over the 17 groups × {p50, p90}
 )
 
 // quantiles the judge compares, with the fewest samples per side each needs:
@@ -64,7 +64,16 @@ type Side struct {
 	Gateway uint64
 	// Latency by route group, since the warm-up ended.
 	Latency map[string]*Snapshot
+	// ErrorClients is how many distinct clients the errors came from
+	// (capped at MaxErrorClients; 0: none known). Errors from fewer than
+	// MinErrorClients never fail a release by the error rules: one client
+	// that holds a canary cookie chooses where its failures land.
+	ErrorClients int
 }
+
+// MinErrorClients is how many distinct clients a canary's errors must come
+// from before the error rules may fail it (when clients are known).
+const MinErrorClients = 3
 
 // SignatureEvidence is one failure signature's counts over the window.
 type SignatureEvidence struct {
@@ -145,6 +154,7 @@ type Judge struct {
 type sigTest struct {
 	elevated *SeqTest
 	onlyNew  NewTest
+	order    int // 1 for the first signature this canary had, 2 for the next, …
 }
 
 // logE is the signature's evidence: the log of the mean of its two
@@ -176,7 +186,7 @@ func (j *Judge) Evaluate(in Input) Result {
 	for _, s := range in.Signatures {
 		t := j.sigs[s.Key]
 		if t == nil {
-			t = &sigTest{elevated: NewSeqTest(j.cfg.SignatureMargin)}
+			t = &sigTest{elevated: NewSeqTest(j.cfg.SignatureMargin), order: len(j.sigs) + 1}
 			j.sigs[s.Key] = t
 		}
 		p := prevSig[s.Key]
@@ -205,7 +215,7 @@ func (j *Judge) Evaluate(in Input) Result {
 		return r.fail("guard_health", "no canary backend passes its health check (%d of %d down)", in.CanaryBackends, in.CanaryBackends)
 	case ca.Requests >= 20 && float64(ca.Gateway) >= 0.5*float64(ca.Requests):
 		return r.fail("guard_unreachable", "the canary gave no answer to %d of its %d requests (refused, reset or timed out)", ca.Gateway, ca.Requests)
-	case ca.Requests >= 20 && cRate >= 0.5 && sRate < 0.25:
+	case ca.Requests >= 20 && cRate >= 0.5 && sRate < 0.25 && !fewErrorClients(ca):
 		return r.fail("guard_errors", "the canary answered %.0f%% of its %d requests with errors, stable %.2f%%", 100*cRate, ca.Requests, 100*sRate)
 	}
 
@@ -220,27 +230,30 @@ func (j *Judge) Evaluate(in Input) Result {
 	// has and stable does not (or far less) is new (elevated); comparable
 	// rates make it known, a caveat of the old version that never fails a
 	// release. Each is a sequential test; the level is split over the
-	// signatures seen (Bonferroni).
-	sigThreshold := math.Log(float64(max(1, len(in.Signatures))) / (alphaSignatures * j.cfg.Alpha))
+	// signatures in the order they appeared: the k-th gets 6/(π²k²) of the
+	// signatures' share, weights fixed in advance that sum to 1, so the
+	// split holds however many signatures come.
 	var worst *SignatureClass
+	var sigThreshold float64
 	for _, s := range in.Signatures {
 		t := j.sigs[s.Key]
 		lev := t.logE()
+		threshold := sigLevel(j.cfg.Alpha, t.order)
 		sc := SignatureClass{Key: s.Key, Stable: s.Stable, Canary: s.Canary, LogEvidence: round2(lev),
 			ExpectedCanary: round2(float64(s.Stable+s.Canary) * share)}
 		switch {
 		case s.Canary > 0 && s.Stable == 0:
 			sc.Class = "new"
-		case s.Canary > 0 && lev >= sigThreshold:
+		case s.Canary > 0 && lev >= threshold:
 			sc.Class = "elevated"
 		default:
 			sc.Class = "known"
 		}
-		sc.FailsRelease = sc.Class != "known" && lev >= sigThreshold && s.Canary >= 2 && s.CanaryClients != 1
+		sc.FailsRelease = sc.Class != "known" && lev >= threshold && s.Canary >= 2 && s.CanaryClients != 1
 		r.Signatures = append(r.Signatures, sc)
 		if sc.FailsRelease && (worst == nil || sc.LogEvidence > worst.LogEvidence) {
 			c := sc
-			worst = &c
+			worst, sigThreshold = &c, threshold
 		}
 	}
 	sort.Slice(r.Signatures, func(a, b int) bool {
@@ -261,7 +274,10 @@ func (j *Judge) Evaluate(in Input) Result {
 	le := j.errors.LogEValue()
 	add("error_rate", "evidence the canary fails more than %.0f%% more often: log e-value %.2f of %.2f needed; rates %.3f%% against %.3f%%, floor %.2f points",
 		100*j.cfg.ErrorMargin, le, threshold, 100*cRate, 100*sRate, 100*j.cfg.ErrorFloor)
-	if le >= threshold && cRate-sRate >= j.cfg.ErrorFloor {
+	if le >= threshold && cRate-sRate >= j.cfg.ErrorFloor && fewErrorClients(ca) {
+		add("error_clients", "the canary's errors came from %d clients only; it takes %d to fail a release by its error rate", ca.ErrorClients, MinErrorClients)
+	}
+	if le >= threshold && cRate-sRate >= j.cfg.ErrorFloor && !fewErrorClients(ca) {
 		r = r.fail("error_rate", "the canary's error rate %.2f%% is above stable's %.2f%% beyond the %.0f%% margin (log e-value %.1f ≥ %.1f)",
 			100*cRate, 100*sRate, 100*j.cfg.ErrorMargin, le, threshold)
 		// Name the failure the canary has most of that stable does not
@@ -301,6 +317,16 @@ func (j *Judge) Evaluate(in Input) Result {
 	r.Reason = fmt.Sprintf("no difference beyond tolerance after %d canary requests in this step: error rate %.2f%% against %.2f%%",
 		in.StepCanaryRequests, 100*cRate, 100*sRate)
 	return r
+}
+
+// fewErrorClients: the errors came from known clients, too few of them.
+func fewErrorClients(s Side) bool { return s.ErrorClients > 0 && s.ErrorClients < MinErrorClients }
+
+// sigLevel is the log e-value the k-th signature must reach: its share of
+// α is alphaSignatures · 6/(π²k²).
+func sigLevel(alpha float64, k int) float64 {
+	w := 6 / (math.Pi * math.Pi * float64(k) * float64(k))
+	return math.Log(1 / (alphaSignatures * alpha * w))
 }
 
 func (r Result) fail(rule, format string, args ...any) Result {
@@ -343,7 +369,8 @@ func (j *Judge) grossLatency(r *Result, st, ca Side) string {
 		return ""
 	}
 	sort.Strings(groups)
-	threshold := math.Log(float64(2*len(groups)) / (alphaGross * j.cfg.Alpha))
+	// Split over every group there can be (× p50, p90), fixed in advance.
+	threshold := math.Log(float64(2*MaxGroups) / (alphaGross * j.cfg.Alpha))
 	floor := float64(j.cfg.GrossFloor / time.Microsecond)
 	for _, g := range groups {
 		cs, ss := ca.Latency[g], st.Latency[g]

@@ -165,7 +165,8 @@ type VersionStats struct {
 	retiredMu sync.Mutex // protects retired
 	retired   Snapshot   // latency of groups reset by ResetGroups
 
-	bound bound // per-client bounds of the current judge window
+	bound      bound        // per-client bounds of the current judge window
+	errClients errorClients // the clients errors came from
 }
 
 // NewVersionStats returns empty stats for a pool's version.
@@ -481,10 +482,7 @@ func (s *Signatures) Record(version string, f *Failure, now time.Time, client Cl
 			s.sigs[key] = sig
 		}
 	}
-	id := client.Addr
-	if id == 0 {
-		id = client.Cookie
-	}
+	id := client.ID()
 	if !s.admitLocked(sig, client.Addr) || client.Cookie != 0 && !s.admitLocked(sig, client.Cookie^0x9e3779b97f4a7c15) {
 		return false
 	}

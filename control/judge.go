@@ -344,6 +344,9 @@ func (pj *poolJudge) checkWarm(p *pool.Pool, cfg *config.Pool, now time.Time) {
 // started, latency per route group since the group's warm-up ended.
 func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[string]*canary.VersionSnapshot, now map[string]*canary.VersionSnapshot, version string) canary.Side {
 	out := canary.Side{Requests: s.Requests, Errors: s.Errors, Gateway: s.NoAnswer}
+	if s.Of != nil {
+		out.ErrorClients = s.Of.ErrorClients()
+	}
 	for i, base := range warm {
 		g := since(now, base, version).Groups[i]
 		if g == nil || g.Latency.Count == 0 {

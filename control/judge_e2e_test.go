@@ -518,6 +518,29 @@ func attack(ctx context.Context, url, path string, header http.Header, cookies [
 	return &wg, &sent
 }
 
+// genuineCanaryCookie asks until the split sends it to the canary, and
+// returns the affinity cookie it got.
+func genuineCanaryCookie(t *testing.T, b *testbed.Baton) *http.Cookie {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		res, err := http.Get(b.URL("/search"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if strings.HasSuffix(string(body), "v2") {
+			for _, ck := range res.Cookies() {
+				if ck.Name == "baton_shop" {
+					return ck
+				}
+			}
+		}
+	}
+	t.Fatal("no genuine canary cookie in 200 tries")
+	return nil
+}
+
 // TestForgedEvidenceCannotSteerTheJudge: a client forging the affinity
 // cookie and the force header, and provoking 500s on a path that fails on
 // both versions, cannot make the judge fail a good canary; one pumping cheap
@@ -564,6 +587,35 @@ func TestForgedEvidenceCannotSteerTheJudge(t *testing.T) {
 		}
 	})
 
+	// A client that holds a genuine canary cookie chooses where its
+	// failures land: all on the canary. It still cannot fail a good one.
+	t.Run("500s with a genuine canary cookie against a good canary", func(t *testing.T) {
+		broken := map[string]shopFailure{"/broken": {every: 1, status: 500, code: "BROKEN"}}
+		b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: broken}, broken, ", auto_rollback: true")
+		startCanary(t, b)
+		p := b.Pool(t, "shop")
+		testbed.Eventually(t, 10*time.Second, func() bool { return p.Backend("s4").Health().String() == "healthy" }, "the canary healthy")
+		ck := genuineCanaryCookie(t, b)
+		ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+		defer stop()
+		l := &load{}
+		wg := l.run(ctx, b.URL(""), 2)
+		awg, sent := attack(ctx, b.URL(""), "/broken", nil, []*http.Cookie{ck})
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for end := time.Now().Add(6 * time.Second); time.Now().Before(end); <-tick.C {
+			if v, reason := b.Reg.Verdict("shop"); v == canary.Fail {
+				t.Fatalf("one client with a genuine cookie failed a good canary: %s", reason)
+			}
+		}
+		stop()
+		wg.Wait()
+		awg.Wait()
+		if sent.Load() < 100 {
+			t.Fatalf("the attack sent only %d requests", sent.Load())
+		}
+	})
+
 	bad := map[string]shopFailure{"/checkout": {every: 4, status: 500, code: "PAYMENT_DOWN"}}
 	for _, genuine := range []bool{false, true} {
 		name := "200s with forged cookies for a bad canary"
@@ -579,25 +631,7 @@ func TestForgedEvidenceCannotSteerTheJudge(t *testing.T) {
 			testbed.Eventually(t, 10*time.Second, func() bool { return p.Backend("s4").Health().String() == "healthy" }, "the canary healthy")
 			jar := cookies
 			if genuine {
-				jar = nil
-				for i := 0; i < 200 && jar == nil; i++ {
-					res, err := http.Get(b.URL("/search"))
-					if err != nil {
-						t.Fatal(err)
-					}
-					body, _ := io.ReadAll(res.Body)
-					res.Body.Close()
-					if strings.HasSuffix(string(body), "v2") {
-						for _, ck := range res.Cookies() {
-							if ck.Name == "baton_shop" {
-								jar = []*http.Cookie{ck}
-							}
-						}
-					}
-				}
-				if jar == nil {
-					t.Fatal("no genuine canary cookie in 200 tries")
-				}
+				jar = []*http.Cookie{genuineCanaryCookie(t, b)}
 			}
 			awg, _ := attack(ctx, b.URL(""), "/search", forged, jar)
 			l := &load{}

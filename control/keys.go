@@ -81,6 +81,14 @@ func (r *Registry) AffinityKeys(now time.Time) ([]AffinityKey, error) {
 		if kf.Format > keyFileFormat {
 			return nil, fmt.Errorf("the affinity keys %s are of format %d; this baton reads up to %d", path, kf.Format, keyFileFormat)
 		}
+		for i, k := range kf.Keys {
+			// An empty secret would let anyone sign cookies; a date ahead
+			// would stop rotation.
+			if len(k.Secret) != 32 || k.Created.After(now.Add(time.Hour)) {
+				return nil, fmt.Errorf("the affinity keys %s: key %d has a %d-byte secret or a creation date ahead (%s); want 32 bytes (delete the file to start with a new key: clients are re-split once)",
+					path, i, len(k.Secret), k.Created.Format(time.RFC3339))
+			}
+		}
 	}
 	if r.frozen.Load() {
 		return kf.Keys, nil

@@ -48,11 +48,15 @@ func TestAffinityKeysPersistAndRotate(t *testing.T) {
 	}
 
 	// A damaged key file is an error that says what to do; baton keeps
-	// serving with a key of its own (the caller's choice).
-	if err := os.WriteFile(control.KeysPath(cfg.StateFile), []byte("{"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r2.AffinityKeys(now); err == nil || !bytes.Contains([]byte(err.Error()), []byte("delete it")) {
-		t.Errorf("a damaged key file: %v", err)
+	// serving with a key of its own (the caller's choice). So is a key
+	// anyone could sign with (an empty secret), or one dated ahead.
+	for _, bad := range []string{"{", `{"format": 1, "keys": [{"id": 1, "secret": "", "created": "2026-01-01T00:00:00Z"}]}`,
+		`{"format": 1, "keys": [{"id": 1, "secret": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "created": "2099-01-01T00:00:00Z"}]}`} {
+		if err := os.WriteFile(control.KeysPath(cfg.StateFile), []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r2.AffinityKeys(now); err == nil || !bytes.Contains([]byte(err.Error()), []byte("delete")) {
+			t.Errorf("key file %s: %v", bad, err)
+		}
 	}
 }

@@ -232,6 +232,9 @@ func (p *Pool) PreviousSignatures() *canary.Signatures { return p.prevSignatures
 func (p *Pool) freshEvidenceLocked() {
 	p.prevSignatures.Store(p.signatures.Load())
 	p.signatures.Store(canary.NewSignatures())
+	for _, vs := range p.stats {
+		vs.ResetClients()
+	}
 	if len(p.cfg.Judge.RouteGroups) == 0 {
 		p.groups.Store(canary.NewGroups(nil))
 		for _, vs := range p.stats {

@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -55,11 +56,46 @@ func (x *exchange) affinity(ctx *fasthttp.RequestCtx, p *pool.Pool) {
 		return
 	}
 	x.canaryOn = true
-	x.sharedPeer = sharedAddr(ctx.RemoteAddr()) || x.s.trustedPeer(ctx.RemoteAddr())
+	x.sharedPeer = sharedAddr(ctx.RemoteAddr())
+	if x.s.trustedPeer(ctx.RemoteAddr()) {
+		// Behind a proxy baton trusts, the client is the address it
+		// forwarded (the last one in X-Forwarded-For).
+		x.sharedPeer = true
+		if v := h.Peek("X-Forwarded-For"); len(v) > 0 {
+			if i := bytes.LastIndexByte(v, ','); i >= 0 {
+				v = v[i+1:]
+			}
+			x.fwdClient = append(x.fwdClient[:0], bytes.TrimSpace(v)...)
+		}
+	}
 	x.aff = x.s.affinityTable(p)
 	if v := h.Cookie(a.Cookie); len(v) > 0 {
 		x.readCookie(v)
 	}
+}
+
+// clientAddr returns the address that stands for the client in the
+// per-client bounds: an IPv4 address, an IPv6 address's /64 (one host has
+// a whole /64 to pick from), or nil when the peer is shared and forwarded
+// no address.
+func (x *exchange) clientAddr() []byte {
+	a := x.clientIP
+	if x.sharedPeer {
+		a = x.fwdClient
+	}
+	if len(a) == 0 {
+		return nil
+	}
+	if bytes.IndexByte(a, ':') < 0 {
+		return a // IPv4
+	}
+	if ip, err := netip.ParseAddr(string(a)); err == nil && ip.Is6() && !ip.Is4In6() {
+		b := ip.As16()
+		clear(b[8:])
+		x.addrBuf = append(x.addrBuf[:0], b[:]...)
+		return x.addrBuf
+	}
+	return a
 }
 
 // sharedAddr reports whether a peer address is likely shared by many
@@ -90,6 +126,9 @@ func (x *exchange) force(v, secret []byte) {
 // judge bound what one client counts for. The MAC is HMAC-SHA256(key, pool,
 // the first 13 bytes). With affinity.expose_version the value starts with
 // "VERSION." (for people reading cookies; only the signed part counts).
+// cookieEncoding is strict: one spelling per value.
+var cookieEncoding = base64.RawURLEncoding.Strict()
+
 const (
 	cookieRaw = 25
 	cookieB64 = 34 // base64url of 25 bytes, unpadded
@@ -107,7 +146,7 @@ func (x *exchange) readCookie(v []byte) {
 	if len(v) != cookieB64 {
 		return
 	}
-	if n, err := base64.RawURLEncoding.Decode(raw[:], v); err != nil || n != cookieRaw {
+	if n, err := cookieEncoding.Decode(raw[:], v); err != nil || n != cookieRaw {
 		return
 	}
 	t := x.aff
@@ -168,7 +207,7 @@ func (x *exchange) setAffinity(ctx *fasthttp.RequestCtx) {
 		c = append(c, v...)
 		c = append(c, '.')
 	}
-	c = base64.RawURLEncoding.AppendEncode(c, raw[:cookieRaw])
+	c = cookieEncoding.AppendEncode(c, raw[:cookieRaw])
 	c = append(c, "; Path=/; Max-Age="...)
 	c = strconv.AppendInt(c, int64(a.MaxAge/time.Second), 10)
 	c = append(c, "; HttpOnly; SameSite=Lax"...)
@@ -308,8 +347,8 @@ func (x *exchange) noteFailureDetails(ctx *fasthttp.RequestCtx) {
 // clients), and its affinity cookie's client id.
 func (x *exchange) clientKey() canary.ClientKey {
 	var k canary.ClientKey
-	if !x.sharedPeer {
-		k.Addr = canary.ClientHash(x.clientIP)
+	if a := x.clientAddr(); len(a) > 0 {
+		k.Addr = canary.ClientHash(a)
 	}
 	if x.hasClientID {
 		k.Cookie = canary.ClientHash(x.clientID[:])
@@ -350,6 +389,7 @@ func (x *exchange) recordFailure(b *pool.Backend, status int, group int) {
 		k = x.clientKey()
 	}
 	x.pool.Signatures().Record(b.Version(), &f, time.Now(), k)
+	b.Stats().NoteErrorClient(k.ID())
 }
 
 // examplePath is the path a signature's example shows: without the query,

@@ -58,7 +58,9 @@ type exchange struct {
 	aff         *affinityTable
 	clientID    [8]byte // from the client's verified affinity cookie, or new
 	hasClientID bool
-	sharedPeer  bool      // the peer's address is shared (loopback, a trusted proxy): not a client's
+	sharedPeer  bool   // the peer's address is shared (loopback, a trusted proxy): not a client's
+	fwdClient   []byte // the client's address a trusted proxy forwarded
+	addrBuf     []byte
 	mac         hash.Hash // keyed with macKey; kept across requests
 	macKey      *affinityKey
 	macBuf      []byte
@@ -100,10 +102,11 @@ type exchange struct {
 func (x *exchange) reset() {
 	s, sc, scratch, pathBuf, absBuf, ioBuf, body := x.s, x.sc, x.scratch, x.pathBuf, x.absBuf, x.ioBuf, x.body
 	method, target, host, ip, code, exc, want := x.method, x.target, x.host, x.clientIP, x.appCode, x.excerpt, x.wantVersion
-	mac, macKey, macBuf := x.mac, x.macKey, x.macBuf
+	mac, macKey, macBuf, fwd, addrBuf := x.mac, x.macKey, x.macBuf, x.fwdClient, x.addrBuf
 	*x = exchange{s: s, sc: sc, scratch: scratch[:0], pathBuf: pathBuf[:0], absBuf: absBuf[:0], ioBuf: ioBuf,
 		body: body[:0], method: method[:0], target: target[:0], host: host[:0], clientIP: ip[:0],
-		appCode: code[:0], excerpt: exc[:0], wantVersion: want[:0], mac: mac, macKey: macKey, macBuf: macBuf}
+		appCode: code[:0], excerpt: exc[:0], wantVersion: want[:0], mac: mac, macKey: macKey, macBuf: macBuf,
+		fwdClient: fwd[:0], addrBuf: addrBuf[:0]}
 	x.sc.conn.reset()
 }
 
