@@ -88,9 +88,12 @@ func errorf(status int, code, format string, args ...any) *apiError {
 // asAPIError maps the control package's errors to statuses and codes.
 func asAPIError(err error) *apiError {
 	var ae *apiError
+	var ce *control.Conflict
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &ce):
+		return &apiError{status: 409, code: ce.Code, msg: strings.TrimPrefix(err.Error(), control.ErrConflict.Error()+": ")}
 	case errors.Is(err, control.ErrUnknownPool):
 		return &apiError{status: 404, code: "unknown_pool", msg: err.Error()}
 	case errors.Is(err, pool.ErrUnknownBackend):

@@ -812,11 +812,11 @@ func TestAPIAddPatchDelete(t *testing.T) {
 	before := f.stateBytes(t)
 	checkBackend(t, "repeated add", f.api(t, "POST", "/v1/pools/shop/backends", add).want(t, 200), map[string]any{"name": "s4"})
 	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s4","address":%q,"version":"v1"}`, deadAddr(t))).
-		wantError(t, 409, "conflict", []string{`"s4"`})
+		wantError(t, 409, "backend_exists", []string{`"s4"`})
 	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s1","address":%q,"version":"v1"}`, deadAddr(t))).
-		wantError(t, 409, "conflict", []string{`"s1"`})
+		wantError(t, 409, "backend_exists", []string{`"s1"`})
 	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s5","address":%q,"version":"v1"}`, f.addr["s1"])).
-		wantError(t, 409, "conflict", []string{f.addr["s1"]})
+		wantError(t, 409, "address_in_use", []string{f.addr["s1"]})
 	f.stateUnchanged(t, "refused adds", before)
 
 	// PATCH the weight: persisted, and traffic follows 300:100:100:50.
@@ -1168,8 +1168,8 @@ func TestAPICanaryLifecycle(t *testing.T) {
 		t.Errorf("before any canary: %s", got)
 	}
 	// PUT to the stable version, or to a version no backend runs: 409.
-	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v1","weight":10}`).wantError(t, 409, "conflict", []string{"v1", "stable"})
-	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v9","weight":10}`).wantError(t, 409, "conflict", []string{"v9", "enable or add"})
+	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v1","weight":10}`).wantError(t, 409, "already_stable", []string{"v1", "stable"})
+	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v9","weight":10}`).wantError(t, 409, "version_not_running", []string{"v9", "enable or add"})
 	if data := f.stateBytes(t); data != nil {
 		t.Errorf("refused PUTs wrote the state file:\n%s", data)
 	}
@@ -1197,11 +1197,11 @@ func TestAPICanaryLifecycle(t *testing.T) {
 	// A second, different candidate: 409 on every path, nothing changes.
 	before := f.stateBytes(t)
 	hint := []string{"v2", "v3", "promote or roll it back"}
-	f.api(t, "POST", "/v1/pools/shop/backends/s2/enable", `{"version":"v3"}`).wantError(t, 409, "conflict", hint)
-	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s4","address":%q,"version":"v3"}`, f.spare)).wantError(t, 409, "conflict", hint)
-	f.api(t, "PATCH", "/v1/pools/shop/backends/s2", `{"version":"v3"}`).wantError(t, 409, "conflict", hint)
-	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v3","weight":10}`).wantError(t, 409, "conflict", hint)
-	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v1","weight":10}`).wantError(t, 409, "conflict", []string{"stable"})
+	f.api(t, "POST", "/v1/pools/shop/backends/s2/enable", `{"version":"v3"}`).wantError(t, 409, "canary_running", hint)
+	f.api(t, "POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"s4","address":%q,"version":"v3"}`, f.spare)).wantError(t, 409, "canary_running", hint)
+	f.api(t, "PATCH", "/v1/pools/shop/backends/s2", `{"version":"v3"}`).wantError(t, 409, "canary_running", hint)
+	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v3","weight":10}`).wantError(t, 409, "canary_running", hint)
+	f.api(t, "PUT", "/v1/pools/shop/canary", `{"version":"v1","weight":10}`).wantError(t, 409, "already_stable", []string{"stable"})
 	f.stateUnchanged(t, "refused second candidates", before)
 	checkBackend(t, "s2 after refusals", f.backendJSON(t, "shop", "s2"), map[string]any{"version": "v1", "state": "active"})
 	if _, err := f.bt.Reg.Backend("shop", "s4"); err == nil {
@@ -1255,7 +1255,7 @@ func TestAPICanaryLifecycle(t *testing.T) {
 	}
 	wantSplit(t, "after promote", f.send(t, 90, "/"), map[string]int{"s1": 30, "s2": 30, "s3": 30})
 	before = f.stateBytes(t)
-	f.api(t, "POST", "/v1/pools/shop/canary/promote", "").wantError(t, 409, "conflict", []string{"no canary"})
+	f.api(t, "POST", "/v1/pools/shop/canary/promote", "").wantError(t, 409, "no_canary", []string{"no canary"})
 	// rollback without a canary: 200, nothing changes.
 	if got := canaryLine(f.api(t, "POST", "/v1/pools/shop/canary/rollback", "").want(t, 200)); got != "stable=v2 canary= weight=0 held=false" {
 		t.Errorf("rollback with no canary: %s", got)
@@ -1334,7 +1334,7 @@ func TestAPIEvents(t *testing.T) {
 	f.as(t, tokDeployer, "PATCH", "/v1/pools/web/backends/w1", `{"weight":7}`).want(t, 200)
 	// Not events: reads, refusals, bad input, repeats.
 	f.as(t, tokCIBot, "GET", "/v1/pools", "").wantList(t, 200)
-	f.as(t, tokCIBot, "POST", "/v1/pools/shop/canary/promote", "").wantError(t, 409, "conflict", nil)
+	f.as(t, tokCIBot, "POST", "/v1/pools/shop/canary/promote", "").wantError(t, 409, "no_canary", nil)
 	f.as(t, tokCIBot, "PATCH", "/v1/pools/shop/backends/s3", `{"weight":5000}`).wantError(t, 400, "invalid_value", nil)
 	f.as(t, tokCIBot, "POST", "/v1/pools/shop/backends/s2/eject", "").want(t, 200)
 
@@ -1494,7 +1494,7 @@ func TestAPILease(t *testing.T) {
 	if d := time.Until(first); d < 25*time.Second || d > 31*time.Second {
 		t.Errorf("a 30s lease expires in %s", d)
 	}
-	take("rollout v3 by ci-bot", "30s").wantError(t, 409, "conflict", []string{"rollout v2 by deployer", "lease"})
+	take("rollout v3 by ci-bot", "30s").wantError(t, 409, "lease_held", []string{"rollout v2 by deployer", "lease"})
 	renewed := take("rollout v2 by deployer", "60s").want(t, 200)
 	if e, _ := time.Parse(time.RFC3339, renewed["expires"].(string)); !e.After(first) {
 		t.Errorf("a renewal kept the lease until %v, not later than %v", e, first)
@@ -1506,7 +1506,7 @@ func TestAPILease(t *testing.T) {
 	if ps := poolState(f.state(t), "shop"); ps == nil || ps.Lease == nil || ps.Lease.Holder != "rollout v2 by deployer" {
 		t.Errorf("the lease is not in the state file: %+v", ps)
 	}
-	f.api(t, "DELETE", "/v1/pools/shop/lease?holder=someone", "").wantError(t, 409, "conflict", []string{"rollout v2 by deployer"})
+	f.api(t, "DELETE", "/v1/pools/shop/lease?holder=someone", "").wantError(t, 409, "lease_not_held", []string{"rollout v2 by deployer"})
 	f.api(t, "DELETE", "/v1/pools/shop/lease?holder=rollout+v2+by+deployer", "").want(t, 200)
 	f.api(t, "DELETE", "/v1/pools/shop/lease?holder=rollout+v2+by+deployer", "").want(t, 200) // idempotent
 	if p := f.api(t, "GET", "/v1/pools/shop", "").want(t, 200); p["lease"] != nil {

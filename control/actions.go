@@ -9,6 +9,37 @@ import (
 	"github.com/baton-lb/baton/pool"
 )
 
+// Conflict is ErrConflict with a reason code that scripts branch on
+// (the API's "code"): lease_held, no_canary, canary_running, …
+type Conflict struct {
+	Code string
+	msg  string
+}
+
+func (e *Conflict) Error() string { return ErrConflict.Error() + ": " + e.msg }
+
+// Is makes a Conflict an ErrConflict for errors.Is.
+func (e *Conflict) Is(target error) bool { return target == ErrConflict }
+
+// conflictf returns a Conflict with the code and a message saying what to do.
+func conflictf(code, format string, args ...any) error {
+	return &Conflict{Code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// Conflict codes.
+const (
+	CodeLeaseHeld         = "lease_held"          // another holder's lease is running
+	CodeLeaseNotHeld      = "lease_not_held"      // releasing a lease someone else holds
+	CodeNoCanary          = "no_canary"           // promote with no canary
+	CodeCanaryRunning     = "canary_running"      // another canary, or a switch while one runs
+	CodeSwitchRunning     = "switch_running"      // a switch is being watched
+	CodeAlreadyStable     = "already_stable"      // the version is the stable one
+	CodeVersionNotRunning = "version_not_running" // no backend runs the version
+	CodeBackendExists     = "backend_exists"      // a backend of that name is there
+	CodeAddressInUse      = "address_in_use"      // another backend has the address
+	CodeNotHealthy        = "not_healthy"         // the version's backends are not all healthy
+)
+
 // Errors that callers branch on; the messages around them say what to do.
 var (
 	// ErrInvalid: a bad value in a request (400).
@@ -122,8 +153,8 @@ func (r *Registry) versionPolicyLocked(p *pool.Pool, s *State, version string) e
 		// upgraded still serve it beside the new stable version.
 		return nil
 	case canaryV != "":
-		return fmt.Errorf("%w: pool %q is running canary %s; promote or roll it back before starting %s",
-			ErrConflict, p.Name(), canaryV, version)
+		return conflictf(CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before starting %s",
+			p.Name(), canaryV, version)
 	}
 	ps.Canary = &CanaryState{Version: version, Weight: p.Settings().Canary.InitialWeight}
 	setPoolBase(ps, r.poolConfigLocked(p.Name()))
@@ -334,7 +365,7 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 	if spec.Address != nil {
 		for _, o := range p.Backends() {
 			if o != b && o.Address() == *spec.Address {
-				return nil, fmt.Errorf("%w: %s is already backend %q of pool %q", ErrConflict, *spec.Address, o.Name(), poolName)
+				return nil, conflictf(CodeAddressInUse, "%s is already backend %q of pool %q", *spec.Address, o.Name(), poolName)
 			}
 		}
 	}
@@ -411,11 +442,11 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 		if b.Address() == spec.Address && b.Version() == spec.Version && (spec.Weight == nil || *spec.Weight == b.Weight()) {
 			return b, nil // the same add again: it holds already
 		}
-		return nil, fmt.Errorf("%w: pool %q already has a backend %q; change it with PATCH (baton ctl set)", ErrConflict, poolName, spec.Name)
+		return nil, conflictf(CodeBackendExists, "pool %q already has a backend %q; change it with PATCH (baton ctl set)", poolName, spec.Name)
 	}
 	for _, b := range p.Backends() {
 		if b.Address() == spec.Address {
-			return nil, fmt.Errorf("%w: %s is already backend %q of pool %q", ErrConflict, spec.Address, b.Name(), poolName)
+			return nil, conflictf(CodeAddressInUse, "%s is already backend %q of pool %q", spec.Address, b.Name(), poolName)
 		}
 	}
 	inFile := false
@@ -511,12 +542,12 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 		return err
 	}
 	if version == p.StableVersion() {
-		return fmt.Errorf("%w: %s is the stable version of pool %q", ErrConflict, version, poolName)
+		return conflictf(CodeAlreadyStable, "%s is the stable version of pool %q", version, poolName)
 	}
 	cur, curW := p.Canary()
 	if cur != "" && cur != version {
-		return fmt.Errorf("%w: pool %q is running canary %s; promote or roll it back before starting %s",
-			ErrConflict, poolName, cur, version)
+		return conflictf(CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before starting %s",
+			poolName, cur, version)
 	}
 	if cur == version && curW == weight {
 		return nil
@@ -526,7 +557,7 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 		runs = runs || b.Version() == version
 	}
 	if !runs {
-		return fmt.Errorf("%w: no backend of pool %q runs %s; enable or add one with that version first", ErrConflict, poolName, version)
+		return conflictf(CodeVersionNotRunning, "no backend of pool %q runs %s; enable or add one with that version first", poolName, version)
 	}
 	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
 		func(s *State) error {
@@ -553,7 +584,7 @@ func (r *Registry) promote(poolName, reason string, opts ...Opt) error {
 	}
 	cur, _ := p.Canary()
 	if cur == "" {
-		return fmt.Errorf("%w: pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", ErrConflict, poolName)
+		return conflictf(CodeNoCanary, "pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", poolName)
 	}
 	detail := cur + " is stable"
 	if reason != "" {

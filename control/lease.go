@@ -41,8 +41,8 @@ func (r *Registry) TakeLease(poolName, holder string, ttl time.Duration, opts ..
 	now := time.Now()
 	cur := r.leaseLocked(poolName, now)
 	if cur != nil && cur.Holder != holder {
-		return Lease{}, fmt.Errorf("%w: pool %q is being released by %s (its lease runs until %s); wait until it ends, or until the lease runs out",
-			ErrConflict, poolName, cur.Holder, cur.Expires.UTC().Format(leaseTimeFormat))
+		return Lease{}, conflictf(CodeLeaseHeld, "pool %q is being released by %s (its lease runs until %s); wait until it ends, or until the lease runs out",
+			poolName, cur.Holder, cur.Expires.UTC().Format(leaseTimeFormat))
 	}
 	l := Lease{Holder: holder, Expires: now.Add(ttl).UTC()}
 	edit := func(s *State) error {
@@ -70,7 +70,7 @@ func (r *Registry) ReleaseLease(poolName, holder string, opts ...Opt) error {
 		return nil
 	}
 	if cur.Holder != holder {
-		return fmt.Errorf("%w: pool %q's lease is held by %s, not %s", ErrConflict, poolName, cur.Holder, holder)
+		return conflictf(CodeLeaseNotHeld, "pool %q's lease is held by %s, not %s", poolName, cur.Holder, holder)
 	}
 	return r.changeLocked(Event{Actor: actorOf(opts), Action: "unlease", Pool: poolName, Detail: "released by " + holder},
 		func(s *State) error {

@@ -88,15 +88,15 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 			sw := *ps.Switch
 			return &sw, nil // the same switch again: it holds
 		}
-		return nil, fmt.Errorf("%w: pool %q switched to %s and watches it until %s; wait for that to end",
-			ErrConflict, poolName, ps.Switch.To, ps.Switch.Until.UTC().Format(time.RFC3339))
+		return nil, conflictf(CodeSwitchRunning, "pool %q switched to %s and watches it until %s; wait for that to end",
+			poolName, ps.Switch.To, ps.Switch.Until.UTC().Format(time.RFC3339))
 	}
 	stable := p.StableVersion()
 	if spec.To == stable {
-		return nil, fmt.Errorf("%w: %s is already the stable version of pool %q", ErrConflict, spec.To, poolName)
+		return nil, conflictf(CodeAlreadyStable, "%s is already the stable version of pool %q", spec.To, poolName)
 	}
 	if cv, _ := p.Canary(); cv != "" {
-		return nil, fmt.Errorf("%w: pool %q is running canary %s; promote or roll it back before a switch", ErrConflict, poolName, cv)
+		return nil, conflictf(CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before a switch", poolName, cv)
 	}
 	var old, next, sick []string
 	for _, b := range p.Backends() {
@@ -118,11 +118,11 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 		}
 	}
 	if len(next) == 0 {
-		return nil, fmt.Errorf("%w: pool %q has no backend of version %s; add them on standby first: baton ctl add %s NAME --address HOST:PORT --version %s --standby",
-			ErrConflict, poolName, spec.To, poolName, spec.To)
+		return nil, conflictf(CodeVersionNotRunning, "pool %q has no backend of version %s; add them on standby first: baton ctl add %s NAME --address HOST:PORT --version %s --standby",
+			poolName, spec.To, poolName, spec.To)
 	}
 	if len(sick) > 0 {
-		return nil, fmt.Errorf("%w: not every %s backend is healthy: %s; nothing was switched", ErrConflict, spec.To, strings.Join(sick, ", "))
+		return nil, conflictf(CodeNotHealthy, "not every %s backend is healthy: %s; nothing was switched", spec.To, strings.Join(sick, ", "))
 	}
 	now := time.Now().UTC()
 	sw := &SwitchState{From: stable, To: spec.To, At: now, Until: now.Add(spec.Watch), MaxErrorRate: spec.MaxErrorRate,

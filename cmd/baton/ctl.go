@@ -133,13 +133,24 @@ type ctlClient struct {
 	tmpl      *template.Template // -o template=…: applied to the JSON answer
 }
 
-// ctlError is a failure with the exit code it maps to.
+// ctlError is a failure with the exit code it maps to, and the admin
+// API's code when the API refused (lease_held, no_canary, …).
 type ctlError struct {
-	code int
-	msg  string
+	code    int
+	msg     string
+	apiCode string
 }
 
 func (e *ctlError) Error() string { return e.msg }
+
+// apiCode returns the admin API's code of a refusal ("" for other errors).
+func apiCode(err error) string {
+	var ce *ctlError
+	if errors.As(err, &ce) {
+		return ce.apiCode
+	}
+	return ""
+}
 
 func fail(code int, format string, args ...any) error {
 	return &ctlError{code: code, msg: fmt.Sprintf(format, args...)}
@@ -320,7 +331,7 @@ func (c *ctlClient) call(method, path string, query url.Values, body, out any) (
 		case 504:
 			return 504, fail(exitWait, "%s; run the command again to keep waiting", e.Error)
 		}
-		return res.StatusCode, fail(exitFail, "%s", e.Error)
+		return res.StatusCode, &ctlError{code: exitFail, msg: e.Error, apiCode: e.Code}
 	}
 	if c.tmpl != nil {
 		var v any

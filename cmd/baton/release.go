@@ -244,9 +244,8 @@ func (r *rolloutCmd) lease() (stop func(), err error) {
 	const ttl = 30 * time.Second
 	body := map[string]string{"holder": r.holder, "ttl": ttl.String()}
 	if _, err := r.c.call("PUT", r.poolPath()+"/lease", nil, body, nil); err != nil {
-		var ce *ctlError
-		if errors.As(err, &ce) && strings.Contains(ce.msg, "lease") {
-			return nil, fail(exitFail, "another release of %s is under way: %s", r.pool, ce.msg)
+		if apiCode(err) == control.CodeLeaseHeld {
+			return nil, fail(exitFail, "another release of %s is under way: %v", r.pool, err)
 		}
 		return nil, err
 	}
@@ -265,8 +264,7 @@ func (r *rolloutCmd) lease() (stop func(), err error) {
 				return
 			case <-t.C:
 				if _, err := r.c.call("PUT", r.poolPath()+"/lease", nil, body, nil); err != nil {
-					var ce *ctlError
-					if failures++; (errors.As(err, &ce) && strings.Contains(ce.msg, "lease")) || failures >= 2 {
+					if failures++; apiCode(err) == control.CodeLeaseHeld || failures >= 2 {
 						lost := fail(exitFail, "stopped: the release lease of %s was lost (%v); nothing else was changed. Run the same command again to continue", r.pool, err)
 						r.mu.Lock()
 						r.lost = lost
@@ -555,9 +553,7 @@ func (r *rolloutCmd) watchCanary(p admin.PoolJSON) error {
 }
 
 // noCanary tells a promote that found no canary: the judge promoted first.
-func noCanary(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "has no canary")
-}
+func noCanary(err error) bool { return apiCode(err) == control.CodeNoCanary }
 
 // rolledBack puts the canary servers back on the stable version (with
 // --rollback) and returns the error that ends the run, with the reason.
