@@ -60,7 +60,7 @@ type poolHistory struct {
 
 // histories holds every pool's history; the sampler writes, the API reads.
 type histories struct {
-	mu     sync.Mutex
+	mu     sync.Mutex // protects byPool and every series in it; a leaf lock
 	byPool map[string]*poolHistory
 }
 

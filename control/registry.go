@@ -35,7 +35,16 @@ type Registry struct {
 	log       zerolog.Logger
 	stateFile string
 
-	mu         sync.Mutex // protects everything below
+	// Lock order: reloadMu, then mu, then the leaf locks — judges.mu,
+	// history.mu and the pools' own (taken inside pool.Pool's methods).
+	// Nothing takes mu while holding a leaf lock, and the request path
+	// takes none of these.
+	//
+	// mu protects cfg, state, pools, table, onTable, started, generation,
+	// events, refusals, gone, auditFile, refusedFile, baselines and
+	// switchBase, and serialises every decision and its write to the
+	// state file.
+	mu         sync.Mutex
 	cfg        *config.Config
 	state      *State
 	pools      map[string]*pool.Pool
@@ -51,16 +60,17 @@ type Registry struct {
 	refusedFile *auditFile
 	baselines   map[string]*baseline
 
-	judges judges
+	judges judges // its own lock (judges.mu); owned by the judge loop
 	// switchBase: each switched pool's new-version evidence when its watch
 	// began (under mu).
 	switchBase map[string]*canary.VersionSnapshot
-	history    histories          // per-version time series, for the dashboard
-	stop       context.CancelFunc // ends the judge loop and the history sampler
+	history    histories          // per-version time series, for the dashboard (its own lock)
+	stop       context.CancelFunc // ends the judge loop and the history sampler; set once by Start
 	wg         sync.WaitGroup
 
 	// reloadMu makes loading a file and applying it one step, so two
-	// reloads (an event and a SIGHUP) cannot apply an older file last.
+	// reloads (an event and a SIGHUP) cannot apply an older file last; it
+	// is taken before mu (Reload, ReloadFile, Freeze).
 	reloadMu sync.Mutex
 
 	// frozen: a new process is taking over; no decision is written (it
