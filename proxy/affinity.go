@@ -126,15 +126,15 @@ func (x *exchange) force(v, secret []byte) {
 // judge bound what one client counts for. The MAC is HMAC-SHA256(key, pool,
 // the first 13 bytes). With affinity.expose_version the value starts with
 // "VERSION." (for people reading cookies; only the signed part counts).
-// cookieEncoding is strict: one spelling per value.
-var cookieEncoding = base64.RawURLEncoding.Strict()
-
 const (
 	cookieRaw = 25
 	cookieB64 = 34 // base64url of 25 bytes, unpadded
 	tagLen    = 4
 	macLen    = 12
 )
+
+// cookieEncoding is strict: one spelling per value.
+var cookieEncoding = base64.RawURLEncoding.Strict()
 
 // readCookie verifies an affinity cookie and, when it is good, takes its
 // version and client id.
