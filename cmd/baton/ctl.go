@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"crypto/tls"
-	"crypto/x509"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -19,6 +16,7 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/admin/client"
 	"github.com/baton-lb/baton/control"
 )
 
@@ -121,36 +119,35 @@ func parseCtlArgs(args []string) (*ctlArgs, error) {
 	return a, nil
 }
 
-// ctlClient talks to the admin API.
+// ctlClient is baton ctl's view of the admin API: the typed client, and how
+// answers are printed.
 type ctlClient struct {
-	base      string
-	token     string
-	tokenFile string
-	http      *http.Client
-	stdout    io.Writer
-	stderr    io.Writer
-	output    string
-	tmpl      *template.Template // -o template=…: applied to the JSON answer
+	api    *client.Client
+	stdout io.Writer
+	stderr io.Writer
+	output string
+	tmpl   *template.Template // -o template=…: applied to the JSON answer
 }
 
-// ctlError is a failure with the exit code it maps to, and the admin
-// API's code when the API refused (lease_held, no_canary, …).
+// ctlError is a failure with the exit code it maps to; a refusal of the
+// admin API wraps the API's *client.Error.
 type ctlError struct {
-	code    int
-	msg     string
-	apiCode string
+	code int
+	msg  string
+	api  *client.Error
 }
 
 func (e *ctlError) Error() string { return e.msg }
 
-// apiCode returns the admin API's code of a refusal ("" for other errors).
-func apiCode(err error) string {
-	var ce *ctlError
-	if errors.As(err, &ce) {
-		return ce.apiCode
+func (e *ctlError) Unwrap() error {
+	if e.api == nil {
+		return nil
 	}
-	return ""
+	return e.api
 }
+
+// apiCode returns the admin API's code of a refusal ("" for other errors).
+func apiCode(err error) string { return client.CodeOf(err) }
 
 func fail(code int, format string, args ...any) error {
 	return &ctlError{code: code, msg: fmt.Sprintf(format, args...)}
@@ -189,22 +186,43 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
-	base := a.flags["admin"]
+// withEnv fills what the command line left out from the environment
+// (BATON_ADMIN, BATON_TOKEN_FILE, BATON_TOKEN, BATON_ADMIN_CA) and the
+// default address.
+func withEnv(base string, o client.Options) (string, client.Options) {
 	if base == "" {
 		base = os.Getenv("BATON_ADMIN")
 	}
 	if base == "" {
 		base = "http://127.0.0.1:9090"
 	}
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
+	if o.TokenFile == "" {
+		o.TokenFile = os.Getenv("BATON_TOKEN_FILE")
 	}
-	u, err := url.Parse(base)
-	if err != nil || u.Host == "" {
-		return nil, fail(exitUsage, "--admin must be a URL such as http://127.0.0.1:9090, got %q", base)
+	if o.TokenFile == "" && o.Token == "" {
+		o.Token = os.Getenv("BATON_TOKEN")
 	}
-	c := &ctlClient{base: strings.TrimRight(base, "/"), stdout: stdout, stderr: stderr, output: a.flags["o"]}
+	if o.CAFile == "" {
+		o.CAFile = os.Getenv("BATON_ADMIN_CA")
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	return base, o
+}
+
+// newCtlClient is the client baton ctl's command line asks for: --admin,
+// --token-file, --ca, --wait and -o, or the environment.
+func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
+	base, o := withEnv(a.flags["admin"], client.Options{TokenFile: a.flags["token-file"], CAFile: a.flags["ca"]})
+	if w := a.flags["wait"]; w != "" {
+		d, err := time.ParseDuration(w)
+		if err != nil || d <= 0 {
+			return nil, fail(exitUsage, "--wait must be a duration such as 60s, got %q", w)
+		}
+		o.Timeout += d
+	}
+	c := &ctlClient{stdout: stdout, stderr: stderr, output: a.flags["o"]}
 	switch {
 	case c.output == "", c.output == "text":
 		c.output = "text"
@@ -219,127 +237,59 @@ func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
 	default:
 		return nil, fail(exitUsage, "-o must be text, json, name or template=GO-TEMPLATE, got %q", c.output)
 	}
-	tokenFile := a.flags["token-file"]
-	if tokenFile == "" {
-		tokenFile = os.Getenv("BATON_TOKEN_FILE")
-	}
-	c.tokenFile = tokenFile // read at the first call, after the command line is checked
-	if tokenFile == "" {
-		c.token = os.Getenv("BATON_TOKEN")
-	}
-	timeout := 30 * time.Second
-	if w := a.flags["wait"]; w != "" {
-		d, err := time.ParseDuration(w)
-		if err != nil || d <= 0 {
-			return nil, fail(exitUsage, "--wait must be a duration such as 60s, got %q", w)
+	api, err := client.New(base, o)
+	if err != nil {
+		if strings.Contains(err.Error(), "CA file") {
+			return nil, fail(exitUsage, "--ca: %v", err)
 		}
-		timeout += d
+		return nil, fail(exitUsage, "--admin must be a URL such as http://127.0.0.1:9090, got %q", base)
 	}
-	c.http = &http.Client{Timeout: timeout}
-	ca := a.flags["ca"]
-	if ca == "" {
-		ca = os.Getenv("BATON_ADMIN_CA")
-	}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fail(exitUsage, "reading --ca: %v", err)
-		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fail(exitUsage, "--ca %s holds no PEM certificate", ca)
-		}
-		c.http.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
-	}
+	c.api = api
 	return c, nil
 }
 
-// readCtlToken reads the token from a file: the token of its first
-// "name:token" line, or the first line as it is.
-func readCtlToken(path string) (string, error) {
-	data, err := os.ReadFile(path)
+// clientFor is the client baton demo drives: the admin API at base,
+// answers printed nowhere, calls allowed wait on top of 30s.
+func clientFor(base string, wait time.Duration, stderr io.Writer) (*ctlClient, error) {
+	return apiClient(base, client.Options{Timeout: 30*time.Second + wait}, stderr)
+}
+
+// apiClient is a client that prints no answers (baton rollout, baton demo).
+func apiClient(base string, o client.Options, stderr io.Writer) (*ctlClient, error) {
+	api, err := client.New(base, o)
 	if err != nil {
-		return "", fmt.Errorf("reading the token file: %w", err)
+		return nil, fail(exitUsage, "%v", err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if _, tok, ok := strings.Cut(line, ":"); ok {
-			return strings.TrimSpace(tok), nil
-		}
-		return line, nil
-	}
-	return "", fmt.Errorf("the token file %s has no token", path)
+	return &ctlClient{api: api, stdout: io.Discard, stderr: stderr, output: "text"}, nil
 }
 
 // call sends a request and decodes a 2xx JSON answer into out. API errors
-// become ctlErrors with the API's message and a hint.
+// become ctlErrors with the API's message (and a hint), wrapping the API's
+// error so callers can branch on its code.
 func (c *ctlClient) call(method, path string, query url.Values, body, out any) (int, error) {
-	if c.tokenFile != "" && c.token == "" {
-		tok, err := readCtlToken(c.tokenFile)
-		if err != nil {
-			return 0, fail(exitFail, "%v", err)
-		}
-		c.token = tok
-	}
-	u := c.base + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	var rd io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return 0, err
-		}
-		rd = bytes.NewReader(data)
-	}
-	req, err := http.NewRequest(method, u, rd)
-	if err != nil {
-		return 0, fail(exitUsage, "%v", err)
-	}
-	if method != http.MethodGet {
-		// The admin API takes changes only as JSON, body or not (a web
-		// page cannot send that to another site without asking first).
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	res, err := c.http.Do(req)
-	if err != nil {
-		return 0, fail(exitFail, "cannot reach the admin API at %s: %v (is baton running? set --admin or BATON_ADMIN)", c.base, err)
-	}
-	defer res.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(res.Body, 8<<20))
-	if err != nil {
-		return 0, fail(exitFail, "reading the answer: %v", err)
-	}
-	if res.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-			Code  string `json:"code"`
-		}
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			return res.StatusCode, fail(exitFail, "the admin API answered %s", res.Status)
-		}
-		switch res.StatusCode {
+	status, data, err := c.api.Do(context.Background(), method, path, query, body, nil)
+	var ae *client.Error
+	switch {
+	case errors.As(err, &ae):
+		switch ae.Status {
 		case 401:
-			return 401, fail(exitFail, "%s (set --token-file, BATON_TOKEN_FILE or BATON_TOKEN)", e.Error)
+			return 401, &ctlError{code: exitFail, msg: ae.Message + " (set --token-file, BATON_TOKEN_FILE or BATON_TOKEN)", api: ae}
 		case 504:
-			return 504, fail(exitWait, "%s; run the command again to keep waiting", e.Error)
+			return 504, &ctlError{code: exitWait, msg: ae.Message + "; run the command again to keep waiting", api: ae}
 		}
-		return res.StatusCode, &ctlError{code: exitFail, msg: e.Error, apiCode: e.Code}
+		return status, &ctlError{code: exitFail, msg: ae.Message, api: ae}
+	case errors.Is(err, client.ErrUnreachable):
+		return 0, fail(exitFail, "%v (is baton running? set --admin or BATON_ADMIN)", err)
+	case err != nil:
+		return status, fail(exitFail, "%v", err)
 	}
 	if c.tmpl != nil {
 		var v any
 		if err := json.Unmarshal(data, &v); err != nil {
-			return res.StatusCode, fail(exitFail, "the admin API's answer is not JSON: %v", err)
+			return status, fail(exitFail, "the admin API's answer is not JSON: %v", err)
 		}
 		if err := c.tmpl.Execute(c.stdout, v); err != nil {
-			return res.StatusCode, fail(exitFail, "-o template: %v", err)
+			return status, fail(exitFail, "-o template: %v", err)
 		}
 		fmt.Fprintln(c.stdout)
 	} else if c.output == "json" {
@@ -347,10 +297,10 @@ func (c *ctlClient) call(method, path string, query url.Values, body, out any) (
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return res.StatusCode, fail(exitFail, "the admin API's answer is not what this baton ctl expects: %v", err)
+			return status, fail(exitFail, "the admin API's answer is not what this baton ctl expects: %v", err)
 		}
 	}
-	return res.StatusCode, nil
+	return status, nil
 }
 
 func need(a *ctlArgs, n int, usage string) error {

@@ -264,7 +264,7 @@ func (d *demoStory) run(ctx context.Context) error {
 	wg.Wait()
 
 	var p admin.PoolJSON
-	c, err := newCtlClient(&ctlArgs{flags: map[string]string{"admin": d.admin}}, io.Discard, d.stderr)
+	c, err := clientFor(d.admin, 0, d.stderr)
 	if err != nil {
 		return err
 	}
@@ -305,7 +305,7 @@ func (d *demoStory) pause(ctx context.Context, dur time.Duration) error {
 // release runs baton rollout's logic in-process: the "upgrade" restarts a
 // demo backend as the new version.
 func (d *demoStory) release(ctx context.Context, version string) error {
-	c, err := newCtlClient(&ctlArgs{flags: map[string]string{"admin": d.admin, "wait": "2m"}}, io.Discard, d.stderr)
+	c, err := clientFor(d.admin, 2*time.Minute, d.stderr)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/admin/client"
 	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/control"
 )
@@ -132,8 +133,9 @@ func cmdRollout(args []string, stdout, stderr io.Writer) int {
 			r.tty = true
 		}
 	}
-	flags := map[string]string{"admin": *adminURL, "token-file": *tokenFile, "wait": r.drainWait.String()}
-	c, err := newCtlClient(&ctlArgs{flags: flags}, io.Discard, stderr)
+	base, o := withEnv(*adminURL, client.Options{TokenFile: *tokenFile})
+	o.Timeout += r.drainWait
+	c, err := apiClient(base, o, stderr)
 	if err != nil {
 		var ce *ctlError
 		if errors.As(err, &ce) {
