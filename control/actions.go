@@ -576,31 +576,7 @@ func (r *Registry) Promote(poolName string, opts ...Opt) error {
 
 // promote is Promote with the reason recorded in the audit log.
 func (r *Registry) promote(poolName, reason string, opts ...Opt) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, _, err := r.lookupLocked(poolName, "")
-	if err != nil {
-		return err
-	}
-	cur, _ := p.Canary()
-	if cur == "" {
-		return conflictf(CodeNoCanary, "pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", poolName)
-	}
-	detail := cur + " is stable"
-	if reason != "" {
-		detail += ": " + reason
-	}
-	ended := r.endedCanaryLocked(p, cur, "promoted", actorOf(opts))
-	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: detail},
-		func(s *State) error {
-			ps := s.pool(poolName)
-			ps.LastCanary = ended
-			ps.StableVersion = cur
-			ps.Canary = &CanaryState{} // no canary, whatever the file says
-			ps.Held = false            // the release is over
-			setPoolBase(ps, r.poolConfigLocked(poolName))
-			return nil
-		})
+	return r.endCanary(poolName, "promoted", reason, opts...)
 }
 
 // Rollback stops the canary at once: it gets no new requests and its
@@ -611,45 +587,68 @@ func (r *Registry) Rollback(poolName string, opts ...Opt) error {
 
 // rollback is Rollback with the reason recorded in the audit log.
 func (r *Registry) rollback(poolName, reason string, opts ...Opt) error {
+	return r.endCanary(poolName, "rolled_back", reason, opts...)
+}
+
+// endCanary ends the pool's canary, promoted or rolled_back: one decision
+// that records why it ended, clears the canary and a hold, and — promoted
+// — makes it the stable version, or — rolled back — drains its backends.
+// Promoting with no canary is refused; rolling back none changes nothing.
+func (r *Registry) endCanary(poolName, outcome, reason string, opts ...Opt) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p, _, err := r.lookupLocked(poolName, "")
 	if err != nil {
 		return err
 	}
+	promote := outcome == "promoted"
 	cur, _ := p.Canary()
 	if cur == "" {
+		if promote {
+			return conflictf(CodeNoCanary, "pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", poolName)
+		}
 		return nil
 	}
+	ev := Event{Actor: actorOf(opts), Action: "promote", Pool: poolName, Detail: cur + " is stable"}
 	var drained []string
-	for _, b := range p.Backends() {
-		if b.Version() == cur {
-			drained = append(drained, b.Name())
+	if !promote {
+		for _, b := range p.Backends() {
+			if b.Version() == cur {
+				drained = append(drained, b.Name())
+			}
 		}
+		ev.Action, ev.Detail = "rollback", cur+" rolled back; drained "+strings.Join(drained, ", ")
 	}
-	detail := cur + " rolled back; drained " + strings.Join(drained, ", ")
 	if reason != "" {
-		detail += ": " + reason
+		ev.Detail += ": " + reason
 	}
-	ended := r.endedCanaryLocked(p, cur, "rolled_back", actorOf(opts))
-	return r.changeLocked(Event{Actor: actorOf(opts), Action: "rollback", Pool: poolName, Detail: detail},
-		func(s *State) error {
-			ps := s.pool(poolName)
-			ps.LastCanary = ended
-			ps.Canary = &CanaryState{}
-			ps.Held = false // the release is over
-			setPoolBase(ps, r.poolConfigLocked(poolName))
-			for _, n := range drained {
-				ps.backend(n).State = "draining"
+	ended := r.endedCanaryLocked(p, cur, outcome, actorOf(opts))
+	edit := func(s *State) error {
+		ps := s.pool(poolName)
+		ps.LastCanary = ended
+		if promote {
+			ps.StableVersion = cur
+		}
+		ps.Canary = &CanaryState{} // no canary, whatever the file says
+		ps.Held = false            // the release is over
+		setPoolBase(ps, r.poolConfigLocked(poolName))
+		for _, n := range drained {
+			ps.backend(n).State = "draining"
+		}
+		return nil
+	}
+	if promote {
+		return r.poolChangeLocked(p, ev, edit)
+	}
+	return r.changeLocked(ev, edit, func() error {
+		for _, n := range drained {
+			if _, err := p.Drain(n); err != nil {
+				r.log.Error().Err(err).Str("pool", poolName).Str("backend", n).Msg("rollback: the canary backend could not be drained")
 			}
-			return nil
-		}, func() error {
-			for _, n := range drained {
-				_, _ = p.Drain(n)
-			}
-			r.applyPoolLocked(p)
-			return nil
-		})
+		}
+		r.applyPoolLocked(p)
+		return nil
+	})
 }
 
 // Hold freezes (true) or resumes (false) the judge's automatic steps for a
