@@ -24,6 +24,7 @@ import (
 	"github.com/baton-lb/baton/admin"
 	"github.com/baton-lb/baton/control"
 	"github.com/baton-lb/baton/internal/testbed"
+	"github.com/baton-lb/baton/pool"
 )
 
 // The API's two tokens, as the token file names them.
@@ -929,7 +930,7 @@ func TestAPIDrainWait(t *testing.T) {
 	if e["inflight"] != float64(1) || e["open_connections"] != float64(1) {
 		t.Errorf("504 with one request held: inflight %v, open_connections %v; want 1 and 1", e["inflight"], e["open_connections"])
 	}
-	if bs := backendState(f.state(t), "shop", held); bs.State != "draining" {
+	if bs := backendState(f.state(t), "shop", held); bs.State != pool.Draining {
 		t.Errorf("after the 504, the state file has %s = %+v, want draining (the drain stays in force)", held, bs)
 	}
 	checkBackend(t, "GET "+held, f.backendJSON(t, "shop", held), map[string]any{"state": "draining", "effective_weight": 0, "inflight": 1})
@@ -1008,7 +1009,7 @@ func TestAPIDrainWait(t *testing.T) {
 		other = "s2"
 	}
 	checkBackend(t, "drain "+other, f.api(t, "POST", "/v1/pools/shop/backends/"+other+"/drain", "").want(t, 202), map[string]any{"name": other, "state": "draining"})
-	if bs := backendState(f.state(t), "shop", other); bs.State != "draining" {
+	if bs := backendState(f.state(t), "shop", other); bs.State != pool.Draining {
 		t.Errorf("after drain %s answered, the state file has %+v", other, bs)
 	}
 
@@ -1053,7 +1054,7 @@ func TestAPIEjectEnable(t *testing.T) {
 	held, heldDone := f.holdRequest(t)
 	r := f.api(t, "POST", "/v1/pools/shop/backends/"+held+"/eject", "")
 	checkBackend(t, "eject "+held, r.want(t, 200), map[string]any{"name": held, "state": "ejected", "effective_weight": 0, "inflight": 1})
-	if bs := backendState(f.state(t), "shop", held); bs.State != "ejected" {
+	if bs := backendState(f.state(t), "shop", held); bs.State != pool.Ejected {
 		t.Errorf("after eject answered, the state file has %s = %+v, want ejected", held, bs)
 	}
 	f.releaseHeld()
@@ -1074,7 +1075,7 @@ func TestAPIEjectEnable(t *testing.T) {
 
 	// Enable: back in rotation, the state file forgets the ejection.
 	checkBackend(t, "enable "+held, f.api(t, "POST", "/v1/pools/shop/backends/"+held+"/enable", "").want(t, 200), map[string]any{"state": "active"})
-	if bs := backendState(f.state(t), "shop", held); bs.State != "" {
+	if bs := backendState(f.state(t), "shop", held); bs.State != pool.Active {
 		t.Errorf("after enable answered, the state file has %s = %+v, want no admin state", held, bs)
 	}
 	f.waitHealthy(t, "shop", held)
@@ -1272,7 +1273,7 @@ func TestAPICanaryLifecycle(t *testing.T) {
 		t.Errorf("rollback: %s", got)
 	}
 	st = f.state(t)
-	if ps := poolState(st, "shop"); (ps.Canary != nil && ps.Canary.Version != "") || backendState(st, "shop", "s1").State != "draining" {
+	if ps := poolState(st, "shop"); (ps.Canary != nil && ps.Canary.Version != "") || backendState(st, "shop", "s1").State != pool.Draining {
 		t.Errorf("after rollback answered, the state file has canary %+v, s1 %+v; want no canary and s1 draining", ps.Canary, backendState(st, "shop", "s1"))
 	}
 	if b := f.backendJSON(t, "shop", "s1"); b["state"] != "draining" && b["state"] != "drained" {
@@ -1383,7 +1384,7 @@ func TestAPIPersistFailureChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.api(t, "POST", "/v1/pools/shop/backends/s1/drain", "").want(t, 202)
-	if bs := backendState(f.state(t), "shop", "s1"); bs.State != "draining" {
+	if bs := backendState(f.state(t), "shop", "s1"); bs.State != pool.Draining {
 		t.Errorf("state file after the drain: s1 = %+v", bs)
 	}
 }

@@ -221,7 +221,7 @@ func (r *Registry) Drain(poolName, name string, opts ...Opt) (*pool.Backend, err
 	}
 	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "drain", Pool: poolName, Backend: name},
 		func(s *State) error {
-			s.pool(poolName).backend(name).State = "draining"
+			s.pool(poolName).backend(name).State = pool.Draining
 			return nil
 		}, func() error {
 			_, err := p.Drain(name)
@@ -244,7 +244,7 @@ func (r *Registry) Eject(poolName, name string, opts ...Opt) (*pool.Backend, err
 	}
 	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "eject", Pool: poolName, Backend: name},
 		func(s *State) error {
-			s.pool(poolName).backend(name).State = "ejected"
+			s.pool(poolName).backend(name).State = pool.Ejected
 			return nil
 		}, func() error {
 			_, err := p.Eject(name)
@@ -290,7 +290,7 @@ func (r *Registry) Enable(poolName, name string, spec EnableSpec, opts ...Opt) (
 	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "enable", Pool: poolName, Backend: name, Detail: detail},
 		func(s *State) error {
 			bs := r.overrideLocked(s, poolName, name)
-			bs.State = ""
+			bs.State = pool.Active
 			if spec.Weight != nil {
 				w := *spec.Weight
 				bs.Weight = &w
@@ -467,7 +467,7 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 			bs := s.pool(poolName).backend(spec.Name)
 			*bs = BackendState{Added: !inFile, Address: spec.Address, Version: spec.Version}
 			if spec.Standby {
-				bs.State = "drained"
+				bs.State = pool.Drained
 			}
 			if inFile {
 				fb, _ := fileBackend(r.poolConfigLocked(poolName), spec.Name)
@@ -633,7 +633,7 @@ func (r *Registry) endCanary(poolName, outcome, reason string, opts ...Opt) erro
 		ps.Held = false            // the release is over
 		setPoolBase(ps, r.poolConfigLocked(poolName))
 		for _, n := range drained {
-			ps.backend(n).State = "draining"
+			ps.backend(n).State = pool.Draining
 		}
 		return nil
 	}

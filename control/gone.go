@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/pool"
 )
 
 // goneKeep is how long the admin state of a backend the config file
@@ -24,12 +25,12 @@ type goneBackends struct {
 }
 
 type goneBackend struct {
-	state string
+	state pool.State
 	at    time.Time
 }
 
 func (g *goneBackends) add(poolName, name string, bs *BackendState) {
-	if g == nil || bs.State == "" {
+	if g == nil || bs.State == pool.Active {
 		return
 	}
 	if g.by == nil {
@@ -63,13 +64,13 @@ func (g *goneBackends) restore(st *State, cfg *config.Config, log zerolog.Logger
 		}
 		delete(g.by, key)
 		bs := st.pool(pn).backend(bn)
-		if bs.State != "" {
+		if bs.State != pool.Active {
 			continue
 		}
 		bs.State = gb.state
 		setBase(bs, fb)
 		changed = true
-		log.Warn().Str("pool", pn).Str("backend", bn).Str("state", gb.state).Dur("gone_for", now.Sub(gb.at).Round(time.Millisecond)).
+		log.Warn().Str("pool", pn).Str("backend", bn).Str("state", gb.state.String()).Dur("gone_for", now.Sub(gb.at).Round(time.Millisecond)).
 			Msg("the file lists this backend again within a minute of dropping it; it keeps the admin state it had")
 	}
 	return changed
@@ -78,8 +79,8 @@ func (g *goneBackends) restore(st *State, cfg *config.Config, log zerolog.Logger
 // describeBackend names a backend's runtime decisions, for the log.
 func describeBackend(bs *BackendState) string {
 	var parts []string
-	if bs.State != "" {
-		parts = append(parts, "state "+bs.State)
+	if bs.State != pool.Active {
+		parts = append(parts, "state "+bs.State.String())
 	}
 	if bs.Weight != nil {
 		parts = append(parts, fmt.Sprintf("weight %d", *bs.Weight))

@@ -591,9 +591,9 @@ func (r *Registry) applyStatesLocked() {
 			}
 			var err error
 			switch bs.State {
-			case "draining", "drained":
+			case pool.Draining, pool.Drained:
 				_, err = p.Drain(bn)
-			case "ejected":
+			case pool.Ejected:
 				_, err = p.Eject(bn)
 			}
 			if err != nil {

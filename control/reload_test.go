@@ -896,7 +896,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		t.Errorf("only %d transient backends were removed; the schedule is broken", len(removedObjs))
 	}
 	// The drain of b3 is still on disk.
-	if bs := stBackendState(reg.State(), "b3"); bs == nil || (bs.State != "draining" && bs.State != "drained") {
+	if bs := stBackendState(reg.State(), "b3"); bs == nil || (bs.State != pool.Draining && bs.State != pool.Drained) {
 		t.Errorf("b3's drain is no longer in the overlay: %+v", bs)
 	}
 

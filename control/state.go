@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/pool"
 )
 
 // State is the runtime overlay: decisions made by operators (and the judge)
@@ -62,11 +63,11 @@ type CanaryState struct {
 
 // BackendState is the overlay of one backend.
 type BackendState struct {
-	// State is draining, drained or ejected; empty means active.
-	State   string `json:"state,omitempty"`
-	Weight  *int   `json:"weight,omitempty"`
-	Version string `json:"version,omitempty"`
-	Address string `json:"address,omitempty"`
+	// State is the admin state a decision set (Active: none).
+	State   pool.State `json:"state,omitempty"`
+	Weight  *int       `json:"weight,omitempty"`
+	Version string     `json:"version,omitempty"`
+	Address string     `json:"address,omitempty"`
 	// Added marks a backend added at runtime, not listed in the file.
 	Added bool `json:"added,omitempty"`
 	// Removed marks a backend removed at runtime, even one the file lists.
@@ -150,7 +151,7 @@ func (s *State) compact() {
 			ps.Lease = nil // ran out
 		}
 		for bn, bs := range ps.Backends {
-			if bs.State == "" && bs.Weight == nil && bs.Version == "" && bs.Address == "" && !bs.Added && !bs.Removed {
+			if bs.State == pool.Active && bs.Weight == nil && bs.Version == "" && bs.Address == "" && !bs.Added && !bs.Removed {
 				delete(ps.Backends, bn) // nothing overridden: bases alone mean nothing
 				continue
 			}
@@ -208,6 +209,13 @@ func loadState(path string) (*State, string, error) {
 	if warning != "" {
 		warning = fmt.Sprintf("the state file %s has %s, which this baton does not know (a newer baton wrote it?): ignored, and gone from the file at its next write", path, warning)
 	}
+	for pn, pr := range rec.Pools {
+		for bn, br := range pr.backends() {
+			if _, ok := pool.ParseState(br.State); !ok || br.State == "active" {
+				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has state %q (%s)", ErrCorruptState, path, bn, pn, br.State, fixHint)
+			}
+		}
+	}
 	s = rec.state()
 	for pn, ps := range s.Pools {
 		if ps == nil {
@@ -216,11 +224,6 @@ func loadState(path string) (*State, string, error) {
 		for bn, bs := range ps.Backends {
 			if bs == nil {
 				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has no entry (%s)", ErrCorruptState, path, bn, pn, fixHint)
-			}
-			switch bs.State {
-			case "", "draining", "drained", "ejected":
-			default:
-				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has state %q (%s)", ErrCorruptState, path, bn, pn, bs.State, fixHint)
 			}
 			bad := ""
 			switch {

@@ -230,14 +230,14 @@ func TestStateSurvivesCrash(t *testing.T) {
 	}
 	afterEach("Drain b1", func(s *control.State) bool {
 		bs := stBackendState(s, "b1")
-		return bs != nil && (bs.State == "draining" || bs.State == "drained")
+		return bs != nil && (bs.State == pool.Draining || bs.State == pool.Drained)
 	})
 	if _, err := r1.Eject("web", "b2"); err != nil {
 		t.Fatalf("eject: %v", err)
 	}
 	afterEach("Eject b2", func(s *control.State) bool {
 		bs := stBackendState(s, "b2")
-		return bs != nil && bs.State == "ejected"
+		return bs != nil && bs.State == pool.Ejected
 	})
 	if _, err := r1.SetWeight("web", "b3", 7); err != nil {
 		t.Fatalf("set weight: %v", err)
@@ -537,7 +537,7 @@ func TestUnwritableStateRefusesDecision(t *testing.T) {
 	if _, err := r.Drain("web", "b1"); err != nil {
 		t.Fatalf("drain with a writable state path: %v", err)
 	}
-	if bs := stBackendState(stReadState(t, stateFile), "b1"); bs == nil || bs.State != "draining" {
+	if bs := stBackendState(stReadState(t, stateFile), "b1"); bs == nil || bs.State != pool.Draining {
 		t.Errorf("state file after a successful drain: %+v", bs)
 	}
 }
@@ -585,7 +585,7 @@ func TestStateDropsRemovedBackends(t *testing.T) {
 	if bs := stBackendState(onDisk, "b2"); bs == nil || bs.Weight == nil || *bs.Weight != 9 {
 		t.Errorf("b2's weight override was lost from the state file: %+v", bs)
 	}
-	if bs := stBackendState(onDisk, "b5"); bs == nil || bs.State != "ejected" {
+	if bs := stBackendState(onDisk, "b5"); bs == nil || bs.State != pool.Ejected {
 		t.Errorf("b5's ejection was lost from the state file: %+v", bs)
 	}
 	if w := stBackend(t, r, "b2").Weight(); w != 9 {
@@ -697,7 +697,7 @@ func TestStateFileLocation(t *testing.T) {
 	if _, err := r.Eject("web", "b1"); err != nil {
 		t.Fatal(err)
 	}
-	if bs := stBackendState(stReadState(t, filepath.Join(dir, "custom.json")), "b1"); bs == nil || bs.State != "ejected" {
+	if bs := stBackendState(stReadState(t, filepath.Join(dir, "custom.json")), "b1"); bs == nil || bs.State != pool.Ejected {
 		t.Errorf("custom.json beside the config does not hold the decision: %+v", bs)
 	}
 	if _, err := os.Stat("custom.json"); !errors.Is(err, os.ErrNotExist) {
@@ -753,7 +753,7 @@ func TestFreezeWritesNothingAndThawRereadsTheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := stReadState(t, cfg.StateFile)
-	if bs := stBackendState(s, "b2"); bs == nil || (bs.State != "draining" && bs.State != "drained") {
+	if bs := stBackendState(s, "b2"); bs == nil || (bs.State != pool.Draining && bs.State != pool.Drained) {
 		t.Errorf("the parent's next decision dropped b2's drain: %+v", bs)
 	}
 }
@@ -801,7 +801,7 @@ func TestDroppedBackendKeepsItsDrainWhenItComesBack(t *testing.T) {
 	if w := stBackend(t, r, "b2").Weight(); w != 100 {
 		t.Errorf("b2 came back with weight %d; only admin states are kept, want the file's 100", w)
 	}
-	if bs := stBackendState(stReadState(t, cfg.StateFile), "b1"); bs == nil || (bs.State != "draining" && bs.State != "drained") {
+	if bs := stBackendState(stReadState(t, cfg.StateFile), "b1"); bs == nil || (bs.State != pool.Draining && bs.State != pool.Drained) {
 		t.Errorf("the state file has b1 as %+v; want its drain saved again", bs)
 	}
 	if !strings.Contains(logs.String(), "keeps the admin state it had") {

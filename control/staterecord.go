@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton/canary"
+	"github.com/baton-lb/baton/pool"
 )
 
 // The state file's records. They are private and converted explicitly to
@@ -115,7 +116,11 @@ func (s *State) record() *stateRecord {
 			pr.Backends = make(map[string]*backendRecord, len(ps.Backends))
 		}
 		for bn, bs := range ps.Backends {
-			pr.Backends[bn] = &backendRecord{State: bs.State, Weight: bs.Weight, Version: bs.Version, Address: bs.Address,
+			state := ""
+			if bs.State != pool.Active {
+				state = bs.State.String()
+			}
+			pr.Backends[bn] = &backendRecord{State: state, Weight: bs.Weight, Version: bs.Version, Address: bs.Address,
 				Added: bs.Added, Removed: bs.Removed, FileWeight: bs.FileWeight, FileVersion: bs.FileVersion, FileAddress: bs.FileAddress}
 		}
 		if c := ps.LastCanary; c != nil {
@@ -167,7 +172,8 @@ func (rec *stateRecord) state() *State {
 				ps.Backends[bn] = nil
 				continue
 			}
-			ps.Backends[bn] = &BackendState{State: br.State, Weight: br.Weight, Version: br.Version, Address: br.Address,
+			state, _ := pool.ParseState(br.State) // checked by loadState
+			ps.Backends[bn] = &BackendState{State: state, Weight: br.Weight, Version: br.Version, Address: br.Address,
 				Added: br.Added, Removed: br.Removed, FileWeight: br.FileWeight, FileVersion: br.FileVersion, FileAddress: br.FileAddress}
 		}
 		if c := pr.LastCanary; c != nil {
@@ -195,6 +201,20 @@ func (rec *stateRecord) state() *State {
 		s.Pools[name] = ps
 	}
 	return s
+}
+
+// backends returns the pool's backend records, none for a null pool.
+func (pr *poolRecord) backends() map[string]*backendRecord {
+	if pr == nil {
+		return nil
+	}
+	out := make(map[string]*backendRecord, len(pr.Backends))
+	for bn, br := range pr.Backends {
+		if br != nil {
+			out[bn] = br
+		}
+	}
+	return out
 }
 
 func canaryToRecord(c *CanaryState) *canaryRecord {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton/canary"
+	"github.com/baton-lb/baton/pool"
 )
 
 // goldenState sets every field the state file holds.
@@ -23,9 +24,9 @@ func goldenState() *State {
 			Canary:     &CanaryState{Version: "v42", Weight: 25},
 			FileCanary: &CanaryState{Version: "v42", Weight: 5},
 			Backends: map[string]*BackendState{
-				"web-1": {State: "drained", Weight: &w, Version: "v42", Address: "127.0.0.1:9101",
+				"web-1": {State: pool.Drained, Weight: &w, Version: "v42", Address: "127.0.0.1:9101",
 					FileWeight: &fw, FileVersion: "v41", FileAddress: "127.0.0.1:9001"},
-				"web-9": {State: "ejected", Address: "127.0.0.1:9109", Added: true},
+				"web-9": {State: pool.Ejected, Address: "127.0.0.1:9109", Added: true},
 				"web-3": {Removed: true},
 			},
 			LastCanary: &PreviousCanary{Version: "v40", Stable: "v39", Outcome: "rolled_back", By: "judge", Verdict: "fail",

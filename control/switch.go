@@ -136,10 +136,10 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 			ps.Canary = &CanaryState{}
 			setPoolBase(ps, r.poolConfigLocked(poolName))
 			for _, n := range next {
-				ps.backend(n).State = ""
+				ps.backend(n).State = pool.Active
 			}
 			for _, n := range old {
-				ps.backend(n).State = "draining"
+				ps.backend(n).State = pool.Draining
 			}
 			c := *sw
 			ps.Switch = &c
@@ -284,11 +284,11 @@ func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason st
 			setPoolBase(ps, r.poolConfigLocked(poolName))
 			for _, n := range back {
 				if p.Backend(n) != nil {
-					ps.backend(n).State = ""
+					ps.backend(n).State = pool.Active
 				}
 			}
 			for _, n := range drain {
-				ps.backend(n).State = "draining"
+				ps.backend(n).State = pool.Draining
 			}
 			ps.Switch, ps.LastSwitch = nil, out
 			return nil

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,34 @@ const (
 	// Ejected backends were taken out at once by an operator.
 	Ejected
 )
+
+// ParseState reads a state's name; "" is Active.
+func ParseState(name string) (State, bool) {
+	switch name {
+	case "", "active":
+		return Active, true
+	case "draining":
+		return Draining, true
+	case "drained":
+		return Drained, true
+	case "ejected":
+		return Ejected, true
+	}
+	return Active, false
+}
+
+// MarshalText writes the state's name (JSON shows states as words).
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a state's name.
+func (s *State) UnmarshalText(b []byte) error {
+	v, ok := ParseState(string(b))
+	if !ok {
+		return fmt.Errorf("unknown backend state %q", b)
+	}
+	*s = v
+	return nil
+}
 
 func (s State) String() string {
 	switch s {
