@@ -641,11 +641,7 @@ func (r *Registry) endCanary(poolName, outcome, reason string, opts ...Opt) erro
 		return r.poolChangeLocked(p, ev, edit)
 	}
 	return r.changeLocked(ev, edit, func() error {
-		for _, n := range drained {
-			if _, err := p.Drain(n); err != nil {
-				r.log.Error().Err(err).Str("pool", poolName).Str("backend", n).Msg("rollback: the canary backend could not be drained")
-			}
-		}
+		r.applyStates(p, nil, drained, "rollback")
 		r.applyPoolLocked(p)
 		return nil
 	})

@@ -146,12 +146,7 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 			return nil
 		}, func() error {
 			r.applyPoolLocked(p)
-			for _, n := range next {
-				_, _ = p.Activate(n)
-			}
-			for _, n := range old {
-				_, _ = p.Drain(n)
-			}
+			r.applyStates(p, next, old, "switch")
 			delete(r.switchBase, poolName)
 			return nil
 		})
@@ -294,12 +289,7 @@ func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason st
 			return nil
 		}, func() error {
 			r.applyPoolLocked(p)
-			for _, n := range back {
-				_, _ = p.Activate(n)
-			}
-			for _, n := range drain {
-				_, _ = p.Drain(n)
-			}
+			r.applyStates(p, back, drain, "switch back")
 			return nil
 		})
 }
@@ -324,4 +314,20 @@ func (r *Registry) SwitchStatus(poolName string) (*SwitchState, *SwitchOutcome) 
 		last = &c
 	}
 	return sw, last
+}
+
+// applyStates activates and drains backends of p as a decision recorded;
+// a backend that cannot be (removed meanwhile) is logged, not skipped in
+// silence.
+func (r *Registry) applyStates(p *pool.Pool, activate, drain []string, what string) {
+	for _, n := range activate {
+		if _, err := p.Activate(n); err != nil {
+			r.log.Error().Err(err).Str("pool", p.Name()).Str("backend", n).Msg(what + ": the backend could not be activated")
+		}
+	}
+	for _, n := range drain {
+		if _, err := p.Drain(n); err != nil {
+			r.log.Error().Err(err).Str("pool", p.Name()).Str("backend", n).Msg(what + ": the backend could not be drained")
+		}
+	}
 }
