@@ -157,7 +157,42 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 	armed.Store(true)
 	// Kill it while it is busy, with a GET and a POST in flight: the GET
 	// must be retried, the POST may fail cleanly but must not be replayed.
-	testbed.Eventually(t, 10*time.Second, func() bool {
+	// The load may or may not have put one of each there; two senders make
+	// sure of it, each sending its method to /slow until the balancer puts
+	// one on the victim, where it is held (round-robin: within a few tries),
+	// whatever the machine's pace.
+	var sure sync.WaitGroup
+	for _, method := range []string{"GET", "POST"} {
+		sure.Add(1)
+		go func() {
+			defer sure.Done()
+			for i := 0; i < 60; i++ {
+				select {
+				case <-killed:
+					return
+				default:
+				}
+				if method == "GET" {
+					if r := lbDo(c, "GET", bt.URL("/slow"), "", nil); r.err != nil || r.status != 200 || r.body != r.backend {
+						getFail.Add(1)
+						note(fmt.Sprintf("GET /slow (sure): status %d body %q err %v", r.status, r.body, r.err))
+					}
+					continue
+				}
+				id := fmt.Sprintf("sure-%d", i)
+				r := lbDo(c, "POST", bt.URL("/slow"), "body-"+id, map[string]string{"X-Post-Id": id})
+				switch {
+				case r.err == nil && r.status == 200 && r.body == r.backend+":body-"+id:
+					postOK.Add(1)
+				case r.err == nil && (r.status == 502 || r.status == 503 || r.status == 504):
+					postGateway.Add(1)
+				default:
+					note(fmt.Sprintf("POST %s: status %d body %q err %v", id, r.status, r.body, r.err))
+				}
+			}
+		}()
+	}
+	testbed.Eventually(t, 30*time.Second, func() bool {
 		gets := victim.getsNow.Load()
 		return gets > 0 && victim.active.Load() > gets
 	}, "a GET and a POST in flight on the victim")
@@ -175,6 +210,7 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 	}, "300 requests after the kill")
 	close(stop)
 	<-finished
+	sure.Wait()
 
 	t.Logf("%d requests; victim served %d before the kill, %d of them in flight; POSTs: %d ok, %d gateway errors; pool retries %d",
 		done.Load(), hitsBefore, busy, postOK.Load(), postGateway.Load(), p.Retries())
