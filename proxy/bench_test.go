@@ -36,8 +36,20 @@ func benchProxy(b *testing.B, size int, post bool) {
 	bt := testbed.Start(b, "listen: 127.0.0.1:0\nadmin: {listen: \"off\"}\nlog: {level: warn, format: json, access: false}\npools:\n"+
 		testbed.PoolYAML("web", [][2]string{{"b1", addr}}, ""))
 	bt.WaitHealthy(b, "web", 1)
-	client := &fasthttp.HostClient{Addr: bt.Addr, MaxConns: 512}
 	reqBody := []byte(`{"item":42,"qty":1}`)
+	benchLoad(b, bt, size, func(req *fasthttp.Request) {
+		if post {
+			req.Header.SetMethod("POST")
+			req.SetBodyRaw(reqBody)
+		}
+	}, nil)
+}
+
+// benchLoad sends requests through bt from parallel clients and checks
+// each answer (200 with size bytes); prepare adjusts a client's request
+// once, after (when not nil) sees each answer.
+func benchLoad(b *testing.B, bt *testbed.Baton, size int, prepare func(*fasthttp.Request), after func(*fasthttp.Request, *fasthttp.Response)) {
+	client := &fasthttp.HostClient{Addr: bt.Addr, MaxConns: 512}
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -49,16 +61,16 @@ func benchProxy(b *testing.B, size int, post bool) {
 		req.SetRequestURI("http://shop.example/products/42?ref=bench")
 		req.Header.Set("Accept", "text/html")
 		req.Header.Set("Cookie", "session=abcdef0123456789")
-		if post {
-			req.Header.SetMethod("POST")
-			req.SetBodyRaw(reqBody)
-		}
+		prepare(req)
 		for pb.Next() {
 			if err := client.Do(req, resp); err != nil {
 				b.Fatal(err)
 			}
 			if resp.StatusCode() != 200 || len(resp.Body()) != size {
 				b.Fatalf("status %d, %d bytes", resp.StatusCode(), len(resp.Body()))
+			}
+			if after != nil {
+				after(req, resp)
 			}
 		}
 	})
@@ -96,28 +108,13 @@ pools:
       - {name: b2, address: %q, version: v2}
 `, v1, v2))
 	bt.WaitHealthy(b, "web", 2)
-	client := &fasthttp.HostClient{Addr: bt.Addr, MaxConns: 512}
-	b.SetBytes(1 << 10)
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		req := fasthttp.AcquireRequest()
-		resp := fasthttp.AcquireResponse()
-		defer fasthttp.ReleaseRequest(req)
-		defer fasthttp.ReleaseResponse(resp)
-		req.SetRequestURI("http://shop.example/products/42?ref=bench")
-		for pb.Next() {
-			if err := client.Do(req, resp); err != nil {
-				b.Fatal(err)
-			}
-			if resp.StatusCode() != 200 {
-				b.Fatalf("status %d", resp.StatusCode())
-			}
-			if c := resp.Header.PeekCookie("baton_web"); len(c) > 0 {
-				var ck fasthttp.Cookie
-				if ck.ParseBytes(c) == nil {
-					req.Header.SetCookieBytesKV([]byte("baton_web"), ck.Value())
-				}
+	benchLoad(b, bt, 1<<10, func(*fasthttp.Request) {}, func(req *fasthttp.Request, resp *fasthttp.Response) {
+		// Keep the affinity cookie baton gave: every later request's is
+		// verified.
+		if c := resp.Header.PeekCookie("baton_web"); len(c) > 0 {
+			var ck fasthttp.Cookie
+			if ck.ParseBytes(c) == nil {
+				req.Header.SetCookieBytesKV([]byte("baton_web"), ck.Value())
 			}
 		}
 	})
