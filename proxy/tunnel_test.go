@@ -265,11 +265,17 @@ func TestUpgradeDeclinedAndFailed(t *testing.T) {
 	if res.StatusCode != 500 {
 		t.Errorf("a failed upgrade answered %d, want the backend's 500", res.StatusCode)
 	}
-	var errs uint64
-	for _, vs := range b.Pool(t, "chat").VersionStats() {
-		errs += vs.Errors()
+	// The evidence is recorded once the answer has gone to the client, so
+	// the client can read it first: wait for the count, then hold it.
+	versionErrors := func() uint64 {
+		var errs uint64
+		for _, vs := range b.Pool(t, "chat").VersionStats() {
+			errs += vs.Errors()
+		}
+		return errs
 	}
-	if errs != 1 {
+	testbed.Eventually(t, 5*time.Second, func() bool { return versionErrors() >= 1 }, "the failed upgrade to count as an error")
+	if errs := versionErrors(); errs != 1 {
 		t.Errorf("the version's evidence counts %d errors after one failed upgrade (and one declined), want 1", errs)
 	}
 
