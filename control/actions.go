@@ -70,16 +70,22 @@ func actorOf(opts []Opt) string {
 	return a.actor
 }
 
-// changeLocked prepares a new overlay with edit, persists it, and only then
-// makes it current, applies it with apply and records the event. Nothing
-// changes when edit refuses or persisting fails.
-func (r *Registry) changeLocked(ev Event, edit func(*State) error, apply func() error) error {
+// changeLocked is how every decision is made: edit computes the next
+// overlay (the desired state) from a copy of the current one, it is
+// persisted, and only then made current and applied to pool p (nil: the
+// decision changes no pool, a lease or a hold), and the event recorded.
+// Nothing changes when edit refuses or persisting fails. proven names
+// backends brought back into rotation that keep the health their checks
+// found (see pool.Desired).
+func (r *Registry) changeLocked(p *pool.Pool, ev Event, edit func(*State) error, proven ...string) error {
 	if err := r.persistLocked(edit); err != nil {
 		return err
 	}
-	err := apply()
+	if p != nil {
+		r.applyPoolLocked(p, proven...)
+	}
 	r.recordLocked(ev)
-	return err
+	return nil
 }
 
 // persistLocked prepares a new overlay with edit, writes it to the state
@@ -101,18 +107,18 @@ func (r *Registry) persistLocked(edit func(*State) error) error {
 	return nil
 }
 
-// poolChangeLocked is changeLocked for a decision that reconfigures pool p
-// from the file plus the new overlay.
-func (r *Registry) poolChangeLocked(p *pool.Pool, ev Event, edit func(*State) error) error {
-	return r.changeLocked(ev, edit, func() error {
-		r.applyPoolLocked(p)
-		return nil
-	})
-}
-
-// applyPoolLocked reconfigures a pool from the file plus the overlay.
-func (r *Registry) applyPoolLocked(p *pool.Pool) {
-	p.Configure(effective(r.poolConfigLocked(p.Name()), r.state.Pools[p.Name()]))
+// applyPoolLocked brings pool p to its desired state: the file's spec with
+// the overlay on top. It is the one path from a decision, a reload or a
+// restart to the pool.
+func (r *Registry) applyPoolLocked(p *pool.Pool, proven ...string) {
+	d := desired(r.poolConfigLocked(p.Name()), r.state.Pools[p.Name()])
+	if len(proven) > 0 {
+		d.Proven = make(map[string]bool, len(proven))
+		for _, n := range proven {
+			d.Proven[n] = true
+		}
+	}
+	p.Apply(d)
 	r.syncBaselineLocked(p)
 }
 
@@ -219,13 +225,10 @@ func (r *Registry) Drain(poolName, name string, opts ...Opt) (*pool.Backend, err
 	if s := b.State(); s == pool.Draining || s == pool.Drained {
 		return b, nil
 	}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "drain", Pool: poolName, Backend: name},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "drain", Pool: poolName, Backend: name},
 		func(s *State) error {
 			s.pool(poolName).backend(name).State = pool.Draining
 			return nil
-		}, func() error {
-			_, err := p.Drain(name)
-			return err
 		})
 	return b, err
 }
@@ -242,13 +245,10 @@ func (r *Registry) Eject(poolName, name string, opts ...Opt) (*pool.Backend, err
 	if b.State() == pool.Ejected {
 		return b, nil
 	}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "eject", Pool: poolName, Backend: name},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "eject", Pool: poolName, Backend: name},
 		func(s *State) error {
 			s.pool(poolName).backend(name).State = pool.Ejected
 			return nil
-		}, func() error {
-			_, err := p.Eject(name)
-			return err
 		})
 	return b, err
 }
@@ -287,7 +287,7 @@ func (r *Registry) Enable(poolName, name string, spec EnableSpec, opts ...Opt) (
 	if spec.Version != "" {
 		detail = "version " + spec.Version
 	}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "enable", Pool: poolName, Backend: name, Detail: detail},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "enable", Pool: poolName, Backend: name, Detail: detail},
 		func(s *State) error {
 			bs := r.overrideLocked(s, poolName, name)
 			bs.State = pool.Active
@@ -310,10 +310,6 @@ func (r *Registry) Enable(poolName, name string, spec EnableSpec, opts ...Opt) (
 				bs.Version = v
 			}
 			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
-			_, err := p.Enable(name)
-			return err
 		})
 	return p.Backend(name), err
 }
@@ -379,7 +375,7 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 	if spec.Address != nil {
 		parts = append(parts, "address "+*spec.Address)
 	}
-	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "patch", Pool: poolName, Backend: name, Detail: strings.Join(parts, ", ")},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "patch", Pool: poolName, Backend: name, Detail: strings.Join(parts, ", ")},
 		func(s *State) error {
 			bs := r.overrideLocked(s, poolName, name)
 			if spec.Weight != nil {
@@ -457,7 +453,7 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 	if spec.Standby {
 		detail += " on standby"
 	}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "add", Pool: poolName, Backend: spec.Name, Detail: detail},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "add", Pool: poolName, Backend: spec.Name, Detail: detail},
 		func(s *State) error {
 			if !spec.Standby {
 				if err := r.versionPolicyLocked(p, s, spec.Version); err != nil {
@@ -476,15 +472,6 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 			if spec.Weight != nil {
 				w := *spec.Weight
 				bs.Weight = &w
-			}
-			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
-			if spec.Standby {
-				// Before its first health check passes, so it never takes
-				// a request.
-				_, err := p.Drain(spec.Name)
-				return err
 			}
 			return nil
 		})
@@ -515,7 +502,7 @@ func (r *Registry) Remove(poolName, name string, opts ...Opt) (*pool.Backend, er
 		return nil, err
 	}
 	_, inFile := fileBackend(r.poolConfigLocked(poolName), name)
-	err = r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "remove", Pool: poolName, Backend: name},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "remove", Pool: poolName, Backend: name},
 		func(s *State) error {
 			bs := s.pool(poolName).backend(name)
 			bs.Removed = true
@@ -559,7 +546,7 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 	if !runs {
 		return conflictf(CodeVersionNotRunning, "no backend of pool %q runs %s; enable or add one with that version first", poolName, version)
 	}
-	return r.poolChangeLocked(p, Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
+	return r.changeLocked(p, Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
 		func(s *State) error {
 			ps := s.pool(poolName)
 			ps.Canary = &CanaryState{Version: version, Weight: weight}
@@ -637,14 +624,7 @@ func (r *Registry) endCanary(poolName, outcome, reason string, opts ...Opt) erro
 		}
 		return nil
 	}
-	if promote {
-		return r.poolChangeLocked(p, ev, edit)
-	}
-	return r.changeLocked(ev, edit, func() error {
-		r.applyStates(p, nil, drained, "rollback")
-		r.applyPoolLocked(p)
-		return nil
-	})
+	return r.changeLocked(p, ev, edit)
 }
 
 // Hold freezes (true) or resumes (false) the judge's automatic steps for a
@@ -662,11 +642,11 @@ func (r *Registry) Hold(poolName string, hold bool, opts ...Opt) error {
 	if hold {
 		action = "hold"
 	}
-	return r.changeLocked(Event{Actor: actorOf(opts), Action: action, Pool: poolName},
+	return r.changeLocked(nil, Event{Actor: actorOf(opts), Action: action, Pool: poolName},
 		func(s *State) error {
 			s.pool(poolName).Held = hold
 			return nil
-		}, func() error { return nil })
+		})
 }
 
 // Held reports whether the judge's automatic steps are frozen for a pool.

@@ -53,8 +53,7 @@ func (r *Registry) TakeLease(poolName, holder string, ttl time.Duration, opts ..
 	if cur != nil { // a renewal: persisted, not an event
 		return l, r.persistLocked(edit)
 	}
-	return l, r.changeLocked(Event{Actor: actorOf(opts), Action: "lease", Pool: poolName, Detail: "taken by " + holder},
-		edit, func() error { return nil })
+	return l, r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "lease", Pool: poolName, Detail: "taken by " + holder}, edit)
 }
 
 // ReleaseLease ends holder's lease on pool. Releasing a lease that is not
@@ -72,11 +71,11 @@ func (r *Registry) ReleaseLease(poolName, holder string, opts ...Opt) error {
 	if cur.Holder != holder {
 		return conflictf(CodeLeaseNotHeld, "pool %q's lease is held by %s, not %s", poolName, cur.Holder, holder)
 	}
-	return r.changeLocked(Event{Actor: actorOf(opts), Action: "unlease", Pool: poolName, Detail: "released by " + holder},
+	return r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "unlease", Pool: poolName, Detail: "released by " + holder},
 		func(s *State) error {
 			s.pool(poolName).Lease = nil
 			return nil
-		}, func() error { return nil })
+		})
 }
 
 // CurrentLease returns pool's running lease, or nil.

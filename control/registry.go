@@ -111,9 +111,15 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals}
 	r.pruneLocked()
 	for _, pc := range cfg.Pools {
-		r.pools[pc.Name] = pool.New(effective(pc, st.Pools[pc.Name]), log)
+		// A restart reaches the pools the way a live decision does: from
+		// the desired state, through Apply. A backend that was draining
+		// when baton stopped comes back drained once it is seen idle:
+		// nothing of the old process is in flight.
+		d := desired(pc, st.Pools[pc.Name])
+		p := pool.New(d.Config, log)
+		p.Apply(d)
+		r.pools[pc.Name] = p
 	}
-	r.applyStatesLocked()
 	t, err := proxy.BuildTable(cfg, r.pools)
 	if err != nil {
 		audit.close()
@@ -336,7 +342,6 @@ func (r *Registry) rereadStateLocked() {
 	for _, p := range r.pools {
 		r.applyPoolLocked(p)
 	}
-	r.applyStatesLocked()
 }
 
 // ReloadFile loads the config at path and applies it. A file that does not
@@ -404,16 +409,17 @@ func (r *Registry) Reload(cfg *config.Config) error {
 	next := make(map[string]*pool.Pool, len(cfg.Pools))
 	var added, removed, changed []string
 	for _, pc := range cfg.Pools {
-		eff := effective(pc, st.Pools[pc.Name])
+		d := desired(pc, st.Pools[pc.Name])
 		if p := prevPools[pc.Name]; p != nil {
-			if !reflect.DeepEqual(*p.Settings(), eff) {
+			if !reflect.DeepEqual(*p.Settings(), d.Config) {
 				changed = append(changed, pc.Name)
 			}
-			p.Configure(eff)
+			p.Apply(d)
 			next[pc.Name] = p
 			continue
 		}
-		p := pool.New(eff, r.log)
+		p := pool.New(d.Config, r.log)
+		p.Apply(d)
 		if r.started {
 			p.Start()
 		}
@@ -446,7 +452,6 @@ func (r *Registry) Reload(cfg *config.Config) error {
 			r.log.Error().Err(err).Msg("could not write the state file after reconciling it with the new config")
 		}
 	}
-	r.applyStatesLocked()
 	for _, p := range next {
 		r.syncBaselineLocked(p)
 	}
@@ -574,33 +579,6 @@ func setBase(bs *BackendState, fb config.Backend) {
 func setPoolBase(ps *PoolState, pc config.Pool) {
 	ps.FileStable = pc.StableVersion
 	ps.FileCanary = &CanaryState{Version: pc.Canary.Version, Weight: pc.Canary.Weight}
-}
-
-// applyStatesLocked puts every backend in the admin state the overlay
-// records. A backend that was draining when baton stopped comes back drained:
-// nothing of the old process is in flight.
-func (r *Registry) applyStatesLocked() {
-	for pn, ps := range r.state.Pools {
-		p := r.pools[pn]
-		if p == nil {
-			continue
-		}
-		for bn, bs := range ps.Backends {
-			if bs.Removed {
-				continue
-			}
-			var err error
-			switch bs.State {
-			case pool.Draining, pool.Drained:
-				_, err = p.Drain(bn)
-			case pool.Ejected:
-				_, err = p.Eject(bn)
-			}
-			if err != nil {
-				r.log.Warn().Err(err).Str("pool", pn).Str("backend", bn).Msg("could not re-apply a runtime decision")
-			}
-		}
-	}
 }
 
 // State returns a copy of the runtime overlay.

@@ -409,6 +409,26 @@ func writeAtomic(path string, data []byte, what string) error {
 	return nil
 }
 
+// desired is what a pool should be: the file's spec pc with the overlay ps
+// on top — the configuration (effective) and each backend's admin state. A
+// decision, a reload and a restart all reach the pool through it.
+func desired(pc config.Pool, ps *PoolState) pool.Desired {
+	d := pool.Desired{Config: effective(pc, ps)}
+	if ps == nil {
+		return d
+	}
+	for name, bs := range ps.Backends {
+		if bs.Removed || bs.State == pool.Active {
+			continue
+		}
+		if d.Admin == nil {
+			d.Admin = make(map[string]pool.State)
+		}
+		d.Admin[name] = bs.State
+	}
+	return d
+}
+
 // effective returns the pool's configuration with the overlay applied:
 // backends added at runtime, weight, version and address overrides, and the
 // canary and stable version set at runtime.

@@ -127,7 +127,7 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 	now := time.Now().UTC()
 	sw := &SwitchState{From: stable, To: spec.To, At: now, Until: now.Add(spec.Watch), MaxErrorRate: spec.MaxErrorRate,
 		Old: old, New: next, By: actorOf(opts)}
-	err = r.changeLocked(Event{Actor: actorOf(opts), Action: "switch", Pool: poolName,
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "switch", Pool: poolName,
 		Detail: fmt.Sprintf("%s → %s: %s in, %s drained; watching until %s", stable, spec.To, strings.Join(next, ", "),
 			orNobody(old), sw.Until.Format(time.TimeOnly))},
 		func(s *State) error {
@@ -144,12 +144,10 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 			c := *sw
 			ps.Switch = &c
 			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
-			r.applyStates(p, next, old, "switch")
-			delete(r.switchBase, poolName)
-			return nil
-		})
+		}, next...)
+	if err == nil {
+		delete(r.switchBase, poolName)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -236,12 +234,12 @@ func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason st
 	delete(r.switchBase, poolName)
 	out := &SwitchOutcome{From: sw.From, To: sw.To, Outcome: outcome, Reason: reason, At: time.Now().UTC()}
 	if outcome == "done" {
-		return r.changeLocked(Event{Actor: actorOf(opts), Action: "switch_done", Pool: poolName, Detail: sw.To + " stays: " + reason},
+		return r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "switch_done", Pool: poolName, Detail: sw.To + " stays: " + reason},
 			func(s *State) error {
 				ps := s.pool(poolName)
 				ps.Switch, ps.LastSwitch = nil, out
 				return nil
-			}, func() error { return nil })
+			})
 	}
 	back := sw.Old
 	healthyBack := 0
@@ -256,12 +254,12 @@ func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason st
 		r.log.Error().Str("pool", poolName).Str("to", sw.To).Str("guard", reason).
 			Msg("a guard fired but no old backend is healthy to switch back to; the switch stays")
 		out.Outcome, out.Reason = "kept", reason+"; no "+sw.From+" backend was healthy to switch back to"
-		return r.changeLocked(Event{Actor: actorOf(opts), Action: "switch_kept", Pool: poolName, Detail: out.Reason},
+		return r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "switch_kept", Pool: poolName, Detail: out.Reason},
 			func(s *State) error {
 				ps := s.pool(poolName)
 				ps.Switch, ps.LastSwitch = nil, out
 				return nil
-			}, func() error { return nil })
+			})
 	}
 	var drain []string
 	for _, b := range p.Backends() {
@@ -270,7 +268,7 @@ func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason st
 		}
 	}
 	sort.Strings(drain)
-	return r.changeLocked(Event{Actor: actorOf(opts), Action: "switch_back", Pool: poolName,
+	return r.changeLocked(p, Event{Actor: actorOf(opts), Action: "switch_back", Pool: poolName,
 		Detail: fmt.Sprintf("%s → %s: %s", sw.To, sw.From, reason)},
 		func(s *State) error {
 			ps := s.pool(poolName)
@@ -287,11 +285,7 @@ func (r *Registry) endSwitch(poolName string, sw SwitchState, outcome, reason st
 			}
 			ps.Switch, ps.LastSwitch = nil, out
 			return nil
-		}, func() error {
-			r.applyPoolLocked(p)
-			r.applyStates(p, back, drain, "switch back")
-			return nil
-		})
+		}, back...)
 }
 
 // SwitchStatus returns pool's running switch (nil when none) and how the
@@ -314,20 +308,4 @@ func (r *Registry) SwitchStatus(poolName string) (*SwitchState, *SwitchOutcome) 
 		last = &c
 	}
 	return sw, last
-}
-
-// applyStates activates and drains backends of p as a decision recorded;
-// a backend that cannot be (removed meanwhile) is logged, not skipped in
-// silence.
-func (r *Registry) applyStates(p *pool.Pool, activate, drain []string, what string) {
-	for _, n := range activate {
-		if _, err := p.Activate(n); err != nil {
-			r.log.Error().Err(err).Str("pool", p.Name()).Str("backend", n).Msg(what + ": the backend could not be activated")
-		}
-	}
-	for _, n := range drain {
-		if _, err := p.Drain(n); err != nil {
-			r.log.Error().Err(err).Str("pool", p.Name()).Str("backend", n).Msg(what + ": the backend could not be drained")
-		}
-	}
 }

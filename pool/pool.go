@@ -133,6 +133,50 @@ func (p *Pool) Settings() *config.Pool { return p.settings() }
 func (p *Pool) Configure(cfg config.Pool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.configureLocked(cfg)
+	p.rebuildLocked()
+}
+
+// Desired is what a pool should be: its configuration and each backend's
+// admin state. Apply brings the pool there. The live registry changes a
+// pool only this way — for an operator's or the judge's decision, a reload
+// and a restart alike — so a restart reaches the state live operation did.
+type Desired struct {
+	Config config.Pool
+	// Admin is each backend's admin state; a backend not named is Active.
+	// Draining and Drained both mean out of rotation: a backend already out
+	// stays as it is, one in rotation starts draining.
+	Admin map[string]State
+	// Proven names backends that, brought back into rotation, keep the
+	// health their checks found while they stood by (a blue/green switch
+	// has just checked them). Any other backend brought back waits for a
+	// fresh check: an operator enables a server they may just have
+	// upgraded.
+	Proven map[string]bool
+}
+
+// Apply configures the pool as d says and puts every backend in its admin
+// state, publishing one view: no request sees the configuration without
+// the states (a backend added on standby never takes a request).
+func (p *Pool) Apply(d Desired) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.configureLocked(d.Config)
+	for _, b := range p.order {
+		switch want := d.Admin[b.name]; want {
+		case Draining, Drained:
+			p.drainLocked(b)
+		case Ejected:
+			p.ejectLocked(b)
+		default:
+			p.enableLocked(b, d.Proven[b.name])
+		}
+	}
+	p.rebuildLocked()
+}
+
+// configureLocked is Configure without publishing the view.
+func (p *Pool) configureLocked(cfg config.Pool) {
 	old := p.cfg
 	c := cfg
 	c.Backends = append([]config.Backend(nil), cfg.Backends...)
@@ -182,7 +226,6 @@ func (p *Pool) Configure(cfg config.Pool) {
 	}
 	p.order = order
 	p.pruneStatsLocked()
-	p.rebuildLocked()
 }
 
 // statsLocked returns the pool's evidence for version, creating it.
@@ -543,61 +586,67 @@ func (p *Pool) lookup(name string) (*Backend, error) {
 // In-flight requests and streams finish, up to the pool's drain timeout.
 // Draining a backend that is draining or drained changes nothing.
 func (p *Pool) Drain(name string) (*Backend, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	b, err := p.lookup(name)
-	if err != nil {
-		return nil, err
-	}
-	switch State(b.state.Load()) {
-	case Draining, Drained:
-		return b, nil
-	}
-	b.drainStart.Store(Nanotime())
-	b.state.Store(int32(Draining))
-	b.conns.Load().SetReuse(false)
-	p.rebuildLocked()
-	p.logb(p.log.Info(), b).Int64("inflight", b.inflight.Load()).Msg("drain started")
-	return b, nil
+	return p.change(name, func(b *Backend) { p.drainLocked(b) })
 }
 
 // Eject takes the backend out of rotation at once; in-flight requests finish.
 func (p *Pool) Eject(name string) (*Backend, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	b, err := p.lookup(name)
-	if err != nil {
-		return nil, err
-	}
-	if State(b.state.Load()) == Ejected {
-		return b, nil
-	}
-	b.state.Store(int32(Ejected))
-	b.conns.Load().SetReuse(false)
-	p.rebuildLocked()
-	p.logb(p.log.Info(), b).Msg("backend ejected by operator")
-	return b, nil
+	return p.change(name, func(b *Backend) { p.ejectLocked(b) })
 }
 
 // Enable puts the backend back into rotation. It receives requests once a
 // health check passes, which is run at once.
-func (p *Pool) Enable(name string) (*Backend, error) { return p.enable(name, false) }
+func (p *Pool) Enable(name string) (*Backend, error) {
+	return p.change(name, func(b *Backend) { p.enableLocked(b, false) })
+}
 
 // Activate puts a drained or ejected backend back into rotation keeping the
 // health its checks found while it stood by: a healthy standby takes
-// traffic at once, where Enable waits for a fresh check. Blue/green
-// switches use it, having checked that the standby is healthy.
-func (p *Pool) Activate(name string) (*Backend, error) { return p.enable(name, true) }
+// traffic at once, where Enable waits for a fresh check.
+func (p *Pool) Activate(name string) (*Backend, error) {
+	return p.change(name, func(b *Backend) { p.enableLocked(b, true) })
+}
 
-func (p *Pool) enable(name string, keepHealth bool) (*Backend, error) {
+// change applies one backend's admin transition and publishes the view.
+func (p *Pool) change(name string, to func(*Backend)) (*Backend, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b, err := p.lookup(name)
 	if err != nil {
 		return nil, err
 	}
+	to(b)
+	p.rebuildLocked()
+	return b, nil
+}
+
+// drainLocked starts draining b unless it is out of rotation by a drain.
+func (p *Pool) drainLocked(b *Backend) {
+	switch State(b.state.Load()) {
+	case Draining, Drained:
+		return
+	}
+	b.drainStart.Store(Nanotime())
+	b.state.Store(int32(Draining))
+	b.conns.Load().SetReuse(false)
+	p.logb(p.log.Info(), b).Int64("inflight", b.inflight.Load()).Msg("drain started")
+}
+
+// ejectLocked takes b out of rotation at once.
+func (p *Pool) ejectLocked(b *Backend) {
+	if State(b.state.Load()) == Ejected {
+		return
+	}
+	b.state.Store(int32(Ejected))
+	b.conns.Load().SetReuse(false)
+	p.logb(p.log.Info(), b).Msg("backend ejected by operator")
+}
+
+// enableLocked puts b back into rotation; keepHealth keeps what its checks
+// found while it stood by, else it waits for a fresh check, run at once.
+func (p *Pool) enableLocked(b *Backend, keepHealth bool) {
 	if State(b.state.Load()) == Active {
-		return b, nil
+		return
 	}
 	if !keepHealth {
 		b.health.Store(int32(Unknown))
@@ -605,13 +654,11 @@ func (p *Pool) enable(name string, keepHealth bool) (*Backend, error) {
 	b.state.Store(int32(Active))
 	b.conns.Load().SetReuse(true)
 	b.kick()
-	p.rebuildLocked()
 	if keepHealth {
 		p.logb(p.log.Info(), b).Str("health", Health(b.health.Load()).String()).Msg("backend activated")
 	} else {
 		p.logb(p.log.Info(), b).Msg("backend enabled; it gets traffic once a health check passes")
 	}
-	return b, nil
 }
 
 // DrainStatus is what a drain is still waiting for.
