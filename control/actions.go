@@ -191,6 +191,33 @@ func (r *Registry) overrideLocked(s *State, poolName, name string) *BackendState
 	return bs
 }
 
+// checkFields validates what a change to a backend gives; nil is not
+// given.
+func checkFields(version *string, weight *int, address *string) error {
+	if version != nil {
+		if err := checkName("version", *version); err != nil {
+			return err
+		}
+	}
+	if weight != nil {
+		if err := checkWeight(*weight); err != nil {
+			return err
+		}
+	}
+	if address != nil {
+		return checkAddress(*address)
+	}
+	return nil
+}
+
+// given is v when it is set, nil when empty (not given).
+func given(v string) *string {
+	if v == "" {
+		return nil
+	}
+	return &v
+}
+
 func checkName(what, v string) error {
 	if !config.ValidName(v) {
 		return fmt.Errorf("%w: %s must be 1-63 letters, digits, '.', '_' or '-', got %q", ErrInvalid, what, v)
@@ -263,15 +290,8 @@ type EnableSpec struct {
 // with a new weight. It gets requests once a health check passes. A version
 // other than the stable one makes it the pool's canary at the initial share.
 func (r *Registry) Enable(poolName, name string, spec EnableSpec, opts ...Opt) (*pool.Backend, error) {
-	if spec.Version != "" {
-		if err := checkName("version", spec.Version); err != nil {
-			return nil, err
-		}
-	}
-	if spec.Weight != nil {
-		if err := checkWeight(*spec.Weight); err != nil {
-			return nil, err
-		}
+	if err := checkFields(given(spec.Version), spec.Weight, nil); err != nil {
+		return nil, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -333,20 +353,8 @@ type PatchSpec struct {
 // address is a new server: it gets requests once a health check passes. A
 // new version follows the same rule as Enable.
 func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*pool.Backend, error) {
-	if spec.Weight != nil {
-		if err := checkWeight(*spec.Weight); err != nil {
-			return nil, err
-		}
-	}
-	if spec.Version != nil {
-		if err := checkName("version", *spec.Version); err != nil {
-			return nil, err
-		}
-	}
-	if spec.Address != nil {
-		if err := checkAddress(*spec.Address); err != nil {
-			return nil, err
-		}
+	if err := checkFields(spec.Version, spec.Weight, spec.Address); err != nil {
+		return nil, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -412,18 +420,8 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 	if err := checkName("name", spec.Name); err != nil {
 		return nil, err
 	}
-	if err := checkAddress(spec.Address); err != nil {
+	if err := checkFields(given(spec.Version), spec.Weight, &spec.Address); err != nil {
 		return nil, err
-	}
-	if spec.Version != "" {
-		if err := checkName("version", spec.Version); err != nil {
-			return nil, err
-		}
-	}
-	if spec.Weight != nil {
-		if err := checkWeight(*spec.Weight); err != nil {
-			return nil, err
-		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
