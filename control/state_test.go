@@ -315,7 +315,7 @@ func TestStateSurvivesCrash(t *testing.T) {
 			t.Fatalf("pick: %v", err)
 		}
 		got[b.Name()]++
-		b.Release(pool.ResultOK, 200, time.Millisecond, 0)
+		b.Finish(&pool.Outcome{Class: pool.ClassOK, Status: 200, TTFB: time.Millisecond})
 	}
 	t.Logf("picks after restart: %v", got)
 	if got["b1"] != 0 || got["b2"] != 0 {

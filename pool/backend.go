@@ -88,26 +88,6 @@ func (h Health) String() string {
 	return "unchecked"
 }
 
-// Result is how one request to a backend ended, as far as the backend's
-// record is concerned. The proxy's classifier produces it.
-type Result uint8
-
-const (
-	// ResultOK: a response that is not a server error.
-	ResultOK Result = iota
-	// ResultError: the backend answered with a 5xx of its own (500, 501, …).
-	ResultError
-	// ResultGatewayFailure: refused, reset, timed out, garbage, or a
-	// 502/503/504 from the backend. Counts towards outlier ejection.
-	ResultGatewayFailure
-	// ResultNotSent: the request never reached the backend (connection
-	// refused, nothing written); the backend is still blamed for it.
-	ResultNotSent
-	// ResultClientGone: the client went away or sent a bad body; not the
-	// backend's fault.
-	ResultClientGone
-)
-
 // spec is the part of a backend that the file or the admin API sets.
 type spec struct {
 	address string
@@ -312,48 +292,6 @@ func (b *Backend) Counts() *Counts { return b.counts.Load() }
 
 // Stats returns the evidence of the backend's version.
 func (b *Backend) Stats() *canary.VersionStats { return b.stats.Load() }
-
-// NotEvidence is the route group of a request that must not count as
-// evidence for the judge (a tester forced its version).
-const NotEvidence = -1
-
-// Release ends a request picked from this backend and records its result:
-// status is the backend's status (0 when it gave none), ttfb the time to its
-// response headers and group the request's route group (NotEvidence for
-// none). Every successful Pick is followed by exactly one Release.
-func (b *Backend) Release(r Result, status int, ttfb time.Duration, group int) {
-	cls := status / 100
-	if cls > 5 || cls < 0 {
-		cls = 0
-	}
-	b.counts.Load().ByClass[cls].Add(1)
-	if group != NotEvidence && (r != ResultClientGone || status != 0) {
-		failed := r == ResultError || r == ResultGatewayFailure || r == ResultNotSent
-		b.stats.Load().Record(group, failed, status == 0, ttfb)
-	}
-	b.requests.Add(1)
-	switch r {
-	case ResultOK:
-		if b.consecutive.Load() != 0 {
-			b.consecutive.Store(0)
-		}
-	case ResultError:
-		b.errors.Add(1)
-		if b.consecutive.Load() != 0 {
-			b.consecutive.Store(0)
-		}
-	case ResultGatewayFailure, ResultNotSent:
-		b.errors.Add(1)
-		n := b.consecutive.Add(1)
-		// Checked at every lim-th failure in a row: a refused ejection (the
-		// last healthy backend) is not retried under the pool's lock on
-		// every failing request.
-		if lim := b.pool.settings().Outlier.ConsecutiveFailures; lim > 0 && int(n)%lim == 0 {
-			b.pool.ejectOutlier(b, int(n))
-		}
-	}
-	b.inflight.Add(-1)
-}
 
 // NoteError records the reason of the latest failure, for the admin API.
 func (b *Backend) NoteError(msg string) {

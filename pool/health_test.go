@@ -104,7 +104,7 @@ func hcPick(t *testing.T, p *pool.Pool, n int) map[string]int {
 			t.Fatalf("Pick: %v", err)
 		}
 		out[b.Name()]++
-		b.Release(pool.ResultOK, 200, 0, 0)
+		b.Finish(&pool.Outcome{Class: pool.ClassOK, Status: 200})
 	}
 	return out
 }
@@ -273,10 +273,10 @@ func hcFail(t *testing.T, p *pool.Pool, name string) {
 			t.Fatalf("Pick: %v", err)
 		}
 		if b.Name() == name {
-			b.Release(pool.ResultGatewayFailure, 0, 0, 0)
+			b.Finish(&pool.Outcome{Class: pool.ClassReset})
 			return
 		}
-		b.Release(pool.ResultOK, 200, 0, 0)
+		b.Finish(&pool.Outcome{Class: pool.ClassOK, Status: 200})
 	}
 	t.Fatalf("%s was never picked", name)
 }

@@ -48,8 +48,8 @@ func (x *exchange) affinity(ctx *fasthttp.RequestCtx, p *pool.Pool) {
 		}
 	}
 	if x.forced {
-		// A tester's request says nothing about how real traffic fares.
-		x.group = pool.NotEvidence
+		// A tester's request says nothing about how real traffic fares:
+		// its outcome is not evidence (see pool.Outcome).
 		return
 	}
 	if a.Cookie == "" || p.CanaryActive() == "" {
@@ -354,65 +354,4 @@ func (x *exchange) clientKey() canary.ClientKey {
 		k.Cookie = canary.ClientHash(x.clientID[:])
 	}
 	return k
-}
-
-// admit returns the route group the request counts in as evidence:
-// pool.NotEvidence when its client is over its share of the version's
-// requests in this judge window (only while a canary is judged).
-func (x *exchange) admit(b *pool.Backend) int {
-	if !x.canaryOn || x.group == pool.NotEvidence {
-		return x.group
-	}
-	if !b.Stats().Admit(x.clientKey()) {
-		return pool.NotEvidence
-	}
-	return x.group
-}
-
-// recordFailure adds a failed request to its pool's error signatures.
-// Failures are rare next to requests; this allocates.
-func (x *exchange) recordFailure(b *pool.Backend, status int, group int) {
-	if x.pool == nil || group == pool.NotEvidence {
-		return
-	}
-	f := canary.Failure{
-		Group:   x.pool.Groups().Name(x.group),
-		Method:  string(x.method),
-		Status:  status,
-		Class:   x.class.String(),
-		AppCode: string(x.appCode),
-		Path:    string(examplePath(x.target)),
-		Body:    printable(x.excerpt),
-	}
-	var k canary.ClientKey
-	if x.canaryOn {
-		k = x.clientKey()
-	}
-	x.pool.Signatures().Record(b.Version(), &f, time.Now(), k)
-	b.Stats().NoteErrorClient(k.ID())
-}
-
-// examplePath is the path a signature's example shows: without the query,
-// which may carry tokens or personal data, and at most 200 bytes.
-func examplePath(target []byte) []byte {
-	if i := bytes.IndexByte(target, '?'); i >= 0 {
-		target = target[:i]
-	}
-	return target[:min(len(target), 200)]
-}
-
-// printable keeps an excerpt readable in JSON and logs.
-func printable(b []byte) string {
-	out := make([]byte, 0, len(b))
-	for _, c := range b {
-		switch {
-		case c == '\n' || c == '\r' || c == '\t':
-			out = append(out, ' ')
-		case c >= 0x20 && c < 0x7f:
-			out = append(out, c)
-		default:
-			out = append(out, '?')
-		}
-	}
-	return string(out)
 }

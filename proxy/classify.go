@@ -10,83 +10,6 @@ import (
 	"github.com/baton-lb/baton/pool"
 )
 
-// Class names how a request ended. The same value feeds the response status,
-// the access log, the backend's record and, later, metrics and the judge.
-type Class uint8
-
-const (
-	ClassOK             Class = iota // a response below 500 from the backend
-	ClassServerError                 // the backend answered 500, 501, 505…
-	ClassGatewayStatus               // the backend itself answered 502, 503 or 504
-	ClassConnectFailed               // refused, unreachable: never reached the backend
-	ClassConnectTimeout              // the TCP connect timed out
-	ClassPoolFull                    // the backend's connection cap was reached
-	ClassReset                       // reset or closed before or during the response
-	ClassTimeout                     // response header or body inactivity timeout
-	ClassBadResponse                 // a response baton will not pass on
-	ClassNoBackend                   // nothing to send the request to
-	ClassClientGone                  // the client went away
-	ClassClientError                 // the client sent a malformed or oversized body
-	ClassNoResources                 // baton itself ran out of descriptors or memory
-)
-
-var classNames = [...]string{
-	ClassOK:             "ok",
-	ClassServerError:    "server_error",
-	ClassGatewayStatus:  "gateway_status",
-	ClassConnectFailed:  "connect_failed",
-	ClassConnectTimeout: "connect_timeout",
-	ClassPoolFull:       "pool_full",
-	ClassReset:          "reset",
-	ClassTimeout:        "timeout",
-	ClassBadResponse:    "bad_response",
-	ClassNoBackend:      "no_backend",
-	ClassClientGone:     "client_gone",
-	ClassClientError:    "client_error",
-	ClassNoResources:    "no_resources",
-}
-
-func (c Class) String() string { return classNames[c] }
-
-// Status returns the status baton answers with for a failure of this class,
-// or 0 for classes where the backend's own status stands.
-func (c Class) Status() int {
-	switch c {
-	case ClassConnectFailed, ClassReset, ClassBadResponse:
-		return 502
-	case ClassConnectTimeout, ClassTimeout:
-		return 504
-	case ClassPoolFull, ClassNoBackend, ClassNoResources:
-		return 503
-	case ClassClientGone:
-		return 499 // logged only: nobody is left to read it
-	case ClassClientError:
-		return 400
-	}
-	return 0
-}
-
-// Result returns what the class means for the backend's record.
-func (c Class) Result() pool.Result {
-	switch c {
-	case ClassOK:
-		return pool.ResultOK
-	case ClassServerError:
-		return pool.ResultError
-	case ClassGatewayStatus, ClassReset, ClassTimeout, ClassBadResponse:
-		return pool.ResultGatewayFailure
-	case ClassConnectFailed, ClassConnectTimeout:
-		return pool.ResultNotSent
-	}
-	return pool.ResultClientGone // the client's or baton's doing, not the backend's
-}
-
-// backendsFault reports whether a failure of this class says something
-// about the backend (its record, its error signatures, outlier detection).
-func (c Class) backendsFault() bool {
-	return c != ClassOK && c != ClassClientGone && c != ClassClientError && c != ClassNoResources
-}
-
 // Stage is how far a request got with one backend when it failed.
 type stage uint8
 
@@ -112,45 +35,45 @@ var errBodyTooLarge = errors.New("request body is larger than the configured max
 
 // classify is the one place that turns an outcome into a class. err is the
 // failure (nil when the backend answered) and status the backend's status.
-func classify(err error, st stage, status int) Class {
+func classify(err error, st stage, status int) pool.Class {
 	if err == nil {
 		switch {
 		case status == 502 || status == 503 || status == 504:
-			return ClassGatewayStatus
+			return pool.ClassGatewayStatus
 		case status >= 500:
-			return ClassServerError
+			return pool.ClassServerError
 		}
-		return ClassOK
+		return pool.ClassOK
 	}
 	var ce *clientError
 	if errors.As(err, &ce) {
 		if ce.gone {
-			return ClassClientGone
+			return pool.ClassClientGone
 		}
-		return ClassClientError // malformed, oversized or stalled: answered 400/408/413
+		return pool.ClassClientError // malformed, oversized or stalled: answered 400/408/413
 	}
 	switch {
 	case pool.LocalExhaustion(err):
-		return ClassNoResources
+		return pool.ClassNoResources
 	case errors.Is(err, pool.ErrNoBackend):
-		return ClassNoBackend
+		return pool.ClassNoBackend
 	case errors.Is(err, pool.ErrPoolFull), errors.Is(err, pool.ErrClosing):
-		return ClassPoolFull
+		return pool.ClassPoolFull
 	}
 	var bre *badResponseError
 	if errors.As(err, &bre) || errors.Is(err, errHeadTooLarge) || errors.Is(err, errTooManyInterim) {
-		return ClassBadResponse
+		return pool.ClassBadResponse
 	}
 	if isTimeout(err) {
 		if st == stageConnect {
-			return ClassConnectTimeout
+			return pool.ClassConnectTimeout
 		}
-		return ClassTimeout
+		return pool.ClassTimeout
 	}
 	if st == stageConnect {
-		return ClassConnectFailed
+		return pool.ClassConnectFailed
 	}
-	return ClassReset
+	return pool.ClassReset
 }
 
 func isTimeout(err error) bool {

@@ -45,11 +45,12 @@ type exchange struct {
 
 	start    time.Time
 	deadline time.Time // overall deadline of the exchange; zero: none
-	class    Class
+	class    pool.Class
 	status   int           // the status the client got (or 499)
 	upstream int           // the backend's status; 0 when it gave none
 	ttfb     time.Duration // from the request's start to the backend's response headers
-	group    int           // the request's route group (pool.NotEvidence for forced requests)
+	group    int           // the request's route group
+	outcome  pool.Outcome  // how it ended, recorded on its backend once
 
 	// Version affinity.
 	wantVersion []byte // the version the client asks for (cookie or forced)
@@ -208,7 +209,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	for attempt := 1; ; attempt++ {
 		b, err := p.PickVersion(tried, x.wantVersion, x.forced)
 		if err != nil {
-			x.class = ClassNoBackend
+			x.class = pool.ClassNoBackend
 			return x.reply(ctx, 503, "no backend of pool "+p.Name()+" is available", false)
 		}
 		x.b, x.attempts, x.wrote = b, attempt, 0
@@ -221,10 +222,10 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 			x.conn.Close()
 			x.conn = nil
 		}
-		if x.class == ClassClientGone || x.class == ClassClientError {
+		if x.class == pool.ClassClientGone || x.class == pool.ClassClientError {
 			return x.replyClientError(ctx, err)
 		}
-		if x.class == ClassNoResources {
+		if x.class == pool.ClassNoResources {
 			s.log.Error().Err(err).Str("pool", p.Name()).Msg("no descriptor or memory left to reach a backend")
 			return x.reply(ctx, 503, noResourcesText, false)
 		}
@@ -236,12 +237,10 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		notSent := st == stageConnect || (st == stageSend && x.wrote == 0)
 		retry := attempt < x.cfg.Retries.Attempts &&
 			((notSent && x.replayable()) ||
-				(idempotent && !x.streamBody && (x.class == ClassReset || x.class == ClassBadResponse)))
+				(idempotent && !x.streamBody && (x.class == pool.ClassReset || x.class == pool.ClassBadResponse)))
 		if retry && p.AllowRetry() {
-			group := x.admit(b)
-			x.recordFailure(b, 0, group)
-			b.Release(x.class.Result(), 0, 0, group)
 			x.b = nil
+			x.release(b, 0)
 			tried = b
 			ctx.Response.Reset()
 			// Reset also clears this; without it fasthttp would add a
@@ -277,17 +276,17 @@ const noResourcesText = "baton is out of file descriptors or memory; retry in a 
 
 func (x *exchange) failureText() string {
 	switch x.class {
-	case ClassNoResources:
+	case pool.ClassNoResources:
 		return noResourcesText
-	case ClassConnectFailed:
+	case pool.ClassConnectFailed:
 		return "could not connect to the backend"
-	case ClassConnectTimeout:
+	case pool.ClassConnectTimeout:
 		return "connecting to the backend timed out"
-	case ClassPoolFull:
+	case pool.ClassPoolFull:
 		return "the backend has no free connection"
-	case ClassTimeout:
+	case pool.ClassTimeout:
 		return "the backend did not respond in time"
-	case ClassBadResponse:
+	case pool.ClassBadResponse:
 		return "the backend sent an invalid response"
 	}
 	return "the backend closed the connection"
@@ -838,7 +837,7 @@ func (x *exchange) CloseWithError(werr error) error {
 	case x.readErr != nil:
 		// Already classified as the backend's failure.
 	case werr != nil || !x.done:
-		x.class = ClassClientGone
+		x.class = pool.ClassClientGone
 	}
 	x.releaseConn(x.done && !x.closeConn && x.readErr == nil && werr == nil)
 	x.clientConn = nil
@@ -852,17 +851,13 @@ func (x *exchange) finish() {
 	b := x.b
 	if b != nil {
 		x.b = nil // released once, even if logging below panics
-		group := x.admit(b)
-		if x.class.Result() != pool.ResultOK && x.class.backendsFault() {
-			x.recordFailure(b, x.status, group)
-		}
-		b.Release(x.class.Result(), x.upstream, x.ttfb, group)
+		x.release(b, x.upstream)
 	}
 	if !x.s.accessLog {
 		return
 	}
 	status := x.status
-	if x.class == ClassClientGone {
+	if x.class == pool.ClassClientGone {
 		status = 499
 	}
 	e := x.s.access.Info().
@@ -884,12 +879,26 @@ func (x *exchange) finish() {
 	e.Send()
 }
 
+// release records how the request ended on b, once, as one Outcome;
+// status is the backend's (0 when it gave none). The backend decides what
+// of it is evidence.
+func (x *exchange) release(b *pool.Backend, status int) {
+	o := &x.outcome
+	*o = pool.Outcome{Class: x.class, Status: status, TTFB: x.ttfb, Group: x.group, Forced: x.forced, Judged: x.canaryOn,
+		Method: x.method, Target: x.target, AppCode: x.appCode, Excerpt: x.excerpt}
+	if x.canaryOn {
+		o.Client = x.clientKey()
+	}
+	b.Finish(o)
+	o.Method, o.Target, o.AppCode, o.Excerpt = nil, nil, nil, nil
+}
+
 // reply answers the client with baton's own response. closeConn ends the
 // client connection after it, for malformed requests.
 // redirectHTTPS answers a plain-HTTP request with a permanent redirect
 // (308, which keeps the method and body) to the same URL on HTTPS.
 func (x *exchange) redirectHTTPS(ctx *fasthttp.RequestCtx, host []byte) bool {
-	x.class = ClassOK
+	x.class = pool.ClassOK
 	if h, _, err := net.SplitHostPort(string(host)); err == nil {
 		host = []byte(h)
 	}
@@ -927,8 +936,8 @@ func (x *exchange) reply(ctx *fasthttp.RequestCtx, status int, msg string, close
 	if closeConn {
 		ctx.SetConnectionClose()
 	}
-	if x.class == ClassOK && status >= 400 {
-		x.class = ClassClientError
+	if x.class == pool.ClassOK && status >= 400 {
+		x.class = pool.ClassClientError
 	}
 	x.status = status
 	x.bytesOut = int64(len(ctx.Response.Body()))

@@ -299,7 +299,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			}
 			if b := x.b; b != nil {
 				x.b = nil
-				b.Release(pool.ResultClientGone, 0, 0, pool.NotEvidence) // baton's fault, not the backend's
+				b.Finish(&pool.Outcome{Class: pool.ClassInternal}) // baton's fault, not the backend's
 			}
 			ctx.Response.Reset()
 			ctx.SetStatusCode(500)
@@ -369,7 +369,7 @@ func (s *Server) errorHandler(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetBodyString("baton: " + msg + "\n")
 	if s.accessLog {
 		s.access.Info().Str("client", ctx.RemoteIP().String()).Int("status", status).
-			Str("outcome", ClassClientError.String()).Str("error", msg).Send()
+			Str("outcome", pool.ClassClientError.String()).Str("error", msg).Send()
 	}
 }
 

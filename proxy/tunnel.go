@@ -80,7 +80,7 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 	defer x.s.putExchange(x)
 	b, err := p.PickVersion(nil, x.wantVersion, x.forced)
 	if err != nil {
-		x.class = ClassNoBackend
+		x.class = pool.ClassNoBackend
 		x.answer(c, 503, "no backend of pool "+p.Name()+" is available")
 		return
 	}
@@ -96,7 +96,7 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 			bc.Close()
 		}
 		x.class = classify(err, st, 0)
-		if x.class.backendsFault() {
+		if x.class.BackendsFault() {
 			b.NoteError(x.class.String() + ": " + err.Error())
 		}
 		x.s.log.Warn().Str("pool", p.Name()).Str("backend", b.Name()).Str("outcome", x.class.String()).
@@ -150,7 +150,7 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	x.class = ClassOK
+	x.class = pool.ClassOK
 	out := append([]byte(nil), "HTTP/1.1 101 Switching Protocols\r\n"...)
 	resp.Header.VisitAll(func(k, v []byte) {
 		if hopByHopResponse(k) {
@@ -178,8 +178,8 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 // finishes the exchange.
 func (x *exchange) answer(c net.Conn, status int, msg string) {
 	x.status = status
-	if x.class == ClassOK && status >= 400 {
-		x.class = ClassClientError
+	if x.class == pool.ClassOK && status >= 400 {
+		x.class = pool.ClassClientError
 	}
 	body := "baton: " + msg + "\n"
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
