@@ -15,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/control"
 	"github.com/baton-lb/baton/pool"
 )
@@ -233,25 +234,9 @@ func waitParam(r *http.Request) (time.Duration, error) {
 	return d, nil
 }
 
-// BackendJSON is a backend as the API shows it.
-type BackendJSON struct {
-	Name            string `json:"name"`
-	Address         string `json:"address"`
-	Version         string `json:"version"`
-	Weight          int    `json:"weight"`
-	EffectiveWeight int    `json:"effective_weight"`
-	State           string `json:"state"`
-	Healthy         bool   `json:"healthy"`
-	Health          string `json:"health"`
-	Inflight        int64  `json:"inflight"`
-	OpenConnections int    `json:"open_connections"`
-	Requests        uint64 `json:"requests"`
-	Errors          uint64 `json:"errors"`
-	LastError       string `json:"last_error,omitempty"`
-}
-
-func backendJSON(b *pool.Backend) BackendJSON {
-	j := BackendJSON{
+// backendJSON is b as the API shows it.
+func backendJSON(b *pool.Backend) v1.Backend {
+	j := v1.Backend{
 		Name: b.Name(), Address: b.Address(), Version: b.Version(), Weight: b.Weight(),
 		State: b.State().String(), Healthy: b.Health() == pool.Up, Health: b.Health().String(),
 		Inflight: b.Inflight(), OpenConnections: b.OpenConns(), Requests: b.Requests(), Errors: b.Errors(),
@@ -263,34 +248,13 @@ func backendJSON(b *pool.Backend) BackendJSON {
 	return j
 }
 
-// PoolJSON is a pool as the API shows it.
-type PoolJSON struct {
-	Name          string        `json:"name"`
-	StableVersion string        `json:"stable_version"`
-	Canary        *CanaryJSON   `json:"canary"`
-	Backends      []BackendJSON `json:"backends"`
-	// Lease: the release under way (baton rollout), if any.
-	Lease *control.Lease `json:"lease,omitempty"`
-	// Switch: a blue/green switch being watched; LastSwitch: how the last
-	// one ended.
-	Switch     *control.SwitchState   `json:"switch,omitempty"`
-	LastSwitch *control.SwitchOutcome `json:"last_switch,omitempty"`
-}
-
-// CanaryJSON is a pool's canary in a pool listing.
-type CanaryJSON struct {
-	Version string  `json:"version"`
-	Weight  float64 `json:"weight"`
-	Held    bool    `json:"held"`
-	Verdict string  `json:"verdict"`
-	Reason  string  `json:"reason,omitempty"`
-}
-
-func (a *api) poolJSON(p *pool.Pool) PoolJSON {
-	j := PoolJSON{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []BackendJSON{}, Lease: a.ctl.CurrentLease(p.Name())}
-	j.Switch, j.LastSwitch = a.ctl.SwitchStatus(p.Name())
+// poolJSON is p as the API shows it.
+func (a *api) poolJSON(p *pool.Pool) v1.Pool {
+	j := v1.Pool{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []v1.Backend{}, Lease: leaseJSON(a.ctl.CurrentLease(p.Name()))}
+	sw, last := a.ctl.SwitchStatus(p.Name())
+	j.Switch, j.LastSwitch = switchJSON(sw), switchOutcomeJSON(last)
 	if v, w := p.Canary(); v != "" {
-		j.Canary = &CanaryJSON{Version: v, Weight: w, Held: a.ctl.Held(p.Name()), Verdict: "inconclusive",
+		j.Canary = &v1.Canary{Version: v, Weight: w, Held: a.ctl.Held(p.Name()), Verdict: "inconclusive",
 			Reason: "the judge has not looked at this canary yet"}
 		if verdict, reason := a.ctl.Verdict(p.Name()); verdict != "" {
 			j.Canary.Verdict, j.Canary.Reason = verdict, reason
@@ -300,6 +264,28 @@ func (a *api) poolJSON(p *pool.Pool) PoolJSON {
 		j.Backends = append(j.Backends, backendJSON(b))
 	}
 	return j
+}
+
+func leaseJSON(l *control.Lease) *v1.Lease {
+	if l == nil {
+		return nil
+	}
+	return &v1.Lease{Holder: l.Holder, Expires: l.Expires}
+}
+
+func switchJSON(sw *control.SwitchState) *v1.Switch {
+	if sw == nil {
+		return nil
+	}
+	return &v1.Switch{From: sw.From, To: sw.To, At: sw.At, Until: sw.Until, MaxErrorRate: sw.MaxErrorRate,
+		Old: sw.Old, New: sw.New, By: sw.By}
+}
+
+func switchOutcomeJSON(o *control.SwitchOutcome) *v1.SwitchOutcome {
+	if o == nil {
+		return nil
+	}
+	return &v1.SwitchOutcome{From: o.From, To: o.To, Outcome: o.Outcome, Reason: o.Reason, At: o.At}
 }
 
 func (a *api) register(mux *http.ServeMux) {
@@ -334,7 +320,7 @@ func (a *api) pool(r *http.Request) (*pool.Pool, error) {
 }
 
 func (a *api) listPools(r *http.Request, _ string) (int, any, error) {
-	out := []PoolJSON{}
+	out := []v1.Pool{}
 	for _, p := range a.ctl.Pools() {
 		out = append(out, a.poolJSON(p))
 	}
@@ -358,13 +344,7 @@ func (a *api) getBackend(r *http.Request, _ string) (int, any, error) {
 }
 
 func (a *api) addBackend(r *http.Request, actor string) (int, any, error) {
-	var body struct {
-		Name    string `json:"name"`
-		Address string `json:"address"`
-		Version string `json:"version"`
-		Weight  *int   `json:"weight"`
-		Standby bool   `json:"standby"`
-	}
+	var body v1.AddBackend
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}
@@ -381,11 +361,7 @@ func (a *api) addBackend(r *http.Request, actor string) (int, any, error) {
 }
 
 func (a *api) patchBackend(r *http.Request, actor string) (int, any, error) {
-	var body struct {
-		Weight  *int    `json:"weight"`
-		Version *string `json:"version"`
-		Address *string `json:"address"`
-	}
+	var body v1.PatchBackend
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}
@@ -451,10 +427,7 @@ func (a *api) deleteBackend(r *http.Request, actor string) (int, any, error) {
 }
 
 func (a *api) enable(r *http.Request, actor string) (int, any, error) {
-	var body struct {
-		Version string `json:"version"`
-		Weight  *int   `json:"weight"`
-	}
+	var body v1.EnableBackend
 	if r.ContentLength != 0 {
 		if err := decode(r, &body); err != nil {
 			return 0, nil, err
@@ -492,11 +465,7 @@ func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {
 }
 
 func (a *api) switchVersion(r *http.Request, actor string) (int, any, error) {
-	var body struct {
-		To           string  `json:"to"`
-		Watch        string  `json:"watch"`
-		MaxErrorRate float64 `json:"max_error_rate"`
-	}
+	var body v1.StartSwitch
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}
@@ -532,15 +501,12 @@ func (a *api) upgradeBaton(r *http.Request, actor string) (int, any, error) {
 		}
 		return 0, nil, errorf(500, "upgrade_failed", "%v", err)
 	}
-	return 200, map[string]any{"upgraded": true,
-		"message": "a new baton process serves the listeners; this one finishes its requests in flight and exits"}, nil
+	return 200, v1.Upgraded{Upgraded: true,
+		Message: "a new baton process serves the listeners; this one finishes its requests in flight and exits"}, nil
 }
 
 func (a *api) takeLease(r *http.Request, actor string) (int, any, error) {
-	var body struct {
-		Holder string `json:"holder"`
-		TTL    string `json:"ttl"`
-	}
+	var body v1.TakeLease
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}
@@ -552,7 +518,7 @@ func (a *api) takeLease(r *http.Request, actor string) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return 200, l, nil
+	return 200, leaseJSON(&l), nil
 }
 
 func (a *api) releaseLease(r *http.Request, actor string) (int, any, error) {
@@ -567,10 +533,7 @@ func (a *api) releaseLease(r *http.Request, actor string) (int, any, error) {
 }
 
 func (a *api) putCanary(r *http.Request, actor string) (int, any, error) {
-	var body struct {
-		Version string   `json:"version"`
-		Weight  *float64 `json:"weight"`
-	}
+	var body v1.SetCanary
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}

@@ -10,8 +10,8 @@ import (
 // lease runs out. It is a lock, not a decision: admin actions are not
 // blocked by it, so a person can always step in.
 type Lease struct {
-	Holder  string    `json:"holder"`
-	Expires time.Time `json:"expires"`
+	Holder  string
+	Expires time.Time
 }
 
 // Lease bounds.

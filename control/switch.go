@@ -34,24 +34,24 @@ type SwitchSpec struct {
 // SwitchState is a switch whose guards are being watched. It is persisted,
 // so a restart keeps watching (with evidence gathered anew).
 type SwitchState struct {
-	From         string    `json:"from"`
-	To           string    `json:"to"`
-	At           time.Time `json:"at"`
-	Until        time.Time `json:"until"`
-	MaxErrorRate float64   `json:"max_error_rate"`
-	Old          []string  `json:"old"` // the From backends the switch drained
-	New          []string  `json:"new"` // the To backends it activated
-	By           string    `json:"by"`
+	From         string
+	To           string
+	At           time.Time
+	Until        time.Time
+	MaxErrorRate float64
+	Old          []string // the From backends the switch drained
+	New          []string // the To backends it activated
+	By           string
 }
 
 // SwitchOutcome is how the last switch ended: done (the guards held for
 // the whole watch) or switched_back, with the guard that fired.
 type SwitchOutcome struct {
-	From    string    `json:"from"`
-	To      string    `json:"to"`
-	Outcome string    `json:"outcome"`
-	Reason  string    `json:"reason,omitempty"`
-	At      time.Time `json:"at"`
+	From    string
+	To      string
+	Outcome string
+	Reason  string
+	At      time.Time
 }
 
 // Switch moves pool's traffic to the standby backends of spec.To at once:

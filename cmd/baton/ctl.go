@@ -15,8 +15,8 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/baton-lb/baton/admin"
 	"github.com/baton-lb/baton/admin/client"
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/control"
 )
 
@@ -339,7 +339,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if err := need(a, 0, "pools"); err != nil {
 			return err
 		}
-		var pools []admin.PoolJSON
+		var pools []v1.Pool
 		if _, err := c.call("GET", "/v1/pools", nil, nil, &pools); err != nil || c.output == "json" {
 			return err
 		}
@@ -360,7 +360,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if err := need(a, 1, "pool POOL"); err != nil {
 			return err
 		}
-		var p admin.PoolJSON
+		var p v1.Pool
 		if _, err := c.call("GET", "/v1/pools/"+esc(a.pos[1]), nil, nil, &p); err != nil || c.output == "json" {
 			return err
 		}
@@ -376,7 +376,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if err := need(a, 2, "backend POOL NAME"); err != nil {
 			return err
 		}
-		var b admin.BackendJSON
+		var b v1.Backend
 		if _, err := c.call("GET", backendPath(), nil, nil, &b); err != nil || c.output == "json" {
 			return err
 		}
@@ -403,7 +403,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if w != nil {
 			body["weight"] = *w
 		}
-		var b admin.BackendJSON
+		var b v1.Backend
 		status, err := c.call("POST", "/v1/pools/"+esc(a.pos[1])+"/backends", nil, body, &b)
 		if err != nil || c.output == "json" {
 			return err
@@ -441,7 +441,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if len(body) == 0 {
 			return fail(exitUsage, "set needs --weight, --version or --address")
 		}
-		var b admin.BackendJSON
+		var b v1.Backend
 		if _, err := c.call("PATCH", backendPath(), nil, body, &b); err != nil || c.output == "json" {
 			return err
 		}
@@ -455,7 +455,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if cmd == "remove" {
 			method, path = "DELETE", backendPath()
 		}
-		var b admin.BackendJSON
+		var b v1.Backend
 		status, err := c.call(method, path, waitQuery(), nil, &b)
 		if err != nil || c.output == "json" {
 			return err
@@ -487,7 +487,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if w != nil {
 			body["weight"] = *w
 		}
-		var b admin.BackendJSON
+		var b v1.Backend
 		if _, err := c.call("POST", backendPath()+"/enable", nil, body, &b); err != nil || c.output == "json" {
 			return err
 		}
@@ -497,7 +497,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 		if err := need(a, 2, "eject POOL NAME"); err != nil {
 			return err
 		}
-		var b admin.BackendJSON
+		var b v1.Backend
 		if _, err := c.call("POST", backendPath()+"/eject", nil, nil, &b); err != nil || c.output == "json" {
 			return err
 		}
@@ -669,7 +669,7 @@ func checkCanary(rep control.CanaryReport, a *ctlArgs) error {
 	return nil
 }
 
-func (c *ctlClient) printPool(p admin.PoolJSON) {
+func (c *ctlClient) printPool(p v1.Pool) {
 	head := fmt.Sprintf("pool %s: stable %s", p.Name, p.StableVersion)
 	if p.Canary != nil {
 		head += fmt.Sprintf(", canary %s at %g%%", p.Canary.Version, p.Canary.Weight)
@@ -687,7 +687,7 @@ func (c *ctlClient) printPool(p admin.PoolJSON) {
 	_ = tw.Flush()
 }
 
-func (c *ctlClient) printBackend(b admin.BackendJSON) {
+func (c *ctlClient) printBackend(b v1.Backend) {
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "name\t%s\naddress\t%s\nversion\t%s\nweight\t%d (effective %d)\nstate\t%s\nhealth\t%s\n"+
 		"inflight\t%d\nopen connections\t%d\nrequests\t%d\nerrors\t%d\n",
@@ -790,7 +790,7 @@ func (c *ctlClient) switchVersion(a *ctlArgs) error {
 		body["max_error_rate"] = f
 	}
 	poolPath := "/v1/pools/" + url.PathEscape(a.pos[1])
-	var p admin.PoolJSON
+	var p v1.Pool
 	out := c.output
 	if a.flags["wait"] != "" {
 		c.output = "text" // the answer that counts comes after the wait
@@ -816,7 +816,7 @@ func (c *ctlClient) switchVersion(a *ctlArgs) error {
 	}
 	deadline := time.Now().Add(d)
 	for {
-		p = admin.PoolJSON{} // absent fields must read as absent
+		p = v1.Pool{} // absent fields must read as absent
 		if _, err := c.call("GET", poolPath, nil, nil, &p); err != nil {
 			return err
 		}

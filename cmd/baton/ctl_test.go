@@ -19,7 +19,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
-	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/admin/v1"
 )
 
 // ctlToken is the API token of the baton the ctl scripts drive, named
@@ -278,7 +278,7 @@ pools:
 }
 
 // pools reads GET /v1/pools with the script's token.
-func (w *ctlWorld) pools() ([]admin.PoolJSON, error) {
+func (w *ctlWorld) pools() ([]v1.Pool, error) {
 	req, err := http.NewRequest("GET", w.admin+"/v1/pools", nil)
 	if err != nil {
 		return nil, err
@@ -292,7 +292,7 @@ func (w *ctlWorld) pools() ([]admin.PoolJSON, error) {
 	if resp.StatusCode != 200 {
 		return nil, fmt.Errorf("GET /v1/pools: %s", resp.Status)
 	}
-	var out []admin.PoolJSON
+	var out []v1.Pool
 	err = json.NewDecoder(resp.Body).Decode(&out)
 	return out, err
 }

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton"
-	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/config"
 )
 
@@ -263,7 +263,7 @@ func (d *demoStory) run(ctx context.Context) error {
 	stopShopping()
 	wg.Wait()
 
-	var p admin.PoolJSON
+	var p v1.Pool
 	c, err := clientFor(d.admin, 0, d.stderr)
 	if err != nil {
 		return err
@@ -312,7 +312,7 @@ func (d *demoStory) release(ctx context.Context, version string) error {
 	r := &rolloutCmd{ctx: ctx, c: c, pool: d.pool.Name, to: version, upgrade: "install {version} on {name}",
 		rollback: "reinstall {version} on {name}", maxOut: 1, drainWait: 2 * time.Minute, healthWait: time.Minute,
 		judgeWait: 5 * time.Minute, poll: 500 * time.Millisecond, out: indent{d.out}, holder: "baton demo"}
-	r.install = func(_ string, b admin.BackendJSON, v string) (string, error) {
+	r.install = func(_ string, b v1.Backend, v string) (string, error) {
 		for _, db := range d.backends {
 			if db.name == b.Name {
 				db.version.Store(v)

@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/baton-lb/baton/admin"
 	"github.com/baton-lb/baton/admin/client"
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/control"
 )
@@ -69,7 +69,7 @@ type rolloutCmd struct {
 
 	// install runs one upgrade or rollback command line on b; nil: sh -c.
 	// baton demo installs its versions in-process.
-	install func(line string, b admin.BackendJSON, version string) (string, error)
+	install func(line string, b v1.Backend, version string) (string, error)
 
 	mu   sync.Mutex // serialises output of servers upgraded together
 	lost error      // the lease was lost: why the run stopped
@@ -199,7 +199,7 @@ func (r *rolloutCmd) event(kind, backend, version, format string, args ...any) {
 
 // progress reports how many servers run the new version: a bar on a
 // terminal, a plain line otherwise.
-func (r *rolloutCmd) progress(p admin.PoolJSON) {
+func (r *rolloutCmd) progress(p v1.Pool) {
 	done := 0
 	for _, b := range p.Backends {
 		if b.Version == r.to && b.State == "active" {
@@ -228,8 +228,8 @@ func (r *rolloutCmd) sleep(d time.Duration) error {
 
 func (r *rolloutCmd) poolPath() string { return "/v1/pools/" + url.PathEscape(r.pool) }
 
-func (r *rolloutCmd) getPool() (admin.PoolJSON, error) {
-	var p admin.PoolJSON
+func (r *rolloutCmd) getPool() (v1.Pool, error) {
+	var p v1.Pool
 	_, err := r.c.call("GET", r.poolPath(), nil, nil, &p)
 	return p, err
 }
@@ -353,7 +353,7 @@ func (r *rolloutCmd) run() error {
 
 // nextCanary picks the server to make the canary: one a previous run
 // drained on the old version and did not finish, else the first active one.
-func (r *rolloutCmd) nextCanary(p admin.PoolJSON) *admin.BackendJSON {
+func (r *rolloutCmd) nextCanary(p v1.Pool) *v1.Backend {
 	for i, b := range p.Backends {
 		if b.Version != r.to && b.State != "active" {
 			return &p.Backends[i]
@@ -370,7 +370,7 @@ func (r *rolloutCmd) nextCanary(p admin.PoolJSON) *admin.BackendJSON {
 // upgradeServer drains b, runs cmd on it, enables it as version and waits
 // until its health check passes. back: it is going back to the old version
 // after a rollback.
-func (r *rolloutCmd) upgradeServer(b admin.BackendJSON, version, from, cmd string, back bool) error {
+func (r *rolloutCmd) upgradeServer(b v1.Backend, version, from, cmd string, back bool) error {
 	bpath := r.poolPath() + "/backends/" + url.PathEscape(b.Name)
 	r.event("drain", b.Name, version, "draining %s (%s)", b.Name, b.Address)
 	if _, err := r.c.call("POST", bpath+"/drain", url.Values{"wait": {r.drainWait.String()}}, nil, nil); err != nil {
@@ -437,7 +437,7 @@ func (r *rolloutCmd) sh(line string) (string, error) {
 func (r *rolloutCmd) waitHealthy(name string) error {
 	deadline := time.Now().Add(r.healthWait)
 	for {
-		var b admin.BackendJSON
+		var b v1.Backend
 		if _, err := r.c.call("GET", r.poolPath()+"/backends/"+url.PathEscape(name), nil, nil, &b); err != nil {
 			return err
 		}
@@ -459,7 +459,7 @@ func (r *rolloutCmd) waitHealthy(name string) error {
 // the reason). A passing step the judge does not take itself (dry run) is
 // taken here; so is the promotion after the last step, and the rollback
 // when the pool does not roll back on its own.
-func (r *rolloutCmd) watchCanary(p admin.PoolJSON) error {
+func (r *rolloutCmd) watchCanary(p v1.Pool) error {
 	for _, b := range p.Backends {
 		if b.Version == r.to && b.State == "active" && !b.Healthy {
 			if err := r.waitHealthy(b.Name); err != nil {
@@ -559,7 +559,7 @@ func noCanary(err error) bool { return apiCode(err) == control.CodeNoCanary }
 
 // rolledBack puts the canary servers back on the stable version (with
 // --rollback) and returns the error that ends the run, with the reason.
-func (r *rolloutCmd) rolledBack(p admin.PoolJSON, reason string) error {
+func (r *rolloutCmd) rolledBack(p v1.Pool, reason string) error {
 	by := "rolled back"
 	if reason == "" {
 		if rep, err := r.getCanary(); err == nil && rep.Previous != nil && rep.Previous.Version == r.to {
@@ -598,8 +598,8 @@ func (r *rolloutCmd) rolledBack(p admin.PoolJSON, reason string) error {
 
 // upgradeRest upgrades the servers not yet on the new version, at most
 // maxOut out of rotation at once. It returns true once every server runs it.
-func (r *rolloutCmd) upgradeRest(p admin.PoolJSON) (bool, error) {
-	var out, todo []admin.BackendJSON
+func (r *rolloutCmd) upgradeRest(p v1.Pool) (bool, error) {
+	var out, todo []v1.Backend
 	for _, b := range p.Backends {
 		if b.State != "active" {
 			out = append(out, b)
@@ -621,10 +621,10 @@ func (r *rolloutCmd) upgradeRest(p admin.PoolJSON) (bool, error) {
 	}
 	// Servers a previous run left out of rotation first, then as many
 	// active ones as --max-unavailable allows.
-	slices.SortStableFunc(todo, func(a, b admin.BackendJSON) int {
+	slices.SortStableFunc(todo, func(a, b v1.Backend) int {
 		return boolRank(a.State == "active") - boolRank(b.State == "active")
 	})
-	var batch []admin.BackendJSON
+	var batch []v1.Backend
 	room := r.maxOut - len(out)
 	for _, b := range todo {
 		if b.State != "active" {
@@ -663,7 +663,7 @@ func boolRank(b bool) int {
 }
 
 // plan prints what a run would do from the pool's state now.
-func (r *rolloutCmd) plan(p admin.PoolJSON) {
+func (r *rolloutCmd) plan(p v1.Pool) {
 	rep, _ := r.getCanary()
 	fmt.Fprintf(r.out, "plan: release %s to pool %s (stable %s; %d servers; at most %d out of rotation at once after the canary)\n",
 		r.to, r.pool, p.StableVersion, len(p.Backends), r.maxOut)
@@ -710,7 +710,7 @@ func (r *rolloutCmd) plan(p admin.PoolJSON) {
 }
 
 // expand fills a command template for one server.
-func expand(tmpl, poolName string, b admin.BackendJSON, version, from string) string {
+func expand(tmpl, poolName string, b v1.Backend, version, from string) string {
 	host, port, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		host, port = b.Address, ""

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/control"
 )
 
@@ -76,8 +76,8 @@ func (a *adminClient) must(method, path, body string, want int, out any) {
 	}
 }
 
-func (a *adminClient) pool(name string) (admin.PoolJSON, error) {
-	var p admin.PoolJSON
+func (a *adminClient) pool(name string) (v1.Pool, error) {
+	var p v1.Pool
 	status, data, err := a.do("GET", "/v1/pools/"+name, "")
 	if err != nil {
 		return p, err
@@ -89,7 +89,7 @@ func (a *adminClient) pool(name string) (admin.PoolJSON, error) {
 	return p, err
 }
 
-func findBackend(p admin.PoolJSON, name string) *admin.BackendJSON {
+func findBackend(p v1.Pool, name string) *v1.Backend {
 	for i := range p.Backends {
 		if p.Backends[i].Name == name {
 			return &p.Backends[i]
@@ -101,9 +101,9 @@ func findBackend(p admin.PoolJSON, name string) *admin.BackendJSON {
 // waitServing waits until the baton process answers on its admin API and
 // the named backends of pool take traffic; it fails the test with the
 // process's logs otherwise.
-func waitServing(t *testing.T, p *proc, a *adminClient, poolName string, names ...string) admin.PoolJSON {
+func waitServing(t *testing.T, p *proc, a *adminClient, poolName string, names ...string) v1.Pool {
 	t.Helper()
-	var last admin.PoolJSON
+	var last v1.Pool
 	var lastErr error
 	ok := poll(15*time.Second, func() bool {
 		if !p.running() {
@@ -209,7 +209,7 @@ pools:
 	}
 
 	// The decisions.
-	var be admin.BackendJSON
+	var be v1.Backend
 	a.must("POST", "/v1/pools/shop/backends/b1/drain?wait=5s", "", 200, &be)
 	if be.State != "drained" {
 		t.Fatalf("drain?wait=5s answered 200 with state %q", be.State)

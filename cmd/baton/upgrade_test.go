@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/internal/testbed"
 )
 
@@ -121,7 +121,7 @@ pools:
 	}
 
 	// Decisions the new process must keep.
-	var be admin.BackendJSON
+	var be v1.Backend
 	a.must("POST", "/v1/pools/shop/backends/s3/drain?wait=5s", "", 200, &be)
 	a.must("POST", "/v1/pools/shop/backends/s2/enable", `{"version":"v2"}`, 200, &be)
 
@@ -232,7 +232,7 @@ pools:
 	ledgerMu.Unlock()
 
 	// The new process has the decisions.
-	var p admin.PoolJSON
+	var p v1.Pool
 	a.must("GET", "/v1/pools/shop", "", 200, &p)
 	if p.Canary == nil || p.Canary.Version != "v2" || p.Canary.Weight != 25 {
 		t.Errorf("after the upgrade the canary is %+v, want v2 at 25", p.Canary)

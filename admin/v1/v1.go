@@ -1,0 +1,126 @@
+// Package v1 is the admin API's contract: the JSON bodies of the requests
+// and responses under /v1, shared by the server (package admin) and its
+// clients (admin/client, baton ctl, baton rollout, baton demo), so the
+// contract is written once. The server's domain types (package control)
+// carry no JSON of their own: the admin edge converts them to these, and
+// the state file has its own private records, so the API, the file and
+// the domain can each grow a field without changing the others.
+package v1
+
+import "time"
+
+// Backend is a backend as the API shows it.
+type Backend struct {
+	Name            string `json:"name"`
+	Address         string `json:"address"`
+	Version         string `json:"version"`
+	Weight          int    `json:"weight"`
+	EffectiveWeight int    `json:"effective_weight"`
+	State           string `json:"state"`
+	Healthy         bool   `json:"healthy"`
+	Health          string `json:"health"`
+	Inflight        int64  `json:"inflight"`
+	OpenConnections int    `json:"open_connections"`
+	Requests        uint64 `json:"requests"`
+	Errors          uint64 `json:"errors"`
+	LastError       string `json:"last_error,omitempty"`
+}
+
+// Pool is a pool as the API shows it.
+type Pool struct {
+	Name          string    `json:"name"`
+	StableVersion string    `json:"stable_version"`
+	Canary        *Canary   `json:"canary"`
+	Backends      []Backend `json:"backends"`
+	// Lease: the release under way (baton rollout), if any.
+	Lease *Lease `json:"lease,omitempty"`
+	// Switch: a blue/green switch being watched; LastSwitch: how the last
+	// one ended.
+	Switch     *Switch        `json:"switch,omitempty"`
+	LastSwitch *SwitchOutcome `json:"last_switch,omitempty"`
+}
+
+// Canary is a pool's canary in a pool listing.
+type Canary struct {
+	Version string  `json:"version"`
+	Weight  float64 `json:"weight"`
+	Held    bool    `json:"held"`
+	Verdict string  `json:"verdict"`
+	Reason  string  `json:"reason,omitempty"`
+}
+
+// Lease is a release's lock on a pool: who holds it and until when.
+type Lease struct {
+	Holder  string    `json:"holder"`
+	Expires time.Time `json:"expires"`
+}
+
+// Switch is a blue/green switch whose guards are being watched.
+type Switch struct {
+	From         string    `json:"from"`
+	To           string    `json:"to"`
+	At           time.Time `json:"at"`
+	Until        time.Time `json:"until"`
+	MaxErrorRate float64   `json:"max_error_rate"`
+	Old          []string  `json:"old"` // the From backends the switch drained
+	New          []string  `json:"new"` // the To backends it activated
+	By           string    `json:"by"`
+}
+
+// SwitchOutcome is how the last switch ended: done, switched_back or kept,
+// with the guard that fired.
+type SwitchOutcome struct {
+	From    string    `json:"from"`
+	To      string    `json:"to"`
+	Outcome string    `json:"outcome"`
+	Reason  string    `json:"reason,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Upgraded answers POST /v1/upgrade.
+type Upgraded struct {
+	Upgraded bool   `json:"upgraded"`
+	Message  string `json:"message"`
+}
+
+// AddBackend is the body of POST /v1/pools/{pool}/backends.
+type AddBackend struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	Version string `json:"version,omitempty"`
+	Weight  *int   `json:"weight,omitempty"`
+	Standby bool   `json:"standby,omitempty"`
+}
+
+// PatchBackend is the body of PATCH /v1/pools/{pool}/backends/{name}: nil
+// fields stay.
+type PatchBackend struct {
+	Weight  *int    `json:"weight,omitempty"`
+	Version *string `json:"version,omitempty"`
+	Address *string `json:"address,omitempty"`
+}
+
+// EnableBackend is the optional body of POST …/backends/{name}/enable.
+type EnableBackend struct {
+	Version string `json:"version,omitempty"`
+	Weight  *int   `json:"weight,omitempty"`
+}
+
+// SetCanary is the body of PUT /v1/pools/{pool}/canary.
+type SetCanary struct {
+	Version string   `json:"version"`
+	Weight  *float64 `json:"weight"`
+}
+
+// StartSwitch is the body of POST /v1/pools/{pool}/switch.
+type StartSwitch struct {
+	To           string  `json:"to"`
+	Watch        string  `json:"watch,omitempty"` // a duration such as 60s
+	MaxErrorRate float64 `json:"max_error_rate,omitempty"`
+}
+
+// TakeLease is the body of PUT /v1/pools/{pool}/lease.
+type TakeLease struct {
+	Holder string `json:"holder"`
+	TTL    string `json:"ttl"` // a duration such as 30s
+}
