@@ -146,9 +146,6 @@ func (e *ctlError) Unwrap() error {
 	return e.api
 }
 
-// apiCode returns the admin API's code of a refusal ("" for other errors).
-func apiCode(err error) string { return client.CodeOf(err) }
-
 func fail(code int, format string, args ...any) error {
 	return &ctlError{code: code, msg: fmt.Sprintf(format, args...)}
 }
@@ -248,40 +245,13 @@ func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
 	return c, nil
 }
 
-// clientFor is the client baton demo drives: the admin API at base,
-// answers printed nowhere, calls allowed wait on top of 30s.
-func clientFor(base string, wait time.Duration, stderr io.Writer) (*ctlClient, error) {
-	return apiClient(base, client.Options{Timeout: 30*time.Second + wait}, stderr)
-}
-
-// apiClient is a client that prints no answers (baton rollout, baton demo).
-func apiClient(base string, o client.Options, stderr io.Writer) (*ctlClient, error) {
-	api, err := client.New(base, o)
-	if err != nil {
-		return nil, fail(exitUsage, "%v", err)
-	}
-	return &ctlClient{api: api, stdout: io.Discard, stderr: stderr, output: "text"}, nil
-}
-
 // call sends a request and decodes a 2xx JSON answer into out. API errors
 // become ctlErrors with the API's message (and a hint), wrapping the API's
 // error so callers can branch on its code.
 func (c *ctlClient) call(method, path string, query url.Values, body, out any) (int, error) {
 	status, data, err := c.api.Do(context.Background(), method, path, query, body, nil)
-	var ae *client.Error
-	switch {
-	case errors.As(err, &ae):
-		switch ae.Status {
-		case 401:
-			return 401, &ctlError{code: exitFail, msg: ae.Message + " (set --token-file, BATON_TOKEN_FILE or BATON_TOKEN)", api: ae}
-		case 504:
-			return 504, &ctlError{code: exitWait, msg: ae.Message + "; run the command again to keep waiting", api: ae}
-		}
-		return status, &ctlError{code: exitFail, msg: ae.Message, api: ae}
-	case errors.Is(err, client.ErrUnreachable):
-		return 0, fail(exitFail, "%v (is baton running? set --admin or BATON_ADMIN)", err)
-	case err != nil:
-		return status, fail(exitFail, "%v", err)
+	if err != nil {
+		return status, apiFailure(err)
 	}
 	if c.tmpl != nil {
 		var v any
@@ -301,6 +271,27 @@ func (c *ctlClient) call(method, path string, query url.Values, body, out any) (
 		}
 	}
 	return status, nil
+}
+
+// apiFailure is an error of the admin client as baton ctl, rollout and
+// demo report it: a *ctlError with the API's message, a hint where one
+// helps, and the exit code; it wraps the API's *client.Error, if any, so
+// callers can branch on its code.
+func apiFailure(err error) error {
+	var ae *client.Error
+	switch {
+	case errors.As(err, &ae):
+		switch ae.Status {
+		case 401:
+			return &ctlError{code: exitFail, msg: ae.Message + " (set --token-file, BATON_TOKEN_FILE or BATON_TOKEN)", api: ae}
+		case 504:
+			return &ctlError{code: exitWait, msg: ae.Message + "; run the command again to keep waiting", api: ae}
+		}
+		return &ctlError{code: exitFail, msg: ae.Message, api: ae}
+	case errors.Is(err, client.ErrUnreachable):
+		return fail(exitFail, "%v (is baton running? set --admin or BATON_ADMIN)", err)
+	}
+	return fail(exitFail, "%v", err)
 }
 
 func need(a *ctlArgs, n int, usage string) error {
