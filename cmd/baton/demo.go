@@ -105,7 +105,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 			}
 		}()
 	}
-	if err := serve(ctx, cfg, path, [32]byte{}, stderr, ready, nil, false); err != nil {
+	if err := serve(ctx, cfg, serveOptions{path: path, logw: stderr, ready: ready}); err != nil {
 		fmt.Fprintln(stderr, "baton demo:", err)
 		return exitFail
 	}
