@@ -384,7 +384,7 @@ func (r *Release) upgradeServer(ctx context.Context, b admin.BackendJSON, versio
 		return err
 	}
 	r.say("drained", b.Name, version, "%s drained: nothing in flight", b.Name)
-	line := Expand(cmd, r.pool, b, version, from)
+	line := expand(cmd, r.pool, b, version, from)
 	if back {
 		r.say("reinstall", b.Name, version, "reinstalling %s on %s: %s", version, b.Name, line)
 	} else {
@@ -465,7 +465,7 @@ func (r *Release) watchCanary(ctx context.Context, p admin.PoolJSON) error {
 		// 10 s while it does not.
 		key := fmt.Sprintf("%s %s %g", rep.Verdict, rep.Rule, rep.Weight)
 		if key != last || time.Since(lastAt) >= 10*time.Second {
-			r.say("verdict", "", r.o.To, "canary %s at %s%%: %s — %s", rep.CanaryVersion, TrimFloat(rep.Weight), rep.Verdict, rep.Reason)
+			r.say("verdict", "", r.o.To, "canary %s at %s%%: %s — %s", rep.CanaryVersion, trimFloat(rep.Weight), rep.Verdict, rep.Reason)
 			last, lastAt = key, time.Now()
 		}
 		switch rep.Verdict {
@@ -539,7 +539,7 @@ func (r *Release) passed(ctx context.Context, rep control.CanaryReport) (promote
 	switch {
 	case rep.Held:
 	case next > 0 && rep.DryRun:
-		r.say("step", "", r.o.To, "moving the canary to %s%%", TrimFloat(next))
+		r.say("step", "", r.o.To, "moving the canary to %s%%", trimFloat(next))
 		body := map[string]any{"version": r.o.To, "weight": next}
 		if err := r.call(ctx, "PUT", r.poolPath()+"/canary", nil, body, nil); err != nil {
 			return false, err
@@ -678,14 +678,14 @@ func (r *Release) plan(ctx context.Context, p admin.PoolJSON) Plan {
 		if p.Canary == nil || p.Canary.Version != r.o.To {
 			if first = r.nextCanary(p); first != nil {
 				step("%s (%s): drain, run `%s`, enable as %s: the canary at the pool's initial share",
-					first.Name, first.Address, Expand(r.o.Upgrade, r.pool, *first, r.o.To, p.StableVersion), r.o.To)
+					first.Name, first.Address, expand(r.o.Upgrade, r.pool, *first, r.o.To, p.StableVersion), r.o.To)
 			}
 		}
 		steps := "its steps"
 		if len(rep.Steps) > 0 {
 			s := make([]string, len(rep.Steps))
 			for i, v := range rep.Steps {
-				s[i] = TrimFloat(v) + "%"
+				s[i] = trimFloat(v) + "%"
 			}
 			steps = "the steps " + strings.Join(s, " → ")
 		}
@@ -700,14 +700,14 @@ func (r *Release) plan(ctx context.Context, p admin.PoolJSON) Plan {
 		if b.Version == r.o.To || (first != nil && first.Name == b.Name) {
 			continue
 		}
-		step("%s (%s): drain, run `%s`, enable as %s", b.Name, b.Address, Expand(r.o.Upgrade, r.pool, b, r.o.To, b.Version), r.o.To)
+		step("%s (%s): drain, run `%s`, enable as %s", b.Name, b.Address, expand(r.o.Upgrade, r.pool, b, r.o.To, b.Version), r.o.To)
 	}
 	return pl
 }
 
-// Expand fills a command template for one server: {name}, {address},
+// expand fills a command template for one server: {name}, {address},
 // {host}, {port}, {pool}, {version} and {from}.
-func Expand(tmpl, poolName string, b admin.BackendJSON, version, from string) string {
+func expand(tmpl, poolName string, b admin.BackendJSON, version, from string) string {
 	host, port, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		host, port = b.Address, ""
@@ -716,9 +716,9 @@ func Expand(tmpl, poolName string, b admin.BackendJSON, version, from string) st
 		"{pool}", poolName, "{version}", version, "{from}", from).Replace(tmpl)
 }
 
-// TrimFloat formats a share as the messages show it: at most two decimals,
+// trimFloat formats a share as the messages show it: at most two decimals,
 // no trailing zeros ("12.5", "50").
-func TrimFloat(f float64) string {
+func trimFloat(f float64) string {
 	return strings.TrimSuffix(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".")
 }
 
