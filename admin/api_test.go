@@ -322,13 +322,16 @@ func (f *apiFixture) stateBytes(t *testing.T) []byte {
 // state reads the state file as baton wrote it, right now.
 func (f *apiFixture) state(t *testing.T) *control.State {
 	t.Helper()
-	st := &control.State{}
 	data := f.stateBytes(t)
 	if data == nil {
-		return st
+		return &control.State{}
 	}
-	if err := json.Unmarshal(data, st); err != nil {
-		t.Fatalf("the state file is not valid JSON: %v\n%s", err, data)
+	if !json.Valid(data) {
+		t.Fatalf("the state file is not valid JSON:\n%s", data)
+	}
+	st, warning, err := control.ReadStateFile(f.stateFile)
+	if err != nil || warning != "" {
+		t.Fatalf("reading the state file: %v %s\n%s", err, warning, data)
 	}
 	return st
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/control"
@@ -256,7 +257,7 @@ func TestJudgeRollsBackNewError(t *testing.T) {
 
 // checkPrevious asserts that the report says the judge rolled v2 back for
 // its new PAYMENT_TIMEOUT error, with an example.
-func checkPrevious(t *testing.T, when string, prev *control.PreviousCanary) {
+func checkPrevious(t *testing.T, when string, prev *v1.PreviousCanary) {
 	t.Helper()
 	if prev == nil || prev.Verdict != canary.Fail || prev.Version != "v2" || prev.Stable != "v1" ||
 		prev.Outcome != "rolled_back" || prev.By != "judge" || !strings.Contains(prev.Reason, "PAYMENT_TIMEOUT") {
@@ -290,7 +291,7 @@ func TestJudgeKnownErrorDoesNotFail(t *testing.T) {
 	wg := l.run(ctx, b.URL(""), 4)
 	startCanary(t, b)
 	p := b.Pool(t, "shop")
-	var rep *control.CanaryReport
+	var rep *v1.CanaryReport
 	testbed.Eventually(t, 45*time.Second, func() bool {
 		if v, _ := p.Canary(); v == "v2" {
 			if r, err := b.Reg.Canary("shop"); err == nil && len(r.Signatures) > 0 {

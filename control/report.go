@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/pool"
 )
@@ -46,87 +47,57 @@ func (r *Registry) syncBaselineLocked(p *pool.Pool) {
 	r.baselines[p.Name()] = b
 }
 
-// VersionReport is one version's figures over the comparison window.
-type VersionReport struct {
-	Version   string   `json:"version"`
-	Role      string   `json:"role"` // stable, canary, rolled_back, or previous (not yet upgraded)
-	Requests  uint64   `json:"requests"`
-	Errors    uint64   `json:"errors"`
-	ErrorRate float64  `json:"error_rate"`
-	P50ms     *float64 `json:"p50_ms"`
-	P90ms     *float64 `json:"p90_ms"`
-	P99ms     *float64 `json:"p99_ms"`
-}
-
-// CanaryReport compares a pool's versions since its canary started (or since
-// baton started, without a canary), with the judge's verdict.
-type CanaryReport struct {
-	Pool          string    `json:"pool"`
-	StableVersion string    `json:"stable_version"`
-	CanaryVersion string    `json:"canary_version,omitempty"`
-	Weight        float64   `json:"weight"`
-	Held          bool      `json:"held"`
-	Since         time.Time `json:"since"`
-
-	// The judge, while a canary runs.
-	Verdict   string           `json:"verdict,omitempty"`
-	Rule      string           `json:"rule,omitempty"`
-	Reason    string           `json:"reason,omitempty"`
-	Figures   []canary.Finding `json:"figures,omitempty"`
-	VerdictAt *time.Time       `json:"verdict_at,omitempty"`
-	// Step is the position of the current share in Steps (1-based; 0: not
-	// on a step).
-	Step         int       `json:"step"`
-	Steps        []float64 `json:"steps"`
-	AutoPromote  bool      `json:"auto_promote"`
-	AutoRollback bool      `json:"auto_rollback"`
-	DryRun       bool      `json:"dry_run"`
-
-	Versions   []VersionReport   `json:"versions"`
-	Signatures []SignatureReport `json:"signatures"`
-	// Evidence says what the tables could not keep apart.
-	Evidence EvidenceReport `json:"evidence"`
-
-	// Previous is the last verdict on the pool's previous canary, once it
-	// was promoted or rolled back: why it ended.
-	Previous *PreviousCanary `json:"previous,omitempty"`
-}
-
-// EvidenceReport is what the current canary's evidence tables had no room
-// for: requests of paths past the 16 automatic route groups (counted in
-// "other"), failures past the 256 signatures (counted in "other").
-type EvidenceReport struct {
-	RouteGroupsFolded uint64 `json:"route_groups_folded"`
-	SignaturesFolded  uint64 `json:"signatures_folded"`
-	// Requests and failures the judge left out for being over one
-	// client's share (judge.max_client_share).
-	ClientDiscardedRequests uint64 `json:"client_discarded_requests"`
-	ClientDiscardedFailures uint64 `json:"client_discarded_failures"`
-}
-
 // PreviousCanary is how the last canary ended. It is kept in the state
 // file, so a report after a restart still says why a version was promoted
 // or rolled back.
 type PreviousCanary struct {
-	Version string `json:"version"`
-	Stable  string `json:"stable,omitempty"` // the stable version it was compared with
+	Version string
+	Stable  string // the stable version it was compared with
 	// Outcome is promoted or rolled_back; empty when the canary ended
 	// otherwise (its backends drained or removed, or the file changed).
-	Outcome string `json:"outcome,omitempty"`
-	By      string `json:"by,omitempty"` // who promoted or rolled back: judge, or the token's name
+	Outcome string
+	By      string // who promoted or rolled back: judge, or the token's name
 	// The judge's last verdict on it; empty verdict when it had none.
-	Verdict    string            `json:"verdict"`
-	Rule       string            `json:"rule"`
-	Reason     string            `json:"reason"`
-	At         time.Time         `json:"at"` // when it ended, or the verdict's time when it ended otherwise
-	Signatures []SignatureReport `json:"signatures"`
+	Verdict, Rule, Reason string
+	At                    time.Time // when it ended, or the verdict's time when it ended otherwise
+	Signatures            []JudgedSignature
+}
+
+// JudgedSignature is a kind of failure as the judge classed it: new,
+// elevated or known, its counts per version, whether it failed the
+// release, and its latest example.
+type JudgedSignature struct {
+	Key          string
+	Class        string
+	Counts       map[string]uint64
+	FailsRelease bool
+	Example      *canary.Example
+}
+
+// report is pc as the API shows it.
+func (pc *PreviousCanary) report() *v1.PreviousCanary {
+	out := &v1.PreviousCanary{Version: pc.Version, Stable: pc.Stable, Outcome: pc.Outcome, By: pc.By, Verdict: pc.Verdict,
+		Rule: pc.Rule, Reason: pc.Reason, At: pc.At, Signatures: make([]v1.SignatureReport, 0, len(pc.Signatures))}
+	for _, js := range pc.Signatures {
+		out.Signatures = append(out.Signatures, v1.SignatureReport{Key: js.Key, Class: js.Class, Counts: js.Counts,
+			FailsRelease: js.FailsRelease, Example: example(js.Example)})
+	}
+	return out
+}
+
+// example is e as the API shows it.
+func example(e *canary.Example) *v1.Example {
+	if e == nil {
+		return nil
+	}
+	return &v1.Example{Time: e.Time, Version: e.Version, Path: e.Path, Status: e.Status, Body: e.Body}
 }
 
 // endedCanaryLocked is how canary version cur of p ends now: outcome, by
 // whom, the judge's last verdict on it and its signatures with examples.
 func (r *Registry) endedCanaryLocked(p *pool.Pool, cur, outcome, by string) *PreviousCanary {
 	prev := &PreviousCanary{Version: cur, Stable: p.StableVersion(), Outcome: outcome, By: by,
-		At: time.Now().UTC(), Signatures: []SignatureReport{}}
+		At: time.Now().UTC(), Signatures: []JudgedSignature{}}
 	if res, _, ok := r.judges.latest(p.Name()); ok && r.judges.judging(p.Name()) == cur {
 		prev.Verdict, prev.Rule, prev.Reason = res.Verdict, res.Rule, res.Reason
 		prev.Signatures = signatureReports(res, p, cur, prev.Stable)
@@ -136,7 +107,7 @@ func (r *Registry) endedCanaryLocked(p *pool.Pool, cur, outcome, by string) *Pre
 
 // signatureReports is the judge's classes of a canary's signatures, with
 // counts per version and the latest example of each.
-func signatureReports(res canary.Result, p *pool.Pool, canaryVersion, stable string) []SignatureReport {
+func signatureReports(res canary.Result, p *pool.Pool, canaryVersion, stable string) []JudgedSignature {
 	sigs := p.Signatures().Snapshot()
 	if prev := p.PreviousSignatures(); prev != nil {
 		// A canary that ended may have had its table replaced by the next
@@ -147,9 +118,9 @@ func signatureReports(res canary.Result, p *pool.Pool, canaryVersion, stable str
 			}
 		}
 	}
-	out := []SignatureReport{}
+	out := []JudgedSignature{}
 	for _, sc := range res.Signatures {
-		sr := SignatureReport{Key: sc.Key, Class: sc.Class, FailsRelease: sc.FailsRelease,
+		sr := JudgedSignature{Key: sc.Key, Class: sc.Class, FailsRelease: sc.FailsRelease,
 			Counts: map[string]uint64{canaryVersion: sc.Canary}}
 		if stable != canaryVersion {
 			sr.Counts[stable] = sc.Stable
@@ -163,20 +134,8 @@ func signatureReports(res canary.Result, p *pool.Pool, canaryVersion, stable str
 	return out
 }
 
-// SignatureReport is one kind of failure over the comparison window.
-type SignatureReport struct {
-	Key string `json:"key"`
-	// Class: new (the canary has it, stable never did), elevated (the
-	// canary has it significantly more often), known (comparable rates: a
-	// caveat of the old version, which never fails a release).
-	Class        string            `json:"class"`
-	Counts       map[string]uint64 `json:"counts"`
-	FailsRelease bool              `json:"fails_release"`
-	Example      *canary.Example   `json:"example,omitempty"`
-}
-
 // Canary returns the pool's version comparison.
-func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
+func (r *Registry) Canary(poolName string) (*v1.CanaryReport, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p := r.pools[poolName]
@@ -187,10 +146,10 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 	base := r.baselines[poolName]
 	cur, w := p.Canary()
 	cfg := p.Settings()
-	rep := &CanaryReport{Pool: poolName, StableVersion: p.StableVersion(), CanaryVersion: cur, Weight: w,
+	rep := &v1.CanaryReport{Pool: poolName, StableVersion: p.StableVersion(), CanaryVersion: cur, Weight: w,
 		Held: r.state.Pools[poolName] != nil && r.state.Pools[poolName].Held, Since: base.since,
 		Steps: append([]float64{}, cfg.Canary.Steps...), AutoPromote: cfg.Canary.AutoPromote,
-		AutoRollback: cfg.Canary.AutoRollback, DryRun: cfg.Canary.DryRun, Signatures: []SignatureReport{}}
+		AutoRollback: cfg.Canary.AutoRollback, DryRun: cfg.Canary.DryRun, Signatures: []v1.SignatureReport{}}
 	for i, st := range cfg.Canary.Steps {
 		if st == w {
 			rep.Step = i + 1
@@ -200,7 +159,10 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 	if cur != "" {
 		rep.Verdict, rep.Reason = canary.Inconclusive, "the judge has not looked at this canary yet"
 		if res, at, ok := r.judges.latest(poolName); ok {
-			rep.Verdict, rep.Rule, rep.Reason, rep.Figures = res.Verdict, res.Rule, res.Reason, res.Findings
+			rep.Verdict, rep.Rule, rep.Reason = res.Verdict, res.Rule, res.Reason
+			for _, f := range res.Findings {
+				rep.Figures = append(rep.Figures, v1.Finding{Rule: f.Rule, Detail: f.Detail})
+			}
 			rep.Evidence.ClientDiscardedRequests, rep.Evidence.ClientDiscardedFailures = res.Discarded, res.DiscardedFailures
 			at := at.UTC()
 			rep.VerdictAt = &at
@@ -223,17 +185,17 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 		// rolled back (kept across restarts), or, when a later canary
 		// ended some other way, the judge's last verdict on that one.
 		if ps := r.state.Pools[poolName]; ps != nil && ps.LastCanary != nil {
-			c := *ps.LastCanary
-			rep.Previous = &c
+			rep.Previous = ps.LastCanary.report()
 		}
 		if v, stable, res, at, ok := r.judges.ended(poolName); ok && (rep.Previous == nil || at.After(rep.Previous.At)) {
-			rep.Previous = &PreviousCanary{Version: v, Stable: stable, Verdict: res.Verdict, Rule: res.Rule, Reason: res.Reason,
+			ended := &PreviousCanary{Version: v, Stable: stable, Verdict: res.Verdict, Rule: res.Rule, Reason: res.Reason,
 				At: at.UTC(), Signatures: signatureReports(res, p, v, stable)}
+			rep.Previous = ended.report()
 		}
 	}
 	for key, sig := range sigs {
 		b := base.sigs[key]
-		sr := SignatureReport{Key: key, Counts: map[string]uint64{}}
+		sr := v1.SignatureReport{Key: key, Counts: map[string]uint64{}}
 		total := uint64(0)
 		for v, n := range sig.Counts {
 			if d := n - min(n, b.Counts[v]); d > 0 {
@@ -245,8 +207,7 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 			continue
 		}
 		if len(sig.Examples) > 0 {
-			ex := sig.Examples[len(sig.Examples)-1]
-			sr.Example = &ex
+			sr.Example = example(&sig.Examples[len(sig.Examples)-1])
 		}
 		sr.Class = "known"
 		if sc, ok := classes[key]; ok {
@@ -272,7 +233,7 @@ func (r *Registry) Canary(poolName string) (*CanaryReport, error) {
 			now.errors -= b.errors
 			now.latency = now.latency.Sub(&b.latency)
 		}
-		vr := VersionReport{Version: vs.Version(), Role: "previous", Requests: now.requests, Errors: now.errors}
+		vr := v1.VersionReport{Version: vs.Version(), Role: "previous", Requests: now.requests, Errors: now.errors}
 		switch {
 		case vs.Version() == rep.StableVersion:
 			vr.Role = "stable"

@@ -24,59 +24,59 @@ import (
 // decision is acknowledged, read back at start, and re-applied after every
 // reload. Where it sets a field it wins over the file.
 type State struct {
-	Format int                   `json:"format"`
-	Pools  map[string]*PoolState `json:"pools,omitempty"`
+	Format int
+	Pools  map[string]*PoolState
 }
 
 const stateFormat = 1
 
 // PoolState is the overlay of one pool.
 type PoolState struct {
-	StableVersion string `json:"stable_version,omitempty"`
+	StableVersion string
 	// Canary, when set, replaces the file's canary; an empty version means
 	// no canary (after a promotion or rollback).
-	Canary   *CanaryState             `json:"canary,omitempty"`
-	Held     bool                     `json:"held,omitempty"`
-	Backends map[string]*BackendState `json:"backends,omitempty"`
+	Canary   *CanaryState
+	Held     bool
+	Backends map[string]*BackendState
 	// LastCanary is how the pool's last canary was promoted or rolled
 	// back, and why: a record, not an override.
-	LastCanary *PreviousCanary `json:"last_canary,omitempty"`
+	LastCanary *PreviousCanary
 	// Lease is the running release's lock (see Lease).
-	Lease *Lease `json:"lease,omitempty"`
+	Lease *Lease
 	// Switch is a blue/green switch being watched; LastSwitch how the last
 	// one ended.
-	Switch     *SwitchState   `json:"switch,omitempty"`
-	LastSwitch *SwitchOutcome `json:"last_switch,omitempty"`
+	Switch     *SwitchState
+	LastSwitch *SwitchOutcome
 
 	// What the file said when the overrides above were made. When the file
 	// later says something else, someone edited it on purpose: the file wins
 	// and the override is dropped.
-	FileStable string       `json:"file_stable,omitempty"`
-	FileCanary *CanaryState `json:"file_canary,omitempty"`
+	FileStable string
+	FileCanary *CanaryState
 }
 
 // CanaryState is a canary version and share set at runtime.
 type CanaryState struct {
-	Version string  `json:"version"`
-	Weight  float64 `json:"weight"`
+	Version string
+	Weight  float64
 }
 
 // BackendState is the overlay of one backend.
 type BackendState struct {
 	// State is the admin state a decision set (Active: none).
-	State   pool.State `json:"state,omitempty"`
-	Weight  *int       `json:"weight,omitempty"`
-	Version string     `json:"version,omitempty"`
-	Address string     `json:"address,omitempty"`
+	State   pool.State
+	Weight  *int
+	Version string
+	Address string
 	// Added marks a backend added at runtime, not listed in the file.
-	Added bool `json:"added,omitempty"`
+	Added bool
 	// Removed marks a backend removed at runtime, even one the file lists.
-	Removed bool `json:"removed,omitempty"`
+	Removed bool
 
 	// The file's values when the overrides were made (see PoolState).
-	FileWeight  *int   `json:"file_weight,omitempty"`
-	FileVersion string `json:"file_version,omitempty"`
-	FileAddress string `json:"file_address,omitempty"`
+	FileWeight  *int
+	FileVersion string
+	FileAddress string
 }
 
 func (s *State) pool(name string) *PoolState {
@@ -169,6 +169,11 @@ func (s *State) compact() {
 // ErrCorruptState is returned when the state file exists but cannot be used.
 // baton then refuses to start rather than silently forgetting decisions.
 var ErrCorruptState = errors.New("state file is unreadable or corrupt")
+
+// ReadStateFile reads a state file the way baton does when it starts: the
+// decisions in force, and a warning naming fields a newer baton added that
+// this one does not know (empty when none).
+func ReadStateFile(path string) (*State, string, error) { return loadState(path) }
 
 // loadState reads the state file. A missing file is an empty state; an
 // unreadable or malformed one is an error naming the file. Fields this

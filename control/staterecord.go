@@ -178,9 +178,9 @@ func (rec *stateRecord) state() *State {
 		}
 		if c := pr.LastCanary; c != nil {
 			pc := &PreviousCanary{Version: c.Version, Stable: c.Stable, Outcome: c.Outcome, By: c.By, Verdict: c.Verdict,
-				Rule: c.Rule, Reason: c.Reason, At: c.At, Signatures: []SignatureReport{}}
+				Rule: c.Rule, Reason: c.Reason, At: c.At, Signatures: []JudgedSignature{}}
 			for _, sr := range c.Signatures {
-				rep := SignatureReport{Key: sr.Key, Class: sr.Class, Counts: sr.Counts, FailsRelease: sr.FailsRelease}
+				rep := JudgedSignature{Key: sr.Key, Class: sr.Class, Counts: sr.Counts, FailsRelease: sr.FailsRelease}
 				if e := sr.Example; e != nil {
 					rep.Example = &canary.Example{Time: e.Time, Version: e.Version, Path: e.Path, Status: e.Status, Body: e.Body}
 				}

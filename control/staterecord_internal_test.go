@@ -30,7 +30,7 @@ func goldenState() *State {
 				"web-3": {Removed: true},
 			},
 			LastCanary: &PreviousCanary{Version: "v40", Stable: "v39", Outcome: "rolled_back", By: "judge", Verdict: "fail",
-				Rule: "signature", Reason: "new error", At: at, Signatures: []SignatureReport{{
+				Rule: "signature", Reason: "new error", At: at, Signatures: []JudgedSignature{{
 					Key: "POST /checkout 500 server_error", Class: "new", Counts: map[string]uint64{"v40": 4}, FailsRelease: true,
 					Example: &canary.Example{Time: at, Version: "v40", Path: "/checkout", Status: 500, Body: "cart lost"}}}},
 			Lease: &Lease{Holder: "deploy-7", Expires: at.Add(time.Minute)},

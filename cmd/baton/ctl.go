@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -22,46 +23,6 @@ import (
 
 // Exit code of baton ctl when a --wait ran out (the action stays in force).
 const exitWait = 3
-
-const ctlUsage = `baton ctl — the admin API's client for scripts
-
-Usage: baton ctl COMMAND [ARGS] [FLAGS]
-
-  pools                               list pools with their backends
-  pool POOL                           one pool (-o name: its backend names)
-  backend POOL NAME                   one backend
-  add POOL NAME --address HOST:PORT [--version V] [--weight W] [--standby]
-                                      --standby: drained, health checked, for a switch
-  set POOL NAME [--weight W] [--version V] [--address HOST:PORT]
-  remove POOL NAME [--wait 30s]       drain, then remove
-  drain POOL NAME [--wait 60s]        no new requests; --wait until idle
-  enable POOL NAME [--version V] [--weight W]
-  eject POOL NAME                     out of rotation now
-  canary POOL                         stable vs canary comparison
-  canary POOL --version V --weight W  start a canary or shift its share (percent)
-  canary POOL --check [--max-error-rate-increase 0.01] [--min-requests 50]
-                                      exit 0 if the judge passes the canary, 1 if it
-                                      fails it; before a verdict, compare error rates
-  promote POOL | rollback POOL | hold POOL | resume POOL
-  switch POOL --to V [--watch 60s] [--max-error-rate 0.05] [--wait 90s]
-                                      blue/green: all traffic to the standby servers
-                                      of V at once; guards switch back if they fire;
-                                      --wait until the watch ends (exit 1 if switched back)
-  events [--limit N] [--refused]      the audit log, newest first (--refused: refused requests)
-  upgrade                             start the baton binary again (a new version at the
-                                      same path) and hand it the sockets; exit 0 once it serves
-
-Flags:
-  --admin URL        admin API (env BATON_ADMIN; default http://127.0.0.1:9090)
-  --token-file FILE  file with the API token (env BATON_TOKEN_FILE, or BATON_TOKEN)
-  --ca FILE          PEM certificates to trust for an https:// admin URL (env
-                     BATON_ADMIN_CA; default: the system's)
-  -o FORMAT          text (default), json, name (names, one per line) or
-                     template=GO-TEMPLATE applied to the JSON answer,
-                     e.g. -o 'template={{.stable_version}}'
-
-Exit codes: 0 done, 1 refused or failed, 2 usage, 3 a --wait ran out.
-`
 
 // ctlArgs are a ctl command line: positional arguments and flags, which may
 // come in any order (baton ctl drain shop web-1 --wait 60s).
@@ -146,9 +107,6 @@ func (e *ctlError) Unwrap() error {
 	return e.api
 }
 
-// apiCode returns the admin API's code of a refusal ("" for other errors).
-func apiCode(err error) string { return client.CodeOf(err) }
-
 func fail(code int, format string, args ...any) error {
 	return &ctlError{code: code, msg: fmt.Sprintf(format, args...)}
 }
@@ -156,15 +114,15 @@ func fail(code int, format string, args ...any) error {
 func cmdCtl(args []string, stdout, stderr io.Writer) int {
 	a, err := parseCtlArgs(args)
 	if err != nil {
-		fmt.Fprintf(stderr, "baton ctl: %v\n\n%s", err, ctlUsage)
+		fmt.Fprintf(stderr, "baton ctl: %v\n\n%s", err, ctlUsage())
 		return exitUsage
 	}
 	if a.flags["h"] != "" || a.flags["help"] != "" || (len(a.pos) > 0 && a.pos[0] == "help") {
-		fmt.Fprint(stdout, ctlUsage)
+		fmt.Fprint(stdout, ctlUsage())
 		return exitOK
 	}
 	if len(a.pos) == 0 {
-		fmt.Fprint(stderr, ctlUsage)
+		fmt.Fprint(stderr, ctlUsage())
 		return exitUsage
 	}
 	c, err := newCtlClient(a, stdout, stderr)
@@ -176,7 +134,7 @@ func cmdCtl(args []string, stdout, stderr io.Writer) int {
 		if errors.As(err, &ce) {
 			fmt.Fprintln(stderr, "baton ctl:", ce.msg)
 			if ce.code == exitUsage {
-				fmt.Fprint(stderr, "\n"+ctlUsage)
+				fmt.Fprint(stderr, "\n"+ctlUsage())
 			}
 			return ce.code
 		}
@@ -248,40 +206,13 @@ func newCtlClient(a *ctlArgs, stdout, stderr io.Writer) (*ctlClient, error) {
 	return c, nil
 }
 
-// clientFor is the client baton demo drives: the admin API at base,
-// answers printed nowhere, calls allowed wait on top of 30s.
-func clientFor(base string, wait time.Duration, stderr io.Writer) (*ctlClient, error) {
-	return apiClient(base, client.Options{Timeout: 30*time.Second + wait}, stderr)
-}
-
-// apiClient is a client that prints no answers (baton rollout, baton demo).
-func apiClient(base string, o client.Options, stderr io.Writer) (*ctlClient, error) {
-	api, err := client.New(base, o)
-	if err != nil {
-		return nil, fail(exitUsage, "%v", err)
-	}
-	return &ctlClient{api: api, stdout: io.Discard, stderr: stderr, output: "text"}, nil
-}
-
 // call sends a request and decodes a 2xx JSON answer into out. API errors
 // become ctlErrors with the API's message (and a hint), wrapping the API's
 // error so callers can branch on its code.
 func (c *ctlClient) call(method, path string, query url.Values, body, out any) (int, error) {
 	status, data, err := c.api.Do(context.Background(), method, path, query, body, nil)
-	var ae *client.Error
-	switch {
-	case errors.As(err, &ae):
-		switch ae.Status {
-		case 401:
-			return 401, &ctlError{code: exitFail, msg: ae.Message + " (set --token-file, BATON_TOKEN_FILE or BATON_TOKEN)", api: ae}
-		case 504:
-			return 504, &ctlError{code: exitWait, msg: ae.Message + "; run the command again to keep waiting", api: ae}
-		}
-		return status, &ctlError{code: exitFail, msg: ae.Message, api: ae}
-	case errors.Is(err, client.ErrUnreachable):
-		return 0, fail(exitFail, "%v (is baton running? set --admin or BATON_ADMIN)", err)
-	case err != nil:
-		return status, fail(exitFail, "%v", err)
+	if err != nil {
+		return status, apiFailure(err)
 	}
 	if c.tmpl != nil {
 		var v any
@@ -303,11 +234,25 @@ func (c *ctlClient) call(method, path string, query url.Values, body, out any) (
 	return status, nil
 }
 
-func need(a *ctlArgs, n int, usage string) error {
-	if len(a.pos)-1 != n {
-		return fail(exitUsage, "usage: baton ctl %s", usage)
+// apiFailure is an error of the admin client as baton ctl, rollout and
+// demo report it: a *ctlError with the API's message, a hint where one
+// helps, and the exit code; it wraps the API's *client.Error, if any, so
+// callers can branch on its code.
+func apiFailure(err error) error {
+	var ae *client.Error
+	switch {
+	case errors.As(err, &ae):
+		switch ae.Status {
+		case 401:
+			return &ctlError{code: exitFail, msg: ae.Message + " (set --token-file, BATON_TOKEN_FILE or BATON_TOKEN)", api: ae}
+		case 504:
+			return &ctlError{code: exitWait, msg: ae.Message + "; run the command again to keep waiting", api: ae}
+		}
+		return &ctlError{code: exitFail, msg: ae.Message, api: ae}
+	case errors.Is(err, client.ErrUnreachable):
+		return fail(exitFail, "%v (is baton running? set --admin or BATON_ADMIN)", err)
 	}
-	return nil
+	return fail(exitFail, "%v", err)
 }
 
 func intFlag(a *ctlArgs, name string) (*int, error) {
@@ -322,268 +267,352 @@ func intFlag(a *ctlArgs, name string) (*int, error) {
 	return &n, nil
 }
 
+// ctlCommand is one subcommand of baton ctl: what its help and its usage
+// error say, and what runs it.
+type ctlCommand struct {
+	// names: the commands this row runs, shown together in the help
+	// ("promote POOL | rollback POOL | …").
+	names []string
+	// args follow the name in the help and in a usage error ("usage:
+	// baton ctl drain POOL NAME [--wait 60s]"); nargs is how many
+	// positional arguments the command takes.
+	args  string
+	nargs int
+	// doc says what it does, a line of the help each; forms, when set,
+	// are the help's lines instead, one per form of the command.
+	doc   string
+	forms []ctlForm
+	run   func(c *ctlClient, a *ctlArgs) error
+}
+
+// ctlForm is one way of calling a command, as the help shows it.
+type ctlForm struct{ args, doc string }
+
+// ctlCommands are baton ctl's subcommands, in the order of its help.
+var ctlCommands = []ctlCommand{
+	{names: []string{"pools"}, doc: "list pools with their backends", run: (*ctlClient).pools},
+	{names: []string{"pool"}, args: "POOL", nargs: 1, doc: "one pool (-o name: its backend names)", run: (*ctlClient).pool},
+	{names: []string{"backend"}, args: "POOL NAME", nargs: 2, doc: "one backend", run: (*ctlClient).backend},
+	{names: []string{"add"}, args: "POOL NAME --address HOST:PORT [--version V] [--weight W] [--standby]", nargs: 2,
+		doc: "--standby: drained, health checked, for a switch", run: (*ctlClient).add},
+	{names: []string{"set"}, args: "POOL NAME [--weight W] [--version V] [--address HOST:PORT]", nargs: 2, run: (*ctlClient).set},
+	{names: []string{"remove"}, args: "POOL NAME [--wait 30s]", nargs: 2, doc: "drain, then remove", run: (*ctlClient).remove},
+	{names: []string{"drain"}, args: "POOL NAME [--wait 60s]", nargs: 2, doc: "no new requests; --wait until idle", run: (*ctlClient).drain},
+	{names: []string{"enable"}, args: "POOL NAME [--version V] [--weight W]", nargs: 2, run: (*ctlClient).enable},
+	{names: []string{"eject"}, args: "POOL NAME", nargs: 2, doc: "out of rotation now", run: (*ctlClient).eject},
+	{names: []string{"canary"}, args: "POOL [--version V --weight W | --check]", nargs: 1, run: (*ctlClient).canary, forms: []ctlForm{
+		{"POOL", "stable vs canary comparison"},
+		{"POOL --version V --weight W", "start a canary or shift its share (percent)"},
+		{"POOL --check [--max-error-rate-increase 0.01] [--min-requests 50]",
+			"exit 0 if the judge passes the canary, 1 if it\nfails it; before a verdict, compare error rates"},
+	}},
+	{names: []string{"promote", "rollback", "hold", "resume"}, args: "POOL", nargs: 1, run: (*ctlClient).canaryAction},
+	{names: []string{"switch"}, args: "POOL --to V [--watch 60s] [--max-error-rate 0.05] [--wait 90s]", nargs: 1,
+		doc: "blue/green: all traffic to the standby servers\nof V at once; guards switch back if they fire;\n--wait until the watch ends (exit 1 if switched back)",
+		run: (*ctlClient).switchVersion},
+	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
+	{names: []string{"upgrade"}, doc: "start the baton binary again (a new version at the\nsame path) and hand it the sockets; exit 0 once it serves",
+		run: (*ctlClient).upgrade},
+}
+
+// ctlUsage is baton ctl's help, the commands' part from ctlCommands.
+func ctlUsage() string {
+	var b strings.Builder
+	b.WriteString("baton ctl — the admin API's client for scripts\n\nUsage: baton ctl COMMAND [ARGS] [FLAGS]\n\n")
+	for _, cmd := range ctlCommands {
+		if len(cmd.forms) > 0 {
+			for _, f := range cmd.forms {
+				writeHelpLine(&b, usageLine(cmd.names[0], f.args), f.doc)
+			}
+			continue
+		}
+		uses := make([]string, len(cmd.names))
+		for i, name := range cmd.names {
+			uses[i] = usageLine(name, cmd.args)
+		}
+		writeHelpLine(&b, strings.Join(uses, " | "), cmd.doc)
+	}
+	b.WriteString(ctlFlagsHelp)
+	return b.String()
+}
+
+// usageLine is a command with its arguments: "drain POOL NAME [--wait 60s]".
+func usageLine(name, args string) string { return strings.TrimSpace(name + " " + args) }
+
+// writeHelpLine writes a command's line of the help: its usage, then what
+// it does in a column, below when the usage is too wide for it.
+func writeHelpLine(b *strings.Builder, use, doc string) {
+	const indent, column = "  ", 36
+	lines := strings.Split(doc, "\n")
+	if doc == "" {
+		lines = nil
+	}
+	if len(lines) > 0 && len(use) <= column-2 {
+		fmt.Fprintf(b, "%s%-*s%s\n", indent, column, use, lines[0])
+		lines = lines[1:]
+	} else {
+		fmt.Fprintf(b, "%s%s\n", indent, use)
+	}
+	for _, l := range lines {
+		fmt.Fprintf(b, "%s%s%s\n", indent, strings.Repeat(" ", column), l)
+	}
+}
+
+const ctlFlagsHelp = `
+Flags:
+  --admin URL        admin API (env BATON_ADMIN; default http://127.0.0.1:9090)
+  --token-file FILE  file with the API token (env BATON_TOKEN_FILE, or BATON_TOKEN)
+  --ca FILE          PEM certificates to trust for an https:// admin URL (env
+                     BATON_ADMIN_CA; default: the system's)
+  -o FORMAT          text (default), json, name (names, one per line) or
+                     template=GO-TEMPLATE applied to the JSON answer,
+                     e.g. -o 'template={{.stable_version}}'
+
+Exit codes: 0 done, 1 refused or failed, 2 usage, 3 a --wait ran out.
+`
+
+// run runs the command a names, once its arguments are counted.
 func (c *ctlClient) run(a *ctlArgs) error {
-	cmd := a.pos[0]
-	esc := url.PathEscape
-	backendPath := func() string {
-		return "/v1/pools/" + esc(a.pos[1]) + "/backends/" + esc(a.pos[2])
+	name := a.pos[0]
+	for _, cmd := range ctlCommands {
+		if slices.Contains(cmd.names, name) {
+			if len(a.pos)-1 != cmd.nargs {
+				return fail(exitUsage, "usage: baton ctl %s", usageLine(name, cmd.args))
+			}
+			return cmd.run(c, a)
+		}
 	}
-	waitQuery := func() url.Values {
-		if w := a.flags["wait"]; w != "" {
-			return url.Values{"wait": {w}}
+	return fail(exitUsage, "unknown command %q", name)
+}
+
+func (a *ctlArgs) poolPath() string { return "/v1/pools/" + url.PathEscape(a.pos[1]) }
+
+func (a *ctlArgs) backendPath() string { return a.poolPath() + "/backends/" + url.PathEscape(a.pos[2]) }
+
+// waitQuery is ?wait= from --wait, if given.
+func (a *ctlArgs) waitQuery() url.Values {
+	if w := a.flags["wait"]; w != "" {
+		return url.Values{"wait": {w}}
+	}
+	return nil
+}
+
+func (c *ctlClient) pools(a *ctlArgs) error {
+	var pools []v1.Pool
+	if _, err := c.call("GET", "/v1/pools", nil, nil, &pools); err != nil || c.output == "json" {
+		return err
+	}
+	if c.output == "name" {
+		for _, p := range pools {
+			fmt.Fprintln(c.stdout, p.Name)
 		}
 		return nil
 	}
-	switch cmd {
-	case "pools":
-		if err := need(a, 0, "pools"); err != nil {
-			return err
-		}
-		var pools []v1.Pool
-		if _, err := c.call("GET", "/v1/pools", nil, nil, &pools); err != nil || c.output == "json" {
-			return err
-		}
-		if c.output == "name" {
-			for _, p := range pools {
-				fmt.Fprintln(c.stdout, p.Name)
-			}
-			return nil
-		}
-		for i, p := range pools {
-			if i > 0 {
-				fmt.Fprintln(c.stdout)
-			}
-			c.printPool(p)
-		}
-		return nil
-	case "pool":
-		if err := need(a, 1, "pool POOL"); err != nil {
-			return err
-		}
-		var p v1.Pool
-		if _, err := c.call("GET", "/v1/pools/"+esc(a.pos[1]), nil, nil, &p); err != nil || c.output == "json" {
-			return err
-		}
-		if c.output == "name" {
-			for _, b := range p.Backends {
-				fmt.Fprintln(c.stdout, b.Name)
-			}
-			return nil
+	for i, p := range pools {
+		if i > 0 {
+			fmt.Fprintln(c.stdout)
 		}
 		c.printPool(p)
+	}
+	return nil
+}
+
+func (c *ctlClient) pool(a *ctlArgs) error {
+	var p v1.Pool
+	if _, err := c.call("GET", a.poolPath(), nil, nil, &p); err != nil || c.output == "json" {
+		return err
+	}
+	if c.output == "name" {
+		for _, b := range p.Backends {
+			fmt.Fprintln(c.stdout, b.Name)
+		}
 		return nil
-	case "backend":
-		if err := need(a, 2, "backend POOL NAME"); err != nil {
-			return err
-		}
-		var b v1.Backend
-		if _, err := c.call("GET", backendPath(), nil, nil, &b); err != nil || c.output == "json" {
-			return err
-		}
-		c.printBackend(b)
-		return nil
-	case "add":
-		if err := need(a, 2, "add POOL NAME --address HOST:PORT [--version V] [--weight W]"); err != nil {
-			return err
-		}
-		if a.flags["address"] == "" {
-			return fail(exitUsage, "add needs --address HOST:PORT")
-		}
-		w, err := intFlag(a, "weight")
-		if err != nil {
-			return err
-		}
-		body := map[string]any{"name": a.pos[2], "address": a.flags["address"]}
-		if v := a.flags["version"]; v != "" {
-			body["version"] = v
-		}
-		if a.flags["standby"] != "" {
-			body["standby"] = true
-		}
-		if w != nil {
-			body["weight"] = *w
-		}
-		var b v1.Backend
-		status, err := c.call("POST", "/v1/pools/"+esc(a.pos[1])+"/backends", nil, body, &b)
-		if err != nil || c.output == "json" {
-			return err
-		}
-		if status == 200 {
-			fmt.Fprintf(c.stdout, "%s is already in %s at %s as %s, weight %d\n", b.Name, a.pos[1], b.Address, b.Version, b.Weight)
-			return nil
-		}
-		if a.flags["standby"] != "" {
-			fmt.Fprintf(c.stdout, "%s added to %s at %s as %s on standby: health checked, no traffic until a switch to %s\n",
-				b.Name, a.pos[1], b.Address, b.Version, b.Version)
-			return nil
-		}
+	}
+	c.printPool(p)
+	return nil
+}
+
+func (c *ctlClient) backend(a *ctlArgs) error {
+	var b v1.Backend
+	if _, err := c.call("GET", a.backendPath(), nil, nil, &b); err != nil || c.output == "json" {
+		return err
+	}
+	c.printBackend(b)
+	return nil
+}
+
+func (c *ctlClient) add(a *ctlArgs) error {
+	if a.flags["address"] == "" {
+		return fail(exitUsage, "add needs --address HOST:PORT")
+	}
+	w, err := intFlag(a, "weight")
+	if err != nil {
+		return err
+	}
+	body := v1.AddBackend{Name: a.pos[2], Address: a.flags["address"], Version: a.flags["version"],
+		Standby: a.flags["standby"] != "", Weight: w}
+	var b v1.Backend
+	status, err := c.call("POST", a.poolPath()+"/backends", nil, body, &b)
+	if err != nil || c.output == "json" {
+		return err
+	}
+	switch {
+	case status == 200:
+		fmt.Fprintf(c.stdout, "%s is already in %s at %s as %s, weight %d\n", b.Name, a.pos[1], b.Address, b.Version, b.Weight)
+	case a.flags["standby"] != "":
+		fmt.Fprintf(c.stdout, "%s added to %s at %s as %s on standby: health checked, no traffic until a switch to %s\n",
+			b.Name, a.pos[1], b.Address, b.Version, b.Version)
+	default:
 		fmt.Fprintf(c.stdout, "%s added to %s at %s as %s, weight %d; it gets traffic once a health check passes\n",
 			b.Name, a.pos[1], b.Address, b.Version, b.Weight)
-		return nil
-	case "set":
-		if err := need(a, 2, "set POOL NAME [--weight W] [--version V] [--address HOST:PORT]"); err != nil {
-			return err
-		}
-		body := map[string]any{}
-		w, err := intFlag(a, "weight")
-		if err != nil {
-			return err
-		}
-		if w != nil {
-			body["weight"] = *w
-		}
-		if v, ok := a.flags["version"]; ok {
-			body["version"] = v
-		}
-		if v, ok := a.flags["address"]; ok {
-			body["address"] = v
-		}
-		if len(body) == 0 {
-			return fail(exitUsage, "set needs --weight, --version or --address")
-		}
-		var b v1.Backend
-		if _, err := c.call("PATCH", backendPath(), nil, body, &b); err != nil || c.output == "json" {
-			return err
-		}
-		fmt.Fprintf(c.stdout, "%s: %s, version %s, weight %d\n", b.Name, b.Address, b.Version, b.Weight)
-		return nil
-	case "remove", "drain":
-		if err := need(a, 2, cmd+" POOL NAME [--wait 60s]"); err != nil {
-			return err
-		}
-		method, path := "POST", backendPath()+"/drain"
-		if cmd == "remove" {
-			method, path = "DELETE", backendPath()
-		}
-		var b v1.Backend
-		status, err := c.call(method, path, waitQuery(), nil, &b)
-		if err != nil || c.output == "json" {
-			return err
-		}
-		switch {
-		case cmd == "remove" && status == 200:
-			fmt.Fprintf(c.stdout, "%s removed from %s: nothing in flight, no open connection\n", b.Name, a.pos[1])
-		case cmd == "remove":
-			fmt.Fprintf(c.stdout, "%s is leaving %s: no new requests; %d in flight (use --wait to wait)\n", b.Name, a.pos[1], b.Inflight)
-		case status == 200:
-			fmt.Fprintf(c.stdout, "%s drained: nothing in flight, no open connection\n", b.Name)
-		default:
-			fmt.Fprintf(c.stdout, "%s draining: no new requests; %d in flight, %d open connection(s) (use --wait to wait)\n",
-				b.Name, b.Inflight, b.OpenConnections)
-		}
-		return nil
-	case "enable":
-		if err := need(a, 2, "enable POOL NAME [--version V] [--weight W]"); err != nil {
-			return err
-		}
-		body := map[string]any{}
-		if v := a.flags["version"]; v != "" {
-			body["version"] = v
-		}
-		w, err := intFlag(a, "weight")
-		if err != nil {
-			return err
-		}
-		if w != nil {
-			body["weight"] = *w
-		}
-		var b v1.Backend
-		if _, err := c.call("POST", backendPath()+"/enable", nil, body, &b); err != nil || c.output == "json" {
-			return err
-		}
-		fmt.Fprintf(c.stdout, "%s enabled as %s, weight %d; it gets traffic once a health check passes\n", b.Name, b.Version, b.Weight)
-		return nil
-	case "eject":
-		if err := need(a, 2, "eject POOL NAME"); err != nil {
-			return err
-		}
-		var b v1.Backend
-		if _, err := c.call("POST", backendPath()+"/eject", nil, nil, &b); err != nil || c.output == "json" {
-			return err
-		}
-		fmt.Fprintf(c.stdout, "%s ejected: no new requests; %d in flight finish\n", b.Name, b.Inflight)
-		return nil
-	case "canary":
-		if err := need(a, 1, "canary POOL [--version V --weight W | --check]"); err != nil {
-			return err
-		}
-		return c.canary(a)
-	case "promote", "rollback", "hold", "resume":
-		if err := need(a, 1, cmd+" POOL"); err != nil {
-			return err
-		}
-		var rep control.CanaryReport
-		if _, err := c.call("POST", "/v1/pools/"+esc(a.pos[1])+"/canary/"+cmd, nil, nil, &rep); err != nil || c.output == "json" {
-			return err
-		}
-		switch cmd {
-		case "promote":
-			fmt.Fprintf(c.stdout, "%s is now the stable version of %s; upgrade the remaining servers one by one\n", rep.StableVersion, rep.Pool)
-		case "rollback":
-			fmt.Fprintf(c.stdout, "%s has no canary; the canary's backends are drained (stable: %s)\n", rep.Pool, rep.StableVersion)
-		case "hold":
-			fmt.Fprintf(c.stdout, "automatic canary steps of %s are on hold\n", rep.Pool)
-		case "resume":
-			fmt.Fprintf(c.stdout, "automatic canary steps of %s resumed\n", rep.Pool)
-		}
-		return nil
-	case "switch":
-		return c.switchVersion(a)
-	case "upgrade":
-		if err := need(a, 0, "upgrade"); err != nil {
-			return err
-		}
-		var res struct {
-			Message string `json:"message"`
-		}
-		if _, err := c.call("POST", "/v1/upgrade", nil, nil, &res); err != nil || c.output == "json" {
-			return err
-		}
-		fmt.Fprintln(c.stdout, res.Message)
-		return nil
-	case "events":
-		if err := need(a, 0, "events [--limit N] [--refused]"); err != nil {
-			return err
-		}
-		q := url.Values{}
-		if l := a.flags["limit"]; l != "" {
-			q.Set("limit", l)
-		}
-		refused := a.flags["refused"] == "true"
-		if refused {
-			q.Set("refused", "true")
-		}
-		var evs []control.Event
-		if _, err := c.call("GET", "/v1/events", q, nil, &evs); err != nil || c.output == "json" {
-			return err
-		}
-		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-		if refused {
-			fmt.Fprintln(tw, "TIME\tACTOR\tREQUEST\tFROM\tREFUSED")
-			for _, e := range evs {
-				e.Clean() // what a client sent must not reach the terminal raw
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action,
-					strings.TrimPrefix(e.Detail, "from "), e.Refused)
-			}
-			return tw.Flush()
-		}
-		fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
+	}
+	return nil
+}
+
+func (c *ctlClient) set(a *ctlArgs) error {
+	w, err := intFlag(a, "weight")
+	if err != nil {
+		return err
+	}
+	body := v1.PatchBackend{Weight: w}
+	if v, ok := a.flags["version"]; ok {
+		body.Version = &v
+	}
+	if v, ok := a.flags["address"]; ok {
+		body.Address = &v
+	}
+	if body == (v1.PatchBackend{}) {
+		return fail(exitUsage, "set needs --weight, --version or --address")
+	}
+	var b v1.Backend
+	if _, err := c.call("PATCH", a.backendPath(), nil, body, &b); err != nil || c.output == "json" {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s: %s, version %s, weight %d\n", b.Name, b.Address, b.Version, b.Weight)
+	return nil
+}
+
+func (c *ctlClient) remove(a *ctlArgs) error {
+	var b v1.Backend
+	status, err := c.call("DELETE", a.backendPath(), a.waitQuery(), nil, &b)
+	if err != nil || c.output == "json" {
+		return err
+	}
+	if status == 200 {
+		fmt.Fprintf(c.stdout, "%s removed from %s: nothing in flight, no open connection\n", b.Name, a.pos[1])
+	} else {
+		fmt.Fprintf(c.stdout, "%s is leaving %s: no new requests; %d in flight (use --wait to wait)\n", b.Name, a.pos[1], b.Inflight)
+	}
+	return nil
+}
+
+func (c *ctlClient) drain(a *ctlArgs) error {
+	var b v1.Backend
+	status, err := c.call("POST", a.backendPath()+"/drain", a.waitQuery(), nil, &b)
+	if err != nil || c.output == "json" {
+		return err
+	}
+	if status == 200 {
+		fmt.Fprintf(c.stdout, "%s drained: nothing in flight, no open connection\n", b.Name)
+	} else {
+		fmt.Fprintf(c.stdout, "%s draining: no new requests; %d in flight, %d open connection(s) (use --wait to wait)\n",
+			b.Name, b.Inflight, b.OpenConnections)
+	}
+	return nil
+}
+
+func (c *ctlClient) enable(a *ctlArgs) error {
+	w, err := intFlag(a, "weight")
+	if err != nil {
+		return err
+	}
+	body := v1.EnableBackend{Version: a.flags["version"], Weight: w}
+	var b v1.Backend
+	if _, err := c.call("POST", a.backendPath()+"/enable", nil, body, &b); err != nil || c.output == "json" {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s enabled as %s, weight %d; it gets traffic once a health check passes\n", b.Name, b.Version, b.Weight)
+	return nil
+}
+
+func (c *ctlClient) eject(a *ctlArgs) error {
+	var b v1.Backend
+	if _, err := c.call("POST", a.backendPath()+"/eject", nil, nil, &b); err != nil || c.output == "json" {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s ejected: no new requests; %d in flight finish\n", b.Name, b.Inflight)
+	return nil
+}
+
+// canaryAction is promote, rollback, hold and resume.
+func (c *ctlClient) canaryAction(a *ctlArgs) error {
+	cmd := a.pos[0]
+	var rep v1.CanaryReport
+	if _, err := c.call("POST", a.poolPath()+"/canary/"+cmd, nil, nil, &rep); err != nil || c.output == "json" {
+		return err
+	}
+	switch cmd {
+	case "promote":
+		fmt.Fprintf(c.stdout, "%s is now the stable version of %s; upgrade the remaining servers one by one\n", rep.StableVersion, rep.Pool)
+	case "rollback":
+		fmt.Fprintf(c.stdout, "%s has no canary; the canary's backends are drained (stable: %s)\n", rep.Pool, rep.StableVersion)
+	case "hold":
+		fmt.Fprintf(c.stdout, "automatic canary steps of %s are on hold\n", rep.Pool)
+	case "resume":
+		fmt.Fprintf(c.stdout, "automatic canary steps of %s resumed\n", rep.Pool)
+	}
+	return nil
+}
+
+func (c *ctlClient) upgrade(a *ctlArgs) error {
+	var res struct {
+		Message string `json:"message"`
+	}
+	if _, err := c.call("POST", "/v1/upgrade", nil, nil, &res); err != nil || c.output == "json" {
+		return err
+	}
+	fmt.Fprintln(c.stdout, res.Message)
+	return nil
+}
+
+func (c *ctlClient) events(a *ctlArgs) error {
+	q := url.Values{}
+	if l := a.flags["limit"]; l != "" {
+		q.Set("limit", l)
+	}
+	refused := a.flags["refused"] == "true"
+	if refused {
+		q.Set("refused", "true")
+	}
+	var evs []control.Event
+	if _, err := c.call("GET", "/v1/events", q, nil, &evs); err != nil || c.output == "json" {
+		return err
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	if refused {
+		fmt.Fprintln(tw, "TIME\tACTOR\tREQUEST\tFROM\tREFUSED")
 		for _, e := range evs {
-			e.Clean()
-			target := e.Pool
-			if e.Backend != "" {
-				target += "/" + e.Backend
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action, target, e.Detail)
+			e.Clean() // what a client sent must not reach the terminal raw
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action,
+				strings.TrimPrefix(e.Detail, "from "), e.Refused)
 		}
 		return tw.Flush()
 	}
-	return fail(exitUsage, "unknown command %q", cmd)
+	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
+	for _, e := range evs {
+		e.Clean()
+		target := e.Pool
+		if e.Backend != "" {
+			target += "/" + e.Backend
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action, target, e.Detail)
+	}
+	return tw.Flush()
 }
 
 func (c *ctlClient) canary(a *ctlArgs) error {
-	path := "/v1/pools/" + url.PathEscape(a.pos[1]) + "/canary"
-	var rep control.CanaryReport
+	path := a.poolPath() + "/canary"
+	var rep v1.CanaryReport
 	_, hasV := a.flags["version"]
 	_, hasW := a.flags["weight"]
 	switch {
@@ -595,7 +624,7 @@ func (c *ctlClient) canary(a *ctlArgs) error {
 		if err != nil {
 			return fail(exitUsage, "--weight must be a percentage, got %q", a.flags["weight"])
 		}
-		if _, err := c.call("PUT", path, nil, map[string]any{"version": a.flags["version"], "weight": w}, &rep); err != nil {
+		if _, err := c.call("PUT", path, nil, v1.SetCanary{Version: a.flags["version"], Weight: &w}, &rep); err != nil {
 			return err
 		}
 	default:
@@ -616,7 +645,7 @@ func (c *ctlClient) canary(a *ctlArgs) error {
 // verdict; before that it compares the canary's error rate with the stable
 // version's: not worse by more than the allowed increase, with enough
 // canary requests to say so.
-func checkCanary(rep control.CanaryReport, a *ctlArgs) error {
+func checkCanary(rep v1.CanaryReport, a *ctlArgs) error {
 	maxInc := 0.01
 	if v := a.flags["max-error-rate-increase"]; v != "" {
 		f, err := strconv.ParseFloat(v, 64)
@@ -642,7 +671,7 @@ func checkCanary(rep control.CanaryReport, a *ctlArgs) error {
 	case "fail":
 		return fail(exitFail, "the judge fails canary %s: %s", rep.CanaryVersion, rep.Reason)
 	}
-	var stable, can *control.VersionReport
+	var stable, can *v1.VersionReport
 	for i := range rep.Versions {
 		switch rep.Versions[i].Role {
 		case "stable":
@@ -698,7 +727,7 @@ func (c *ctlClient) printBackend(b v1.Backend) {
 	_ = tw.Flush()
 }
 
-func (c *ctlClient) printCanary(rep control.CanaryReport) {
+func (c *ctlClient) printCanary(rep v1.CanaryReport) {
 	head := fmt.Sprintf("pool %s: stable %s", rep.Pool, rep.StableVersion)
 	if rep.CanaryVersion != "" {
 		head += fmt.Sprintf(", canary %s at %g%%", rep.CanaryVersion, rep.Weight)
@@ -757,7 +786,7 @@ func (c *ctlClient) printCanary(rep control.CanaryReport) {
 
 // previousLine says how the last canary ended: "previous canary v42:
 // rolled back by judge at TIME — fail: REASON".
-func previousLine(pc *control.PreviousCanary) string {
+func previousLine(pc *v1.PreviousCanary) string {
 	at := pc.At.Local().Format(time.DateTime)
 	line := fmt.Sprintf("previous canary %s: ended at %s", pc.Version, at)
 	if pc.Outcome != "" {
@@ -772,24 +801,18 @@ func previousLine(pc *control.PreviousCanary) string {
 // switchVersion is baton ctl switch: POST …/switch, then with --wait the
 // watch's outcome.
 func (c *ctlClient) switchVersion(a *ctlArgs) error {
-	if err := need(a, 1, "switch POOL --to VERSION [--watch 60s] [--max-error-rate 0.05] [--wait 90s]"); err != nil {
-		return err
-	}
 	if a.flags["to"] == "" {
 		return fail(exitUsage, "switch needs --to VERSION")
 	}
-	body := map[string]any{"to": a.flags["to"]}
-	if w := a.flags["watch"]; w != "" {
-		body["watch"] = w
-	}
+	body := v1.StartSwitch{To: a.flags["to"], Watch: a.flags["watch"]}
 	if m := a.flags["max-error-rate"]; m != "" {
 		f, err := strconv.ParseFloat(m, 64)
 		if err != nil {
 			return fail(exitUsage, "--max-error-rate must be a fraction such as 0.05, got %q", m)
 		}
-		body["max_error_rate"] = f
+		body.MaxErrorRate = f
 	}
-	poolPath := "/v1/pools/" + url.PathEscape(a.pos[1])
+	poolPath := a.poolPath()
 	var p v1.Pool
 	out := c.output
 	if a.flags["wait"] != "" {

@@ -5,17 +5,17 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/baton-lb/baton/control"
+	"github.com/baton-lb/baton/admin/v1"
 )
 
 // TestCanaryCheckFollowsTheJudge: once the judge has a verdict, --check
 // reports it whatever the error-rate allowance says; before that, the
 // error-rate comparison decides.
 func TestCanaryCheckFollowsTheJudge(t *testing.T) {
-	report := func(verdict string, stableErr, canaryErr float64) control.CanaryReport {
-		return control.CanaryReport{Pool: "shop", StableVersion: "v1", CanaryVersion: "v2", Verdict: verdict,
+	report := func(verdict string, stableErr, canaryErr float64) v1.CanaryReport {
+		return v1.CanaryReport{Pool: "shop", StableVersion: "v1", CanaryVersion: "v2", Verdict: verdict,
 			Reason: "new error \"GET /checkout 500\"",
-			Versions: []control.VersionReport{
+			Versions: []v1.VersionReport{
 				{Version: "v1", Role: "stable", Requests: 1000, ErrorRate: stableErr},
 				{Version: "v2", Role: "canary", Requests: 100, ErrorRate: canaryErr},
 			}}
@@ -23,7 +23,7 @@ func TestCanaryCheckFollowsTheJudge(t *testing.T) {
 	args := &ctlArgs{flags: map[string]string{"max-error-rate-increase": "0.9"}}
 	cases := []struct {
 		name     string
-		rep      control.CanaryReport
+		rep      v1.CanaryReport
 		wantCode int // 0: passes
 		wantMsg  string
 	}{

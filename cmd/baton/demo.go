@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -16,8 +17,10 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton"
+	"github.com/baton-lb/baton/admin/client"
 	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/release"
 )
 
 // cmdDemo runs a config (the built-in example by default) with a demo backend
@@ -89,7 +92,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d := &demoStory{out: stdout, stderr: stderr, traffic: fmt.Sprintf("localhost:%d", port), admin: adminAddr.String(),
+			d := &demoStory{out: stdout, traffic: fmt.Sprintf("localhost:%d", port), admin: adminAddr.String(),
 				backends: backends, pool: cfg.Pools[0], fast: f.fast}
 			if err := d.run(ctx); err != nil {
 				if ctx.Err() == nil {
@@ -102,7 +105,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 			}
 		}()
 	}
-	if err := serve(ctx, cfg, path, [32]byte{}, stderr, ready, nil, false); err != nil {
+	if err := serve(ctx, cfg, serveOptions{path: path, logw: stderr, ready: ready}); err != nil {
 		fmt.Fprintln(stderr, "baton demo:", err)
 		return exitFail
 	}
@@ -198,9 +201,10 @@ func (d *demoBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // demoStory is baton demo's narrated release: customers shop while v42
-// (bad) and then v43 (good) are released with baton rollout's logic.
+// (bad) and then v43 (good) are released by package release, as baton
+// rollout releases them.
 type demoStory struct {
-	out, stderr    io.Writer
+	out            io.Writer
 	traffic, admin string
 	backends       []*demoBackend
 	pool           config.Pool
@@ -264,12 +268,12 @@ func (d *demoStory) run(ctx context.Context) error {
 	wg.Wait()
 
 	var p v1.Pool
-	c, err := clientFor(d.admin, 0, d.stderr)
+	c, err := d.client(0)
 	if err != nil {
 		return err
 	}
-	if _, err := c.call("GET", "/v1/pools/"+d.pool.Name, nil, nil, &p); err != nil {
-		return err
+	if _, _, err := c.Do(ctx, "GET", "/v1/pools/"+url.PathEscape(d.pool.Name), nil, nil, &p); err != nil {
+		return apiFailure(err)
 	}
 	on := 0
 	for _, b := range p.Backends {
@@ -302,26 +306,38 @@ func (d *demoStory) pause(ctx context.Context, dur time.Duration) error {
 	}
 }
 
-// release runs baton rollout's logic in-process: the "upgrade" restarts a
-// demo backend as the new version.
+// client is a client of the story's baton whose calls may wait up to
+// wait on top of 30 s.
+func (d *demoStory) client(wait time.Duration) (*client.Client, error) {
+	c, err := client.New(d.admin, client.Options{Timeout: 30*time.Second + wait})
+	if err != nil {
+		return nil, fail(exitUsage, "%v", err)
+	}
+	return c, nil
+}
+
+// release releases version as baton rollout does, in-process: the
+// "upgrade" restarts a demo backend as the new version.
 func (d *demoStory) release(ctx context.Context, version string) error {
-	c, err := clientFor(d.admin, 2*time.Minute, d.stderr)
+	c, err := d.client(2 * time.Minute)
 	if err != nil {
 		return err
 	}
-	r := &rolloutCmd{ctx: ctx, c: c, pool: d.pool.Name, to: version, upgrade: "install {version} on {name}",
-		rollback: "reinstall {version} on {name}", maxOut: 1, drainWait: 2 * time.Minute, healthWait: time.Minute,
-		judgeWait: 5 * time.Minute, poll: 500 * time.Millisecond, out: indent{d.out}, holder: "baton demo"}
-	r.install = func(_ string, b v1.Backend, v string) (string, error) {
+	pr := &rolloutPrinter{out: indent{d.out}, pool: d.pool.Name}
+	install := func(ctx context.Context, cmd release.Command) (string, error) {
 		for _, db := range d.backends {
-			if db.name == b.Name {
-				db.version.Store(v)
+			if db.name == cmd.Backend.Name {
+				db.version.Store(cmd.Version)
 				return "", d.pause(ctx, time.Second) // an install takes a moment
 			}
 		}
-		return "", fmt.Errorf("no demo backend %s", b.Name)
+		return "", fmt.Errorf("no demo backend %s", cmd.Backend.Name)
 	}
-	return r.run()
+	r := release.New(c, d.pool.Name, release.Options{To: version, Upgrade: "install {version} on {name}",
+		Rollback: "reinstall {version} on {name}", MaxUnavailable: 1, DrainWait: 2 * time.Minute, HealthWait: time.Minute,
+		JudgeWait: 5 * time.Minute, Poll: 500 * time.Millisecond, Holder: "baton demo",
+		Events: pr.event, Run: install, Describe: describeAPI})
+	return rolloutFailed(r.Run(ctx))
 }
 
 // shop is a stream of customers: each browses and checks out over twelve

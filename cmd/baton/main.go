@@ -166,7 +166,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	} else {
 		defer upg.Stop()
 	}
-	if err := serve(ctx, cfg, path, sum, stderr, nil, upg, f.recoverState); err != nil {
+	if err := serve(ctx, cfg, serveOptions{path: path, loaded: sum, logw: stderr, upg: upg, recoverState: f.recoverState}); err != nil {
 		fmt.Fprintln(stderr, "baton:", err)
 		return exitFail
 	}

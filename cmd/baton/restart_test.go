@@ -250,7 +250,7 @@ pools:
 	if p.StableVersion != "v1" || p.Canary == nil || p.Canary.Version != "v2" || p.Canary.Weight != 20 {
 		t.Errorf("after the restart pool shop has stable %q, canary %+v; want stable v1, canary v2 at 20", p.StableVersion, p.Canary)
 	}
-	var rep control.CanaryReport
+	var rep v1.CanaryReport
 	a.must("GET", "/v1/pools/shop/canary", "", 200, &rep)
 	if rep.StableVersion != "v1" || rep.CanaryVersion != "v2" || rep.Weight != 20 {
 		t.Errorf("after the restart GET canary: stable %q canary %q weight %g; want v1, v2, 20", rep.StableVersion, rep.CanaryVersion, rep.Weight)

@@ -50,51 +50,163 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// serve runs baton until ctx ends, then shuts down gracefully: it stops
-// accepting, lets requests in flight finish for up to the shutdown timeout,
-// and returns nil. path is the config file, watched and reloaded on change
-// and on SIGHUP ("" for a built-in config); loaded is the SHA-256 of the
-// content the config came from (zero: whatever is there when watching
-// starts). ready, when set, is called with
-// the listeners' addresses once baton accepts traffic.
-//
-// With recoverState (serve --state-recover), a corrupt state file is moved
-// aside and baton starts from the config alone.
-//
-// With upg (baton serve), the listening sockets can be handed to a new
-// baton process (SIGUSR2 or POST /v1/upgrade): once it serves, this one
-// finishes what it has in flight and returns.
-func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte, logw io.Writer, ready func(traffic, admin net.Addr),
-	upg *tableflip.Upgrader, recoverState bool) error {
-	log := newLogger(cfg.Log, logw)
-	listen := net.Listen
-	if upg != nil {
-		listen = upg.Listen // inherited from the previous process after an upgrade
-	}
-	// One baton per state file. A process taking over from another
-	// inherits the lock with the sockets.
-	var inheritedLock *os.File
-	if upg != nil {
-		inheritedLock, _ = upg.Fds.File(stateLockName)
-	}
-	lock, err := control.LockStateFile(cfg.StateFile, inheritedLock)
+// serveOptions are how serve runs a config.
+type serveOptions struct {
+	// path is the config file, watched and reloaded on change and on
+	// SIGHUP ("" for a built-in config); loaded is the SHA-256 of the
+	// content the config came from (zero: whatever is there when watching
+	// starts).
+	path   string
+	loaded [32]byte
+	logw   io.Writer // where baton logs
+	// ready, when set, is called with the listeners' addresses once baton
+	// accepts traffic.
+	ready func(traffic, admin net.Addr)
+	// upg (baton serve): the listening sockets can be handed to a new
+	// baton process (SIGUSR2 or POST /v1/upgrade); once it serves, this
+	// one finishes what it has in flight and returns.
+	upg *tableflip.Upgrader
+	// recoverState (serve --state-recover): a corrupt state file is moved
+	// aside and baton starts from the config alone.
+	recoverState bool
+}
+
+// serve runs baton on cfg until ctx ends, then shuts down gracefully: it
+// stops accepting, lets requests in flight finish for up to the shutdown
+// timeout, and returns nil.
+func serve(ctx context.Context, cfg *config.Config, o serveOptions) error {
+	s := newServer(cfg, o)
+	lock, err := s.lockState()
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	if upg != nil && lock != nil {
-		if err := upg.Fds.AddFile(stateLockName, lock.File()); err != nil {
-			log.Warn().Err(err).Msg("the state file's lock cannot be handed to a new process; upgrades will fail")
+	if err := s.openRegistry(); err != nil {
+		return err
+	}
+	s.srv = proxy.New(cfg, s.reg.Table(), s.log)
+	s.reg.OnTable(s.srv.SetTable)
+	s.installKeys()
+	for _, w := range cfg.Warnings {
+		s.log.Warn().Msg(w)
+	}
+	s.metrics = s.newMetrics()
+	if err := s.listenTraffic(); err != nil {
+		return err
+	}
+	if err := s.startAdmin(); err != nil {
+		s.closeListeners()
+		return err
+	}
+	s.reg.Start()
+	// The watchers end with ctx, or when serving fails.
+	ctx, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
+	s.watchKeys(ctx)
+	s.watchTokensAndCerts(ctx)
+	s.watchConfig(ctx)
+	handedOver := s.watchUpgrades(ctx)
+	served := s.startServing(ctx)
+
+	select {
+	case <-ctx.Done():
+	case <-handedOver:
+		stopWatching()
+		// The admin socket is the new process's now: stop answering on it
+		// at once (the request that asked for the upgrade completes).
+		if s.adminSrv != nil {
+			actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = s.adminSrv.Shutdown(actx)
+			cancel()
+		}
+	case err := <-served:
+		stopWatching()
+		s.watchers.Wait()
+		if s.adminSrv != nil {
+			_ = s.adminSrv.Close()
+		}
+		s.reg.Close()
+		return fmt.Errorf("serving: %w", err)
+	}
+	s.watchers.Wait()
+	if s.o.upg != nil {
+		// tableflip keeps a copy of each listening socket for a future
+		// upgrade; without this the kernel would go on accepting.
+		s.o.upg.Stop()
+	}
+	s.shutdown()
+	return nil
+}
+
+// server is one serve: the registry, the proxy and the admin API, their
+// listeners, and the files watched for them. Its fields are set by serve's
+// steps before the goroutines that read them start.
+type server struct {
+	cfg        *config.Config
+	o          serveOptions
+	log        zerolog.Logger
+	listen     func(network, address string) (net.Listener, error)
+	takingOver bool // from a running baton, which serves meanwhile
+
+	reg     *control.Registry
+	srv     *proxy.Server
+	metrics *prometheus.Registry
+
+	ln          net.Listener // traffic
+	tlsLn       net.Listener // the TCP listener HTTPS is served on
+	tlsConf     *tls.Config
+	certs       *proxy.Certs
+	certReloads *admin.CertReloads
+
+	adminSrv   *http.Server
+	adminAddr  net.Addr
+	adminLn    *listener.Listener // set before the admin server serves /metrics
+	tokenSet   *admin.TokenSet    // the admin API's tokens, read again on change
+	adminCerts *proxy.Certs       // admin.tls
+
+	upgradeMu sync.Mutex // serialises upgrades: one new process at a time
+	watchers  sync.WaitGroup
+}
+
+func newServer(cfg *config.Config, o serveOptions) *server {
+	s := &server{cfg: cfg, o: o, log: newLogger(cfg.Log, o.logw), listen: net.Listen, certReloads: &admin.CertReloads{}}
+	if o.upg != nil {
+		s.listen = o.upg.Listen // inherited from the previous process after an upgrade
+		s.takingOver = o.upg.HasParent()
+	}
+	return s
+}
+
+// lockState takes the state file's lock: one baton per state file. A
+// process taking over from another inherits the lock with the sockets.
+func (s *server) lockState() (*control.StateLock, error) {
+	var inherited *os.File
+	if s.o.upg != nil {
+		inherited, _ = s.o.upg.Fds.File(stateLockName)
+	}
+	lock, err := control.LockStateFile(s.cfg.StateFile, inherited)
+	if err != nil {
+		return nil, err
+	}
+	if s.o.upg != nil && lock != nil {
+		if err := s.o.upg.Fds.AddFile(stateLockName, lock.File()); err != nil {
+			s.log.Warn().Err(err).Msg("the state file's lock cannot be handed to a new process; upgrades will fail")
 		}
 	}
-	reg, err := control.New(cfg, cfg.StateFile, log)
+	return lock, nil
+}
+
+// openRegistry builds the registry from the config and the state file,
+// moving a corrupt state file aside with --state-recover.
+func (s *server) openRegistry() error {
+	reg, err := control.New(s.cfg, s.cfg.StateFile, s.log)
 	moved := ""
-	if errors.Is(err, control.ErrCorruptState) && recoverState {
+	if errors.Is(err, control.ErrCorruptState) && s.o.recoverState {
 		// The operator chose to lose the decisions rather than stay down.
-		if moved, err = control.MoveAsideState(cfg.StateFile); err == nil {
-			log.Error().Str("state_file", cfg.StateFile).Str("moved_to", moved).
+		if moved, err = control.MoveAsideState(s.cfg.StateFile); err == nil {
+			s.log.Error().Str("state_file", s.cfg.StateFile).Str("moved_to", moved).
 				Msg("the state file is corrupt; moved aside, starting from the config alone: drains, canary shares and other runtime decisions are lost")
-			reg, err = control.New(cfg, cfg.StateFile, log)
+			reg, err = control.New(s.cfg, s.cfg.StateFile, s.log)
 		}
 	}
 	if err != nil {
@@ -103,222 +215,239 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 	if moved != "" {
 		reg.NoteRecovered(moved)
 	}
-	takingOver := upg != nil && upg.HasParent()
-	if takingOver {
+	if s.takingOver {
 		// Until this process is ready, the one handing over may still be
 		// the one that serves: no decision here yet.
 		reg.Freeze(true)
 	}
-	var thawed func() // once decisions resume: apply an edit of the config skipped meanwhile
-	srv := proxy.New(cfg, reg.Table(), log)
-	reg.OnTable(srv.SetTable)
-	// Affinity cookies are signed with the keys kept beside the state file,
-	// so they outlive restarts and upgrades; checked hourly for rotation.
-	installKeys := func() {
-		keys, err := reg.AffinityKeys(time.Now())
-		if err != nil {
-			log.Error().Err(err).Msg("affinity keys not loaded; cookies are signed with this process's own key until they are")
-			return
-		}
-		if len(keys) == 0 {
-			return
-		}
-		pk := make([]proxy.AffinityKey, len(keys))
-		for i, k := range keys {
-			pk[i] = proxy.AffinityKey{ID: k.ID, Secret: k.Secret}
-		}
-		srv.SetAffinityKeys(pk)
-	}
-	installKeys()
+	s.reg = reg
+	return nil
+}
 
-	for _, w := range cfg.Warnings {
-		log.Warn().Msg(w)
-	}
-	ln, err := listen("tcp", cfg.Listen)
+// installKeys gives the proxy the affinity cookies' keys, kept beside the
+// state file so that cookies outlive restarts and upgrades.
+func (s *server) installKeys() {
+	keys, err := s.reg.AffinityKeys(time.Now())
 	if err != nil {
-		return fmt.Errorf("listening for traffic: %w", err)
+		s.log.Error().Err(err).Msg("affinity keys not loaded; cookies are signed with this process's own key until they are")
+		return
 	}
-	var adminLn *listener.Listener // set before the admin server serves /metrics
+	if len(keys) == 0 {
+		return
+	}
+	pk := make([]proxy.AffinityKey, len(keys))
+	for i, k := range keys {
+		pk[i] = proxy.AffinityKey{ID: k.ID, Secret: k.Secret}
+	}
+	s.srv.SetAffinityKeys(pk)
+}
+
+// newMetrics is the one Prometheus registry, served on the admin API.
+func (s *server) newMetrics() *prometheus.Registry {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		admin.Collector(reg),
+		admin.Collector(s.reg),
 		admin.ListenerCollector(func() []listener.Stats {
-			out := srv.Listeners()
-			if adminLn != nil {
-				out = append(out, adminLn.Stats())
+			out := s.srv.Listeners()
+			if s.adminLn != nil {
+				out = append(out, s.adminLn.Stats())
 			}
 			return out
 		}),
 	)
-	// HTTPS: the same server on a TLS listener, certificates by SNI.
-	var tlsLn net.Listener // the TCP listener HTTPS is served on
-	var tlsConf *tls.Config
-	var certs *proxy.Certs
-	certReloads := &admin.CertReloads{}
-	if cfg.TLS.Listen != "" {
-		certs, err = proxy.NewCerts(cfg.TLS.Certificates)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		tlsLn, err = listen("tcp", cfg.TLS.Listen)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("listening for HTTPS: %w", err)
-		}
-		tlsConf = proxy.TLSConfig(cfg.TLS, certs)
-		metrics.MustRegister(admin.TLSCollector(certs, certReloads))
+	return metrics
+}
+
+// listenTraffic opens the traffic listener and, with tls.listen, the HTTPS
+// one: the same server on a TLS listener, certificates by SNI.
+func (s *server) listenTraffic() error {
+	ln, err := s.listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening for traffic: %w", err)
 	}
-	closeListeners := func() {
-		ln.Close()
-		if tlsLn != nil {
-			tlsLn.Close()
-		}
-	}
-	// upgrade starts the binary again and hands it the sockets. Decisions
-	// wait meanwhile: the new process reads the state file as it starts.
-	var upgradeMu sync.Mutex
-	upgrade := func(actor string) error {
-		upgradeMu.Lock()
-		defer upgradeMu.Unlock()
-		log.Info().Str("actor", actor).Msg("upgrade: starting a new baton process and handing it the listening sockets")
-		// Audited first, so that the new process, which reads the audit
-		// file as it starts, has it; a failure is audited as refused.
-		reg.Audit(control.Event{Actor: actor, Action: "upgrade", Detail: fmt.Sprintf("from pid %d", os.Getpid())})
-		reg.Freeze(true)
-		if err := upg.Upgrade(); err != nil {
-			reg.Freeze(false) // reads the state file again
-			thawed()
-			log.Error().Err(err).Msg("upgrade failed; this process keeps serving")
-			err = fmt.Errorf("the new baton did not start (%v); this one keeps serving", err)
-			reg.Audit(control.Event{Actor: actor, Action: "upgrade", Refused: err.Error()})
-			return err
-		}
-		log.Info().Msg("upgrade: the new process serves; finishing the requests in flight here, then exiting")
+	if s.cfg.TLS.Listen == "" {
+		s.ln = ln
 		return nil
 	}
-	var adminSrv *http.Server
-	var adminAddr net.Addr
-	var tokenSet *admin.TokenSet // the admin API's tokens, read again on change
-	var adminCerts *proxy.Certs  // admin.tls
-	if cfg.Admin.Listen != "off" {
-		aln, err := listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			closeListeners()
-			return fmt.Errorf("listening for admin: %w", err)
-		}
-		adminAddr = aln.Addr()
-		var opts []admin.Option
-		if cfg.Admin.TokenFile != "" {
-			tokens, err := admin.LoadTokens(cfg.Admin.TokenFile)
-			if err != nil {
-				closeListeners()
-				aln.Close()
-				return err
-			}
-			tokenSet = admin.NewTokenSet(tokens)
-			opts = append(opts, admin.WithTokenSet(tokenSet))
-		}
-		if cfg.Admin.TLS != (config.Certificate{}) {
-			if adminCerts, err = proxy.NewCerts([]config.Certificate{cfg.Admin.TLS}); err != nil {
-				closeListeners()
-				aln.Close()
-				return fmt.Errorf("admin.tls: %w", err)
-			}
-		}
-		if upg != nil {
-			opts = append(opts, admin.WithUpgrade(upgrade))
-		}
-		ac := cfg.Admin
-		opts = append(opts, admin.WithTimeouts(ac.ReadTimeout, ac.WriteTimeout))
-		adminSrv = &http.Server{
-			Handler:           admin.Handler(reg, metrics, log, opts...),
-			ReadHeaderTimeout: min(10*time.Second, ac.ReadTimeout),
-			ReadTimeout:       ac.ReadTimeout,
-			WriteTimeout:      ac.WriteTimeout,
-			IdleTimeout:       ac.IdleTimeout,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          httpErrorLog(log),
-		}
-		refusal := listener.Refusal("baton: too many admin connections (admin.max_connections); retry in a moment")
-		if adminCerts != nil {
-			refusal = nil // a TLS client could not read it
-		}
-		adminLn = listener.Wrap(aln, "admin", listener.NewGate(ac.MaxConnections), refusal, log)
-		var served net.Listener = adminLn
-		if adminCerts != nil {
-			served = tls.NewListener(adminLn, &tls.Config{MinVersion: tls.VersionTLS12,
-				GetCertificate: adminCerts.GetCertificate, NextProtos: []string{"http/1.1"}})
-		}
-		go func() {
-			if err := adminSrv.Serve(served); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error().Err(err).Msg("admin listener stopped")
-			}
-		}()
+	certs, err := proxy.NewCerts(s.cfg.TLS.Certificates)
+	if err != nil {
+		ln.Close()
+		return err
 	}
+	tlsLn, err := s.listen("tcp", s.cfg.TLS.Listen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listening for HTTPS: %w", err)
+	}
+	s.ln, s.tlsLn, s.certs = ln, tlsLn, certs
+	s.tlsConf = proxy.TLSConfig(s.cfg.TLS, certs)
+	s.metrics.MustRegister(admin.TLSCollector(certs, s.certReloads))
+	return nil
+}
 
-	reg.Start()
-	// The watchers end with ctx, or when serving fails.
-	ctx, stopWatching := context.WithCancel(ctx)
-	defer stopWatching()
-	var watchers sync.WaitGroup
-	// Certificates come back from their files when those change, and with
-	// every config reload; a bad set is refused and the old one serves on.
-	reloadCerts := func(why string) {
-		if adminCerts != nil {
-			// The admin listener's settings change at a restart; its
-			// certificate files are read again.
-			if err := adminCerts.Load([]config.Certificate{cfg.Admin.TLS}); err != nil {
-				log.Error().Err(err).Str("trigger", why).Msg("the admin certificate was not reloaded; the one in service stays")
-			}
-		}
-		if certs == nil {
-			return
-		}
-		list := reg.Config().TLS.Certificates
-		if err := certs.Load(list); err != nil {
-			certReloads.Failed.Add(1)
-			log.Error().Err(err).Str("trigger", why).Msg("certificates not reloaded; the ones in service stay")
-			return
-		}
-		certReloads.OK.Add(1)
-		log.Info().Str("trigger", why).Int("certificates", len(list)).Msg("certificates reloaded")
+func (s *server) closeListeners() {
+	s.ln.Close()
+	if s.tlsLn != nil {
+		s.tlsLn.Close()
 	}
-	// Tokens come back from their file when it changes and on SIGHUP: a
-	// revoked token stops working without a restart. A file that is
-	// emptied, removed or broken revokes every token (the API stays closed
-	// until it loads): "revoke everyone" must never revoke no one.
-	reloadTokens := func(why string) {
-		if tokenSet == nil {
-			return
-		}
-		tokens, err := admin.LoadTokens(cfg.Admin.TokenFile)
-		if err != nil {
-			tokenSet.Revoke(err.Error())
-			log.Error().Err(err).Str("trigger", why).Msg("admin token file did not load: every token is revoked until it does")
-			reg.Audit(control.Event{Actor: "baton", Action: "revoke admin tokens", Detail: "the token file did not load: " + err.Error()})
-			return
-		}
-		tokenSet.Store(tokens)
-		log.Info().Str("trigger", why).Int("tokens", len(tokens)).Msg("admin tokens reloaded")
-		reg.Audit(control.Event{Actor: "baton", Action: "reload admin tokens", Detail: fmt.Sprintf("%d tokens (%s)", len(tokens), why)})
+}
+
+// startAdmin opens the admin listener (unless admin.listen is off) and
+// serves the admin API on it.
+func (s *server) startAdmin() error {
+	ac := s.cfg.Admin
+	if ac.Listen == "off" {
+		return nil
 	}
-	reloadConfig := func() {
-		if reg.ReloadFile(path) == nil {
-			reloadCerts("config reload")
-		}
+	aln, err := s.listen("tcp", ac.Listen)
+	if err != nil {
+		return fmt.Errorf("listening for admin: %w", err)
 	}
-	thawed = func() {
-		if path != "" {
-			reloadConfig() // the same file is a no-op
-		}
-		installKeys()
+	opts, err := s.adminOptions()
+	if err != nil {
+		aln.Close()
+		return err
 	}
-	watchers.Add(1)
+	s.adminAddr = aln.Addr()
+	s.adminSrv = &http.Server{
+		Handler:           admin.Handler(s.reg, s.metrics, s.log, opts...),
+		ReadHeaderTimeout: min(10*time.Second, ac.ReadTimeout),
+		ReadTimeout:       ac.ReadTimeout,
+		WriteTimeout:      ac.WriteTimeout,
+		IdleTimeout:       ac.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          httpErrorLog(s.log),
+	}
+	refusal := listener.Refusal("baton: too many admin connections (admin.max_connections); retry in a moment")
+	if s.adminCerts != nil {
+		refusal = nil // a TLS client could not read it
+	}
+	s.adminLn = listener.Wrap(aln, "admin", listener.NewGate(ac.MaxConnections), refusal, s.log)
+	var served net.Listener = s.adminLn
+	if s.adminCerts != nil {
+		served = tls.NewListener(s.adminLn, &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: s.adminCerts.GetCertificate, NextProtos: []string{"http/1.1"}})
+	}
 	go func() {
-		defer watchers.Done()
+		if err := s.adminSrv.Serve(served); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error().Err(err).Msg("admin listener stopped")
+		}
+	}()
+	return nil
+}
+
+// adminOptions loads the admin API's tokens and certificate and says what
+// it may do.
+func (s *server) adminOptions() ([]admin.Option, error) {
+	ac := s.cfg.Admin
+	var opts []admin.Option
+	if ac.TokenFile != "" {
+		tokens, err := admin.LoadTokens(ac.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		s.tokenSet = admin.NewTokenSet(tokens)
+		opts = append(opts, admin.WithTokenSet(s.tokenSet))
+	}
+	if ac.TLS != (config.Certificate{}) {
+		certs, err := proxy.NewCerts([]config.Certificate{ac.TLS})
+		if err != nil {
+			return nil, fmt.Errorf("admin.tls: %w", err)
+		}
+		s.adminCerts = certs
+	}
+	if s.o.upg != nil {
+		opts = append(opts, admin.WithUpgrade(s.upgrade))
+	}
+	return append(opts, admin.WithTimeouts(ac.ReadTimeout, ac.WriteTimeout)), nil
+}
+
+// upgrade starts the binary again and hands it the sockets. Decisions
+// wait meanwhile: the new process reads the state file as it starts.
+func (s *server) upgrade(actor string) error {
+	s.upgradeMu.Lock()
+	defer s.upgradeMu.Unlock()
+	s.log.Info().Str("actor", actor).Msg("upgrade: starting a new baton process and handing it the listening sockets")
+	// Audited first, so that the new process, which reads the audit
+	// file as it starts, has it; a failure is audited as refused.
+	s.reg.Audit(control.Event{Actor: actor, Action: "upgrade", Detail: fmt.Sprintf("from pid %d", os.Getpid())})
+	s.reg.Freeze(true)
+	if err := s.o.upg.Upgrade(); err != nil {
+		s.reg.Freeze(false) // reads the state file again
+		s.thawed()
+		s.log.Error().Err(err).Msg("upgrade failed; this process keeps serving")
+		err = fmt.Errorf("the new baton did not start (%v); this one keeps serving", err)
+		s.reg.Audit(control.Event{Actor: actor, Action: "upgrade", Refused: err.Error()})
+		return err
+	}
+	s.log.Info().Msg("upgrade: the new process serves; finishing the requests in flight here, then exiting")
+	return nil
+}
+
+// thawed is called once decisions resume: it applies an edit of the
+// config skipped meanwhile, and the affinity keys.
+func (s *server) thawed() {
+	if s.o.path != "" {
+		s.reloadConfig() // the same file is a no-op
+	}
+	s.installKeys()
+}
+
+// reloadCerts loads the certificates again from their files, as they
+// change and with every config reload; a bad set is refused and the old
+// one serves on.
+func (s *server) reloadCerts(why string) {
+	if s.adminCerts != nil {
+		// The admin listener's settings change at a restart; its
+		// certificate files are read again.
+		if err := s.adminCerts.Load([]config.Certificate{s.cfg.Admin.TLS}); err != nil {
+			s.log.Error().Err(err).Str("trigger", why).Msg("the admin certificate was not reloaded; the one in service stays")
+		}
+	}
+	if s.certs == nil {
+		return
+	}
+	list := s.reg.Config().TLS.Certificates
+	if err := s.certs.Load(list); err != nil {
+		s.certReloads.Failed.Add(1)
+		s.log.Error().Err(err).Str("trigger", why).Msg("certificates not reloaded; the ones in service stay")
+		return
+	}
+	s.certReloads.OK.Add(1)
+	s.log.Info().Str("trigger", why).Int("certificates", len(list)).Msg("certificates reloaded")
+}
+
+// reloadTokens loads the admin tokens again when their file changes and on
+// SIGHUP: a revoked token stops working without a restart. A file that is
+// emptied, removed or broken revokes every token (the API stays closed
+// until it loads): "revoke everyone" must never revoke no one.
+func (s *server) reloadTokens(why string) {
+	if s.tokenSet == nil {
+		return
+	}
+	tokens, err := admin.LoadTokens(s.cfg.Admin.TokenFile)
+	if err != nil {
+		s.tokenSet.Revoke(err.Error())
+		s.log.Error().Err(err).Str("trigger", why).Msg("admin token file did not load: every token is revoked until it does")
+		s.reg.Audit(control.Event{Actor: "baton", Action: "revoke admin tokens", Detail: "the token file did not load: " + err.Error()})
+		return
+	}
+	s.tokenSet.Store(tokens)
+	s.log.Info().Str("trigger", why).Int("tokens", len(tokens)).Msg("admin tokens reloaded")
+	s.reg.Audit(control.Event{Actor: "baton", Action: "reload admin tokens", Detail: fmt.Sprintf("%d tokens (%s)", len(tokens), why)})
+}
+
+func (s *server) reloadConfig() {
+	if s.reg.ReloadFile(s.o.path) == nil {
+		s.reloadCerts("config reload")
+	}
+}
+
+// watchKeys checks the affinity keys hourly, for their rotation.
+func (s *server) watchKeys(ctx context.Context) {
+	s.watchers.Go(func() {
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()
 		for {
@@ -326,161 +455,148 @@ func serve(ctx context.Context, cfg *config.Config, path string, loaded [32]byte
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				installKeys()
+				s.installKeys()
 			}
 		}
-	}()
-	if tokenSet != nil {
-		watchers.Add(1)
-		go func() {
-			defer watchers.Done()
-			if err := control.WatchFiles(ctx, []string{cfg.Admin.TokenFile}, log, func() { reloadTokens("file changed") }); err != nil {
-				log.Warn().Err(err).Msg("the token file is not watched; send SIGHUP to reload it")
+	})
+}
+
+// watchTokensAndCerts reloads the token file and the certificates when
+// their files change.
+func (s *server) watchTokensAndCerts(ctx context.Context) {
+	if s.tokenSet != nil {
+		s.watchers.Go(func() {
+			if err := control.WatchFiles(ctx, []string{s.cfg.Admin.TokenFile}, s.log, func() { s.reloadTokens("file changed") }); err != nil {
+				s.log.Warn().Err(err).Msg("the token file is not watched; send SIGHUP to reload it")
 			}
-		}()
+		})
 	}
-	if certs != nil || adminCerts != nil {
-		var files []string
-		for _, c := range cfg.TLS.Certificates {
-			files = append(files, c.Cert, c.Key)
+	if s.certs == nil && s.adminCerts == nil {
+		return
+	}
+	var files []string
+	for _, c := range s.cfg.TLS.Certificates {
+		files = append(files, c.Cert, c.Key)
+	}
+	if s.adminCerts != nil {
+		files = append(files, s.cfg.Admin.TLS.Cert, s.cfg.Admin.TLS.Key)
+	}
+	s.watchers.Go(func() {
+		if err := control.WatchFiles(ctx, files, s.log, func() { s.reloadCerts("files changed") }); err != nil {
+			s.log.Warn().Err(err).Msg("the certificate files are not watched; send SIGHUP to reload them")
 		}
-		if adminCerts != nil {
-			files = append(files, cfg.Admin.TLS.Cert, cfg.Admin.TLS.Key)
+	})
+}
+
+// watchConfig reloads the config file when it changes, and it, the
+// certificates and the tokens on SIGHUP.
+func (s *server) watchConfig(ctx context.Context) {
+	path := s.o.path
+	if path == "" {
+		return
+	}
+	s.watchers.Go(func() {
+		err := control.WatchConfigFrom(ctx, path, s.o.loaded, s.log, s.reloadConfig)
+		if err != nil {
+			s.log.Warn().Err(err).Str("file", path).Msg("the config file is not watched; send SIGHUP to reload it")
 		}
-		watchers.Add(1)
-		go func() {
-			defer watchers.Done()
-			if err := control.WatchFiles(ctx, files, log, func() { reloadCerts("files changed") }); err != nil {
-				log.Warn().Err(err).Msg("the certificate files are not watched; send SIGHUP to reload them")
+	})
+	s.onSignal(ctx, syscall.SIGHUP, func() {
+		s.log.Info().Str("file", path).Msg("SIGHUP: reloading the config, certificates and tokens")
+		s.reloadConfig()
+		s.reloadTokens("SIGHUP")
+	})
+}
+
+// onSignal calls fn on each sig until ctx ends.
+func (s *server) onSignal(ctx context.Context, sig os.Signal, fn func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sig)
+	s.watchers.Go(func() {
+		defer signal.Stop(ch)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+				fn()
 			}
-		}()
+		}
+	})
+}
+
+// watchUpgrades upgrades on SIGUSR2, when upgrades are on. The channel it
+// returns closes once a new process has taken over (nil: never).
+func (s *server) watchUpgrades(ctx context.Context) <-chan struct{} {
+	if s.o.upg == nil {
+		return nil
 	}
-	if path != "" {
-		watchers.Add(2)
-		go func() {
-			defer watchers.Done()
-			err := control.WatchConfigFrom(ctx, path, loaded, log, reloadConfig)
-			if err != nil {
-				log.Warn().Err(err).Str("file", path).Msg("the config file is not watched; send SIGHUP to reload it")
-			}
-		}()
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		go func() {
-			defer watchers.Done()
-			defer signal.Stop(hup)
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-					log.Info().Str("file", path).Msg("SIGHUP: reloading the config, certificates and tokens")
-					reloadConfig()
-					reloadTokens("SIGHUP")
-				}
-			}
-		}()
-	}
-	var handedOver <-chan struct{}
-	if upg != nil {
-		usr2 := make(chan os.Signal, 1)
-		signal.Notify(usr2, syscall.SIGUSR2)
-		watchers.Add(1)
-		go func() {
-			defer watchers.Done()
-			defer signal.Stop(usr2)
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-usr2:
-					_ = upgrade("signal")
-				}
-			}
-		}()
-		handedOver = upg.Exit()
-	}
-	if takingOver {
+	s.onSignal(ctx, syscall.SIGUSR2, func() { _ = s.upgrade("signal") })
+	return s.o.upg.Exit()
+}
+
+// startServing accepts traffic, tells the process handing over (if any)
+// and whoever waits for ready, and returns where a listener's failure
+// comes.
+func (s *server) startServing(ctx context.Context) <-chan error {
+	if s.takingOver {
 		// Taking over from a running baton, which serves meanwhile: start
 		// accepting once the backends' first health checks have passed,
 		// not with every backend still unchecked.
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		reg.WaitHealthy(wctx)
+		s.reg.WaitHealthy(wctx)
 		cancel()
 	}
 	served := make(chan error, 2)
-	go func() { served <- srv.Serve(ln) }()
-	if tlsLn != nil {
-		go func() { served <- srv.ServeTLS(tlsLn, tlsConf) }()
+	go func() { served <- s.srv.Serve(s.ln) }()
+	if s.tlsLn != nil {
+		go func() { served <- s.srv.ServeTLS(s.tlsLn, s.tlsConf) }()
 	}
-	ev := log.Info().Str("listen", ln.Addr().String()).Int("pools", len(cfg.Pools))
-	if tlsLn != nil {
-		ev = ev.Str("https", tlsLn.Addr().String())
+	ev := s.log.Info().Str("listen", s.ln.Addr().String()).Int("pools", len(s.cfg.Pools))
+	if s.tlsLn != nil {
+		ev = ev.Str("https", s.tlsLn.Addr().String())
 	}
-	if adminAddr != nil {
-		ev = ev.Str("admin", adminAddr.String())
+	if s.adminAddr != nil {
+		ev = ev.Str("admin", s.adminAddr.String())
 	}
-	if upg != nil {
-		ev = ev.Bool("took_over", takingOver)
-		if err := upg.Ready(); err != nil {
-			log.Warn().Err(err).Msg("could not tell the previous process or write the PID file")
+	if s.o.upg != nil {
+		ev = ev.Bool("took_over", s.takingOver)
+		if err := s.o.upg.Ready(); err != nil {
+			s.log.Warn().Err(err).Msg("could not tell the previous process or write the PID file")
 		}
-		if takingOver {
+		if s.takingOver {
 			// The previous process stops serving now: decisions are ours.
-			reg.Freeze(false)
-			thawed()
+			s.reg.Freeze(false)
+			s.thawed()
 		}
 	}
 	ev.Msg("baton is serving")
-	if ready != nil {
+	if s.o.ready != nil {
 		// Give the first health checks a moment, so that whoever is told
 		// "ready" finds backends taking requests.
 		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		reg.WaitHealthy(wctx)
+		s.reg.WaitHealthy(wctx)
 		cancel()
-		ready(ln.Addr(), adminAddr)
+		s.o.ready(s.ln.Addr(), s.adminAddr)
 	}
+	return served
+}
 
-	select {
-	case <-ctx.Done():
-	case <-handedOver:
-		stopWatching()
-		// The admin socket is the new process's now: stop answering on it
-		// at once (the request that asked for the upgrade completes).
-		if adminSrv != nil {
-			actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = adminSrv.Shutdown(actx)
-			cancel()
-		}
-	case err := <-served:
-		stopWatching()
-		watchers.Wait()
-		if adminSrv != nil {
-			_ = adminSrv.Close()
-		}
-		reg.Close()
-		return fmt.Errorf("serving: %w", err)
-	}
-	watchers.Wait()
-	if upg != nil {
-		// tableflip keeps a copy of each listening socket for a future
-		// upgrade; without this the kernel would go on accepting.
-		upg.Stop()
-	}
-
-	log.Info().Dur("timeout", cfg.Server.ShutdownTimeout).Msg("shutting down: no new connections, finishing requests in flight")
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+// shutdown stops accepting and lets the requests in flight finish, up to
+// server.shutdown_timeout.
+func (s *server) shutdown() {
+	s.log.Info().Dur("timeout", s.cfg.Server.ShutdownTimeout).Msg("shutting down: no new connections, finishing requests in flight")
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.Server.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn().Err(err).Int64("connections", srv.OpenConnections()).
+	if err := s.srv.Shutdown(sctx); err != nil {
+		s.log.Warn().Err(err).Int64("connections", s.srv.OpenConnections()).
 			Msg("shutdown timeout reached; exiting with connections still open")
 	}
-	if adminSrv != nil {
-		_ = adminSrv.Shutdown(sctx)
+	if s.adminSrv != nil {
+		_ = s.adminSrv.Shutdown(sctx)
 	}
-	reg.Close()
-	log.Info().Msg("baton stopped")
-	return nil
+	s.reg.Close()
+	s.log.Info().Msg("baton stopped")
 }
 
 // httpErrorLog sends net/http's own messages (TLS handshake errors, panics
