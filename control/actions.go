@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/pool"
 )
@@ -25,20 +26,6 @@ func (e *Conflict) Is(target error) bool { return target == ErrConflict }
 func conflictf(code, format string, args ...any) error {
 	return &Conflict{Code: code, msg: fmt.Sprintf(format, args...)}
 }
-
-// Conflict codes.
-const (
-	CodeLeaseHeld         = "lease_held"          // another holder's lease is running
-	CodeLeaseNotHeld      = "lease_not_held"      // releasing a lease someone else holds
-	CodeNoCanary          = "no_canary"           // promote with no canary
-	CodeCanaryRunning     = "canary_running"      // another canary, or a switch while one runs
-	CodeSwitchRunning     = "switch_running"      // a switch is being watched
-	CodeAlreadyStable     = "already_stable"      // the version is the stable one
-	CodeVersionNotRunning = "version_not_running" // no backend runs the version
-	CodeBackendExists     = "backend_exists"      // a backend of that name is there
-	CodeAddressInUse      = "address_in_use"      // another backend has the address
-	CodeNotHealthy        = "not_healthy"         // the version's backends are not all healthy
-)
 
 // Errors that callers branch on; the messages around them say what to do.
 var (
@@ -159,7 +146,7 @@ func (r *Registry) versionPolicyLocked(p *pool.Pool, s *State, version string) e
 		// upgraded still serve it beside the new stable version.
 		return nil
 	case canaryV != "":
-		return conflictf(CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before starting %s",
+		return conflictf(v1.CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before starting %s",
 			p.Name(), canaryV, version)
 	}
 	ps.Canary = &CanaryState{Version: version, Weight: p.Settings().Canary.InitialWeight}
@@ -369,7 +356,7 @@ func (r *Registry) Patch(poolName, name string, spec PatchSpec, opts ...Opt) (*p
 	if spec.Address != nil {
 		for _, o := range p.Backends() {
 			if o != b && o.Address() == *spec.Address {
-				return nil, conflictf(CodeAddressInUse, "%s is already backend %q of pool %q", *spec.Address, o.Name(), poolName)
+				return nil, conflictf(v1.CodeAddressInUse, "%s is already backend %q of pool %q", *spec.Address, o.Name(), poolName)
 			}
 		}
 	}
@@ -436,11 +423,11 @@ func (r *Registry) Add(poolName string, spec AddSpec, opts ...Opt) (*pool.Backen
 		if b.Address() == spec.Address && b.Version() == spec.Version && (spec.Weight == nil || *spec.Weight == b.Weight()) {
 			return b, nil // the same add again: it holds already
 		}
-		return nil, conflictf(CodeBackendExists, "pool %q already has a backend %q; change it with PATCH (baton ctl set)", poolName, spec.Name)
+		return nil, conflictf(v1.CodeBackendExists, "pool %q already has a backend %q; change it with PATCH (baton ctl set)", poolName, spec.Name)
 	}
 	for _, b := range p.Backends() {
 		if b.Address() == spec.Address {
-			return nil, conflictf(CodeAddressInUse, "%s is already backend %q of pool %q", spec.Address, b.Name(), poolName)
+			return nil, conflictf(v1.CodeAddressInUse, "%s is already backend %q of pool %q", spec.Address, b.Name(), poolName)
 		}
 	}
 	inFile := false
@@ -527,11 +514,11 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 		return err
 	}
 	if version == p.StableVersion() {
-		return conflictf(CodeAlreadyStable, "%s is the stable version of pool %q", version, poolName)
+		return conflictf(v1.CodeAlreadyStable, "%s is the stable version of pool %q", version, poolName)
 	}
 	cur, curW := p.Canary()
 	if cur != "" && cur != version {
-		return conflictf(CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before starting %s",
+		return conflictf(v1.CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before starting %s",
 			poolName, cur, version)
 	}
 	if cur == version && curW == weight {
@@ -542,7 +529,7 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 		runs = runs || b.Version() == version
 	}
 	if !runs {
-		return conflictf(CodeVersionNotRunning, "no backend of pool %q runs %s; enable or add one with that version first", poolName, version)
+		return conflictf(v1.CodeVersionNotRunning, "no backend of pool %q runs %s; enable or add one with that version first", poolName, version)
 	}
 	return r.changeLocked(p, Event{Actor: actorOf(opts), Action: "canary", Pool: poolName, Detail: fmt.Sprintf("%s at %g%%", version, weight)},
 		func(s *State) error {
@@ -590,7 +577,7 @@ func (r *Registry) endCanary(poolName, outcome, reason string, opts ...Opt) erro
 	cur, _ := p.Canary()
 	if cur == "" {
 		if promote {
-			return conflictf(CodeNoCanary, "pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", poolName)
+			return conflictf(v1.CodeNoCanary, "pool %q has no canary to promote; a canary starts when a backend is enabled with a new version", poolName)
 		}
 		return nil
 	}

@@ -1,6 +1,8 @@
 package control
 
 import (
+	"github.com/baton-lb/baton/admin/v1"
+
 	"fmt"
 	"time"
 )
@@ -41,7 +43,7 @@ func (r *Registry) TakeLease(poolName, holder string, ttl time.Duration, opts ..
 	now := time.Now()
 	cur := r.leaseLocked(poolName, now)
 	if cur != nil && cur.Holder != holder {
-		return Lease{}, conflictf(CodeLeaseHeld, "pool %q is being released by %s (its lease runs until %s); wait until it ends, or until the lease runs out",
+		return Lease{}, conflictf(v1.CodeLeaseHeld, "pool %q is being released by %s (its lease runs until %s); wait until it ends, or until the lease runs out",
 			poolName, cur.Holder, cur.Expires.UTC().Format(leaseTimeFormat))
 	}
 	l := Lease{Holder: holder, Expires: now.Add(ttl).UTC()}
@@ -69,7 +71,7 @@ func (r *Registry) ReleaseLease(poolName, holder string, opts ...Opt) error {
 		return nil
 	}
 	if cur.Holder != holder {
-		return conflictf(CodeLeaseNotHeld, "pool %q's lease is held by %s, not %s", poolName, cur.Holder, holder)
+		return conflictf(v1.CodeLeaseNotHeld, "pool %q's lease is held by %s, not %s", poolName, cur.Holder, holder)
 	}
 	return r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "unlease", Pool: poolName, Detail: "released by " + holder},
 		func(s *State) error {

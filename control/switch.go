@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/pool"
 )
@@ -88,15 +89,15 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 			sw := *ps.Switch
 			return &sw, nil // the same switch again: it holds
 		}
-		return nil, conflictf(CodeSwitchRunning, "pool %q switched to %s and watches it until %s; wait for that to end",
+		return nil, conflictf(v1.CodeSwitchRunning, "pool %q switched to %s and watches it until %s; wait for that to end",
 			poolName, ps.Switch.To, ps.Switch.Until.UTC().Format(time.RFC3339))
 	}
 	stable := p.StableVersion()
 	if spec.To == stable {
-		return nil, conflictf(CodeAlreadyStable, "%s is already the stable version of pool %q", spec.To, poolName)
+		return nil, conflictf(v1.CodeAlreadyStable, "%s is already the stable version of pool %q", spec.To, poolName)
 	}
 	if cv, _ := p.Canary(); cv != "" {
-		return nil, conflictf(CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before a switch", poolName, cv)
+		return nil, conflictf(v1.CodeCanaryRunning, "pool %q is running canary %s; promote or roll it back before a switch", poolName, cv)
 	}
 	var old, next, sick []string
 	for _, b := range p.Backends() {
@@ -118,11 +119,11 @@ func (r *Registry) Switch(poolName string, spec SwitchSpec, opts ...Opt) (*Switc
 		}
 	}
 	if len(next) == 0 {
-		return nil, conflictf(CodeVersionNotRunning, "pool %q has no backend of version %s; add them on standby first: baton ctl add %s NAME --address HOST:PORT --version %s --standby",
+		return nil, conflictf(v1.CodeVersionNotRunning, "pool %q has no backend of version %s; add them on standby first: baton ctl add %s NAME --address HOST:PORT --version %s --standby",
 			poolName, spec.To, poolName, spec.To)
 	}
 	if len(sick) > 0 {
-		return nil, conflictf(CodeNotHealthy, "not every %s backend is healthy: %s; nothing was switched", spec.To, strings.Join(sick, ", "))
+		return nil, conflictf(v1.CodeNotHealthy, "not every %s backend is healthy: %s; nothing was switched", spec.To, strings.Join(sick, ", "))
 	}
 	now := time.Now().UTC()
 	sw := &SwitchState{From: stable, To: spec.To, At: now, Until: now.Add(spec.Watch), MaxErrorRate: spec.MaxErrorRate,

@@ -156,23 +156,37 @@ type Desired struct {
 }
 
 // Apply configures the pool as d says and puts every backend in its admin
-// state, publishing one view: no request sees the configuration without
-// the states (a backend added on standby never takes a request).
+// state. Backends coming into rotation do so first, unseen; then one view
+// is published in which the backends going out already have no part (a
+// rolled-back canary never serves stable traffic, a standby added never
+// takes a request); only then are those taken out. A request that read
+// the old view still finds its backends in rotation, so a switch from one
+// set of backends to another never leaves a moment with none.
 func (p *Pool) Apply(d Desired) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.configureLocked(d.Config)
+	var out map[*Backend]State
 	for _, b := range p.order {
 		switch want := d.Admin[b.name]; want {
-		case Draining, Drained:
-			p.drainLocked(b)
-		case Ejected:
-			p.ejectLocked(b)
+		case Draining, Drained, Ejected:
+			if out == nil {
+				out = make(map[*Backend]State)
+			}
+			out[b] = want
 		default:
 			p.enableLocked(b, d.Proven[b.name])
 		}
 	}
-	p.rebuildLocked()
+	p.rebuildExceptLocked(out)
+	for _, b := range p.order {
+		switch out[b] {
+		case Draining, Drained:
+			p.drainLocked(b)
+		case Ejected:
+			p.ejectLocked(b)
+		}
+	}
 }
 
 // configureLocked is Configure without publishing the view.
@@ -386,27 +400,31 @@ func (p *Pool) logb(ev *zerolog.Event, b *Backend) *zerolog.Event {
 // version's backends form one group; every other backend serves the rest of
 // the traffic by weight — the stable version's, and during a rolling upgrade
 // after a promotion, the previous version's servers not yet upgraded.
-func (p *Pool) rebuildLocked() {
+func (p *Pool) rebuildLocked() { p.rebuildExceptLocked(nil) }
+
+// rebuildExceptLocked is rebuildLocked leaving out the backends in out,
+// which are about to leave rotation.
+func (p *Pool) rebuildExceptLocked(out map[*Backend]State) {
 	v := &view{cfg: p.cfg, all: append([]*Backend(nil), p.order...)}
 	canary := ""
 	if p.canaryV != "" && p.canaryV != p.stable {
 		canary = p.canaryV
 	}
-	v.stable = p.groupLocked(func(ver string) bool { return ver != canary }, p.stable)
+	v.stable = p.groupLocked(func(ver string) bool { return ver != canary }, p.stable, out)
 	if canary != "" {
-		v.canary = p.groupLocked(func(ver string) bool { return ver == canary }, canary)
+		v.canary = p.groupLocked(func(ver string) bool { return ver == canary }, canary, out)
 		v.canaryBP = uint64(p.canaryPc*100 + 0.5)
 	}
 	p.view.Store(v)
 }
 
-func (p *Pool) groupLocked(member func(version string) bool, version string) *group {
+func (p *Pool) groupLocked(member func(version string) bool, version string, out map[*Backend]State) *group {
 	g := &group{version: version}
 	var members []*Backend
 	var weights []int
 	for _, b := range p.order {
 		sp := b.spec.Load()
-		if !member(sp.version) || !b.admits() {
+		if _, leaving := out[b]; leaving || !member(sp.version) || !b.admits() {
 			continue
 		}
 		members = append(members, b)
@@ -440,6 +458,18 @@ func (p *Pool) Pick(exclude *Backend) (*Backend, error) { return p.PickVersion(e
 // for everyone else.
 func (p *Pool) PickVersion(exclude *Backend, version []byte, forced bool) (*Backend, error) {
 	v := p.view.Load()
+	b, err := p.pickFrom(v, exclude, version, forced)
+	if err != nil {
+		if nv := p.view.Load(); nv != v {
+			// Its backends left rotation after the view was read: the
+			// view published before they did has the ones that serve.
+			return p.pickFrom(nv, exclude, version, forced)
+		}
+	}
+	return b, err
+}
+
+func (p *Pool) pickFrom(v *view, exclude *Backend, version []byte, forced bool) (*Backend, error) {
 	first, second := v.stable, v.canary
 	switch {
 	case second == nil:
@@ -557,9 +587,7 @@ func (p *Pool) Backends() []*Backend {
 
 // StableVersion returns the version that gets the traffic the canary does not.
 func (p *Pool) StableVersion() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.stable
+	return p.view.Load().stable.version // lock-free: the request path asks
 }
 
 // Canary returns the canary version and its share in percent ("" and 0

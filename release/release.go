@@ -23,7 +23,6 @@ import (
 	"github.com/baton-lb/baton/admin/client"
 	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/canary"
-	"github.com/baton-lb/baton/control"
 )
 
 // Options say what to release and how. To and Upgrade are required; a
@@ -218,7 +217,7 @@ func (r *Release) lease(ctx context.Context) (leased context.Context, stop func(
 	const ttl = 30 * time.Second
 	body := v1.TakeLease{Holder: r.o.Holder, TTL: ttl.String()}
 	if err := r.call(ctx, "PUT", r.poolPath()+"/lease", nil, body, nil); err != nil {
-		if client.CodeOf(err) == control.CodeLeaseHeld {
+		if client.CodeOf(err) == v1.CodeLeaseHeld {
 			return nil, nil, &failure{kind: ErrLeaseHeld, msg: fmt.Sprintf("another release of %s is under way: %s", r.pool, r.o.Describe(err))}
 		}
 		return nil, nil, err
@@ -243,7 +242,7 @@ func (r *Release) lease(ctx context.Context) (leased context.Context, stop func(
 			case leased.Err() != nil:
 				return // the run ended while renewing
 			default:
-				if failures++; client.CodeOf(err) == control.CodeLeaseHeld || failures >= 2 {
+				if failures++; client.CodeOf(err) == v1.CodeLeaseHeld || failures >= 2 {
 					cancel(&failure{kind: ErrLeaseLost, msg: fmt.Sprintf("stopped: the release lease of %s was lost (%s); nothing else was changed. Run the same command again to continue",
 						r.pool, r.o.Describe(err))})
 					return
@@ -548,7 +547,7 @@ func (r *Release) passed(ctx context.Context, rep v1.CanaryReport) (promoted boo
 		r.say("promote", "", r.o.To, "promoting %s: %s", r.o.To, rep.Reason)
 		err := r.call(ctx, "POST", r.poolPath()+"/canary/promote", nil, nil, nil)
 		// No canary to promote: the judge promoted first.
-		if err != nil && client.CodeOf(err) != control.CodeNoCanary {
+		if err != nil && client.CodeOf(err) != v1.CodeNoCanary {
 			return false, err
 		}
 		return err == nil, nil

@@ -9,6 +9,21 @@ package v1
 
 import "time"
 
+// Codes of the 409 refusals (the "code" beside "error"): what a client
+// branches on, never the message.
+const (
+	CodeLeaseHeld         = "lease_held"          // another holder's lease is running
+	CodeLeaseNotHeld      = "lease_not_held"      // releasing a lease someone else holds
+	CodeNoCanary          = "no_canary"           // promote with no canary
+	CodeCanaryRunning     = "canary_running"      // another canary, or a switch while one runs
+	CodeSwitchRunning     = "switch_running"      // a switch is being watched
+	CodeAlreadyStable     = "already_stable"      // the version is the stable one
+	CodeVersionNotRunning = "version_not_running" // no backend runs the version
+	CodeBackendExists     = "backend_exists"      // a backend of that name is there
+	CodeAddressInUse      = "address_in_use"      // another backend has the address
+	CodeNotHealthy        = "not_healthy"         // the version's backends are not all healthy
+)
+
 // Backend is a backend as the API shows it.
 type Backend struct {
 	Name            string `json:"name"`
