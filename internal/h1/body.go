@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 )
@@ -173,7 +174,9 @@ func (r *BodyReader) nextChunk() error {
 		if err != nil {
 			return chunkErr(err)
 		}
-		if len(trimCR(line)) != 0 {
+		if l, ok := chunkLine(line); !ok {
+			return errChunkLineEnd
+		} else if len(l) != 0 {
 			return badResponse("chunk data longer than its size")
 		}
 		r.chunkCRLF = false
@@ -183,7 +186,11 @@ func (r *BodyReader) nextChunk() error {
 	if err != nil {
 		return chunkErr(err)
 	}
-	size, ok := parseChunkSize(trimCR(line))
+	l, ok := chunkLine(line)
+	if !ok {
+		return errChunkLineEnd
+	}
+	size, ok := parseChunkSize(l)
 	if !ok {
 		return badResponse("chunk size %.20q", line)
 	}
@@ -195,7 +202,11 @@ func (r *BodyReader) nextChunk() error {
 			if err != nil {
 				return chunkErr(err)
 			}
-			if len(trimCR(line)) == 0 {
+			l, ok := chunkLine(line)
+			if !ok {
+				return errChunkLineEnd
+			}
+			if len(l) == 0 {
 				break
 			}
 		}
@@ -239,12 +250,22 @@ func chunkErr(err error) error {
 	return err
 }
 
-func trimCR(line []byte) []byte {
-	line = line[:len(line)-1] // the LF
-	if len(line) > 0 && line[len(line)-1] == '\r' {
-		line = line[:len(line)-1]
+// errChunkLineEnd: RFC 9112 lets a recipient take a bare LF for CRLF in a
+// head (§2.2), not in chunked framing (§7.1, erratum 7633); a peer that
+// ends a chunk line there may frame the body differently from baton, and
+// what is left on the connection would be read as the next response.
+var errChunkLineEnd = &BadResponseError{why: "chunked framing line not ending in CRLF, or with a CR inside"}
+
+// chunkLine returns a line of chunked framing (as read, through its LF)
+// without its CRLF; ok is false when it ends in a bare LF or holds another
+// CR.
+func chunkLine(line []byte) (_ []byte, ok bool) {
+	n := len(line)
+	if n < 2 || line[n-2] != '\r' {
+		return nil, false
 	}
-	return line
+	line = line[:n-2]
+	return line, bytes.IndexByte(line, '\r') < 0
 }
 
 // parseChunkSize parses a chunk-size line: hex digits, then optional

@@ -48,13 +48,14 @@
 // # What a chunked body may be
 //
 // A chunk-size line is hex digits (leading zeros allowed) of a value below
-// 2^60, optional SP or
-// HTAB, then nothing or a ";"-extension without control characters (which
-// is ignored); each chunk's data must be followed by an empty line; after
-// the last chunk, trailer lines are read up to the empty line and dropped.
-// Lines may end in CRLF or a bare LF. A malformed line is a
-// *BadResponseError, a chunk-size line longer than the reader's buffer
-// too; a body cut short is io.ErrUnexpectedEOF.
+// 2^60, optional SP or HTAB, then nothing or a ";"-extension without
+// control characters (which is ignored). Each chunk's data must be
+// followed by CRLF. After the last chunk, trailer lines are read up to the
+// empty line and dropped unparsed. Every line of the framing must end in
+// CRLF and hold no other CR: a bare LF, which RFC 9112 tolerates in a head
+// but not here (erratum 7633), is rejected. A malformed line is a
+// *BadResponseError, a line longer than the reader's buffer too; a body
+// cut short is io.ErrUnexpectedEOF.
 //
 // # Buffers
 //
