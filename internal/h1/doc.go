@@ -18,9 +18,10 @@
 // *BadResponseError:
 //
 //   - a 101 (baton asked for no upgrade here);
-//   - a field name that is empty or not a token, a value with control
-//     characters other than HTAB (CR inside a value is let through; fasthttp
-//     replaces it with a space when the field is added);
+//   - a field line without a colon, a field name that is empty or not a
+//     token, a value with control characters other than HTAB (a bare CR
+//     included: RFC 9112 §2.2 allows refusing it or replacing it with SP,
+//     and baton reads Connection and the framing fields as they came);
 //   - Content-Length that is not 1–18 digits, is folded, or repeats with a
 //     different value (repeats of one value are one length);
 //   - more than one Transfer-Encoding field, one that is folded, or one

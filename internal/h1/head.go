@@ -13,9 +13,11 @@ import (
 
 // A header field as read from a raw header block: name, first line of value
 // (trimmed), and any obs-fold continuation lines (raw, each starting with
-// SP or HTAB and ending in LF).
+// SP or HTAB and ending in LF). colon: the line had one (without, the whole
+// line is the name).
 type field struct {
 	name, value, cont []byte
+	colon             bool
 }
 
 // nextField parses the field at b[i:]. It returns ok=false at the blank line
@@ -34,6 +36,7 @@ func nextField(b []byte, i int) (f field, next int, bareLF, folded, ok bool) {
 	f.name = line[:colon]
 	if colon < len(line) {
 		f.value = trimOWS(line[colon+1:])
+		f.colon = true
 	}
 	start := i
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t') {
@@ -561,10 +564,17 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 			break
 		}
 		i = next
-		if len(f.name) == 0 || !validName(f.name) {
+		if len(f.name) == 0 || !validName(f.name) || !f.colon {
+			// Without a colon, net/http and fasthttp refuse the line
+			// (found by FuzzResponseHead; baton passed it on as a field
+			// with an empty value).
 			return scratch, badResponse("header name %.40q", f.name)
 		}
-		if !validValue(f.value) || !validValue(f.cont) {
+		// A bare CR is refused, not replaced with SP (RFC 9112 §2.2 allows
+		// either): baton would otherwise read Connection and the framing
+		// fields with the CR while the client got a space (found by
+		// FuzzResponseHead).
+		if !validValue(f.value) || !validFold(f.cont) {
 			return scratch, badResponse("control character in header %.40q", f.name)
 		}
 		switch classifyName(f.name) {
@@ -700,17 +710,29 @@ func validName(n []byte) bool {
 	return true
 }
 
-// validValueByte allows HTAB, SP, visible ASCII and obs-text; continuation
-// line ends (CR, LF) are allowed by validValue for the raw fold bytes.
+// validValueByte allows HTAB, SP, visible ASCII and obs-text.
 func validValueByte(c byte) bool {
 	return c == '\t' || (c >= ' ' && c != 0x7f)
 }
 
 func validValue(v []byte) bool {
 	for _, c := range v {
-		if !validValueByte(c) && c != '\r' && c != '\n' {
+		if !validValueByte(c) {
 			return false
 		}
+	}
+	return true
+}
+
+// validFold checks raw obs-fold continuation lines: valid values, each
+// ending in LF or CRLF.
+func validFold(cont []byte) bool {
+	for len(cont) > 0 {
+		line, i, _ := readLine(cont, 0)
+		if !validValue(line) {
+			return false
+		}
+		cont = cont[i:]
 	}
 	return true
 }
