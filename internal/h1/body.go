@@ -168,29 +168,22 @@ func (r *BodyReader) CopyTo(w io.Writer) (n int64, readErr, writeErr error) {
 // into r.left. At the last chunk it reads the trailer section, marks the
 // body done and returns io.EOF.
 func (r *BodyReader) nextChunk() error {
-	br := r.br
 	if r.chunkCRLF {
-		line, err := br.ReadSlice('\n')
+		line, err := r.readLine()
 		if err != nil {
-			return chunkErr(err)
+			return err
 		}
-		if l, ok := chunkLine(line); !ok {
-			return errChunkLineEnd
-		} else if len(l) != 0 {
+		if len(line) != 0 {
 			return badResponse("chunk data longer than its size")
 		}
 		r.chunkCRLF = false
 	}
 	r.awaitData()
-	line, err := br.ReadSlice('\n')
+	line, err := r.readLine()
 	if err != nil {
-		return chunkErr(err)
+		return err
 	}
-	l, ok := chunkLine(line)
-	if !ok {
-		return errChunkLineEnd
-	}
-	size, ok := parseChunkSize(l)
+	size, ok := parseChunkSize(line)
 	if !ok {
 		return badResponse("chunk size %.20q", line)
 	}
@@ -198,15 +191,11 @@ func (r *BodyReader) nextChunk() error {
 		// Trailer fields end the body; baton does not forward them.
 		for {
 			r.awaitData()
-			line, err := br.ReadSlice('\n')
+			line, err := r.readLine()
 			if err != nil {
-				return chunkErr(err)
+				return err
 			}
-			l, ok := chunkLine(line)
-			if !ok {
-				return errChunkLineEnd
-			}
-			if len(l) == 0 {
+			if len(line) == 0 {
 				break
 			}
 		}
@@ -248,6 +237,20 @@ func chunkErr(err error) error {
 		return badResponse("chunk header line too long")
 	}
 	return err
+}
+
+// readLine reads a line of chunked framing and returns it without its CRLF.
+// It aliases br's buffer until the next read.
+func (r *BodyReader) readLine() ([]byte, error) {
+	line, err := r.br.ReadSlice('\n')
+	if err != nil {
+		return nil, chunkErr(err)
+	}
+	line, ok := chunkLine(line)
+	if !ok {
+		return nil, errChunkLineEnd
+	}
+	return line, nil
 }
 
 // errChunkLineEnd: RFC 9112 lets a recipient take a bare LF for CRLF in a
