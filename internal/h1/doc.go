@@ -13,8 +13,8 @@
 // (HTAB aside). Lines may end in CRLF or a bare LF (RFC 9112 §2.2 lets a
 // recipient accept LF; fasthttp re-serialises the head for the client, so
 // a bare LF never reaches it). A field line folded with obs-fold is joined
-// with single spaces (RFC 9112 §5.2). Interim 1xx responses are skipped
-// (up to 11 in a row). Everything else is rejected with a
+// with single spaces (RFC 9112 §5.2). Up to ten interim 1xx responses are
+// skipped before the final one. Everything else is rejected with a
 // *BadResponseError:
 //
 //   - a 101 (baton asked for no upgrade here);
@@ -30,8 +30,9 @@
 //
 // Other failures are ErrNoResponse (the connection ended before any
 // byte), ErrTruncatedHead (it ended inside the head), ErrHeadTooLarge (the
-// head does not fit in the bufio.Reader's buffer), ErrTooManyInterim, or
-// the reader's own error (a timeout) as it is.
+// head does not fit in the bufio.Reader's buffer; its text names 16 KiB,
+// the size baton's backend connections use), ErrTooManyInterim, or the
+// reader's own error (a timeout) as it is.
 //
 // The framing follows RFC 9112 §6.3: no body for a HEAD request, 1xx, 204
 // and 304 (Announced when such a response claims one anyway); chunked when
@@ -45,6 +46,20 @@
 // ones, in order: Connection, Keep-Alive, Proxy-Connection, TE, Trailer,
 // Upgrade, Transfer-Encoding, Content-Length and every field named in
 // Connection stay behind (RFC 9110 §7.6.1); the caller frames the body.
+//
+// # Request heads
+//
+// The request itself was parsed by fasthttp. RequestScan.Scan reads its raw
+// header block once and reports what proxy must decide on (bare LF line
+// ends, obs-fold, a field name that is not a token, Transfer-Encoding,
+// forwarding fields, Connection's tokens); it rejects nothing.
+// AppendRequestHead writes the head for the backend: the request line with
+// the target as the client sent it and HTTP/1.1, the client's fields in
+// order with CRLF line ends and folds joined, minus hop-by-hop fields,
+// those named in Connection, baton's own X-Forwarded-* and, unless from a
+// trusted proxy, X-Real-IP and Forwarded; then X-Forwarded-For, -Proto and
+// -Host and the framing of bodyLen (a Content-Length, BodyChunked for
+// chunked, or an explicit zero when the client sent one).
 //
 // # What a chunked body may be
 //

@@ -155,6 +155,7 @@ func TestReadResponseHeadFraming(t *testing.T) {
 		{in: "HTTP/1.1 204 No Content\r\n\r\n", framing: FrameNone},
 		{in: "HTTP/1.1 100 Continue\r\nJunk without colon\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\n", framing: FrameNone},
 		{in: "HTTP/1.1 200 OK\nContent-Length: 2\n\n", framing: FrameLength, length: 2},
+		{in: strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 10) + "HTTP/1.1 200 OK\r\n\r\n", framing: FrameClose, close: true},
 	}
 	for _, c := range cases {
 		_, rh, rest, err := readHead(c.in+"BODY", c.isHead)
@@ -207,8 +208,8 @@ func TestReadResponseHeadRejects(t *testing.T) {
 	for in, want := range map[string]error{
 		"":                    ErrNoResponse,
 		"HTTP/1.1 200 OK\r\n": ErrTruncatedHead,
-		"HTTP/1.1 200 OK\r\nX: " + strings.Repeat("a", 1024) + "\r\n\r\n": ErrHeadTooLarge,
-		strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 12):               ErrTooManyInterim,
+		"HTTP/1.1 200 OK\r\nX: " + strings.Repeat("a", 1024) + "\r\n\r\n":               ErrHeadTooLarge,
+		strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 11) + "HTTP/1.1 200 OK\r\n\r\n": ErrTooManyInterim,
 	} {
 		if _, _, _, err := readHead(in, false); !errors.Is(err, want) {
 			t.Errorf("%.40q: %v, want %v", in, err, want)
