@@ -15,14 +15,16 @@ build:
 run:
 	$(GO) run ./cmd/baton demo
 
-## test: vet, every test with the race detector, then a short fuzz run of the request parser
+## test: vet, every test with the race detector, then a short fuzz run of the parsers
 test: lint
 	$(GO) test -race -count=1 ./...
 	$(MAKE) fuzz
 
-## fuzz: arbitrary request bytes through baton, and arbitrary config files, for FUZZTIME each
+## fuzz: arbitrary request bytes through baton for FUZZTIME; config files, and backend response heads and chunked bodies against net/http, for 10s each
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestFraming$$' -fuzztime $(FUZZTIME) ./proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzResponseHead$$' -fuzztime 10s ./internal/h1
+	$(GO) test -run '^$$' -fuzz '^FuzzChunkedBody$$' -fuzztime 10s ./internal/h1
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./config
 
 ## bench: request-path benchmarks with allocation counts

@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/baton-lb/baton/internal/h1"
 	"github.com/baton-lb/baton/pool"
 )
 
@@ -60,8 +61,8 @@ func classify(err error, st stage, status int) pool.Class {
 	case errors.Is(err, pool.ErrPoolFull), errors.Is(err, pool.ErrClosing):
 		return pool.ClassPoolFull
 	}
-	var bre *badResponseError
-	if errors.As(err, &bre) || errors.Is(err, errHeadTooLarge) || errors.Is(err, errTooManyInterim) {
+	var bre *h1.BadResponseError
+	if errors.As(err, &bre) || errors.Is(err, h1.ErrHeadTooLarge) || errors.Is(err, h1.ErrTooManyInterim) {
 		return pool.ClassBadResponse
 	}
 	if isTimeout(err) {
@@ -87,6 +88,6 @@ func isTimeout(err error) bool {
 // isClosedByPeer reports an EOF or reset: what the keep-alive race and a
 // dying backend look like.
 func isClosedByPeer(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, errNoResponse) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errTruncatedHead)
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, h1.ErrNoResponse) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, h1.ErrTruncatedHead)
 }

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/internal/h1"
 	"github.com/baton-lb/baton/pool"
 )
 
@@ -73,17 +73,14 @@ type exchange struct {
 	isHead      bool
 
 	// Request body.
-	bodyLen    int64  // >0 length, 0 none, bodyChunked
+	bodyLen    int64  // >0 length, 0 none, h1.BodyChunked
 	body       []byte // a buffered body (replayable)
 	streamBody bool   // the body streams from the client (not replayable)
 	wrote      int64  // bytes of this attempt the backend's kernel accepted
 
 	// Response body streaming state.
-	framing    framing
-	announced  bool  // a bodiless-by-rule response announced a body
-	left       int64 // bytes left in the body or the current chunk
-	chunkCRLF  bool  // a chunk's data ended; its CRLF comes next
-	done       bool  // the body ended cleanly
+	respBody   h1.BodyReader
+	announced  bool // a bodiless-by-rule response announced a body
 	closeConn  bool
 	readErr    error
 	clientConn net.Conn
@@ -92,8 +89,8 @@ type exchange struct {
 	method, target, host []byte
 	clientIP             []byte
 
-	sc      reqScan
-	ct      connTokens
+	sc      h1.RequestScan
+	ct      h1.ConnTokens
 	scratch []byte
 	pathBuf []byte
 	absBuf  []byte
@@ -108,7 +105,7 @@ func (x *exchange) reset() {
 		body: body[:0], method: method[:0], target: target[:0], host: host[:0], clientIP: ip[:0],
 		appCode: code[:0], excerpt: exc[:0], wantVersion: want[:0], mac: mac, macKey: macKey, macBuf: macBuf,
 		fwdClient: fwd[:0], addrBuf: addrBuf[:0]}
-	x.sc.conn.reset()
+	x.sc.Conn.Reset()
 }
 
 // serve handles one request. It returns true when a streamed response now
@@ -138,22 +135,22 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 	if h.IsConnect() {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
-	x.sc.scan(h.RawHeaders())
-	if x.sc.xff || x.sc.addr {
+	x.sc.Scan(h.RawHeaders())
+	if x.sc.XFF || x.sc.Addr {
 		// Not from a proxy baton trusts: its X-Forwarded-For is replaced
 		// by the client's own address, X-Real-IP and Forwarded dropped.
-		x.sc.trusted = s.trustedPeer(ctx.RemoteAddr())
-		x.sc.xff = x.sc.xff && x.sc.trusted
+		x.sc.Trusted = s.trustedPeer(ctx.RemoteAddr())
+		x.sc.XFF = x.sc.XFF && x.sc.Trusted
 	}
-	if x.sc.badName != nil {
-		return x.reply(ctx, 400, "invalid header field name "+strconv.Quote(string(x.sc.badName[:min(len(x.sc.badName), 64)])), true)
+	if x.sc.BadName != nil {
+		return x.reply(ctx, 400, "invalid header field name "+strconv.Quote(string(x.sc.BadName[:min(len(x.sc.BadName), 64)])), true)
 	}
-	if x.sc.te && h.ContentLength() != -1 {
+	if x.sc.TE && h.ContentLength() != -1 {
 		// fasthttp ignores "Transfer-Encoding: identity"; a request framed by
 		// anything but chunked is ambiguous to someone on the path.
 		return x.reply(ctx, 400, "Transfer-Encoding must be chunked", true)
 	}
-	if x.sc.bareLF || x.sc.folded || requestLineLF(ctx) {
+	if x.sc.BareLF || x.sc.Folded || requestLineLF(ctx) {
 		// Normalised for the backend; the client connection ends after this
 		// response so nothing after the irregular bytes is read as a request.
 		ctx.SetConnectionClose()
@@ -184,7 +181,7 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 
 	switch cl := h.ContentLength(); {
 	case cl == -1:
-		x.bodyLen, x.streamBody = bodyChunked, true
+		x.bodyLen, x.streamBody = h1.BodyChunked, true
 		// fasthttp reads the trailer section itself and accepts a bare LF
 		// there, which a proxy in front of baton may frame differently. The
 		// connection ends after a chunked request, so nothing after its body
@@ -300,9 +297,9 @@ func (x *exchange) splitTarget(uri []byte) (target, host []byte, ok bool) {
 	}
 	var rest []byte
 	switch {
-	case len(uri) > 7 && equalFoldLower(uri[:7], "http://"):
+	case len(uri) > 7 && h1.EqualFoldLower(uri[:7], "http://"):
 		rest = uri[7:]
-	case len(uri) > 8 && equalFoldLower(uri[:8], "https://"):
+	case len(uri) > 8 && h1.EqualFoldLower(uri[:8], "https://"):
 		rest = uri[8:]
 	default:
 		return nil, nil, false
@@ -400,7 +397,7 @@ func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, 
 	if x.s.https && ctx.IsTLS() {
 		proto = "https"
 	}
-	head := appendRequestHead(conn.Head(), h, &x.sc, target, absHost, x.clientIP, proto, x.bodyLen)
+	head := h1.AppendRequestHead(conn.Head(), h, &x.sc, target, absHost, x.clientIP, proto, x.bodyLen)
 	var body []byte
 	if !x.streamBody {
 		body = x.body
@@ -418,18 +415,20 @@ func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, 
 		}
 	}
 	br := conn.Reader()
-	rh, scratch, err := readResponseHead(br, &ctx.Response.Header, x.isHead, &x.ct, x.scratch)
+	rh, scratch, err := h1.ReadResponseHead(br, &ctx.Response.Header, x.isHead, &x.ct, x.scratch)
 	x.scratch = scratch
 	if err != nil {
 		return stageResponse, err
 	}
-	x.framing, x.left, x.closeConn, x.announced = rh.framing, rh.length, rh.closeConn, rh.announced
-	if rh.framing == frameLength && rh.length <= maxBufferedResponseBody {
-		if err := x.readSmallBody(ctx, conn, int(rh.length)); err != nil {
+	x.closeConn, x.announced = rh.CloseConn, rh.Announced
+	framing := rh.Framing
+	if framing == h1.FrameLength && rh.Length <= maxBufferedResponseBody {
+		if err := x.readSmallBody(ctx, conn, int(rh.Length)); err != nil {
 			return stageBody, err
 		}
-		x.framing = frameNone
+		framing = h1.FrameNone
 	}
+	x.respBody.Reset(br, framing, rh.Length, x)
 	return stageResponse, nil
 }
 
@@ -466,7 +465,7 @@ func (x *exchange) sendBody(ctx *fasthttp.RequestCtx, conn *pool.Conn) error {
 				return &clientError{err: errBodyTooLarge}
 			}
 			out := buf[pre : pre+n]
-			if x.bodyLen == bodyChunked {
+			if x.bodyLen == h1.BodyChunked {
 				size := strconv.AppendInt(buf[:0:pre], int64(n), 16)
 				k := len(size) + 2
 				start := pre - k
@@ -489,7 +488,7 @@ func (x *exchange) sendBody(ctx *fasthttp.RequestCtx, conn *pool.Conn) error {
 			return clientReadError(rerr)
 		}
 	}
-	if x.bodyLen == bodyChunked {
+	if x.bodyLen == h1.BodyChunked {
 		w, err := conn.Write([]byte("0\r\n\r\n"))
 		x.wrote += int64(w)
 		return err
@@ -507,19 +506,7 @@ func (x *exchange) readSmallBody(ctx *fasthttp.RequestCtx, conn *pool.Conn, n in
 	if br.Buffered() < n {
 		_ = conn.NetConn().SetReadDeadline(x.bound(time.Now().Add(x.cfg.Timeouts.Idle)))
 	}
-	for n > 0 {
-		b, err := br.Peek(min(n, br.Size()))
-		ctx.Response.AppendBody(b)
-		_, _ = br.Discard(len(b))
-		n -= len(b)
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	return nil
+	return h1.CopyLength(ctx.Response.BodyWriter(), br, n)
 }
 
 // respond completes a request whose response head arrived: either the body
@@ -535,7 +522,8 @@ func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
 	}
 	x.setAffinity(ctx)
 	x.clientConn = ctx.Conn()
-	if x.framing != frameNone && x.framing != frameLength && !ctx.Request.Header.IsHTTP11() {
+	framing := x.respBody.Framing()
+	if framing != h1.FrameNone && framing != h1.FrameLength && !ctx.Request.Header.IsHTTP11() {
 		// An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1),
 		// so a body of unknown length is read whole and sent with its length.
 		if err := x.readWhole(ctx); err != nil {
@@ -543,9 +531,9 @@ func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
 			x.releaseConn(false)
 			return x.reply(ctx, 502, "the backend's response is too large for an HTTP/1.0 client or broke off", false)
 		}
-		x.framing = frameNone
+		framing = h1.FrameNone
 	}
-	if x.framing == frameNone {
+	if framing == h1.FrameNone {
 		if x.announced && x.conn != nil {
 			x.conn.MarkSuspect()
 		}
@@ -555,8 +543,8 @@ func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
 		return false
 	}
 	size := -1
-	if x.framing == frameLength {
-		size = int(x.left)
+	if framing == h1.FrameLength {
+		size = int(x.respBody.Left())
 	}
 	ctx.Response.SetBodyStream(x, size)
 	return true
@@ -579,13 +567,13 @@ func (x *exchange) releaseConn(reuse bool) {
 // Read streams the response body from the backend; fasthttp calls it while
 // writing the response to the client.
 func (x *exchange) Read(p []byte) (int, error) {
-	if x.done {
+	if x.respBody.Done() {
 		return 0, io.EOF
 	}
 	if x.readErr != nil {
 		return 0, x.readErr
 	}
-	n, err := x.read(p)
+	n, err := x.respBody.Read(p)
 	x.bytesOut += int64(n)
 	if err != nil && err != io.EOF {
 		return n, x.fail(err)
@@ -605,13 +593,13 @@ func (x *exchange) readWhole(ctx *fasthttp.RequestCtx) error {
 		x.ioBuf = make([]byte, ioBufSize)
 	}
 	for n := 0; ; {
-		k, err := x.read(x.ioBuf)
+		k, err := x.respBody.Read(x.ioBuf)
 		ctx.Response.AppendBody(x.ioBuf[:k])
 		n += k
 		if n > maxHTTP10Body {
 			return errHTTP10TooLarge
 		}
-		if err == io.EOF || (err == nil && x.done) {
+		if err == io.EOF || (err == nil && x.respBody.Done()) {
 			return nil
 		}
 		if err != nil {
@@ -620,99 +608,13 @@ func (x *exchange) readWhole(ctx *fasthttp.RequestCtx) error {
 	}
 }
 
-// awaitData renews deadlines when the backend's buffer is empty, since the
-// next read waits for the network: the backend's idle deadline, and the
-// client's write deadline, which fasthttp set once for the whole response.
-func (x *exchange) awaitData() {
-	if x.conn.Reader().Buffered() > 0 {
-		return
-	}
+// AwaitData renews deadlines before the response body's next read waits for
+// the network (h1.Awaiter): the backend's idle deadline, and the client's
+// write deadline, which fasthttp set once for the whole response.
+func (x *exchange) AwaitData() {
 	now := time.Now()
 	_ = x.conn.NetConn().SetReadDeadline(x.bound(now.Add(x.cfg.Timeouts.Idle)))
 	_ = x.clientConn.SetWriteDeadline(now.Add(x.s.bodyIdle))
-}
-
-func (x *exchange) read(p []byte) (int, error) {
-	br := x.conn.Reader()
-	x.awaitData()
-	switch x.framing {
-	case frameLength:
-		n, err := br.Read(p[:min(int64(len(p)), x.left)])
-		x.left -= int64(n)
-		if x.left == 0 {
-			x.done = true
-			return n, nil
-		}
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return n, err
-	case frameClose:
-		n, err := br.Read(p)
-		if err == io.EOF {
-			x.done = true
-		}
-		return n, err
-	}
-	// Chunked: one backend chunk per Read, so fasthttp forwards each chunk as
-	// it arrives (server-sent events, long polls).
-	if x.left == 0 {
-		if err := x.nextChunk(); err != nil {
-			return 0, err
-		}
-	}
-	n, err := br.Read(p[:min(int64(len(p)), x.left)])
-	x.left -= int64(n)
-	if x.left == 0 {
-		x.chunkCRLF = true
-	}
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
-}
-
-// nextChunk reads the next chunk's header (after the previous chunk's CRLF)
-// into x.left. At the last chunk it reads the trailer section, marks the body
-// done and returns io.EOF.
-func (x *exchange) nextChunk() error {
-	br := x.conn.Reader()
-	if x.chunkCRLF {
-		line, err := br.ReadSlice('\n')
-		if err != nil {
-			return chunkErr(err)
-		}
-		if len(trimCR(line)) != 0 {
-			return badResponse("chunk data longer than its size")
-		}
-		x.chunkCRLF = false
-	}
-	x.awaitData()
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		return chunkErr(err)
-	}
-	size, ok := parseChunkSize(trimCR(line))
-	if !ok {
-		return badResponse("chunk size %.20q", line)
-	}
-	if size == 0 {
-		// Trailer fields end the body; baton does not forward them.
-		for {
-			x.awaitData()
-			line, err := br.ReadSlice('\n')
-			if err != nil {
-				return chunkErr(err)
-			}
-			if len(trimCR(line)) == 0 {
-				break
-			}
-		}
-		x.done = true
-		return io.EOF
-	}
-	x.left = size
-	return nil
 }
 
 // SupportsBodyWriteTo tells fasthttp that WriteTo may replace Read.
@@ -723,55 +625,15 @@ func (x *exchange) SupportsBodyWriteTo() bool { return true }
 // allocation. For chunked bodies each piece is one client chunk, written and
 // flushed as it arrives.
 func (x *exchange) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	br := x.conn.Reader()
-	for !x.done {
-		if x.readErr != nil {
-			return total, x.readErr
-		}
-		if x.framing == frameChunked && x.left == 0 {
-			if err := x.nextChunk(); err != nil {
-				if err == io.EOF {
-					break
-				}
-				return total, x.fail(err)
-			}
-		}
-		x.awaitData()
-		if _, err := br.Peek(1); err != nil {
-			if err == io.EOF && x.framing == frameClose {
-				x.done = true
-				break
-			}
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return total, x.fail(err)
-		}
-		n := int64(br.Buffered())
-		if x.framing != frameClose {
-			n = min(n, x.left)
-		}
-		b, _ := br.Peek(int(n))
-		m, werr := w.Write(b)
-		_, _ = br.Discard(m)
-		total += int64(m)
-		x.bytesOut += int64(m)
-		if x.framing != frameClose {
-			x.left -= int64(m)
-			if x.left == 0 {
-				if x.framing == frameLength {
-					x.done = true
-				} else {
-					x.chunkCRLF = true
-				}
-			}
-		}
-		if werr != nil {
-			return total, werr
-		}
+	if x.readErr != nil && !x.respBody.Done() {
+		return 0, x.readErr
 	}
-	return total, nil
+	n, rerr, werr := x.respBody.CopyTo(w)
+	x.bytesOut += n
+	if rerr != nil {
+		return n, x.fail(rerr)
+	}
+	return n, werr
 }
 
 // fail records a failure reading the backend's body.
@@ -784,62 +646,16 @@ func (x *exchange) fail(err error) error {
 	return err
 }
 
-func chunkErr(err error) error {
-	if errors.Is(err, io.EOF) {
-		return io.ErrUnexpectedEOF
-	}
-	if errors.Is(err, bufio.ErrBufferFull) {
-		return badResponse("chunk header line too long")
-	}
-	return err
-}
-
-func trimCR(line []byte) []byte {
-	line = line[:len(line)-1] // the LF
-	if len(line) > 0 && line[len(line)-1] == '\r' {
-		line = line[:len(line)-1]
-	}
-	return line
-}
-
-// parseChunkSize parses a chunk-size line: hex digits, then optional
-// whitespace and chunk extensions, which are ignored.
-func parseChunkSize(line []byte) (int64, bool) {
-	var n int64
-	i := 0
-	for ; i < len(line); i++ {
-		d, ok := unhex(line[i])
-		if !ok {
-			break
-		}
-		if n >= 1<<56 {
-			return 0, false // over 2^60: no honest backend sends that
-		}
-		n = n<<4 | int64(d)
-	}
-	if i == 0 {
-		return 0, false
-	}
-	rest := line[i:]
-	for len(rest) > 0 && (rest[0] == ' ' || rest[0] == '\t') {
-		rest = rest[1:]
-	}
-	if len(rest) > 0 && rest[0] != ';' {
-		return 0, false
-	}
-	return n, validValue(rest)
-}
-
 // CloseWithError ends a streamed response; fasthttp calls it once, with the
 // error that stopped writing to the client (nil when all went out).
 func (x *exchange) CloseWithError(werr error) error {
 	switch {
 	case x.readErr != nil:
 		// Already classified as the backend's failure.
-	case werr != nil || !x.done:
+	case werr != nil || !x.respBody.Done():
 		x.class = pool.ClassClientGone
 	}
-	x.releaseConn(x.done && !x.closeConn && x.readErr == nil && werr == nil)
+	x.releaseConn(x.respBody.Done() && !x.closeConn && x.readErr == nil && werr == nil)
 	x.clientConn = nil
 	x.finish()
 	x.s.putExchange(x)

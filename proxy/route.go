@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/internal/h1"
 	"github.com/baton-lb/baton/pool"
 )
 
@@ -79,10 +80,10 @@ func (t *Table) Match(host, path []byte) *pool.Pool {
 		r := &t.routes[i]
 		if r.host != "" {
 			if r.wildcard {
-				if len(host) <= len(r.host) || !equalFoldLower(host[len(host)-len(r.host):], r.host) {
+				if len(host) <= len(r.host) || !h1.EqualFoldLower(host[len(host)-len(r.host):], r.host) {
 					continue
 				}
-			} else if !equalFoldLower(host, r.host) {
+			} else if !h1.EqualFoldLower(host, r.host) {
 				continue
 			}
 		}
@@ -108,23 +109,6 @@ func stripPort(h []byte) []byte {
 		}
 	}
 	return h
-}
-
-// equalFoldLower compares b with an already lower-case ASCII s.
-func equalFoldLower(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // routePath returns the path used for routing: target's path without the
@@ -176,21 +160,9 @@ func routePath(dst, target []byte) (path, scratch []byte) {
 }
 
 func unhex2(a, b byte) (byte, bool) {
-	x, ok1 := unhex(a)
-	y, ok2 := unhex(b)
+	x, ok1 := h1.Unhex(a)
+	y, ok2 := h1.Unhex(b)
 	return x<<4 | y, ok1 && ok2
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 func isUnreserved(c byte) bool {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/baton-lb/baton/internal/h1"
 	"github.com/baton-lb/baton/pool"
 )
 
@@ -28,7 +29,7 @@ var upgradeToken = []byte("upgrade")
 // wantsUpgrade: the request asks to switch protocols (Connection: upgrade
 // with an Upgrade field).
 func (x *exchange) wantsUpgrade(h *fasthttp.RequestHeader) bool {
-	return x.sc.conn.n > 0 && x.sc.conn.has(upgradeToken) && len(h.Peek("Upgrade")) > 0
+	return x.sc.Conn.Has(upgradeToken) && len(h.Peek("Upgrade")) > 0
 }
 
 // hopByHopResponse are the response fields a 101 does not pass on as they
@@ -36,15 +37,15 @@ func (x *exchange) wantsUpgrade(h *fasthttp.RequestHeader) bool {
 func hopByHopResponse(k []byte) bool {
 	switch len(k) {
 	case 7:
-		return equalFoldLower(k, "upgrade") || equalFoldLower(k, "trailer")
+		return h1.EqualFoldLower(k, "upgrade") || h1.EqualFoldLower(k, "trailer")
 	case 10:
-		return equalFoldLower(k, "connection") || equalFoldLower(k, "keep-alive")
+		return h1.EqualFoldLower(k, "connection") || h1.EqualFoldLower(k, "keep-alive")
 	case 14:
-		return equalFoldLower(k, "content-length")
+		return h1.EqualFoldLower(k, "content-length")
 	case 16:
-		return equalFoldLower(k, "proxy-connection")
+		return h1.EqualFoldLower(k, "proxy-connection")
 	case 17:
-		return equalFoldLower(k, "transfer-encoding")
+		return h1.EqualFoldLower(k, "transfer-encoding")
 	}
 	return false
 }
@@ -64,7 +65,7 @@ func (x *exchange) tunnel(ctx *fasthttp.RequestCtx, p *pool.Pool, target, absHos
 	if ctx.IsTLS() {
 		proto = "https"
 	}
-	head := appendRequestHead(nil, h, &x.sc, target, absHost, x.clientIP, proto, 0)
+	head := h1.AppendRequestHead(nil, h, &x.sc, target, absHost, x.clientIP, proto, 0)
 	head = append(head[:len(head)-2], "Connection: Upgrade\r\nUpgrade: "...)
 	head = append(head, want...)
 	head = append(head, "\r\n\r\n"...)
@@ -168,7 +169,7 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 	out = append(out, "Connection: Upgrade\r\nUpgrade: "...)
 	out = append(out, up...)
 	out = append(out, "\r\n\r\n"...)
-	t := &tunnel{x: x, bconn: bc, backend: nc, br: br, head: out, websocket: equalFoldLower(up, "websocket"),
+	t := &tunnel{x: x, bconn: bc, backend: nc, br: br, head: out, websocket: h1.EqualFoldLower(up, "websocket"),
 		idleTimeout: x.cfg.Tunnels.IdleTimeout, pumped: make(chan struct{})}
 	t.run(c)
 	idleClosed = t.idle.Load()

@@ -1,4 +1,4 @@
-package proxy
+package h1
 
 import (
 	"bufio"
@@ -13,9 +13,11 @@ import (
 
 // A header field as read from a raw header block: name, first line of value
 // (trimmed), and any obs-fold continuation lines (raw, each starting with
-// SP or HTAB and ending in LF).
+// SP or HTAB and ending in LF). colon: the line had one (without, the whole
+// line is the name).
 type field struct {
 	name, value, cont []byte
+	colon             bool
 }
 
 // nextField parses the field at b[i:]. It returns ok=false at the blank line
@@ -34,6 +36,7 @@ func nextField(b []byte, i int) (f field, next int, bareLF, folded, ok bool) {
 	f.name = line[:colon]
 	if colon < len(line) {
 		f.value = trimOWS(line[colon+1:])
+		f.colon = true
 	}
 	start := i
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t') {
@@ -108,52 +111,52 @@ const (
 func classifyName(n []byte) int {
 	switch len(n) {
 	case 2:
-		if equalFoldLower(n, "te") {
+		if EqualFoldLower(n, "te") {
 			return hdrHopByHop
 		}
 	case 4:
-		if equalFoldLower(n, "host") {
+		if EqualFoldLower(n, "host") {
 			return hdrHost
 		}
 	case 6:
-		if equalFoldLower(n, "expect") {
+		if EqualFoldLower(n, "expect") {
 			return hdrExpect
 		}
 	case 9:
-		if equalFoldLower(n, "x-real-ip") || equalFoldLower(n, "forwarded") {
+		if EqualFoldLower(n, "x-real-ip") || EqualFoldLower(n, "forwarded") {
 			return hdrClientAddr
 		}
 	case 7:
-		if equalFoldLower(n, "trailer") || equalFoldLower(n, "upgrade") {
+		if EqualFoldLower(n, "trailer") || EqualFoldLower(n, "upgrade") {
 			return hdrHopByHop
 		}
 	case 10:
-		if equalFoldLower(n, "connection") {
+		if EqualFoldLower(n, "connection") {
 			return hdrConnection
 		}
-		if equalFoldLower(n, "keep-alive") {
+		if EqualFoldLower(n, "keep-alive") {
 			return hdrHopByHop
 		}
 	case 14:
-		if equalFoldLower(n, "content-length") {
+		if EqualFoldLower(n, "content-length") {
 			return hdrContentLength
 		}
 	case 15:
-		if equalFoldLower(n, "x-forwarded-for") {
+		if EqualFoldLower(n, "x-forwarded-for") {
 			return hdrXFF
 		}
 	case 16:
-		if equalFoldLower(n, "proxy-connection") {
+		if EqualFoldLower(n, "proxy-connection") {
 			return hdrHopByHop
 		}
-		if equalFoldLower(n, "x-forwarded-host") {
+		if EqualFoldLower(n, "x-forwarded-host") {
 			return hdrXFHost
 		}
 	case 17:
-		if equalFoldLower(n, "transfer-encoding") {
+		if EqualFoldLower(n, "transfer-encoding") {
 			return hdrTransferEncoding
 		}
-		if equalFoldLower(n, "x-forwarded-proto") {
+		if EqualFoldLower(n, "x-forwarded-proto") {
 			return hdrXFProto
 		}
 	}
@@ -185,15 +188,19 @@ func classifyLookalike(n []byte) int {
 	return hdrOther
 }
 
-// connTokens holds the header names listed in Connection fields, which are
-// hop-by-hop too (RFC 9110 §7.6.1). A fixed array: no allocation.
-type connTokens struct {
+// ConnTokens holds the header names listed in Connection fields, which are
+// hop-by-hop too (RFC 9110 §7.6.1). A fixed array: no allocation. The
+// tokens alias the header block they were read from (or the ConnTokens' own
+// buffer, for folded fields): they are valid as long as that block is. The
+// zero value is empty and ready; a ConnTokens is not safe for concurrent use.
+type ConnTokens struct {
 	n   int
 	tok [16][]byte
 	buf []byte // holds the joined values of folded Connection fields
 }
 
-func (ct *connTokens) reset() {
+// Reset empties ct, keeping its buffer.
+func (ct *ConnTokens) Reset() {
 	ct.n = 0
 	ct.tok = [16][]byte{}
 	ct.buf = ct.buf[:0]
@@ -201,7 +208,7 @@ func (ct *connTokens) reset() {
 
 // addField records the tokens of a Connection field, joining obs-fold
 // continuation lines into the tokens' own buffer.
-func (ct *connTokens) addField(f field) []byte {
+func (ct *ConnTokens) addField(f field) []byte {
 	if len(f.cont) == 0 {
 		ct.add(f.value)
 		return f.value
@@ -214,7 +221,7 @@ func (ct *connTokens) addField(f field) []byte {
 }
 
 // add records the comma-separated tokens of one Connection value.
-func (ct *connTokens) add(v []byte) {
+func (ct *ConnTokens) add(v []byte) {
 	for len(v) > 0 {
 		i := bytes.IndexByte(v, ',')
 		var t []byte
@@ -224,7 +231,7 @@ func (ct *connTokens) add(v []byte) {
 			t, v = v[:i], v[i+1:]
 		}
 		t = trimOWS(t)
-		if len(t) == 0 || equalFoldLower(t, "close") || equalFoldLower(t, "keep-alive") {
+		if len(t) == 0 || EqualFoldLower(t, "close") || EqualFoldLower(t, "keep-alive") {
 			continue
 		}
 		if ct.n == len(ct.tok) {
@@ -235,7 +242,10 @@ func (ct *connTokens) add(v []byte) {
 	}
 }
 
-func (ct *connTokens) has(name []byte) bool {
+// Has reports whether name (any case) was listed. "close" and "keep-alive"
+// are options, not names, and never listed; beyond 16 names the rest are
+// not kept.
+func (ct *ConnTokens) Has(name []byte) bool {
 	for i := 0; i < ct.n; i++ {
 		if bytes.EqualFold(ct.tok[i], name) {
 			return true
@@ -244,62 +254,65 @@ func (ct *connTokens) has(name []byte) bool {
 	return false
 }
 
-// reqScan is what one pass over a request's raw header block found.
-type reqScan struct {
-	bareLF, folded bool
-	badName        []byte // the first field name that is not a token, or nil
-	te             bool   // a Transfer-Encoding field is present
-	xff            bool
-	addr           bool // an X-Real-IP or Forwarded field is present
-	trusted        bool // the peer is a trusted proxy (set by the caller when xff or addr)
-	conn           connTokens
+// RequestScan is what one pass over a request's raw header block found.
+// BadName and Conn's tokens alias the block given to Scan.
+type RequestScan struct {
+	BareLF, Folded bool   // a line ended in a bare LF; a field was obs-folded
+	BadName        []byte // the first field name that is not a token, or nil
+	TE             bool   // a Transfer-Encoding field is present
+	XFF            bool   // an X-Forwarded-For field is present; the caller clears it unless Trusted
+	Addr           bool   // an X-Real-IP or Forwarded field is present
+	Trusted        bool   // the peer is a trusted proxy (set by the caller when XFF or Addr)
+	Conn           ConnTokens
 }
 
-// scan reads the raw request header block once.
-func (sc *reqScan) scan(raw []byte) {
-	sc.bareLF, sc.folded, sc.te, sc.xff, sc.addr, sc.trusted, sc.badName = false, false, false, false, false, false, nil
-	sc.conn.reset()
+// Scan reads the raw request header block once. It rejects nothing itself:
+// the caller decides what BadName, TE, BareLF and Folded mean for the
+// request.
+func (sc *RequestScan) Scan(raw []byte) {
+	sc.BareLF, sc.Folded, sc.TE, sc.XFF, sc.Addr, sc.Trusted, sc.BadName = false, false, false, false, false, false, nil
+	sc.Conn.Reset()
 	for i := 0; ; {
 		f, next, lf, fold, ok := nextField(raw, i)
-		sc.bareLF = sc.bareLF || lf
+		sc.BareLF = sc.BareLF || lf
 		if !ok {
 			break
 		}
 		i = next
-		sc.folded = sc.folded || fold
-		if sc.badName == nil && !validName(f.name) {
+		sc.Folded = sc.Folded || fold
+		if sc.BadName == nil && !validName(f.name) {
 			// fasthttp accepts "Content Length: 5"; a backend might not
 			// read it the way baton does, so it is refused.
-			sc.badName = f.name
+			sc.BadName = f.name
 		}
 		switch classifyName(f.name) {
 		case hdrConnection:
-			sc.conn.addField(f)
+			sc.Conn.addField(f)
 		case hdrTransferEncoding:
-			sc.te = true
+			sc.TE = true
 		case hdrXFF:
-			sc.xff = true
+			sc.XFF = true
 		case hdrClientAddr:
-			sc.addr = true
+			sc.Addr = true
 		}
 	}
 }
 
-// appendRequestHead appends the head baton sends to a backend: the client's
+// AppendRequestHead appends the head baton sends to a backend: the client's
 // request line (with the target exactly as sent) and header fields in their
 // order, minus hop-by-hop fields and those named in Connection, then
-// X-Forwarded-For (with sc.xff, set for a trusted proxy, its values with its
+// X-Forwarded-For (with sc.XFF, set for a trusted proxy, its values with its
 // address appended; else the client's address alone),
 // X-Forwarded-Proto, X-Forwarded-Host and baton's own framing. Hop-by-hop
 // fields go before baton adds its own, so a client cannot name baton's
 // headers in Connection to strip them (golang/go#50580).
-func appendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *reqScan, target, host, clientIP []byte, proto string, bodyLen int64) []byte {
+func AppendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *RequestScan, target, host, clientIP []byte, proto string, bodyLen int64) []byte {
 	dst = append(dst, h.Method()...)
 	dst = append(dst, ' ')
 	dst = append(dst, target...)
 	dst = append(dst, " HTTP/1.1\r\n"...)
 	raw := h.RawHeaders()
-	if sc.xff {
+	if sc.XFF {
 		// The merged X-Forwarded-For goes first, where it usually was.
 		dst = append(dst, "X-Forwarded-For: "...)
 		n := len(dst)
@@ -331,7 +344,7 @@ func appendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *reqScan, targe
 		i = next
 		switch classifyName(f.name) {
 		case hdrOther:
-			if sc.conn.n > 0 && sc.conn.has(f.name) {
+			if sc.Conn.n > 0 && sc.Conn.Has(f.name) {
 				continue
 			}
 		case hdrHost:
@@ -340,7 +353,7 @@ func appendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *reqScan, targe
 			}
 			wroteHost = true
 		case hdrClientAddr:
-			if !sc.trusted {
+			if !sc.Trusted {
 				continue // a client naming its own address
 			}
 		default:
@@ -359,7 +372,7 @@ func appendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *reqScan, targe
 		dst = append(dst, host...)
 		dst = append(dst, "\r\n"...)
 	}
-	if !sc.xff {
+	if !sc.XFF {
 		dst = append(dst, "X-Forwarded-For: "...)
 		dst = append(dst, clientIP...)
 		dst = append(dst, "\r\n"...)
@@ -377,7 +390,7 @@ func appendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *reqScan, targe
 		dst = append(dst, "Content-Length: "...)
 		dst = strconv.AppendInt(dst, bodyLen, 10)
 		dst = append(dst, "\r\n"...)
-	case bodyLen == bodyChunked:
+	case bodyLen == BodyChunked:
 		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
 	case bodyLen == 0 && !h.IsGet() && !h.IsHead():
 		// An explicit zero says "no body" to every backend.
@@ -388,57 +401,63 @@ func appendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *reqScan, targe
 	return append(dst, "\r\n"...)
 }
 
-const bodyChunked = -1
+const BodyChunked = -1
 
-// Response framing, RFC 9112 §6.3.
-type framing uint8
+// Framing is how a response body is delimited, RFC 9112 §6.3.
+type Framing uint8
 
 const (
-	frameNone    framing = iota // HEAD, 1xx, 204, 304
-	frameLength                 // Content-Length
-	frameChunked                // Transfer-Encoding: chunked
-	frameClose                  // neither: the body runs until the backend closes
+	FrameNone    Framing = iota // HEAD, 1xx, 204, 304
+	FrameLength                 // Content-Length
+	FrameChunked                // Transfer-Encoding: chunked
+	FrameClose                  // neither: the body runs until the backend closes
 )
 
+// The errors ReadResponseHead returns besides a *BadResponseError and br's
+// own read errors.
 var (
-	errNoResponse     = errors.New("backend closed the connection without responding")
-	errHeadTooLarge   = fmt.Errorf("backend response header is larger than %d bytes", 16<<10)
-	errTruncatedHead  = errors.New("backend closed the connection in the middle of the response header")
-	errTooManyInterim = errors.New("backend sent too many 1xx responses")
+	ErrNoResponse     = errors.New("backend closed the connection without responding")
+	ErrHeadTooLarge   = fmt.Errorf("backend response header is larger than %d bytes", 16<<10)
+	ErrTruncatedHead  = errors.New("backend closed the connection in the middle of the response header")
+	ErrTooManyInterim = errors.New("backend sent too many 1xx responses")
 )
 
-// badResponseError is a response baton will not pass on.
-type badResponseError struct{ why string }
+// BadResponseError is a response baton will not pass on: its head (or its
+// chunked framing) is malformed or ambiguous. Error says what was wrong.
+type BadResponseError struct{ why string }
 
-func (e *badResponseError) Error() string { return "invalid response from backend: " + e.why }
+func (e *BadResponseError) Error() string { return "invalid response from backend: " + e.why }
 
 func badResponse(format string, args ...any) error {
-	return &badResponseError{why: fmt.Sprintf(format, args...)}
+	return &BadResponseError{why: fmt.Sprintf(format, args...)}
 }
 
-// respHead is what readResponseHead learned beyond what it put in the
+// ResponseHead is what ReadResponseHead learned beyond what it put in the
 // response header.
-type respHead struct {
-	framing   framing
-	length    int64
-	closeConn bool // the backend asked to close, or framing requires it
-	http10    bool // an HTTP/1.0 response
-	announced bool // a response without a body by rule announced one
-	got       int  // bytes of response read, for "did the backend say anything"
+type ResponseHead struct {
+	Framing   Framing
+	Length    int64 // with FrameLength, the body's length
+	CloseConn bool  // the backend asked to close, or framing requires it
+	HTTP10    bool  // an HTTP/1.0 response
+	Announced bool  // a response without a body by rule announced one
 }
 
-// readResponseHead reads the backend's response head from br into resp,
+// ReadResponseHead reads the backend's response head from br into resp,
 // skipping interim 1xx responses. It validates the head strictly (a response
 // baton cannot frame is never passed on), drops hop-by-hop fields and those
-// named in Connection, and leaves the body in br.
-func readResponseHead(br *bufio.Reader, resp *fasthttp.ResponseHeader, isHead bool, ct *connTokens, scratch []byte) (rh respHead, _ []byte, err error) {
+// named in Connection, and leaves the body in br. isHead: the request was a
+// HEAD, so no body follows whatever the head says. ct is scratch for the
+// response's Connection tokens (they alias br's buffer and are stale once
+// this returns); scratch is grown as needed for joined obs-fold values and
+// returned for reuse. The head must fit in br's buffer (else
+// ErrHeadTooLarge). On error, resp is as it was.
+func ReadResponseHead(br *bufio.Reader, resp *fasthttp.ResponseHeader, isHead bool, ct *ConnTokens, scratch []byte) (rh ResponseHead, _ []byte, err error) {
 	for interim := 0; ; interim++ {
 		if interim > 10 {
-			return rh, scratch, errTooManyInterim
+			return rh, scratch, ErrTooManyInterim
 		}
 		var n int
 		n, err = peekHead(br)
-		rh.got += br.Buffered()
 		if err != nil {
 			return rh, scratch, err
 		}
@@ -449,7 +468,7 @@ func readResponseHead(br *bufio.Reader, resp *fasthttp.ResponseHeader, isHead bo
 		}
 		// An HTTP/1.0 response closes the connection unless it says
 		// "Connection: keep-alive" (fillResponse clears this then).
-		rh.http10 = block[7] == '0'
+		rh.HTTP10 = block[7] == '0'
 		if code >= 100 && code < 200 {
 			if code == 101 {
 				return rh, scratch, badResponse("101 Switching Protocols to a request that did not ask for an upgrade")
@@ -472,7 +491,7 @@ func peekHead(br *bufio.Reader) (int, error) {
 	if br.Buffered() == 0 {
 		if _, err := br.Peek(1); err != nil {
 			if errors.Is(err, io.EOF) {
-				return 0, errNoResponse
+				return 0, ErrNoResponse
 			}
 			return 0, err
 		}
@@ -494,11 +513,11 @@ func peekHead(br *bufio.Reader) (int, error) {
 		}
 		searched = len(buf)
 		if len(buf) >= br.Size() {
-			return 0, errHeadTooLarge
+			return 0, ErrHeadTooLarge
 		}
 		if _, err := br.Peek(len(buf) + 1); err != nil {
 			if errors.Is(err, io.EOF) {
-				return 0, errTruncatedHead
+				return 0, ErrTruncatedHead
 			}
 			return 0, err
 		}
@@ -534,8 +553,8 @@ func parseStatusLine(b []byte) (code int, reason []byte, next int, err error) {
 
 // fillResponse validates the header fields in b and copies the end-to-end
 // ones into resp.
-func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isHead bool, ct *connTokens, scratch []byte, rh *respHead) ([]byte, error) {
-	ct.reset()
+func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isHead bool, ct *ConnTokens, scratch []byte, rh *ResponseHead) ([]byte, error) {
+	ct.Reset()
 	length := int64(-1)
 	chunked, te, keepAlive := false, false, false
 	// Pass 1: validate, find framing and Connection tokens.
@@ -545,16 +564,23 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 			break
 		}
 		i = next
-		if len(f.name) == 0 || !validName(f.name) {
+		if len(f.name) == 0 || !validName(f.name) || !f.colon {
+			// Without a colon, net/http and fasthttp refuse the line
+			// (found by FuzzResponseHead; baton passed it on as a field
+			// with an empty value).
 			return scratch, badResponse("header name %.40q", f.name)
 		}
-		if !validValue(f.value) || !validValue(f.cont) {
+		// A bare CR is refused, not replaced with SP (RFC 9112 §2.2 allows
+		// either): baton would otherwise read Connection and the framing
+		// fields with the CR while the client got a space (found by
+		// FuzzResponseHead).
+		if !validValue(f.value) || !validFold(f.cont) {
 			return scratch, badResponse("control character in header %.40q", f.name)
 		}
 		switch classifyName(f.name) {
 		case hdrConnection:
 			v := ct.addField(f)
-			rh.closeConn = rh.closeConn || hasToken(v, "close")
+			rh.CloseConn = rh.CloseConn || hasToken(v, "close")
 			keepAlive = keepAlive || hasToken(v, "keep-alive")
 		case hdrContentLength:
 			n, ok := parseLength(f.value)
@@ -567,15 +593,15 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 				return scratch, badResponse("more than one Transfer-Encoding")
 			}
 			te = true
-			if !equalFoldLower(trimOWS(f.value), "chunked") || len(f.cont) > 0 {
+			if !EqualFoldLower(trimOWS(f.value), "chunked") || len(f.cont) > 0 {
 				return scratch, badResponse("Transfer-Encoding %.40q (only chunked is supported)", f.value)
 			}
 			chunked = true
 		}
 	}
 
-	if rh.http10 && !keepAlive {
-		rh.closeConn = true
+	if rh.HTTP10 && !keepAlive {
+		rh.CloseConn = true
 	}
 	resp.SetStatusCode(code)
 	if len(reason) > 0 {
@@ -592,7 +618,7 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 		case hdrConnection, hdrHopByHop, hdrTransferEncoding, hdrContentLength:
 			continue // hop-by-hop, or framing baton sets itself
 		}
-		if ct.n > 0 && ct.has(f.name) {
+		if ct.n > 0 && ct.Has(f.name) {
 			continue
 		}
 		if len(f.cont) > 0 {
@@ -605,27 +631,27 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 
 	switch {
 	case isHead || code < 200 || code == 204 || code == 304:
-		rh.framing = frameNone
+		rh.Framing = FrameNone
 		if length >= 0 && code != 204 {
 			resp.SetContentLength(int(length))
 		}
 		// A body announced where none may follow: a broken backend might
 		// send it anyway, after baton has moved on.
-		rh.announced = length > 0 || chunked
+		rh.Announced = length > 0 || chunked
 	case chunked:
-		rh.framing = frameChunked
+		rh.Framing = FrameChunked
 		// Content-Length beside chunked is a framing conflict: chunked wins,
 		// and the connection is not reused (RFC 9112 §6.3 item 3). An
 		// HTTP/1.0 message with Transfer-Encoding has faulty framing too
 		// (§6.1): it is read as chunked and the connection closed.
-		if length >= 0 || rh.http10 {
-			rh.closeConn = true
+		if length >= 0 || rh.HTTP10 {
+			rh.CloseConn = true
 		}
 	case length >= 0:
-		rh.framing, rh.length = frameLength, length
+		rh.Framing, rh.Length = FrameLength, length
 	default:
-		rh.framing = frameClose
-		rh.closeConn = true
+		rh.Framing = FrameClose
+		rh.CloseConn = true
 	}
 	return scratch, nil
 }
@@ -639,7 +665,7 @@ func hasToken(v []byte, tok string) bool {
 		} else {
 			t, v = v[:i], v[i+1:]
 		}
-		if equalFoldLower(trimOWS(t), tok) {
+		if EqualFoldLower(trimOWS(t), tok) {
 			return true
 		}
 	}
@@ -684,15 +710,44 @@ func validName(n []byte) bool {
 	return true
 }
 
-// validValueByte allows HTAB, SP, visible ASCII and obs-text; continuation
-// line ends (CR, LF) are allowed by validValue for the raw fold bytes.
+// validValueByte allows HTAB, SP, visible ASCII and obs-text.
 func validValueByte(c byte) bool {
 	return c == '\t' || (c >= ' ' && c != 0x7f)
 }
 
 func validValue(v []byte) bool {
 	for _, c := range v {
-		if !validValueByte(c) && c != '\r' && c != '\n' {
+		if !validValueByte(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// validFold checks raw obs-fold continuation lines: valid values, each
+// ending in LF or CRLF.
+func validFold(cont []byte) bool {
+	for len(cont) > 0 {
+		line, i, _ := readLine(cont, 0)
+		if !validValue(line) {
+			return false
+		}
+		cont = cont[i:]
+	}
+	return true
+}
+
+// EqualFoldLower compares b with an already lower-case ASCII s.
+func EqualFoldLower(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
 			return false
 		}
 	}
