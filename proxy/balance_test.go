@@ -96,6 +96,79 @@ func lbDo(c *http.Client, method, url, body string, hdr map[string]string) lbRes
 	return lbResult{status: res.StatusCode, body: string(b), backend: res.Header.Get("X-Backend"), err: err}
 }
 
+// lbLoad is workers clients, each making up to perWorker requests through
+// send until the load is stopped or its deadline passes; done counts the
+// requests made, and mark closes when the mark-th is done.
+type lbLoad struct {
+	done     atomic.Int64
+	mark     chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	finished chan struct{} // closed when every worker has returned
+}
+
+// lbStartLoad starts a load that lasts d at most; it is stopped at the
+// end of the test, if not before.
+func lbStartLoad(t *testing.T, workers, perWorker int, d time.Duration, mark int64, send func(w, i int)) *lbLoad {
+	l := &lbLoad{mark: make(chan struct{}), stop: make(chan struct{}), finished: make(chan struct{})}
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWorker {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if time.Now().After(deadline) {
+					return
+				}
+				send(w, i)
+				if l.done.Add(1) == mark {
+					close(l.mark)
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(l.finished) }()
+	t.Cleanup(l.end)
+	return l
+}
+
+// waitMark waits until the mark-th request is done; the load ending first
+// fails the test.
+func (l *lbLoad) waitMark(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-l.mark:
+	case <-l.finished:
+		t.Fatalf("load ended after %d requests before %s", l.done.Load(), what)
+	}
+}
+
+// waitMore waits until n more requests than after are done, or the load
+// ended.
+func (l *lbLoad) waitMore(t *testing.T, after, n int64, timeout time.Duration, what string) {
+	t.Helper()
+	testbed.Eventually(t, timeout, func() bool {
+		select {
+		case <-l.finished:
+			return true
+		default:
+		}
+		return l.done.Load() >= after+n
+	}, "%s", what)
+}
+
+// end stops the load and waits for its workers.
+func (l *lbLoad) end() {
+	l.stopOnce.Do(func() { close(l.stop) })
+	<-l.finished
+}
+
 // lbSpray sends n GETs with the given concurrency and returns how many each
 // backend (by X-Backend) answered. Any failure fails the test.
 func lbSpray(t *testing.T, c *http.Client, url string, n, workers int) map[string]int {
@@ -190,15 +263,23 @@ func lbCheckShares(t *testing.T, counts map[string]int, want map[string]int, n i
 	}
 }
 
-func TestBalanceWeightedRoundRobin(t *testing.T) {
+// lbWeighted starts backends b1, b2 and b3 with weights w1, w2 and w3 in
+// pool web (checked every 250ms) and waits until all three are healthy.
+func lbWeighted(t *testing.T, w1, w2, w3 int) (b1, b2, b3 *testbed.Server, bt *testbed.Baton) {
+	t.Helper()
 	bs := testbed.NewBackends(t, testbed.BackendOptions{}, "b1", "b2", "b3")
-	b1, b2, b3 := bs[0], bs[1], bs[2]
-	bt := testbed.Start(t, lbConfig("",
-		lbMember{"b1", b1.Addr(), "v1", 10},
-		lbMember{"b2", b2.Addr(), "v1", 20},
-		lbMember{"b3", b3.Addr(), "v1", 70},
+	b1, b2, b3 = bs[0], bs[1], bs[2]
+	bt = testbed.Start(t, lbConfig("",
+		lbMember{"b1", b1.Addr(), "v1", w1},
+		lbMember{"b2", b2.Addr(), "v1", w2},
+		lbMember{"b3", b3.Addr(), "v1", w3},
 	))
 	bt.WaitHealthy(t, "web", 3)
+	return b1, b2, b3, bt
+}
+
+func TestBalanceWeightedRoundRobin(t *testing.T) {
+	_, b2, _, bt := lbWeighted(t, 10, 20, 70)
 	c := lbClient(t)
 
 	const n = 10000
@@ -224,14 +305,7 @@ func TestBalanceWeightedRoundRobin(t *testing.T) {
 func TestBalanceWeightedWithMemberKilled(t *testing.T) {
 	// The same with the listener of one member gone: baton sees the check
 	// fail, and the other two keep their exact ratio without a failed request.
-	bs := testbed.NewBackends(t, testbed.BackendOptions{}, "b1", "b2", "b3")
-	b1, b2, b3 := bs[0], bs[1], bs[2]
-	bt := testbed.Start(t, lbConfig("",
-		lbMember{"b1", b1.Addr(), "v1", 300},
-		lbMember{"b2", b2.Addr(), "v1", 200},
-		lbMember{"b3", b3.Addr(), "v1", 100},
-	))
-	bt.WaitHealthy(t, "web", 3)
+	b1, _, _, bt := lbWeighted(t, 300, 200, 100)
 	b1.Kill()
 	p := bt.Pool(t, "web")
 	testbed.Eventually(t, 5*time.Second, func() bool { return p.Backend("b1").Health() == pool.Down }, "b1 marked down")

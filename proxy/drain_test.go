@@ -33,67 +33,37 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	victim := bs[1]
 	c := lbClient(t)
 
-	const workers, perWorker = 16, 50
-	var done atomic.Int64 // requests completed
 	var failed atomic.Int64
 	var failMu sync.Mutex
 	var failures []string
-	halfway := make(chan struct{})
-	var halfOnce sync.Once
-	stop := make(chan struct{})
-	deadline := time.Now().Add(15 * time.Second)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perWorker {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if time.Now().After(deadline) {
-					return
-				}
-				var r lbResult
-				var wantSuffix string
-				switch i % 4 {
-				case 0:
-					r = lbDo(c, "GET", bt.URL("/slow"), "", nil)
-				case 1:
-					body := fmt.Sprintf("w%d-i%d", w, i)
-					wantSuffix = ":" + body
-					r = lbDo(c, "POST", bt.URL("/post"), body, nil)
-				case 2:
-					body := fmt.Sprintf("slow-w%d-i%d", w, i)
-					wantSuffix = ":" + body
-					r = lbDo(c, "POST", bt.URL("/slow"), body, nil)
-				default:
-					r = lbDo(c, "GET", bt.URL("/fast"), "", nil)
-				}
-				ok := r.err == nil && r.status == 200 && strings.HasPrefix(r.body, r.backend) &&
-					strings.HasSuffix(r.body, wantSuffix)
-				if !ok {
-					failed.Add(1)
-					failMu.Lock()
-					failures = append(failures, fmt.Sprintf("worker %d request %d: status %d body %q err %v", w, i, r.status, r.body, r.err))
-					failMu.Unlock()
-				}
-				if done.Add(1) == 200 {
-					halfOnce.Do(func() { close(halfway) })
-				}
-			}
-		}()
-	}
-	finished := make(chan struct{})
-	go func() { wg.Wait(); close(finished) }()
-
-	select {
-	case <-halfway:
-	case <-finished:
-		t.Fatalf("load ended after %d requests before reaching the drain point", done.Load())
-	}
+	// 16 workers of 50 requests; the drain comes after the 200th.
+	load := lbStartLoad(t, 16, 50, 15*time.Second, 200, func(w, i int) {
+		var r lbResult
+		var wantSuffix string
+		switch i % 4 {
+		case 0:
+			r = lbDo(c, "GET", bt.URL("/slow"), "", nil)
+		case 1:
+			body := fmt.Sprintf("w%d-i%d", w, i)
+			wantSuffix = ":" + body
+			r = lbDo(c, "POST", bt.URL("/post"), body, nil)
+		case 2:
+			body := fmt.Sprintf("slow-w%d-i%d", w, i)
+			wantSuffix = ":" + body
+			r = lbDo(c, "POST", bt.URL("/slow"), body, nil)
+		default:
+			r = lbDo(c, "GET", bt.URL("/fast"), "", nil)
+		}
+		ok := r.err == nil && r.status == 200 && strings.HasPrefix(r.body, r.backend) &&
+			strings.HasSuffix(r.body, wantSuffix)
+		if !ok {
+			failed.Add(1)
+			failMu.Lock()
+			failures = append(failures, fmt.Sprintf("worker %d request %d: status %d body %q err %v", w, i, r.status, r.body, r.err))
+			failMu.Unlock()
+		}
+	})
+	load.waitMark(t, "reaching the drain point")
 	hitsAtDrain := victim.Hits()
 	start := time.Now()
 	b, err := p.Drain(victim.Name())
@@ -126,18 +96,10 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	// The load goes on for another 200 requests, none of which may reach
 	// the drained backend, also after the pool rebuilds who gets traffic (as
 	// any health change or canary change does).
-	after := done.Load()
+	after := load.done.Load()
 	p.Configure(*p.Settings())
-	testbed.Eventually(t, 15*time.Second, func() bool {
-		select {
-		case <-finished:
-			return true
-		default:
-		}
-		return done.Load() >= after+200
-	}, "200 more requests after the drain")
-	close(stop)
-	<-finished
+	load.waitMore(t, after, 200, 15*time.Second, "200 more requests after the drain")
+	load.end()
 
 	failMu.Lock()
 	for i, f := range failures {
@@ -148,13 +110,13 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	}
 	failMu.Unlock()
 	if n := failed.Load(); n != 0 {
-		t.Errorf("%d of %d requests failed during the drain, want none", n, done.Load())
+		t.Errorf("%d of %d requests failed during the drain, want none", n, load.done.Load())
 	}
 	if n := victim.AfterSeal(); n != 0 {
 		t.Errorf("the drained backend received %d requests after WaitDrained returned", n)
 	}
-	if done.Load() < after+200 {
-		t.Errorf("only %d requests after the drain; the load stopped early", done.Load()-after)
+	if load.done.Load() < after+200 {
+		t.Errorf("only %d requests after the drain; the load stopped early", load.done.Load()-after)
 	}
 	if b.Inflight() != 0 || b.OpenConns() != 0 || b.State() != pool.Drained {
 		t.Errorf("after the load: %d in flight, %d open, state %s", b.Inflight(), b.OpenConns(), b.State())

@@ -29,8 +29,7 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 	victim := bs[0]
 	c := lbClient(t)
 
-	const workers, perWorker = 8, 120
-	var done, getFail, postOK, postGateway atomic.Int64
+	var getFail, postOK, postGateway atomic.Int64
 	var mu sync.Mutex
 	var problems []string
 	note := func(s string) {
@@ -40,62 +39,35 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 		}
 		mu.Unlock()
 	}
-	killAt := make(chan struct{})
-	var killOnce sync.Once
-	stop := make(chan struct{})
-	deadline := time.Now().Add(20 * time.Second)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perWorker {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if time.Now().After(deadline) {
-					return
-				}
-				path := "/fast"
-				if i%3 == 0 {
-					path = "/slow" // in flight on the victim when it dies
-				}
-				if i%2 == 0 {
-					r := lbDo(c, "GET", bt.URL(path), "", nil)
-					if r.err != nil || r.status != 200 || r.body != r.backend {
-						getFail.Add(1)
-						note(fmt.Sprintf("GET %s: status %d body %q err %v", path, r.status, r.body, r.err))
-					}
-				} else {
-					id := fmt.Sprintf("w%d-%d", w, i)
-					r := lbDo(c, "POST", bt.URL(path), "body-"+id, map[string]string{"X-Post-Id": id})
-					switch {
-					case r.err == nil && r.status == 200 && r.body == r.backend+":body-"+id:
-						postOK.Add(1)
-						if n := ledger.Received(id); n != 1 {
-							note(fmt.Sprintf("POST %s answered 200 but backends received it %d times", id, n))
-						}
-					case r.err == nil && (r.status == 502 || r.status == 503 || r.status == 504):
-						postGateway.Add(1)
-					default:
-						note(fmt.Sprintf("POST %s: status %d body %q err %v", id, r.status, r.body, r.err))
-					}
-				}
-				if done.Add(1) == 150 {
-					killOnce.Do(func() { close(killAt) })
-				}
+	// 8 workers of 120 requests; the kill comes after the 150th.
+	load := lbStartLoad(t, 8, 120, 20*time.Second, 150, func(w, i int) {
+		path := "/fast"
+		if i%3 == 0 {
+			path = "/slow" // in flight on the victim when it dies
+		}
+		if i%2 == 0 {
+			r := lbDo(c, "GET", bt.URL(path), "", nil)
+			if r.err != nil || r.status != 200 || r.body != r.backend {
+				getFail.Add(1)
+				note(fmt.Sprintf("GET %s: status %d body %q err %v", path, r.status, r.body, r.err))
 			}
-		}()
-	}
-	finished := make(chan struct{})
-	go func() { wg.Wait(); close(finished) }()
-	select {
-	case <-killAt:
-	case <-finished:
-		t.Fatalf("load ended after %d requests before the kill", done.Load())
-	}
+			return
+		}
+		id := fmt.Sprintf("w%d-%d", w, i)
+		r := lbDo(c, "POST", bt.URL(path), "body-"+id, map[string]string{"X-Post-Id": id})
+		switch {
+		case r.err == nil && r.status == 200 && r.body == r.backend+":body-"+id:
+			postOK.Add(1)
+			if n := ledger.Received(id); n != 1 {
+				note(fmt.Sprintf("POST %s answered 200 but backends received it %d times", id, n))
+			}
+		case r.err == nil && (r.status == 502 || r.status == 503 || r.status == 504):
+			postGateway.Add(1)
+		default:
+			note(fmt.Sprintf("POST %s: status %d body %q err %v", id, r.status, r.body, r.err))
+		}
+	})
+	load.waitMark(t, "the kill")
 	victim.Hold("/slow", testbed.NewGate())
 	// Kill it while it is busy, with a GET and a POST in flight: the GET
 	// must be retried, the POST may fail cleanly but must not be replayed.
@@ -141,21 +113,12 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 	hitsBefore, busy := victim.Hits(), victim.InFlight()
 	victim.Kill()
 	close(killed)
-	after := done.Load()
-	testbed.Eventually(t, 20*time.Second, func() bool {
-		select {
-		case <-finished:
-			return true
-		default:
-		}
-		return done.Load() >= after+300
-	}, "300 requests after the kill")
-	close(stop)
-	<-finished
+	load.waitMore(t, load.done.Load(), 300, 20*time.Second, "300 requests after the kill")
+	load.end()
 	sure.Wait()
 
 	t.Logf("%d requests; victim served %d before the kill, %d of them in flight; POSTs: %d ok, %d gateway errors; pool retries %d",
-		done.Load(), hitsBefore, busy, postOK.Load(), postGateway.Load(), p.Retries())
+		load.done.Load(), hitsBefore, busy, postOK.Load(), postGateway.Load(), p.Retries())
 	for _, pr := range problems {
 		t.Errorf("%s", pr)
 	}
