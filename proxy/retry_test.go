@@ -181,32 +181,17 @@ func TestRetryConnectRefusedOnHealthyBackend(t *testing.T) {
 	// apart and outlier detection tolerant, so baton still believes in it:
 	// every request picked for it is refused and must go to b2, POSTs too,
 	// since nothing was sent.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refusedAddr := ln.Addr().String()
-	accepted := make(chan struct{}, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-			accepted <- struct{}{}
-		}
-	}()
+	refusing := testbed.NewBackend(t, testbed.BackendOptions{Name: "b1"})
 	ledger := testbed.NewLedger("X-Post-Id")
 	b2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b2", Ledger: ledger})
 	bt := testbed.Start(t, lbConfig(
 		"    health_check: {interval: 30s, timeout: 1s}\n"+
 			"    outlier: {consecutive_failures: 1000}\n"+
 			"    retries: {attempts: 2, budget_percent: 100}\n",
-		lbMember{"b1", refusedAddr, "v1", 100}, lbMember{"b2", b2.Addr(), "v1", 100}))
+		lbMember{"b1", refusing.Addr(), "v1", 100}, lbMember{"b2", b2.Addr(), "v1", 100}))
 	bt.WaitHealthy(t, "web", 2)
-	<-accepted // b1's TCP check
-	ln.Close()
+	testbed.Eventually(t, 5*time.Second, func() bool { return refusing.Conns() > 0 }, "b1's TCP check accepted")
+	refusing.Close()
 	p := bt.Pool(t, "web")
 	c := lbClient(t)
 
