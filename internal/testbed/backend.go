@@ -44,14 +44,15 @@ type BackendOptions struct {
 	HoldChecks *Gate
 	// Delay, when set, says how long the backend works on a request for
 	// path before answering: its own response time, cut short when the
-	// client goes away. It is called from the requests' goroutines and must
+	// client goes away (no answer then). It is called from the requests' goroutines and must
 	// be safe for concurrent use. Nil: no delay.
 	Delay func(path string) time.Duration
 	// Fail makes some requests fail; see Failure.
 	Fail map[string]Failure
 	// Hold holds requests at a gate until it is released, then answers
 	// them as usual. A request the client abandons, or held when the
-	// backend is killed or closed, gets no answer.
+	// backend is killed or closed, gets no answer; one still held after
+	// 60s (a test that forgot to release it) is answered 504.
 	Hold map[string]*Gate
 	// Stream answers requests with a chunked stream, "tick\n" every 10ms,
 	// ended by "END\n" when the gate is released.
@@ -90,7 +91,6 @@ type failRule struct {
 // Server values must not be copied.
 type Server struct {
 	name      string
-	addr      string
 	delay     func(string) time.Duration
 	ledger    *Ledger
 	idle      time.Duration
@@ -111,7 +111,8 @@ type Server struct {
 	sealed    atomic.Bool
 	afterSeal atomic.Int64 // proxied requests arriving after Seal
 
-	mu      sync.Mutex // protects version, fail, hold, stream, run, closed and open
+	mu      sync.Mutex // protects addr, version, fail, hold, stream, run, closed and open
+	addr    string
 	version string
 	fail    map[string]*failRule
 	hold    map[string]*Gate
