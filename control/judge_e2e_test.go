@@ -25,36 +25,6 @@ import (
 	"github.com/baton-lb/baton/internal/testbed"
 )
 
-// shopBackend answers as a webshop server of a version: /checkout and
-// /search, failing every failEvery-th request of a path with a status and
-// an application error code.
-type shopBackend struct {
-	name, version string
-	fail          map[string]shopFailure // by path
-	counts        sync.Map               // path → *atomic.Int64
-}
-
-type shopFailure struct {
-	every  int64
-	status int
-	code   string
-}
-
-func (s *shopBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/healthz" {
-		return
-	}
-	c, _ := s.counts.LoadOrStore(r.URL.Path, new(atomic.Int64))
-	n := c.(*atomic.Int64).Add(1)
-	if f, ok := s.fail[r.URL.Path]; ok && n%f.every == 0 {
-		w.Header().Set("X-Error-Code", f.code)
-		w.WriteHeader(f.status)
-		fmt.Fprintf(w, "%s failed: %s", r.URL.Path, f.code)
-		return
-	}
-	fmt.Fprintf(w, "%s %s", s.name, s.version)
-}
-
 // judgeYAML is a pool of three v1 servers and one spare that becomes the
 // v2 canary, judged fast.
 func judgeYAML(addrs [4]string, canaryExtra string, poolExtra ...string) string {
@@ -117,6 +87,18 @@ func (l *load) run(ctx context.Context, url string, clients int) *sync.WaitGroup
 	return &wg
 }
 
+// startLoad sends the shop's load to b from clients for d at most; finish
+// stops it and waits for the clients (also at the end of the test).
+func startLoad(t *testing.T, b *testbed.Baton, clients int, d time.Duration) (l *load, ctx context.Context, finish func()) {
+	ctx, stop := context.WithTimeout(context.Background(), d)
+	l = &load{}
+	wg := l.run(ctx, b.URL(""), clients)
+	var once sync.Once
+	finish = func() { once.Do(func() { stop(); wg.Wait() }) }
+	t.Cleanup(finish)
+	return l, ctx, finish
+}
+
 func (l *load) note(s string) {
 	l.failed.Add(1)
 	l.mu.Lock()
@@ -126,25 +108,29 @@ func (l *load) note(s string) {
 	l.mu.Unlock()
 }
 
-func startShop(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra string) *testbed.Baton {
+// startShop starts the shop: webshop servers s1, s2, s3 at v1 failing
+// requests as v1Fail says, and s4, the spare, answering as v2 and failing
+// as v2Fail says. Bodies are "NAME VERSION", failures "PATH failed: CODE"
+// with the code in X-Error-Code.
+func startShop(t *testing.T, v2Fail, v1Fail map[string]testbed.Failure, canaryExtra string) *testbed.Baton {
 	t.Helper()
-	return startShopState(t, v2, v1Fail, canaryExtra, "")
+	return startShopState(t, v2Fail, v1Fail, canaryExtra, "")
 }
 
 // startShopState is startShop keeping runtime state in stateFile.
-func startShopState(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra, stateFile string) *testbed.Baton {
+func startShopState(t *testing.T, v2Fail, v1Fail map[string]testbed.Failure, canaryExtra, stateFile string) *testbed.Baton {
 	t.Helper()
-	return startShopWith(t, v2, v1Fail, canaryExtra, stateFile, "")
+	return startShopWith(t, v2Fail, v1Fail, canaryExtra, stateFile, "")
 }
 
 // startShopWith is startShopState with more lines for the pool.
-func startShopWith(t *testing.T, v2 *shopBackend, v1Fail map[string]shopFailure, canaryExtra, stateFile, poolExtra string) *testbed.Baton {
+func startShopWith(t *testing.T, v2Fail, v1Fail map[string]testbed.Failure, canaryExtra, stateFile, poolExtra string) *testbed.Baton {
 	t.Helper()
 	var addrs [4]string
-	for i := range 3 {
-		addrs[i] = testbed.Backend(t, &shopBackend{name: fmt.Sprintf("s%d", i+1), version: "v1", fail: v1Fail})
+	for i, s := range testbed.NewBackends(t, testbed.BackendOptions{Version: "v1", Fail: v1Fail}, "s1", "s2", "s3") {
+		addrs[i] = s.Addr()
 	}
-	addrs[3] = testbed.Backend(t, v2)
+	addrs[3] = testbed.NewBackend(t, testbed.BackendOptions{Name: "s4", Version: "v2", Fail: v2Fail}).Addr()
 	cfg, err := config.Parse([]byte(judgeYAML(addrs, canaryExtra, poolExtra)), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -167,12 +153,8 @@ func startCanary(t *testing.T, b *testbed.Baton) {
 
 // A healthy canary walks its steps and is promoted, with no failed request.
 func TestJudgePromotesHealthyCanary(t *testing.T) {
-	v2 := &shopBackend{name: "s4", version: "v2"}
-	b := startShop(t, v2, nil, ", steps: [20, 50, 100], auto_promote: true, auto_rollback: true")
-	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	defer stop()
-	l := &load{}
-	wg := l.run(ctx, b.URL(""), 4)
+	b := startShop(t, nil, nil, ", steps: [20, 50, 100], auto_promote: true, auto_rollback: true")
+	l, _, finish := startLoad(t, b, 4, 60*time.Second)
 	startCanary(t, b)
 	p := b.Pool(t, "shop")
 	var steps []float64
@@ -182,8 +164,7 @@ func TestJudgePromotesHealthyCanary(t *testing.T) {
 		}
 		return p.StableVersion() == "v2"
 	}, "the judge to promote v2 (steps seen %v)", steps)
-	stop()
-	wg.Wait()
+	finish()
 	if l.failed.Load() != 0 {
 		t.Errorf("%d of %d requests failed during the release: %v", l.failed.Load(), l.sent.Load(), l.failures)
 	}
@@ -205,20 +186,16 @@ func TestJudgePromotesHealthyCanary(t *testing.T) {
 // A canary that fails part of /checkout with an error stable never has is
 // rolled back automatically, and the report names the signature as new.
 func TestJudgeRollsBackNewError(t *testing.T) {
-	v2 := &shopBackend{name: "s4", version: "v2", fail: map[string]shopFailure{"/checkout": {every: 20, status: 500, code: "PAYMENT_TIMEOUT"}}}
-	b := startShopState(t, v2, nil, ", steps: [20, 50], auto_rollback: true", filepath.Join(t.TempDir(), "state.json"))
-	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	defer stop()
-	l := &load{}
-	wg := l.run(ctx, b.URL(""), 4)
+	v2Fail := map[string]testbed.Failure{"/checkout": {Every: 20, Status: 500, Code: "PAYMENT_TIMEOUT"}}
+	b := startShopState(t, v2Fail, nil, ", steps: [20, 50], auto_rollback: true", filepath.Join(t.TempDir(), "state.json"))
+	l, _, finish := startLoad(t, b, 4, 60*time.Second)
 	startCanary(t, b)
 	p := b.Pool(t, "shop")
 	testbed.Eventually(t, 45*time.Second, func() bool {
 		v, _ := p.Canary()
 		return v == "" && p.Backend("s4").Version() == "v2"
 	}, "the judge to roll v2 back")
-	stop()
-	wg.Wait()
+	finish()
 	rep, err := b.Reg.Canary("shop")
 	if err != nil {
 		t.Fatal(err)
@@ -282,13 +259,9 @@ func checkPrevious(t *testing.T, when string, prev *v1.PreviousCanary) {
 // A failure the stable version has at the same rate is known and does not
 // fail the release.
 func TestJudgeKnownErrorDoesNotFail(t *testing.T) {
-	known := map[string]shopFailure{"/search": {every: 25, status: 503, code: "SEARCH_DOWN"}}
-	v2 := &shopBackend{name: "s4", version: "v2", fail: known}
-	b := startShop(t, v2, known, ", steps: [20, 50], auto_promote: true, auto_rollback: true")
-	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	defer stop()
-	l := &load{}
-	wg := l.run(ctx, b.URL(""), 4)
+	known := map[string]testbed.Failure{"/search": {Every: 25, Status: 503, Code: "SEARCH_DOWN"}}
+	b := startShop(t, known, known, ", steps: [20, 50], auto_promote: true, auto_rollback: true")
+	_, _, finish := startLoad(t, b, 4, 60*time.Second)
 	startCanary(t, b)
 	p := b.Pool(t, "shop")
 	var rep *v1.CanaryReport
@@ -300,8 +273,7 @@ func TestJudgeKnownErrorDoesNotFail(t *testing.T) {
 		}
 		return p.StableVersion() == "v2" || p.Backend("s4").State().String() != "active"
 	}, "the judge to decide")
-	stop()
-	wg.Wait()
+	finish()
 	if p.StableVersion() != "v2" {
 		t.Fatalf("a failure stable has at the same rate failed the release: %+v", b.Reg.Events(5, false))
 	}
@@ -324,8 +296,7 @@ func TestAffinityHoldsAndMovesBackOnRollback(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("tester-secret-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	v2 := &shopBackend{name: "s4", version: "v2"}
-	b := startShopWith(t, v2, nil, "", "", fmt.Sprintf("    affinity: {force_header: {name: X-Baton-Version, secret_file: %q}}\n", secret))
+	b := startShopWith(t, nil, nil, "", "", fmt.Sprintf("    affinity: {force_header: {name: X-Baton-Version, secret_file: %q}}\n", secret))
 	startCanary(t, b)
 	p := b.Pool(t, "shop")
 	testbed.Eventually(t, 10*time.Second, func() bool { return p.CanaryActive() == "v2" && p.HasAvailable() }, "the canary in service")
@@ -448,24 +419,20 @@ func getBody(t *testing.T, c *http.Client, url string) string {
 // In a dry run the judge reports a failing canary but does not act; a held
 // pool is not acted on until it resumes.
 func TestJudgeDryRunAndHold(t *testing.T) {
-	bad := map[string]shopFailure{"/checkout": {every: 5, status: 500, code: "BROKEN"}}
+	bad := map[string]testbed.Failure{"/checkout": {Every: 5, Status: 500, Code: "BROKEN"}}
 	for _, mode := range []string{"dry_run", "hold"} {
 		t.Run(mode, func(t *testing.T) {
 			extra := ", auto_rollback: true"
 			if mode == "dry_run" {
 				extra += ", dry_run: true"
 			}
-			b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: bad}, nil, extra)
+			b := startShop(t, bad, nil, extra)
 			if mode == "hold" {
 				if err := b.Reg.Hold("shop", true); err != nil {
 					t.Fatal(err)
 				}
 			}
-			ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
-			defer stop()
-			l := &load{}
-			wg := l.run(ctx, b.URL(""), 2)
-			defer func() { stop(); wg.Wait() }()
+			startLoad(t, b, 2, 30*time.Second)
 			startCanary(t, b)
 			testbed.Eventually(t, 20*time.Second, func() bool {
 				v, _ := b.Reg.Verdict("shop")
@@ -552,12 +519,9 @@ func TestForgedEvidenceCannotSteerTheJudge(t *testing.T) {
 	cookies := []*http.Cookie{{Name: "baton_shop", Value: "v2"}, {Name: "baton_version", Value: "v2"}}
 
 	t.Run("500s against a good canary", func(t *testing.T) {
-		broken := map[string]shopFailure{"/broken": {every: 1, status: 500, code: "BROKEN"}}
-		b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: broken}, broken, ", auto_rollback: true")
-		ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
-		defer stop()
-		l := &load{}
-		wg := l.run(ctx, b.URL(""), 2)
+		broken := map[string]testbed.Failure{"/broken": {Every: 1, Status: 500, Code: "BROKEN"}}
+		b := startShop(t, broken, broken, ", auto_rollback: true")
+		_, ctx, finish := startLoad(t, b, 2, 30*time.Second)
 		startCanary(t, b)
 		// One attacker forges the header, one the cookies.
 		awg, sent := attack(ctx, b.URL(""), "/broken", forged, nil)
@@ -573,8 +537,7 @@ func TestForgedEvidenceCannotSteerTheJudge(t *testing.T) {
 				t.Fatalf("forged evidence rolled a good canary back")
 			}
 		}
-		stop()
-		wg.Wait()
+		finish()
 		awg.Wait()
 		cwg.Wait()
 		if sent.Load() < 100 || csent.Load() < 100 {
@@ -591,16 +554,13 @@ func TestForgedEvidenceCannotSteerTheJudge(t *testing.T) {
 	// A client that holds a genuine canary cookie chooses where its
 	// failures land: all on the canary. It still cannot fail a good one.
 	t.Run("500s with a genuine canary cookie against a good canary", func(t *testing.T) {
-		broken := map[string]shopFailure{"/broken": {every: 1, status: 500, code: "BROKEN"}}
-		b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: broken}, broken, ", auto_rollback: true")
+		broken := map[string]testbed.Failure{"/broken": {Every: 1, Status: 500, Code: "BROKEN"}}
+		b := startShop(t, broken, broken, ", auto_rollback: true")
 		startCanary(t, b)
 		p := b.Pool(t, "shop")
 		testbed.Eventually(t, 10*time.Second, func() bool { return p.Backend("s4").Health().String() == "healthy" }, "the canary healthy")
 		ck := genuineCanaryCookie(t, b)
-		ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
-		defer stop()
-		l := &load{}
-		wg := l.run(ctx, b.URL(""), 2)
+		_, ctx, finish := startLoad(t, b, 2, 30*time.Second)
 		awg, sent := attack(ctx, b.URL(""), "/broken", nil, []*http.Cookie{ck})
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
@@ -609,22 +569,21 @@ func TestForgedEvidenceCannotSteerTheJudge(t *testing.T) {
 				t.Fatalf("one client with a genuine cookie failed a good canary: %s", reason)
 			}
 		}
-		stop()
-		wg.Wait()
+		finish()
 		awg.Wait()
 		if sent.Load() < 100 {
 			t.Fatalf("the attack sent only %d requests", sent.Load())
 		}
 	})
 
-	bad := map[string]shopFailure{"/checkout": {every: 4, status: 500, code: "PAYMENT_DOWN"}}
+	bad := map[string]testbed.Failure{"/checkout": {Every: 4, Status: 500, Code: "PAYMENT_DOWN"}}
 	for _, genuine := range []bool{false, true} {
 		name := "200s with forged cookies for a bad canary"
 		if genuine {
 			name = "200s with a genuine canary cookie for a bad canary"
 		}
 		t.Run(name, func(t *testing.T) {
-			b := startShop(t, &shopBackend{name: "s4", version: "v2", fail: bad}, nil, ", auto_rollback: true")
+			b := startShop(t, bad, nil, ", auto_rollback: true")
 			ctx, stop := context.WithTimeout(context.Background(), 40*time.Second)
 			defer stop()
 			startCanary(t, b)

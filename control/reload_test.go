@@ -23,125 +23,6 @@ import (
 	"github.com/baton-lb/baton/pool"
 )
 
-// rlBackend is a real net/http backend on 127.0.0.1. It answers /healthz
-// with 200 or 503 (healthy), counts what baton sends it and serves other
-// requests with handle (by default its name as the body, POST bodies echoed
-// after "name:").
-type rlBackend struct {
-	name, addr string
-
-	healthy   atomic.Bool
-	checks    atomic.Int64 // health checks served
-	passes    atomic.Int64 // health checks answered 200
-	hits      atomic.Int64 // proxied requests (anything but /healthz)
-	active    atomic.Int64 // proxied requests being handled now
-	early     atomic.Int64 // proxied requests that arrived before any passing health check
-	sealed    atomic.Bool  // set once baton must send nothing more here
-	afterSeal atomic.Int64 // proxied requests that arrived after sealed
-
-	handle func(b *rlBackend, w http.ResponseWriter, r *http.Request)
-}
-
-func rlDefault(b *rlBackend, w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("X-Backend", b.name)
-	if r.Method == http.MethodPost {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			w.WriteHeader(400)
-			return
-		}
-		_, _ = io.WriteString(w, b.name+":"+string(body))
-		return
-	}
-	_, _ = io.WriteString(w, b.name)
-}
-
-func rlStart(t *testing.T, name string, handle func(b *rlBackend, w http.ResponseWriter, r *http.Request)) *rlBackend {
-	t.Helper()
-	b := &rlBackend{name: name, handle: handle}
-	if b.handle == nil {
-		b.handle = rlDefault
-	}
-	b.healthy.Store(true)
-	b.addr = testbed.Backend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
-			b.checks.Add(1)
-			if b.healthy.Load() {
-				b.passes.Add(1)
-				w.WriteHeader(200)
-			} else {
-				w.WriteHeader(503)
-			}
-			return
-		}
-		b.hits.Add(1)
-		b.active.Add(1)
-		defer b.active.Add(-1)
-		if b.passes.Load() == 0 {
-			b.early.Add(1)
-		}
-		if b.sealed.Load() {
-			b.afterSeal.Add(1)
-		}
-		b.handle(b, w, r)
-	}))
-	return b
-}
-
-// rlLongHandler serves ".../tick" as a chunked stream, one "tick\n" every
-// 10ms until end is closed (then "END\n"), and ".../slow" POSTs by echoing
-// the body once release is closed. started gets a value when either began.
-func rlLongHandler(end, release <-chan struct{}, started chan<- string) func(b *rlBackend, w http.ResponseWriter, r *http.Request) {
-	return func(b *rlBackend, w http.ResponseWriter, r *http.Request) {
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/tick"):
-			fl := w.(http.Flusher)
-			w.Header().Set("X-Backend", b.name)
-			w.WriteHeader(200)
-			_, _ = io.WriteString(w, "tick\n")
-			fl.Flush()
-			started <- b.name + " tick"
-			tick := time.NewTicker(10 * time.Millisecond)
-			defer tick.Stop()
-			for range 6000 { // bounded: 60s at most
-				select {
-				case <-end:
-					_, _ = io.WriteString(w, "END\n")
-					return
-				case <-r.Context().Done():
-					return
-				case <-tick.C:
-				}
-				if _, err := io.WriteString(w, "tick\n"); err != nil {
-					return
-				}
-				fl.Flush()
-			}
-		case strings.HasSuffix(r.URL.Path, "/slow"):
-			body, err := io.ReadAll(r.Body)
-			if err != nil {
-				w.WriteHeader(400)
-				return
-			}
-			started <- b.name + " slow"
-			timer := time.NewTimer(60 * time.Second) // bounded
-			defer timer.Stop()
-			select {
-			case <-release:
-			case <-r.Context().Done():
-				return
-			case <-timer.C:
-				w.WriteHeader(504)
-				return
-			}
-			w.Header().Set("X-Backend", b.name)
-			_, _ = io.WriteString(w, b.name+":"+string(body))
-		default:
-			rlDefault(b, w, r)
-		}
-	}
-}
-
 // rlStream reads a streamed response line by line in the background.
 type rlStream struct {
 	backend string
@@ -391,34 +272,34 @@ func (l *rlLoad) finish() {
 // ones get no new requests, and what they had in flight — a slow POST and a
 // long stream — completes normally.
 func TestReloadStormUnderLoad(t *testing.T) {
-	streamEnd, slowRelease := make(chan struct{}), make(chan struct{})
-	started := make(chan string, 8)
-	long := rlLongHandler(streamEnd, slowRelease, started)
-	var endOnce, releaseOnce sync.Once
+	// The long backends serve ".../tick" as a stream until streamEnd opens,
+	// and hold ".../slow" POSTs until slowRelease opens.
+	streamEnd, slowRelease := testbed.NewGate(), testbed.NewGate()
 	t.Cleanup(func() {
-		endOnce.Do(func() { close(streamEnd) })
-		releaseOnce.Do(func() { close(slowRelease) })
+		streamEnd.Release()
+		slowRelease.Release()
 	})
-
-	b1, b2, b3 := rlStart(t, "b1", nil), rlStart(t, "b2", nil), rlStart(t, "b3", nil)
-	sick := rlStart(t, "sick", nil)
-	sick.healthy.Store(false)
-	s1, s2 := rlStart(t, "s1", long), rlStart(t, "s2", long)
-	l1 := rlStart(t, "L1", long)
-	var trans []*rlBackend
-	for i := range 6 {
-		trans = append(trans, rlStart(t, fmt.Sprintf("t%d", i+1), nil))
+	long := testbed.BackendOptions{
+		Stream: map[string]*testbed.Gate{"/tick": streamEnd},
+		Hold:   map[string]*testbed.Gate{"/slow": slowRelease},
 	}
-	trans[0].healthy.Store(false) // t1's checks fail until the test lets them pass
-	servers := map[string]*rlBackend{"b1": b1, "b2": b2, "b3": b3, "sick": sick, "s1": s1, "s2": s2, "L1": l1}
+
+	bs := testbed.NewBackends(t, testbed.BackendOptions{}, "b1", "b2", "b3")
+	b1, b2, b3 := bs[0], bs[1], bs[2]
+	sick := testbed.NewBackend(t, testbed.BackendOptions{Name: "sick", Unhealthy: true})
+	ls := testbed.NewBackends(t, long, "s1", "s2", "L1")
+	s1, s2, l1 := ls[0], ls[1], ls[2]
+	trans := testbed.NewBackends(t, testbed.BackendOptions{}, "t1", "t2", "t3", "t4", "t5", "t6")
+	trans[0].SetHealthy(false) // t1's checks fail until the test lets them pass
+	servers := map[string]*testbed.Server{"b1": b1, "b2": b2, "b3": b3, "sick": sick, "s1": s1, "s2": s2, "L1": l1}
 	for _, tb := range trans {
-		servers[tb.name] = tb
+		servers[tb.Name()] = tb
 	}
 
 	spec := rlSpec{
-		web:    []rlMember{{"b1", b1.addr, 100}, {"b2", b2.addr, 100}, {"b3", b3.addr, 100}, {"sick", sick.addr, 100}},
-		stream: []rlMember{{"s1", s1.addr, 100}},
-		legacy: []rlMember{{"L1", l1.addr, 100}},
+		web:    []rlMember{{"b1", b1.Addr(), 100}, {"b2", b2.Addr(), 100}, {"b3", b3.Addr(), 100}, {"sick", sick.Addr(), 100}},
+		stream: []rlMember{{"s1", s1.Addr(), 100}},
+		legacy: []rlMember{{"L1", l1.Addr(), 100}},
 	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "baton.yaml")
@@ -454,7 +335,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		if err != nil {
 			t.Fatalf("b3 did not drain: %v", err)
 		}
-		b3.sealed.Store(true)
+		b3.Seal()
 	}
 
 	// Long requests in flight: a stream and a slow POST on s1 (pool
@@ -479,13 +360,9 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		res.Body.Close()
 		slowDone <- result{res.StatusCode, string(body), err}
 	}()
-	for range 3 {
-		select {
-		case <-started:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the long requests did not all start")
-		}
-	}
+	streamEnd.Wait(t, 10*time.Second, "the streams to start")
+	streamEnd.Wait(t, 10*time.Second, "the second stream to start")
+	slowRelease.Wait(t, 10*time.Second, "the slow POST to reach s1")
 	if s1Stream.backend != "s1" || l1Stream.backend != "L1" {
 		t.Fatalf("streams served by %q and %q, want s1 and L1", s1Stream.backend, l1Stream.backend)
 	}
@@ -573,7 +450,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		var desc string
 		switch {
 		case i == 49:
-			next.web = []rlMember{{"b1", b1.addr, 300}, {"b2", b2.addr, 100}, {"b3", b3.addr, 100}, {"sick", sick.addr, 100}}
+			next.web = []rlMember{{"b1", b1.Addr(), 300}, {"b2", b2.Addr(), 100}, {"b3", b3.Addr(), 100}, {"sick", sick.Addr(), 100}}
 			desc = "final: b1 300, b2 100, no transients"
 		case i == 0:
 			next.setWeight("b1", 200)
@@ -583,10 +460,10 @@ func TestReloadStormUnderLoad(t *testing.T) {
 			next.setWeight("b3", 300)
 			desc = "reweight b2 50, drained b3 300"
 		case i == 4:
-			next.stream = append(next.stream, rlMember{"s2", s2.addr, 100})
+			next.stream = append(next.stream, rlMember{"s2", s2.Addr(), 100})
 			desc = "add s2 to pool stream"
 		case i == 6:
-			next.stream = []rlMember{{"s2", s2.addr, 100}}
+			next.stream = []rlMember{{"s2", s2.Addr(), 100}}
 			desc = "remove s1 (stream and slow POST in flight)"
 		case i == 9:
 			next.legacy = nil
@@ -598,9 +475,9 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		case (i%3 == 1 || i == 1) && nextTrans < len(trans):
 			tb := trans[nextTrans]
 			nextTrans++
-			next.web = append(next.web, rlMember{tb.name, tb.addr, 100})
-			live = append(live, tb.name)
-			desc = "add " + tb.name
+			next.web = append(next.web, rlMember{tb.Name(), tb.Addr(), 100})
+			live = append(live, tb.Name())
+			desc = "add " + tb.Name()
 		case i%3 == 2 && len(live) > 0:
 			desc = "remove " + live[0]
 			next.removeWeb(live[0])
@@ -723,21 +600,21 @@ func TestReloadStormUnderLoad(t *testing.T) {
 			// t1's checks fail: it must get nothing, however long the load
 			// runs, until one passes.
 			tb := trans[0]
-			c0 := tb.checks.Load()
-			if !ctPoll(5*time.Second, func() bool { return tb.checks.Load() >= c0+2 }) {
+			c0 := tb.Checks()
+			if !ctPoll(5*time.Second, func() bool { return tb.Checks() >= c0+2 }) {
 				t.Fatalf("%s: t1 was not health-checked", step)
 			}
-			if h := web.Backend("t1").Health(); h == pool.Up || tb.hits.Load() != 0 {
-				t.Errorf("%s: t1 failing its checks is %s and got %d requests, want none", step, h, tb.hits.Load())
+			if h := web.Backend("t1").Health(); h == pool.Up || tb.Hits() != 0 {
+				t.Errorf("%s: t1 failing its checks is %s and got %d requests, want none", step, h, tb.Hits())
 			}
-			tb.healthy.Store(true)
-			if !ctPoll(5*time.Second, func() bool { return tb.hits.Load() > 0 }) {
+			tb.SetHealthy(true)
+			if !ctPoll(5*time.Second, func() bool { return tb.Hits() > 0 }) {
 				t.Errorf("%s: t1 got no requests within 5s of passing its check", step)
 			}
 		case strings.HasPrefix(desc, "add t"):
 			tb := servers[strings.TrimPrefix(desc, "add ")]
-			if !ctPoll(5*time.Second, func() bool { return tb.hits.Load() > 0 }) {
-				t.Errorf("%s: %s got no requests within 5s", step, tb.name)
+			if !ctPoll(5*time.Second, func() bool { return tb.Hits() > 0 }) {
+				t.Errorf("%s: %s got no requests within 5s", step, tb.Name())
 			}
 		case strings.HasPrefix(desc, "remove t"):
 			name := strings.TrimPrefix(desc, "remove ")
@@ -751,7 +628,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 			if err != nil {
 				t.Errorf("%s: the removed %s did not go idle: %v (%s)", step, name, err, st)
 			}
-			servers[name].sealed.Store(true)
+			servers[name].Seal()
 		case desc == "add s2 to pool stream":
 			if !ctPoll(5*time.Second, func() bool { return reg.Pool("stream").Backend("s2").Health() == pool.Up }) {
 				t.Fatalf("%s: s2 did not become healthy", step)
@@ -763,7 +640,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 			if n := s1b.Inflight(); n != 2 {
 				t.Errorf("%s: the removed s1 has %d requests in flight, want the stream and the slow POST", step, n)
 			}
-			s1.sealed.Store(true)
+			s1.Seal()
 			for range 5 {
 				r, err := sc.Get(bt.URL("/stream/x"))
 				if err != nil {
@@ -779,7 +656,7 @@ func TestReloadStormUnderLoad(t *testing.T) {
 			if reg.Pool("legacy") != nil {
 				t.Errorf("%s: pool legacy is still there", step)
 			}
-			l1.sealed.Store(true)
+			l1.Seal()
 			r, err := sc.Get(bt.URL("/legacy/x"))
 			if err != nil {
 				t.Fatalf("%s: GET /legacy/x: %v", step, err)
@@ -821,8 +698,8 @@ func TestReloadStormUnderLoad(t *testing.T) {
 	}
 
 	// The long requests on removed backends end normally.
-	endOnce.Do(func() { close(streamEnd) })
-	releaseOnce.Do(func() { close(slowRelease) })
+	streamEnd.Release()
+	slowRelease.Release()
 	for _, s := range []*rlStream{s1Stream, l1Stream} {
 		select {
 		case <-s.done:
@@ -872,19 +749,19 @@ func TestReloadStormUnderLoad(t *testing.T) {
 		}
 		// Counted by baton since b1 joined ≥ served by the backend: a reset
 		// counter would fall short.
-		if got, served := b.Requests(), servers[n].hits.Load(); got < uint64(served) {
+		if got, served := b.Requests(), servers[n].Hits(); got < uint64(served) {
 			t.Errorf("%s: baton counts %d requests, the backend served %d; the counter was reset", n, got, served)
 		}
 	}
 	for name, sv := range servers {
-		if n := sv.early.Load(); n != 0 {
+		if n := sv.Early(); n != 0 {
 			t.Errorf("%s got %d requests before any health check passed", name, n)
 		}
-		if n := sv.afterSeal.Load(); n != 0 {
+		if n := sv.AfterSeal(); n != 0 {
 			t.Errorf("%s got %d requests after it was removed or drained", name, n)
 		}
 	}
-	if n := sick.hits.Load(); n != 0 {
+	if n := sick.Hits(); n != 0 {
 		t.Errorf("the unhealthy backend got %d requests", n)
 	}
 	for name, b := range removedObjs {

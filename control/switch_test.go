@@ -1,7 +1,6 @@
 package control_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -18,10 +17,10 @@ import (
 
 // startBlueGreen is a pool of two blue servers (v1) under steady load, and
 // two green ones (v2) added on standby.
-func startBlueGreen(t *testing.T, green *shopBackend) (*testbed.Baton, *load, func()) {
+func startBlueGreen(t *testing.T, greenFail map[string]testbed.Failure) (*testbed.Baton, *load, func()) {
 	t.Helper()
-	b1 := testbed.Backend(t, &shopBackend{name: "b1", version: "v1"})
-	b2 := testbed.Backend(t, &shopBackend{name: "b2", version: "v1"})
+	blue := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "b1", "b2")
+	b1, b2 := blue[0].Addr(), blue[1].Addr()
 	b := testbed.Start(t, fmt.Sprintf(`listen: 127.0.0.1:0
 admin: {listen: "off"}
 log: {level: info, access: false}
@@ -34,9 +33,8 @@ pools:
       - {name: b2, address: %q, version: v1}
 `, b1, b2))
 	b.WaitHealthy(t, "shop", 2)
-	for _, n := range []string{"g1", "g2"} {
-		addr := testbed.Backend(t, &shopBackend{name: n, version: "v2", fail: green.fail})
-		if _, err := b.Reg.Add("shop", control.AddSpec{Name: n, Address: addr, Version: "v2", Standby: true}); err != nil {
+	for _, g := range testbed.NewBackends(t, testbed.BackendOptions{Version: "v2", Fail: greenFail}, "g1", "g2") {
+		if _, err := b.Reg.Add("shop", control.AddSpec{Name: g.Name(), Address: g.Addr(), Version: "v2", Standby: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -47,10 +45,8 @@ pools:
 	if cv, _ := p.Canary(); cv != "" {
 		t.Fatalf("standby v2 backends started canary %s", cv)
 	}
-	ctx, stop := context.WithTimeout(context.Background(), 60*time.Second)
-	l := &load{}
-	wg := l.run(ctx, b.URL(""), 4)
-	return b, l, func() { stop(); wg.Wait() }
+	l, _, finish := startLoad(t, b, 4, 60*time.Second)
+	return b, l, finish
 }
 
 // servedBy sends n requests and counts the backends that answered.
@@ -76,7 +72,7 @@ func servedBy(t *testing.T, b *testbed.Baton, n int) map[string]int {
 // every new request to them at once and drains the old ones, with no
 // failed request; when the watch ends with the guards quiet, it stays.
 func TestSwitchBlueGreen(t *testing.T) {
-	b, l, stop := startBlueGreen(t, &shopBackend{})
+	b, l, stop := startBlueGreen(t, nil)
 	defer stop()
 	if got := servedBy(t, b, 20); got["g1"]+got["g2"] != 0 {
 		t.Fatalf("standby servers took traffic: %v", got)
@@ -132,7 +128,7 @@ func TestSwitchBlueGreen(t *testing.T) {
 // error guard fires during the watch and the pool switches back to v1 at
 // once; v1's servers take the traffic again and v2's are drained.
 func TestSwitchBackWhenAGuardFires(t *testing.T) {
-	bad := &shopBackend{fail: map[string]shopFailure{"/checkout": {every: 3, status: 500, code: "SCHEMA_MISMATCH"}}}
+	bad := map[string]testbed.Failure{"/checkout": {Every: 3, Status: 500, Code: "SCHEMA_MISMATCH"}}
 	b, l, stop := startBlueGreen(t, bad)
 	defer stop()
 	if _, err := b.Reg.Switch("shop", control.SwitchSpec{To: "v2", Watch: time.Minute}); err != nil {
@@ -169,7 +165,7 @@ func TestSwitchBackWhenAGuardFires(t *testing.T) {
 // TestSwitchRefusals: a switch needs healthy standby servers of the
 // version, no canary, and sane settings; a refusal changes nothing.
 func TestSwitchRefusals(t *testing.T) {
-	b, _, stop := startBlueGreen(t, &shopBackend{})
+	b, _, stop := startBlueGreen(t, nil)
 	defer stop()
 	cases := []struct {
 		spec  control.SwitchSpec
@@ -211,7 +207,7 @@ func TestSwitchRefusals(t *testing.T) {
 // backend is left healthy (here they were removed), switching back would
 // leave nothing in service: the switch stays, and says why.
 func TestSwitchKeptWhenNothingToGoBackTo(t *testing.T) {
-	bad := &shopBackend{fail: map[string]shopFailure{"/checkout": {every: 3, status: 500, code: "SCHEMA_MISMATCH"}}}
+	bad := map[string]testbed.Failure{"/checkout": {Every: 3, Status: 500, Code: "SCHEMA_MISMATCH"}}
 	b, _, stop := startBlueGreen(t, bad)
 	defer stop()
 	if _, err := b.Reg.Switch("shop", control.SwitchSpec{To: "v2", Watch: time.Minute}); err != nil {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,70 +16,15 @@ import (
 	"github.com/baton-lb/baton/pool"
 )
 
-// hcBackend is a real HTTP server on 127.0.0.1 whose /healthz answers 200
-// or 503 as ok says, and counts what it answered.
-type hcBackend struct {
-	addr   string
-	ok     atomic.Bool
-	passes atomic.Int64 // checks answered 200
-	fails  atomic.Int64 // checks answered 503
-	gate   chan struct{}
-	inGate chan struct{}
-}
-
-// hcStart starts a backend. With gated, its first health check blocks until
-// gate is closed (inGate is signalled when it arrives).
-func hcStart(t *testing.T, gated bool) *hcBackend {
-	t.Helper()
-	b := &hcBackend{gate: make(chan struct{}), inGate: make(chan struct{}, 1)}
-	if !gated {
-		close(b.gate)
-	}
-	b.ok.Store(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.addr = ln.Addr().String()
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" {
-			_, _ = io.WriteString(w, "hello")
-			return
-		}
-		select {
-		case b.inGate <- struct{}{}:
-		default:
-		}
-		select {
-		case <-b.gate:
-		case <-r.Context().Done():
-			return
-		}
-		if b.ok.Load() {
-			b.passes.Add(1)
-			w.WriteHeader(200)
-			return
-		}
-		b.fails.Add(1)
-		w.WriteHeader(503)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return b
-}
-
 // hcPool builds (without starting) a pool from pool YAML.
 func hcPool(t *testing.T, poolYAML string) *pool.Pool {
 	t.Helper()
-	cfg, err := config.Parse([]byte("listen: 127.0.0.1:0\nadmin: {listen: \"off\"}\npools:\n"+poolYAML), "health_test.yaml")
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	p := pool.New(cfg.Pools[0], zerolog.Nop())
+	p := pool.New(hcPoolConfig(t, poolYAML), zerolog.Nop())
 	t.Cleanup(p.Close)
 	return p
 }
 
+// hcPoolConfig parses pool YAML.
 func hcPoolConfig(t *testing.T, poolYAML string) config.Pool {
 	t.Helper()
 	cfg, err := config.Parse([]byte("listen: 127.0.0.1:0\nadmin: {listen: \"off\"}\npools:\n"+poolYAML), "health_test.yaml")
@@ -110,10 +54,10 @@ func hcPick(t *testing.T, p *pool.Pool, n int) map[string]int {
 }
 
 func TestHealthRiseAndFall(t *testing.T) {
-	hb := hcStart(t, false)
+	hb := testbed.NewBackend(t, testbed.BackendOptions{Name: "b1"})
 	p := hcPool(t, "  - name: web\n"+
 		"    health_check: {path: /healthz, interval: 250ms, timeout: 240ms, rise: 3, fall: 2}\n"+
-		"    backends:\n      - {name: b1, address: \""+hb.addr+"\"}\n")
+		"    backends:\n      - {name: b1, address: \""+hb.Addr()+"\"}\n")
 	b := p.Backend("b1")
 
 	// Never checked: no traffic.
@@ -127,7 +71,7 @@ func TestHealthRiseAndFall(t *testing.T) {
 	// A new backend needs one passing check, not rise (3).
 	p.Start()
 	testbed.Eventually(t, 5*time.Second, func() bool { return b.Health() == pool.Up }, "the first check to pass")
-	if n := hb.passes.Load(); n >= 3 {
+	if n := hb.Passes(); n >= 3 {
 		t.Errorf("a new backend came up after %d passing checks; one is enough", n)
 	}
 	if got := hcPick(t, p, 4); got["b1"] != 4 {
@@ -135,11 +79,11 @@ func TestHealthRiseAndFall(t *testing.T) {
 	}
 
 	// Fall: healthy until the second failure in a row.
-	hb.ok.Store(false)
-	failsBefore := hb.fails.Load()
+	hb.SetHealthy(false)
+	failsBefore := hb.Fails()
 	testbed.Eventually(t, 5*time.Second, func() bool {
 		h := b.Health() // read before the count: Down implies the count already reached fall
-		if n := hb.fails.Load() - failsBefore; h == pool.Down && n < 2 {
+		if n := hb.Fails() - failsBefore; h == pool.Down && n < 2 {
 			t.Fatalf("marked down after %d failed check(s), want fall = 2", n)
 		}
 		return h == pool.Down
@@ -152,11 +96,11 @@ func TestHealthRiseAndFall(t *testing.T) {
 	}
 
 	// Rise: down until the third pass in a row.
-	passesBefore := hb.passes.Load()
-	hb.ok.Store(true)
+	passesBefore := hb.Passes()
+	hb.SetHealthy(true)
 	testbed.Eventually(t, 5*time.Second, func() bool {
 		h := b.Health()
-		if n := hb.passes.Load() - passesBefore; h == pool.Up && n < 3 {
+		if n := hb.Passes() - passesBefore; h == pool.Up && n < 3 {
 			t.Fatalf("back up after %d passing check(s), want rise = 3", n)
 		}
 		if h == pool.Down {
@@ -172,25 +116,22 @@ func TestHealthRiseAndFall(t *testing.T) {
 }
 
 func TestHealthNewBackendWaitsForFirstPass(t *testing.T) {
-	b1 := hcStart(t, false)
-	b2 := hcStart(t, true) // its first check hangs until released
+	b1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b1"})
+	b2Checks := testbed.NewGate() // b2's checks hang until released
+	b2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b2", HoldChecks: b2Checks})
 	base := "  - name: web\n" +
 		"    health_check: {path: /healthz, interval: 2s, timeout: 1900ms, rise: 3, fall: 1}\n" +
-		"    backends:\n      - {name: b1, address: \"" + b1.addr + "\"}\n"
+		"    backends:\n      - {name: b1, address: \"" + b1.Addr() + "\"}\n"
 	p := hcPool(t, base)
 	p.Start()
 	testbed.Eventually(t, 5*time.Second, func() bool { return p.Backend("b1").Health() == pool.Up }, "b1 up")
 
-	p.Configure(hcPoolConfig(t, base+"      - {name: b2, address: \""+b2.addr+"\"}\n"))
+	p.Configure(hcPoolConfig(t, base+"      - {name: b2, address: \""+b2.Addr()+"\"}\n"))
 	nb := p.Backend("b2")
 	if nb == nil {
 		t.Fatal("b2 not added")
 	}
-	select {
-	case <-b2.inGate:
-	case <-time.After(5 * time.Second):
-		t.Fatal("b2's first check never arrived")
-	}
+	b2Checks.Wait(t, 5*time.Second, "b2's first check")
 	// Its check is in progress: b2 is unchecked and gets nothing.
 	if got := hcPick(t, p, 100); got["b2"] != 0 || got["b1"] != 100 {
 		t.Fatalf("picks before b2's first check completed: %v", got)
@@ -198,9 +139,9 @@ func TestHealthNewBackendWaitsForFirstPass(t *testing.T) {
 	if nb.Health() != pool.Unknown {
 		t.Fatalf("b2 health %s before its first check completed", nb.Health())
 	}
-	close(b2.gate)
+	b2Checks.Release()
 	testbed.Eventually(t, 5*time.Second, func() bool { return nb.Health() == pool.Up }, "b2 up after one pass")
-	if n := b2.passes.Load(); n != 1 {
+	if n := b2.Passes(); n != 1 {
 		t.Errorf("b2 came up after %d passes, want 1 (rise applies to a backend that was down)", n)
 	}
 	if got := hcPick(t, p, 100); got["b2"] != 50 || got["b1"] != 50 {
@@ -283,14 +224,14 @@ func hcFail(t *testing.T, p *pool.Pool, name string) {
 
 func TestOutlierEjectionBackoffDoubles(t *testing.T) {
 	const base = 200 * time.Millisecond
-	hb := hcStart(t, false)
-	other := hcStart(t, false)
+	bs := testbed.NewBackends(t, testbed.BackendOptions{}, "b1", "b2")
+	hb, other := bs[0], bs[1]
 	p := hcPool(t, "  - name: web\n"+
 		"    health_check: {path: /healthz, interval: 50ms, timeout: 45ms, rise: 1, fall: 3}\n"+
 		"    outlier: {consecutive_failures: 2, base_ejection: 200ms, max_ejection: 10s}\n"+
 		"    backends:\n"+
-		"      - {name: b1, address: \""+hb.addr+"\"}\n"+
-		"      - {name: b2, address: \""+other.addr+"\"}\n")
+		"      - {name: b1, address: \""+hb.Addr()+"\"}\n"+
+		"      - {name: b2, address: \""+other.Addr()+"\"}\n")
 	p.Start()
 	b := p.Backend("b1")
 	testbed.Eventually(t, 5*time.Second, func() bool {
@@ -331,16 +272,16 @@ func TestOutlierEjectionBackoffDoubles(t *testing.T) {
 	// The fourth ejection (1.6s) with failing checks: the backend stays out
 	// after the ejection time and returns only once a check passes.
 	at := eject()
-	hb.ok.Store(false)
+	hb.SetHealthy(false)
 	var failsAfter int64 = -1
 	testbed.Eventually(t, 15*time.Second, func() bool {
 		if time.Since(at) < 8*base+100*time.Millisecond {
 			return false
 		}
 		if failsAfter < 0 {
-			failsAfter = hb.fails.Load()
+			failsAfter = hb.Fails()
 		}
-		return hb.fails.Load() >= failsAfter+3
+		return hb.Fails() >= failsAfter+3
 	}, "three failed checks after the ejection ran out")
 	if b.Health() != pool.Down {
 		t.Fatalf("b1 is %s after its ejection ran out while its checks fail", b.Health())
@@ -348,11 +289,11 @@ func TestOutlierEjectionBackoffDoubles(t *testing.T) {
 	if got := hcPick(t, p, 10); got["b1"] != 0 {
 		t.Fatalf("b1 picked while its checks fail: %v", got)
 	}
-	passes := hb.passes.Load()
-	hb.ok.Store(true)
+	passes := hb.Passes()
+	hb.SetHealthy(true)
 	testbed.Eventually(t, 5*time.Second, func() bool {
 		h := b.Health()
-		if h == pool.Up && hb.passes.Load() == passes {
+		if h == pool.Up && hb.Passes() == passes {
 			t.Fatalf("b1 came back without a passing check")
 		}
 		return h == pool.Up

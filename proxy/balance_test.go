@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -17,144 +16,7 @@ import (
 )
 
 // The helpers below (prefixed lb) are shared by balance_test.go,
-// drain_test.go and retry_test.go.
-
-// lbBackend is a real net/http backend on 127.0.0.1. It answers /healthz with
-// 200 or 503 (healthy), counts what baton sends it, tracks its connections so
-// that kill can reset them, and serves every other request with handle (by
-// default: its name in the body and in X-Backend, POST bodies echoed).
-type lbBackend struct {
-	name string
-	addr string
-	srv  *http.Server
-
-	healthy atomic.Bool
-	hits    atomic.Int64 // proxied requests (anything but /healthz)
-	active  atomic.Int64 // proxied requests being handled now
-	getsNow atomic.Int64 // proxied GETs being handled now
-	checks  atomic.Int64 // health checks served
-	passes  atomic.Int64 // health checks answered 200
-	conns   atomic.Int64 // connections accepted
-
-	// closed is set once the backend was killed; a request whose handling
-	// starts after that is counted in lateHits (there must be none).
-	closed   atomic.Bool
-	lateHits atomic.Int64
-
-	// minPasses > 0: a proxied request arriving before the backend answered
-	// that many passing health checks is counted in early.
-	minPasses atomic.Int64
-	early     atomic.Int64
-
-	// sealed is set by a test once baton must no longer send anything here;
-	// proxied requests arriving afterwards are counted in afterSeal.
-	sealed    atomic.Bool
-	afterSeal atomic.Int64
-
-	handle func(b *lbBackend, w http.ResponseWriter, r *http.Request)
-
-	mu   sync.Mutex
-	open map[net.Conn]struct{}
-}
-
-type lbOption func(*lbBackend, *http.Server)
-
-// lbHandler replaces the default request handler.
-func lbHandler(h func(b *lbBackend, w http.ResponseWriter, r *http.Request)) lbOption {
-	return func(b *lbBackend, _ *http.Server) { b.handle = h }
-}
-
-// lbIdleTimeout sets the backend's own keep-alive idle timeout.
-func lbIdleTimeout(d time.Duration) lbOption {
-	return func(_ *lbBackend, s *http.Server) { s.IdleTimeout = d }
-}
-
-func lbDefaultHandler(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("X-Backend", b.name)
-	if r.Method == http.MethodPost {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			w.WriteHeader(400)
-			return
-		}
-		_, _ = io.WriteString(w, b.name+":"+string(body))
-		return
-	}
-	_, _ = io.WriteString(w, b.name)
-}
-
-func lbStart(t testing.TB, name string, opts ...lbOption) *lbBackend {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("backend listen: %v", err)
-	}
-	b := &lbBackend{name: name, addr: ln.Addr().String(), handle: lbDefaultHandler, open: map[net.Conn]struct{}{}}
-	b.healthy.Store(true)
-	b.srv = &http.Server{
-		ReadHeaderTimeout: 10 * time.Second,
-		ConnState: func(c net.Conn, s http.ConnState) {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			switch s {
-			case http.StateNew:
-				b.open[c] = struct{}{}
-				b.conns.Add(1)
-			case http.StateClosed, http.StateHijacked:
-				delete(b.open, c)
-			}
-		},
-	}
-	for _, o := range opts {
-		o(b, b.srv)
-	}
-	b.srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
-			b.checks.Add(1)
-			if b.healthy.Load() {
-				b.passes.Add(1)
-				w.WriteHeader(200)
-			} else {
-				w.WriteHeader(503)
-			}
-			return
-		}
-		b.hits.Add(1)
-		b.active.Add(1)
-		defer b.active.Add(-1)
-		if r.Method == http.MethodGet {
-			b.getsNow.Add(1)
-			defer b.getsNow.Add(-1)
-		}
-		if b.closed.Load() {
-			b.lateHits.Add(1)
-		}
-		if m := b.minPasses.Load(); m > 0 && b.passes.Load() < m {
-			b.early.Add(1)
-		}
-		if b.sealed.Load() {
-			b.afterSeal.Add(1)
-		}
-		b.handle(b, w, r)
-	})
-	go func() { _ = b.srv.Serve(ln) }()
-	t.Cleanup(func() { _ = b.srv.Close() })
-	return b
-}
-
-// kill stops the backend abruptly: the listener closes and every open
-// connection is reset (SO_LINGER 0), busy ones included.
-func (b *lbBackend) kill() {
-	b.closed.Store(true)
-	b.mu.Lock()
-	for c := range b.open {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-	}
-	b.mu.Unlock()
-	_ = b.srv.Close()
-}
+// drain_test.go and retry_test.go; their backends are testbed.Servers.
 
 // lbMember is one backend line of a pool.
 type lbMember struct {
@@ -162,10 +24,10 @@ type lbMember struct {
 	weight              int
 }
 
-func lbMembers(weight int, version string, bs ...*lbBackend) []lbMember {
+func lbMembers(weight int, version string, bs ...*testbed.Server) []lbMember {
 	out := make([]lbMember, len(bs))
 	for i, b := range bs {
-		out[i] = lbMember{name: b.name, addr: b.addr, version: version, weight: weight}
+		out[i] = lbMember{name: b.Name(), addr: b.Addr(), version: version, weight: weight}
 	}
 	return out
 }
@@ -232,6 +94,79 @@ func lbDo(c *http.Client, method, url, body string, hdr map[string]string) lbRes
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	return lbResult{status: res.StatusCode, body: string(b), backend: res.Header.Get("X-Backend"), err: err}
+}
+
+// lbLoad is workers clients, each making up to perWorker requests through
+// send until the load is stopped or its deadline passes; done counts the
+// requests made, and mark closes when the mark-th is done.
+type lbLoad struct {
+	done     atomic.Int64
+	mark     chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	finished chan struct{} // closed when every worker has returned
+}
+
+// lbStartLoad starts a load that lasts d at most; it is stopped at the
+// end of the test, if not before.
+func lbStartLoad(t *testing.T, workers, perWorker int, d time.Duration, mark int64, send func(w, i int)) *lbLoad {
+	l := &lbLoad{mark: make(chan struct{}), stop: make(chan struct{}), finished: make(chan struct{})}
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perWorker {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if time.Now().After(deadline) {
+					return
+				}
+				send(w, i)
+				if l.done.Add(1) == mark {
+					close(l.mark)
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(l.finished) }()
+	t.Cleanup(l.end)
+	return l
+}
+
+// waitMark waits until the mark-th request is done; the load ending first
+// fails the test.
+func (l *lbLoad) waitMark(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case <-l.mark:
+	case <-l.finished:
+		t.Fatalf("load ended after %d requests before %s", l.done.Load(), what)
+	}
+}
+
+// waitMore waits until n more requests than after are done, or the load
+// ended.
+func (l *lbLoad) waitMore(t *testing.T, after, n int64, timeout time.Duration, what string) {
+	t.Helper()
+	testbed.Eventually(t, timeout, func() bool {
+		select {
+		case <-l.finished:
+			return true
+		default:
+		}
+		return l.done.Load() >= after+n
+	}, "%s", what)
+}
+
+// end stops the load and waits for its workers.
+func (l *lbLoad) end() {
+	l.stopOnce.Do(func() { close(l.stop) })
+	<-l.finished
 }
 
 // lbSpray sends n GETs with the given concurrency and returns how many each
@@ -328,14 +263,23 @@ func lbCheckShares(t *testing.T, counts map[string]int, want map[string]int, n i
 	}
 }
 
-func TestBalanceWeightedRoundRobin(t *testing.T) {
-	b1, b2, b3 := lbStart(t, "b1"), lbStart(t, "b2"), lbStart(t, "b3")
-	bt := testbed.Start(t, lbConfig("",
-		lbMember{"b1", b1.addr, "v1", 10},
-		lbMember{"b2", b2.addr, "v1", 20},
-		lbMember{"b3", b3.addr, "v1", 70},
+// lbWeighted starts backends b1, b2 and b3 with weights w1, w2 and w3 in
+// pool web (checked every 250ms) and waits until all three are healthy.
+func lbWeighted(t *testing.T, w1, w2, w3 int) (b1, b2, b3 *testbed.Server, bt *testbed.Baton) {
+	t.Helper()
+	bs := testbed.NewBackends(t, testbed.BackendOptions{}, "b1", "b2", "b3")
+	b1, b2, b3 = bs[0], bs[1], bs[2]
+	bt = testbed.Start(t, lbConfig("",
+		lbMember{"b1", b1.Addr(), "v1", w1},
+		lbMember{"b2", b2.Addr(), "v1", w2},
+		lbMember{"b3", b3.Addr(), "v1", w3},
 	))
 	bt.WaitHealthy(t, "web", 3)
+	return b1, b2, b3, bt
+}
+
+func TestBalanceWeightedRoundRobin(t *testing.T) {
+	_, b2, _, bt := lbWeighted(t, 10, 20, 70)
 	c := lbClient(t)
 
 	const n = 10000
@@ -346,14 +290,14 @@ func TestBalanceWeightedRoundRobin(t *testing.T) {
 	// b2 fails its health check: once baton marks it down, the other two
 	// keep their exact 1:7 ratio and b2 gets nothing (it still listens, so a
 	// stray request would be counted).
-	b2.healthy.Store(false)
+	b2.SetHealthy(false)
 	p := bt.Pool(t, "web")
 	testbed.Eventually(t, 5*time.Second, func() bool { return p.Backend("b2").Health() == pool.Down }, "b2 marked down")
-	before := b2.hits.Load()
+	before := b2.Hits()
 	counts = lbSprayStable(t, bt, c, bt.URL("/w"), n, 8)
 	t.Logf("1:7 with b2 down over %d requests: %v", n, counts)
 	lbCheckShares(t, counts, map[string]int{"b1": 1, "b3": 7}, n)
-	if got := b2.hits.Load() - before; got != 0 {
+	if got := b2.Hits() - before; got != 0 {
 		t.Errorf("b2 is unhealthy but received %d requests", got)
 	}
 }
@@ -361,14 +305,8 @@ func TestBalanceWeightedRoundRobin(t *testing.T) {
 func TestBalanceWeightedWithMemberKilled(t *testing.T) {
 	// The same with the listener of one member gone: baton sees the check
 	// fail, and the other two keep their exact ratio without a failed request.
-	b1, b2, b3 := lbStart(t, "b1"), lbStart(t, "b2"), lbStart(t, "b3")
-	bt := testbed.Start(t, lbConfig("",
-		lbMember{"b1", b1.addr, "v1", 300},
-		lbMember{"b2", b2.addr, "v1", 200},
-		lbMember{"b3", b3.addr, "v1", 100},
-	))
-	bt.WaitHealthy(t, "web", 3)
-	b1.kill()
+	b1, _, _, bt := lbWeighted(t, 300, 200, 100)
+	b1.Kill()
 	p := bt.Pool(t, "web")
 	testbed.Eventually(t, 5*time.Second, func() bool { return p.Backend("b1").Health() == pool.Down }, "b1 marked down")
 	const n = 3000
@@ -383,25 +321,25 @@ func TestBalanceWeightedWithMemberKilled(t *testing.T) {
 func TestCanarySplitIsExact(t *testing.T) {
 	for _, tc := range []struct{ stable, canary int }{{2, 1}, {2, 3}, {1, 3}} {
 		t.Run(fmt.Sprintf("stable%d_canary%d", tc.stable, tc.canary), func(t *testing.T) {
-			var stable, canary []*lbBackend
+			var stable, canary []*testbed.Server
 			var members []lbMember
 			for i := range tc.stable {
-				b := lbStart(t, fmt.Sprintf("s%d", i))
+				b := testbed.NewBackend(t, testbed.BackendOptions{Name: fmt.Sprintf("s%d", i)})
 				stable = append(stable, b)
-				members = append(members, lbMember{b.name, b.addr, "v1", 100})
+				members = append(members, lbMember{b.Name(), b.Addr(), "v1", 100})
 			}
 			for i := range tc.canary {
-				b := lbStart(t, fmt.Sprintf("c%d", i))
+				b := testbed.NewBackend(t, testbed.BackendOptions{Name: fmt.Sprintf("c%d", i)})
 				canary = append(canary, b)
-				members = append(members, lbMember{b.name, b.addr, "v2", 100})
+				members = append(members, lbMember{b.Name(), b.Addr(), "v2", 100})
 			}
 			bt := testbed.Start(t, lbConfig(lbStatic+"    canary: {version: v2, weight: 10}\n", members...))
 			bt.WaitHealthy(t, "web", tc.stable+tc.canary)
 			c := lbClient(t)
-			sum := func(bs []*lbBackend) int64 {
+			sum := func(bs []*testbed.Server) int64 {
 				n := int64(0)
 				for _, b := range bs {
-					n += b.hits.Load()
+					n += b.Hits()
 				}
 				return n
 			}
@@ -426,10 +364,10 @@ func TestCanarySplitIsExact(t *testing.T) {
 				t.Errorf("canary got %d of %d requests, want 10 %% within 1 %%", v2, total)
 			}
 			// Within each version the backends share equally.
-			for _, g := range [][]*lbBackend{stable, canary} {
+			for _, g := range [][]*testbed.Server{stable, canary} {
 				var lo, hi int64 = math.MaxInt64, 0
 				for _, b := range g {
-					lo, hi = min(lo, b.hits.Load()), max(hi, b.hits.Load())
+					lo, hi = min(lo, b.Hits()), max(hi, b.Hits())
 				}
 				if hi-lo > 1 {
 					t.Errorf("backends of one version got between %d and %d requests; want an even split", lo, hi)
@@ -440,27 +378,16 @@ func TestCanarySplitIsExact(t *testing.T) {
 }
 
 func TestLeastInflightFavoursFastBackend(t *testing.T) {
-	release := make(chan struct{})
-	slow := lbStart(t, "slow", lbHandler(func(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-		// Slow: held until released, at most 60ms per request.
-		timer := time.NewTimer(60 * time.Millisecond)
-		defer timer.Stop()
-		select {
-		case <-release:
-		case <-timer.C:
-		case <-r.Context().Done():
-		}
-		lbDefaultHandler(b, w, r)
-	}))
-	fast := lbStart(t, "fast")
+	// Slow: 60ms per request.
+	slow := testbed.NewBackend(t, testbed.BackendOptions{Name: "slow", Delay: func(string) time.Duration { return 60 * time.Millisecond }})
+	fast := testbed.NewBackend(t, testbed.BackendOptions{Name: "fast"})
 	bt := testbed.Start(t, lbConfig(lbStatic+"    balance: least_inflight\n",
-		lbMember{"slow", slow.addr, "v1", 100},
-		lbMember{"fast", fast.addr, "v1", 100},
+		lbMember{"slow", slow.Addr(), "v1", 100},
+		lbMember{"fast", fast.Addr(), "v1", 100},
 	))
 	bt.WaitHealthy(t, "web", 2)
 	const n = 400
 	counts := lbSpray(t, lbClient(t), bt.URL("/l"), n, 8)
-	close(release)
 	t.Logf("least_inflight with one slow backend: %v", counts)
 	// Round-robin would give 50/50; power of two choices sends to the slow
 	// one only when both draws land on it (about a quarter).
@@ -473,17 +400,18 @@ func TestLeastInflightFavoursFastBackend(t *testing.T) {
 }
 
 func TestWeightZeroGetsNoRequests(t *testing.T) {
-	b0, b1, b2 := lbStart(t, "zero"), lbStart(t, "b1"), lbStart(t, "b2")
+	bs := testbed.NewBackends(t, testbed.BackendOptions{}, "zero", "b1", "b2")
+	b0, b1, b2 := bs[0], bs[1], bs[2]
 	bt := testbed.Start(t, lbConfig(lbStatic,
-		lbMember{"zero", b0.addr, "v1", 0},
-		lbMember{"b1", b1.addr, "v1", 100},
-		lbMember{"b2", b2.addr, "v1", 300},
+		lbMember{"zero", b0.Addr(), "v1", 0},
+		lbMember{"b1", b1.Addr(), "v1", 100},
+		lbMember{"b2", b2.Addr(), "v1", 300},
 	))
 	bt.WaitHealthy(t, "web", 3) // weight 0 is still checked and healthy
 	const n = 800
 	counts := lbSpray(t, lbClient(t), bt.URL("/z"), n, 4)
 	lbCheckShares(t, counts, map[string]int{"b1": 1, "b2": 3}, n)
-	if got := b0.hits.Load(); got != 0 {
+	if got := b0.Hits(); got != 0 {
 		t.Errorf("weight-0 backend received %d requests", got)
 	}
 }

@@ -16,95 +16,57 @@ import (
 	"github.com/baton-lb/baton/pool"
 )
 
-// lbMixedHandler serves /slow after ~50ms, echoes POST bodies and answers
-// everything else at once.
-func lbMixedHandler(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/slow") {
-		timer := time.NewTimer(50 * time.Millisecond) // the backend's work, not a wait in the test
-		select {
-		case <-timer.C:
-		case <-r.Context().Done():
-			timer.Stop()
-		}
+// lbMixed is a backend that serves /slow after ~50ms and everything else
+// at once.
+var lbMixed = testbed.BackendOptions{Delay: func(path string) time.Duration {
+	if strings.HasPrefix(path, "/slow") {
+		return 50 * time.Millisecond
 	}
-	lbDefaultHandler(b, w, r)
-}
+	return 0
+}}
 
 func TestDrainUnderConcurrentLoad(t *testing.T) {
-	var bs []*lbBackend
-	for i := range 3 {
-		bs = append(bs, lbStart(t, fmt.Sprintf("b%d", i), lbHandler(lbMixedHandler)))
-	}
+	bs := testbed.NewBackends(t, lbMixed, "b0", "b1", "b2")
 	bt := testbed.Start(t, lbConfig(lbStatic+"    drain_timeout: 10s\n", lbMembers(100, "v1", bs...)...))
 	bt.WaitHealthy(t, "web", 3)
 	p := bt.Pool(t, "web")
 	victim := bs[1]
 	c := lbClient(t)
 
-	const workers, perWorker = 16, 50
-	var done atomic.Int64 // requests completed
 	var failed atomic.Int64
 	var failMu sync.Mutex
 	var failures []string
-	halfway := make(chan struct{})
-	var halfOnce sync.Once
-	stop := make(chan struct{})
-	deadline := time.Now().Add(15 * time.Second)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perWorker {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if time.Now().After(deadline) {
-					return
-				}
-				var r lbResult
-				var wantSuffix string
-				switch i % 4 {
-				case 0:
-					r = lbDo(c, "GET", bt.URL("/slow"), "", nil)
-				case 1:
-					body := fmt.Sprintf("w%d-i%d", w, i)
-					wantSuffix = ":" + body
-					r = lbDo(c, "POST", bt.URL("/post"), body, nil)
-				case 2:
-					body := fmt.Sprintf("slow-w%d-i%d", w, i)
-					wantSuffix = ":" + body
-					r = lbDo(c, "POST", bt.URL("/slow"), body, nil)
-				default:
-					r = lbDo(c, "GET", bt.URL("/fast"), "", nil)
-				}
-				ok := r.err == nil && r.status == 200 && strings.HasPrefix(r.body, r.backend) &&
-					strings.HasSuffix(r.body, wantSuffix)
-				if !ok {
-					failed.Add(1)
-					failMu.Lock()
-					failures = append(failures, fmt.Sprintf("worker %d request %d: status %d body %q err %v", w, i, r.status, r.body, r.err))
-					failMu.Unlock()
-				}
-				if done.Add(1) == 200 {
-					halfOnce.Do(func() { close(halfway) })
-				}
-			}
-		}()
-	}
-	finished := make(chan struct{})
-	go func() { wg.Wait(); close(finished) }()
-
-	select {
-	case <-halfway:
-	case <-finished:
-		t.Fatalf("load ended after %d requests before reaching the drain point", done.Load())
-	}
-	hitsAtDrain := victim.hits.Load()
+	// 16 workers of 50 requests; the drain comes after the 200th.
+	load := lbStartLoad(t, 16, 50, 15*time.Second, 200, func(w, i int) {
+		var r lbResult
+		var wantSuffix string
+		switch i % 4 {
+		case 0:
+			r = lbDo(c, "GET", bt.URL("/slow"), "", nil)
+		case 1:
+			body := fmt.Sprintf("w%d-i%d", w, i)
+			wantSuffix = ":" + body
+			r = lbDo(c, "POST", bt.URL("/post"), body, nil)
+		case 2:
+			body := fmt.Sprintf("slow-w%d-i%d", w, i)
+			wantSuffix = ":" + body
+			r = lbDo(c, "POST", bt.URL("/slow"), body, nil)
+		default:
+			r = lbDo(c, "GET", bt.URL("/fast"), "", nil)
+		}
+		ok := r.err == nil && r.status == 200 && strings.HasPrefix(r.body, r.backend) &&
+			strings.HasSuffix(r.body, wantSuffix)
+		if !ok {
+			failed.Add(1)
+			failMu.Lock()
+			failures = append(failures, fmt.Sprintf("worker %d request %d: status %d body %q err %v", w, i, r.status, r.body, r.err))
+			failMu.Unlock()
+		}
+	})
+	load.waitMark(t, "reaching the drain point")
+	hitsAtDrain := victim.Hits()
 	start := time.Now()
-	b, err := p.Drain(victim.name)
+	b, err := p.Drain(victim.Name())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,8 +76,8 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	cancel()
 	// Right after the wait: nothing in flight, no connection open.
 	inflight, open, state := b.Inflight(), b.OpenConns(), b.State()
-	victim.sealed.Store(true)
-	hitsAtDrained := victim.hits.Load()
+	victim.Seal()
+	hitsAtDrained := victim.Hits()
 	if err != nil {
 		t.Fatalf("WaitDrained: %v (%s)", err, st)
 	}
@@ -134,18 +96,10 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	// The load goes on for another 200 requests, none of which may reach
 	// the drained backend, also after the pool rebuilds who gets traffic (as
 	// any health change or canary change does).
-	after := done.Load()
+	after := load.done.Load()
 	p.Configure(*p.Settings())
-	testbed.Eventually(t, 15*time.Second, func() bool {
-		select {
-		case <-finished:
-			return true
-		default:
-		}
-		return done.Load() >= after+200
-	}, "200 more requests after the drain")
-	close(stop)
-	<-finished
+	load.waitMore(t, after, 200, 15*time.Second, "200 more requests after the drain")
+	load.end()
 
 	failMu.Lock()
 	for i, f := range failures {
@@ -156,56 +110,21 @@ func TestDrainUnderConcurrentLoad(t *testing.T) {
 	}
 	failMu.Unlock()
 	if n := failed.Load(); n != 0 {
-		t.Errorf("%d of %d requests failed during the drain, want none", n, done.Load())
+		t.Errorf("%d of %d requests failed during the drain, want none", n, load.done.Load())
 	}
-	if n := victim.afterSeal.Load(); n != 0 {
+	if n := victim.AfterSeal(); n != 0 {
 		t.Errorf("the drained backend received %d requests after WaitDrained returned", n)
 	}
-	if done.Load() < after+200 {
-		t.Errorf("only %d requests after the drain; the load stopped early", done.Load()-after)
+	if load.done.Load() < after+200 {
+		t.Errorf("only %d requests after the drain; the load stopped early", load.done.Load()-after)
 	}
 	if b.Inflight() != 0 || b.OpenConns() != 0 || b.State() != pool.Drained {
 		t.Errorf("after the load: %d in flight, %d open, state %s", b.Inflight(), b.OpenConns(), b.State())
 	}
 	// The other two took the rest.
-	for _, o := range []*lbBackend{bs[0], bs[2]} {
-		if o.hits.Load() == 0 {
-			t.Errorf("backend %s got no requests", o.name)
-		}
-	}
-}
-
-// lbStreamHandler writes a chunked response, one "tick\n" chunk every 10ms,
-// until end is closed (then "END\n") or the connection breaks. started gets
-// the backend's name when the response began.
-func lbStreamHandler(end <-chan struct{}, started chan<- string) func(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-	return func(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/stream" {
-			lbDefaultHandler(b, w, r)
-			return
-		}
-		fl := w.(http.Flusher)
-		w.Header().Set("X-Backend", b.name)
-		w.Header().Set("Content-Type", "text/plain")
-		w.WriteHeader(200)
-		_, _ = io.WriteString(w, "tick\n")
-		fl.Flush()
-		started <- b.name
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		for range 3000 { // bounded: 30s at most
-			select {
-			case <-end:
-				_, _ = io.WriteString(w, "END\n")
-				return
-			case <-r.Context().Done():
-				return
-			case <-tick.C:
-			}
-			if _, err := io.WriteString(w, "tick\n"); err != nil {
-				return
-			}
-			fl.Flush()
+	for _, o := range []*testbed.Server{bs[0], bs[2]} {
+		if o.Hits() == 0 {
+			t.Errorf("backend %s got no requests", o.Name())
 		}
 	}
 }
@@ -225,10 +144,11 @@ func lbOpenStream(t *testing.T, c *http.Client, url string) *http.Response {
 }
 
 func TestDrainLetsStreamFinish(t *testing.T) {
-	end := make(chan struct{})
-	started := make(chan string, 4)
-	h := lbStreamHandler(end, started)
-	b1, b2 := lbStart(t, "b1", lbHandler(h)), lbStart(t, "b2", lbHandler(h))
+	// /stream is a chunked response, "tick\n" every 10ms, until the gate
+	// opens (then "END\n").
+	end := testbed.NewGate()
+	bs := testbed.NewBackends(t, testbed.BackendOptions{Stream: map[string]*testbed.Gate{"/stream": end}}, "b1", "b2")
+	b1, b2 := bs[0], bs[1]
 	bt := testbed.Start(t, lbConfig(lbStatic+"    drain_timeout: 20s\n", lbMembers(100, "v1", b1, b2)...))
 	bt.WaitHealthy(t, "web", 2)
 	p := bt.Pool(t, "web")
@@ -236,12 +156,12 @@ func TestDrainLetsStreamFinish(t *testing.T) {
 
 	res := lbOpenStream(t, c, bt.URL("/stream"))
 	name := res.Header.Get("X-Backend")
-	<-started
-	var victim, other *lbBackend = b1, b2
+	end.Wait(t, 10*time.Second, "the stream to start")
+	victim, other := b1, b2
 	if name == "b2" {
 		victim, other = b2, b1
 	}
-	be, err := p.Drain(victim.name)
+	be, err := p.Drain(victim.Name())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,8 +189,8 @@ func TestDrainLetsStreamFinish(t *testing.T) {
 	}
 	for range 20 {
 		r := lbDo(c, "GET", bt.URL("/x"), "", nil)
-		if r.err != nil || r.status != 200 || r.backend != other.name {
-			t.Fatalf("request during the drain: status %d from %q, err %v; want 200 from %s", r.status, r.backend, r.err, other.name)
+		if r.err != nil || r.status != 200 || r.backend != other.Name() {
+			t.Fatalf("request during the drain: status %d from %q, err %v; want 200 from %s", r.status, r.backend, r.err, other.Name())
 		}
 	}
 	select {
@@ -283,7 +203,7 @@ func TestDrainLetsStreamFinish(t *testing.T) {
 	}
 
 	ended.Store(true)
-	close(end)
+	end.Release()
 	rest, err := io.ReadAll(br)
 	if err != nil {
 		t.Fatalf("stream ended with %v after %q", err, rest)
@@ -308,11 +228,10 @@ func TestDrainLetsStreamFinish(t *testing.T) {
 }
 
 func TestDrainTimeoutCutsEndlessStream(t *testing.T) {
-	end := make(chan struct{}) // never closed: the stream is endless
-	started := make(chan string, 4)
-	b1 := lbStart(t, "b1", lbHandler(lbStreamHandler(end, started)))
-	b2 := lbStart(t, "b2")
-	bt := testbed.Start(t, lbConfig(lbStatic+"    drain_timeout: 300ms\n", lbMember{"b1", b1.addr, "v1", 100}, lbMember{"b2", b2.addr, "v1", 0}))
+	end := testbed.NewGate() // never released: the stream is endless
+	b1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b1", Stream: map[string]*testbed.Gate{"/stream": end}})
+	b2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b2"})
+	bt := testbed.Start(t, lbConfig(lbStatic+"    drain_timeout: 300ms\n", lbMember{"b1", b1.Addr(), "v1", 100}, lbMember{"b2", b2.Addr(), "v1", 0}))
 	bt.WaitHealthy(t, "web", 2)
 	p := bt.Pool(t, "web")
 	c := lbClient(t)
@@ -321,7 +240,7 @@ func TestDrainTimeoutCutsEndlessStream(t *testing.T) {
 	if got := res.Header.Get("X-Backend"); got != "b1" {
 		t.Fatalf("stream served by %q, want b1", got)
 	}
-	<-started
+	end.Wait(t, 10*time.Second, "the stream to start")
 	start := time.Now()
 	be, err := p.Drain("b1")
 	if err != nil {
@@ -363,38 +282,22 @@ func TestDrainTimeoutCutsEndlessStream(t *testing.T) {
 }
 
 func TestEjectLetsInflightFinish(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	b1 := lbStart(t, "b1", lbHandler(func(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hold" {
-			entered <- struct{}{}
-			select {
-			case <-release:
-			case <-r.Context().Done():
-				return
-			}
-			_, _ = io.WriteString(w, "held-")
-		}
-		lbDefaultHandler(b, w, r)
-	}))
-	b2 := lbStart(t, "b2")
-	bt := testbed.Start(t, lbConfig(lbStatic, lbMember{"b1", b1.addr, "v1", 100}, lbMember{"b2", b2.addr, "v1", 0}))
+	release := testbed.NewGate()
+	b1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b1", Hold: map[string]*testbed.Gate{"/hold": release}})
+	b2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b2"})
+	bt := testbed.Start(t, lbConfig(lbStatic, lbMember{"b1", b1.Addr(), "v1", 100}, lbMember{"b2", b2.Addr(), "v1", 0}))
 	bt.WaitHealthy(t, "web", 2)
 	p := bt.Pool(t, "web")
 	c := lbClient(t)
 
 	held := make(chan lbResult, 1)
 	go func() { held <- lbDo(c, "GET", bt.URL("/hold"), "", nil) }()
-	select {
-	case <-entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the held request never reached b1")
-	}
+	release.Wait(t, 10*time.Second, "the held request to reach b1")
 	be, err := p.Eject("b1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b1.sealed.Store(true)
+	b1.Seal()
 	if be.State() != pool.Ejected {
 		t.Fatalf("state %s after Eject", be.State())
 	}
@@ -409,32 +312,24 @@ func TestEjectLetsInflightFinish(t *testing.T) {
 	if be.Inflight() != 1 {
 		t.Errorf("ejected backend has %d requests in flight, want the held one", be.Inflight())
 	}
-	close(release)
+	if release.Arrived() != 1 || release.Waiting() != 1 {
+		t.Errorf("b1 holds %d requests (%d arrived); want the one", release.Waiting(), release.Arrived())
+	}
+	release.Release()
 	r := <-held
-	if r.err != nil || r.status != 200 || r.body != "held-b1" {
-		t.Errorf("the in-flight request on the ejected backend: status %d body %q err %v; want 200 held-b1", r.status, r.body, r.err)
+	if r.err != nil || r.status != 200 || r.body != "b1" {
+		t.Errorf("the in-flight request on the ejected backend: status %d body %q err %v; want 200 b1", r.status, r.body, r.err)
 	}
 	testbed.Eventually(t, 5*time.Second, func() bool { return be.Inflight() == 0 }, "the ejected backend's request to finish")
-	if n := b1.afterSeal.Load(); n != 0 {
+	if n := b1.AfterSeal(); n != 0 {
 		t.Errorf("the ejected backend received %d requests after Eject", n)
 	}
 }
 
 func TestEjectSendsTrafficToOthers(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	hold := func(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hold" {
-			entered <- struct{}{}
-			select {
-			case <-release:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		lbDefaultHandler(b, w, r)
-	}
-	b1, b2 := lbStart(t, "b1", lbHandler(hold)), lbStart(t, "b2", lbHandler(hold))
+	release := testbed.NewGate()
+	bs := testbed.NewBackends(t, testbed.BackendOptions{Hold: map[string]*testbed.Gate{"/hold": release}}, "b1", "b2")
+	b1, b2 := bs[0], bs[1]
 	bt := testbed.Start(t, lbConfig(lbStatic, lbMembers(100, "v1", b1, b2)...))
 	bt.WaitHealthy(t, "web", 2)
 	p := bt.Pool(t, "web")
@@ -442,34 +337,29 @@ func TestEjectSendsTrafficToOthers(t *testing.T) {
 
 	held := make(chan lbResult, 1)
 	go func() { held <- lbDo(c, "GET", bt.URL("/hold"), "", nil) }()
-	select {
-	case <-entered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the held request never reached a backend")
-	}
 	victim, other := b1, b2
-	if b2.hits.Load() == 1 {
+	if release.Wait(t, 10*time.Second, "the held request to reach a backend") == "b2" {
 		victim, other = b2, b1
 	}
-	be, err := p.Eject(victim.name)
+	be, err := p.Eject(victim.Name())
 	if err != nil {
 		t.Fatal(err)
 	}
-	victim.sealed.Store(true)
+	victim.Seal()
 	for i := range 30 {
 		body := fmt.Sprintf("e%d", i)
 		r := lbDo(c, "POST", bt.URL("/x"), body, nil)
-		if r.err != nil || r.status != 200 || r.body != other.name+":"+body {
-			t.Fatalf("request after Eject: status %d body %q err %v; want 200 from %s", r.status, r.body, r.err, other.name)
+		if r.err != nil || r.status != 200 || r.body != other.Name()+":"+body {
+			t.Fatalf("request after Eject: status %d body %q err %v; want 200 from %s", r.status, r.body, r.err, other.Name())
 		}
 	}
-	close(release)
+	release.Release()
 	r := <-held
-	if r.err != nil || r.status != 200 || r.body != victim.name {
+	if r.err != nil || r.status != 200 || r.body != victim.Name() {
 		t.Errorf("in-flight request on the ejected backend: status %d body %q err %v", r.status, r.body, r.err)
 	}
 	testbed.Eventually(t, 5*time.Second, func() bool { return be.Inflight() == 0 }, "the ejected backend's request to finish")
-	if n := victim.afterSeal.Load(); n != 0 {
+	if n := victim.AfterSeal(); n != 0 {
 		t.Errorf("the ejected backend received %d requests after Eject", n)
 	}
 	if be.State() != pool.Ejected {
@@ -478,7 +368,8 @@ func TestEjectSendsTrafficToOthers(t *testing.T) {
 }
 
 func TestEnableAfterDrainWaitsForHealthCheck(t *testing.T) {
-	b1, b2 := lbStart(t, "b1"), lbStart(t, "b2")
+	bs := testbed.NewBackends(t, testbed.BackendOptions{}, "b1", "b2")
+	b1, b2 := bs[0], bs[1]
 	bt := testbed.Start(t, lbConfig("    drain_timeout: 5s\n", lbMembers(100, "v1", b1, b2)...))
 	bt.WaitHealthy(t, "web", 2)
 	p := bt.Pool(t, "web")
@@ -497,10 +388,10 @@ func TestEnableAfterDrainWaitsForHealthCheck(t *testing.T) {
 
 	// b1 comes back failing its health check: Enable must not send it
 	// anything until a check passes.
-	b1.healthy.Store(false)
-	b1.minPasses.Store(b1.passes.Load() + 1)
-	checks := b1.checks.Load()
-	hits := b1.hits.Load()
+	b1.SetHealthy(false)
+	b1.SetMinPasses(b1.Passes() + 1)
+	checks := b1.Checks()
+	hits := b1.Hits()
 	if _, err := p.Enable("b1"); err != nil {
 		t.Fatal(err)
 	}
@@ -517,23 +408,23 @@ func TestEnableAfterDrainWaitsForHealthCheck(t *testing.T) {
 		}
 	}
 	// Enable runs a check at once, and it fails.
-	testbed.Eventually(t, 5*time.Second, func() bool { return b1.checks.Load() > checks && be.Health() == pool.Down },
+	testbed.Eventually(t, 5*time.Second, func() bool { return b1.Checks() > checks && be.Health() == pool.Down },
 		"a failed check of the re-enabled backend")
 	for range 3 {
 		if counts := lbSpray(t, c, bt.URL("/e"), 20, 2); counts["b1"] != 0 {
 			t.Fatalf("b1 got %d requests while unhealthy", counts["b1"])
 		}
 	}
-	if got := b1.hits.Load(); got != hits {
+	if got := b1.Hits(); got != hits {
 		t.Fatalf("b1 received %d requests before its health check passed", got-hits)
 	}
 
-	b1.healthy.Store(true)
+	b1.SetHealthy(true)
 	testbed.Eventually(t, 5*time.Second, func() bool {
 		lbDo(c, "GET", bt.URL("/e"), "", nil)
-		return b1.hits.Load() > hits
+		return b1.Hits() > hits
 	}, "b1 to get traffic again")
-	if n := b1.early.Load(); n != 0 {
+	if n := b1.Early(); n != 0 {
 		t.Errorf("b1 received %d requests before a health check passed", n)
 	}
 	if be.Health() != pool.Up {

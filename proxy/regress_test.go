@@ -275,13 +275,7 @@ func TestResponseHeadersWithRequestOnlyNamesPass(t *testing.T) {
 // returns at once when it has no listener yet, and a Serve started after
 // it would accept for ever.
 func TestShutdownBeforeServeEndsServe(t *testing.T) {
-	cfg, err := config.Parse([]byte(`listen: 127.0.0.1:0
-admin: {listen: "off"}
-pools:
-  - name: shop
-    backends:
-      - {name: s1, address: "127.0.0.1:9", version: v1}
-`), "test.yaml")
+	cfg, err := config.Parse([]byte(testbed.Config(testbed.PoolYAML("shop", [][2]string{{"s1", "127.0.0.1:9"}}, ""))), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,79 +14,22 @@ import (
 	"github.com/baton-lb/baton/pool"
 )
 
-// lbPostLedger records every POST ID any backend received.
-type lbPostLedger struct {
-	mu   sync.Mutex
-	seen map[string][]string // ID → backends that received it
-}
-
-func (l *lbPostLedger) handler(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-	l.record(b, r)
-	lbMixedHandler(b, w, r)
-}
-
-// record notes that b received r, when r is a POST.
-func (l *lbPostLedger) record(b *lbBackend, r *http.Request) {
-	if r.Method != http.MethodPost {
-		return
-	}
-	id := r.Header.Get("X-Post-Id")
-	l.mu.Lock()
-	if l.seen == nil {
-		l.seen = map[string][]string{}
-	}
-	l.seen[id] = append(l.seen[id], b.name)
-	l.mu.Unlock()
-}
-
-func (l *lbPostLedger) duplicates() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for id, bs := range l.seen {
-		if len(bs) > 1 {
-			out = append(out, fmt.Sprintf("%s received by %v", id, bs))
-		}
-	}
-	return out
-}
-
-func (l *lbPostLedger) received(id string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.seen[id])
-}
-
 func TestRetryBackendKilledMidLoad(t *testing.T) {
-	ledger := &lbPostLedger{}
-	// Once armed, the victim holds its slow requests until it is killed, so
-	// the kill is sure to find a GET and a POST in flight however busy the
-	// machine is.
-	var armed atomic.Bool
+	ledger := testbed.NewLedger("X-Post-Id")
+	opts := lbMixed
+	opts.Ledger = ledger
+	bs := testbed.NewBackends(t, opts, "b0", "b1", "b2")
+	// Once armed, the victim holds its slow requests at a gate that never
+	// opens: they are received, then lost with the backend. The kill is so
+	// sure to find a GET and a POST in flight however busy the machine is.
 	killed := make(chan struct{})
-	hold := func(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-		if b.name == "b0" && r.URL.Path == "/slow" && armed.Load() {
-			ledger.record(b, r) // received, then lost with the backend
-			select {
-			case <-killed:
-			case <-time.After(15 * time.Second): // bound, should the kill never come
-			}
-			return
-		}
-		ledger.handler(b, w, r)
-	}
-	var bs []*lbBackend
-	for i := range 3 {
-		bs = append(bs, lbStart(t, fmt.Sprintf("b%d", i), lbHandler(hold)))
-	}
 	bt := testbed.Start(t, lbConfig("", lbMembers(100, "v1", bs...)...))
 	bt.WaitHealthy(t, "web", 3)
 	p := bt.Pool(t, "web")
 	victim := bs[0]
 	c := lbClient(t)
 
-	const workers, perWorker = 8, 120
-	var done, getFail, postOK, postGateway atomic.Int64
+	var getFail, postOK, postGateway atomic.Int64
 	var mu sync.Mutex
 	var problems []string
 	note := func(s string) {
@@ -98,63 +39,36 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 		}
 		mu.Unlock()
 	}
-	killAt := make(chan struct{})
-	var killOnce sync.Once
-	stop := make(chan struct{})
-	deadline := time.Now().Add(20 * time.Second)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perWorker {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if time.Now().After(deadline) {
-					return
-				}
-				path := "/fast"
-				if i%3 == 0 {
-					path = "/slow" // in flight on the victim when it dies
-				}
-				if i%2 == 0 {
-					r := lbDo(c, "GET", bt.URL(path), "", nil)
-					if r.err != nil || r.status != 200 || r.body != r.backend {
-						getFail.Add(1)
-						note(fmt.Sprintf("GET %s: status %d body %q err %v", path, r.status, r.body, r.err))
-					}
-				} else {
-					id := fmt.Sprintf("w%d-%d", w, i)
-					r := lbDo(c, "POST", bt.URL(path), "body-"+id, map[string]string{"X-Post-Id": id})
-					switch {
-					case r.err == nil && r.status == 200 && r.body == r.backend+":body-"+id:
-						postOK.Add(1)
-						if n := ledger.received(id); n != 1 {
-							note(fmt.Sprintf("POST %s answered 200 but backends received it %d times", id, n))
-						}
-					case r.err == nil && (r.status == 502 || r.status == 503 || r.status == 504):
-						postGateway.Add(1)
-					default:
-						note(fmt.Sprintf("POST %s: status %d body %q err %v", id, r.status, r.body, r.err))
-					}
-				}
-				if done.Add(1) == 150 {
-					killOnce.Do(func() { close(killAt) })
-				}
+	// 8 workers of 120 requests; the kill comes after the 150th.
+	load := lbStartLoad(t, 8, 120, 20*time.Second, 150, func(w, i int) {
+		path := "/fast"
+		if i%3 == 0 {
+			path = "/slow" // in flight on the victim when it dies
+		}
+		if i%2 == 0 {
+			r := lbDo(c, "GET", bt.URL(path), "", nil)
+			if r.err != nil || r.status != 200 || r.body != r.backend {
+				getFail.Add(1)
+				note(fmt.Sprintf("GET %s: status %d body %q err %v", path, r.status, r.body, r.err))
 			}
-		}()
-	}
-	finished := make(chan struct{})
-	go func() { wg.Wait(); close(finished) }()
-	select {
-	case <-killAt:
-	case <-finished:
-		t.Fatalf("load ended after %d requests before the kill", done.Load())
-	}
-	armed.Store(true)
+			return
+		}
+		id := fmt.Sprintf("w%d-%d", w, i)
+		r := lbDo(c, "POST", bt.URL(path), "body-"+id, map[string]string{"X-Post-Id": id})
+		switch {
+		case r.err == nil && r.status == 200 && r.body == r.backend+":body-"+id:
+			postOK.Add(1)
+			if n := ledger.Received(id); n != 1 {
+				note(fmt.Sprintf("POST %s answered 200 but backends received it %d times", id, n))
+			}
+		case r.err == nil && (r.status == 502 || r.status == 503 || r.status == 504):
+			postGateway.Add(1)
+		default:
+			note(fmt.Sprintf("POST %s: status %d body %q err %v", id, r.status, r.body, r.err))
+		}
+	})
+	load.waitMark(t, "the kill")
+	victim.Hold("/slow", testbed.NewGate())
 	// Kill it while it is busy, with a GET and a POST in flight: the GET
 	// must be retried, the POST may fail cleanly but must not be replayed.
 	// The load may or may not have put one of each there; two senders make
@@ -193,47 +107,38 @@ func TestRetryBackendKilledMidLoad(t *testing.T) {
 		}()
 	}
 	testbed.Eventually(t, 30*time.Second, func() bool {
-		gets := victim.getsNow.Load()
-		return gets > 0 && victim.active.Load() > gets
+		gets := victim.InFlightGETs()
+		return gets > 0 && victim.InFlight() > gets
 	}, "a GET and a POST in flight on the victim")
-	hitsBefore, busy := victim.hits.Load(), victim.active.Load()
-	victim.kill()
+	hitsBefore, busy := victim.Hits(), victim.InFlight()
+	victim.Kill()
 	close(killed)
-	after := done.Load()
-	testbed.Eventually(t, 20*time.Second, func() bool {
-		select {
-		case <-finished:
-			return true
-		default:
-		}
-		return done.Load() >= after+300
-	}, "300 requests after the kill")
-	close(stop)
-	<-finished
+	load.waitMore(t, load.done.Load(), 300, 20*time.Second, "300 requests after the kill")
+	load.end()
 	sure.Wait()
 
 	t.Logf("%d requests; victim served %d before the kill, %d of them in flight; POSTs: %d ok, %d gateway errors; pool retries %d",
-		done.Load(), hitsBefore, busy, postOK.Load(), postGateway.Load(), p.Retries())
+		load.done.Load(), hitsBefore, busy, postOK.Load(), postGateway.Load(), p.Retries())
 	for _, pr := range problems {
 		t.Errorf("%s", pr)
 	}
 	if n := getFail.Load(); n != 0 {
 		t.Errorf("%d GETs failed; every GET must be retried on a live backend", n)
 	}
-	if d := ledger.duplicates(); len(d) > 0 {
+	if d := ledger.Duplicates(); len(d) > 0 {
 		t.Errorf("POSTs delivered more than once: %v", d)
 	}
-	if n := victim.lateHits.Load(); n != 0 {
+	if n := victim.Late(); n != 0 {
 		t.Errorf("the killed backend served %d requests after the kill", n)
 	}
 
 	// The victim is marked down and gets nothing more.
-	vb := p.Backend(victim.name)
+	vb := p.Backend(victim.Name())
 	testbed.Eventually(t, 5*time.Second, func() bool { return vb.Health() == pool.Down }, "the killed backend marked down")
 	before := vb.Requests()
 	counts := lbSpray(t, c, bt.URL("/fast"), 100, 4)
-	if counts[victim.name] != 0 || vb.Requests() != before {
-		t.Errorf("the killed backend still got traffic: %d answers, %d attempts", counts[victim.name], vb.Requests()-before)
+	if counts[victim.Name()] != 0 || vb.Requests() != before {
+		t.Errorf("the killed backend still got traffic: %d answers, %d attempts", counts[victim.Name()], vb.Requests()-before)
 	}
 }
 
@@ -241,10 +146,10 @@ func TestKeepAliveRaceStalePooledConnection(t *testing.T) {
 	// The backend closes idle keep-alive connections after 75ms, baton keeps
 	// them for 4s. A POST is never retried once sent, so each must go on a
 	// connection that baton checked is still open.
-	ledger := &lbPostLedger{}
-	b := lbStart(t, "b1", lbIdleTimeout(75*time.Millisecond), lbHandler(ledger.handler))
+	ledger := testbed.NewLedger("X-Post-Id")
+	b := testbed.NewBackend(t, testbed.BackendOptions{Name: "b1", IdleTimeout: 75 * time.Millisecond, Ledger: ledger})
 	bt := testbed.Start(t, lbConfig("    connections: {idle_timeout: 4s}\n"+lbStatic,
-		lbMember{"b1", b.addr, "v1", 100}))
+		lbMember{"b1", b.Addr(), "v1", 100}))
 	bt.WaitHealthy(t, "web", 1)
 	c := lbClient(t)
 
@@ -261,14 +166,14 @@ func TestKeepAliveRaceStalePooledConnection(t *testing.T) {
 			t.Errorf("POST %d after a %s pause: status %d body %q err %v", i, 150*time.Millisecond, r.status, r.body, r.err)
 		}
 	}
-	if d := ledger.duplicates(); len(d) > 0 {
+	if d := ledger.Duplicates(); len(d) > 0 {
 		t.Errorf("POSTs delivered more than once: %v", d)
 	}
 	// The race was real: the backend had to take new connections.
-	if got := b.conns.Load(); got < n/2 {
+	if got := b.Conns(); got < n/2 {
 		t.Errorf("backend accepted only %d connections for %d spaced requests; its idle timeout did not bite", got, n)
 	}
-	t.Logf("backend accepted %d connections for %d requests", b.conns.Load(), n)
+	t.Logf("backend accepted %d connections for %d requests", b.Conns(), n)
 }
 
 func TestRetryConnectRefusedOnHealthyBackend(t *testing.T) {
@@ -276,32 +181,17 @@ func TestRetryConnectRefusedOnHealthyBackend(t *testing.T) {
 	// apart and outlier detection tolerant, so baton still believes in it:
 	// every request picked for it is refused and must go to b2, POSTs too,
 	// since nothing was sent.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	refusedAddr := ln.Addr().String()
-	accepted := make(chan struct{}, 16)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-			accepted <- struct{}{}
-		}
-	}()
-	ledger := &lbPostLedger{}
-	b2 := lbStart(t, "b2", lbHandler(ledger.handler))
+	refusing := testbed.NewBackend(t, testbed.BackendOptions{Name: "b1"})
+	ledger := testbed.NewLedger("X-Post-Id")
+	b2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "b2", Ledger: ledger})
 	bt := testbed.Start(t, lbConfig(
 		"    health_check: {interval: 30s, timeout: 1s}\n"+
 			"    outlier: {consecutive_failures: 1000}\n"+
 			"    retries: {attempts: 2, budget_percent: 100}\n",
-		lbMember{"b1", refusedAddr, "v1", 100}, lbMember{"b2", b2.addr, "v1", 100}))
+		lbMember{"b1", refusing.Addr(), "v1", 100}, lbMember{"b2", b2.Addr(), "v1", 100}))
 	bt.WaitHealthy(t, "web", 2)
-	<-accepted // b1's TCP check
-	ln.Close()
+	testbed.Eventually(t, 5*time.Second, func() bool { return refusing.Conns() > 0 }, "b1's TCP check accepted")
+	refusing.Close()
 	p := bt.Pool(t, "web")
 	c := lbClient(t)
 
@@ -332,7 +222,7 @@ func TestRetryConnectRefusedOnHealthyBackend(t *testing.T) {
 	if got := p.Retries(); got != int64(b1.Requests()) {
 		t.Errorf("pool made %d retries for %d refused attempts", got, b1.Requests())
 	}
-	if d := ledger.duplicates(); len(d) > 0 {
+	if d := ledger.Duplicates(); len(d) > 0 {
 		t.Errorf("POSTs delivered more than once: %v", d)
 	}
 	t.Logf("b1 refused %d attempts, all retried on b2", b1.Requests())
@@ -388,20 +278,14 @@ func TestRetryBudgetFloor(t *testing.T) {
 	}
 }
 
-// lbGatewayHandler answers every proxied request with 502.
-func lbGatewayHandler(b *lbBackend, w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("X-Backend", b.name)
-	w.WriteHeader(502)
-	_, _ = io.WriteString(w, b.name+" is broken")
-}
-
 func TestOutlierEjectionSparesLastHealthyBackend(t *testing.T) {
 	// Both backends answer 502 to everything while passing their TCP
 	// checks. After 3 failures in a row one of them is ejected; the other is
 	// then the last healthy backend and keeps serving (and failing) rather
 	// than leaving the pool with nothing.
-	bad1 := lbStart(t, "bad1", lbHandler(lbGatewayHandler))
-	bad2 := lbStart(t, "bad2", lbHandler(lbGatewayHandler))
+	broken := testbed.BackendOptions{Fail: map[string]testbed.Failure{"": {Status: 502}}}
+	bs := testbed.NewBackends(t, broken, "bad1", "bad2")
+	bad1, bad2 := bs[0], bs[1]
 	bt := testbed.Start(t, lbConfig(
 		lbStatic+"    outlier: {consecutive_failures: 3, base_ejection: 30s}\n",
 		lbMembers(100, "v1", bad1, bad2)...))
@@ -422,20 +306,20 @@ func TestOutlierEjectionSparesLastHealthyBackend(t *testing.T) {
 	if h := p.Backend("bad2").Health(); h != pool.Up {
 		t.Fatalf("bad2 after 2 straight 502s is %s, want healthy", h)
 	}
-	h1 := bad1.hits.Load()
+	h1 := bad1.Hits()
 	for i := range 20 {
 		r := lbDo(c, "GET", bt.URL("/o"), "", nil)
 		if r.err != nil || r.status != 502 || r.backend != "bad2" {
 			t.Fatalf("GET %d after the ejection: status %d from %q err %v, want bad2's 502", i, r.status, r.backend, r.err)
 		}
 	}
-	if got := bad1.hits.Load() - h1; got != 0 {
+	if got := bad1.Hits() - h1; got != 0 {
 		t.Errorf("ejected bad1 received %d requests", got)
 	}
 	if h := p.Backend("bad2").Health(); h != pool.Up {
 		t.Errorf("bad2, the pool's last healthy backend, was ejected (%s)", h)
 	}
-	if got := bad1.hits.Load(); got != 3 {
+	if got := bad1.Hits(); got != 3 {
 		t.Errorf("bad1 received %d requests in all, want 3", got)
 	}
 }
@@ -445,11 +329,11 @@ func TestOutlierEjectsBackendResettingConnections(t *testing.T) {
 	// consecutive_failures; GETs that hit it are retried on the good one.
 	var resets atomic.Int64
 	bad := lbResetBackend(t, &resets)
-	good := lbStart(t, "good")
+	good := testbed.NewBackend(t, testbed.BackendOptions{Name: "good"})
 	bt := testbed.Start(t, lbConfig(
 		"    health_check: {interval: 30s, timeout: 1s}\n"+
 			"    outlier: {consecutive_failures: 4, base_ejection: 30s}\n",
-		lbMember{"bad", bad, "v1", 100}, lbMember{"good", good.addr, "v1", 100}))
+		lbMember{"bad", bad, "v1", 100}, lbMember{"good", good.Addr(), "v1", 100}))
 	bt.WaitHealthy(t, "web", 2)
 	p := bt.Pool(t, "web")
 	c := lbClient(t)

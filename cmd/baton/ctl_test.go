@@ -13,13 +13,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/baton-lb/baton/admin/v1"
+	"github.com/baton-lb/baton/internal/testbed"
 )
 
 // ctlToken is the API token of the baton the ctl scripts drive, named
@@ -45,9 +45,9 @@ const ctlToken = "ctl-script-token-0123456789"
 //
 // Besides exits (see TestScript), scripts have
 //
-//	hold PATH            send GET PATH through baton in the background and
-//	                     wait until a backend holds it; prints "held by NAME"
-//	                     and sets $HELD
+//	hold PATH            send GET PATH (ending in /hold) through baton in the
+//	                     background and wait until a backend holds it;
+//	                     prints "held by NAME" and sets $HELD
 //	release              let the held request answer; prints "released: STATUS"
 //	traffic N [PATH]     send N GETs through baton one after another; prints
 //	                     "BACKEND STATUS COUNT" lines, sorted
@@ -81,59 +81,23 @@ type ctlWorld struct {
 	traffic  string // host:port of baton's traffic listener
 	admin    string // http://host:port of its admin listener
 	client   *http.Client
-	backends map[string]*ctlBackend
+	backends map[string]*testbed.Server // answering with their name in X-Backend
 
-	mu   sync.Mutex
+	mu   sync.Mutex   // protects held
 	held *heldRequest // the request `hold` sent, until `release`
 }
 
-// heldRequest is a request held at a backend until release is closed.
+// heldRequest is a request held at a backend's gate for .../hold until
+// the script releases it.
 type heldRequest struct {
-	reached chan string // the backend that holds it
-	release chan struct{}
-	once    sync.Once
-	done    chan int // its final status (-1: transport error)
-}
-
-func (h *heldRequest) let() { h.once.Do(func() { close(h.release) }) }
-
-type ctlBackend struct {
-	name    string
-	addr    string
-	failing atomic.Bool
-	srv     *http.Server
+	gate *testbed.Gate
+	done chan int // its final status (-1: transport error)
 }
 
 func (w *ctlWorld) current() *heldRequest {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.held
-}
-
-// handler answers with the backend's name in X-Backend; .../hold is held
-// until the script releases it; a failing backend answers 500.
-func (w *ctlWorld) handler(b *ctlBackend) http.Handler {
-	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		rw.Header().Set("X-Backend", b.name)
-		if strings.HasSuffix(r.URL.Path, "/hold") {
-			if h := w.current(); h != nil {
-				select {
-				case h.reached <- b.name:
-				default:
-				}
-				select {
-				case <-h.release:
-				case <-r.Context().Done():
-					return
-				case <-time.After(30 * time.Second): // bound, should the script never release it
-				}
-			}
-		}
-		if b.failing.Load() {
-			rw.WriteHeader(http.StatusInternalServerError)
-		}
-		_, _ = io.WriteString(rw, b.name+"\n")
-	})
 }
 
 // loopbackAddr returns a 127.0.0.1 address with a port that was free a
@@ -148,18 +112,15 @@ func loopbackAddr() (string, error) {
 }
 
 func setupCtl(env *testscript.Env) error {
-	w := &ctlWorld{backends: map[string]*ctlBackend{}, client: &http.Client{Timeout: 10 * time.Second}}
+	w := &ctlWorld{backends: map[string]*testbed.Server{}, client: &http.Client{Timeout: 10 * time.Second}}
 	env.Defer(w.client.CloseIdleConnections)
 	// k1 is pool slow's; "s4" runs at SPARE_ADDR, in no pool until added.
 	for _, name := range []string{"s1", "s2", "s3", "k1", "s4"} {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		b, err := testbed.StartBackend(testbed.BackendOptions{Name: name})
 		if err != nil {
 			return err
 		}
-		b := &ctlBackend{name: name, addr: ln.Addr().String()}
-		b.srv = &http.Server{Handler: w.handler(b), ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = b.srv.Serve(ln) }()
-		env.Defer(func() { _ = b.srv.Close() })
+		env.Defer(b.Close)
 		w.backends[name] = b
 	}
 	traffic, err := loopbackAddr()
@@ -202,7 +163,7 @@ pools:
     drain_timeout: 30s
     backends:
       - {name: k1, address: "%s", version: v1}
-`, traffic, adminAddr, w.backends["s1"].addr, w.backends["s2"].addr, w.backends["s3"].addr, w.backends["k1"].addr)
+`, traffic, adminAddr, w.backends["s1"].Addr(), w.backends["s2"].Addr(), w.backends["s3"].Addr(), w.backends["k1"].Addr())
 	cfgPath := filepath.Join(env.WorkDir, "baton.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
@@ -225,7 +186,7 @@ pools:
 	}()
 	env.Defer(func() {
 		if h := w.current(); h != nil {
-			h.let()
+			h.gate.Release()
 		}
 		_ = cmd.Process.Kill()
 		<-exited
@@ -270,9 +231,9 @@ pools:
 	env.Setenv("ADMIN_ADDR", adminAddr)
 	env.Setenv("DEAD_ADMIN", "http://"+dead)
 	for _, n := range []string{"s1", "s2", "s3", "k1"} {
-		env.Setenv(strings.ToUpper(n)+"_ADDR", w.backends[n].addr)
+		env.Setenv(strings.ToUpper(n)+"_ADDR", w.backends[n].Addr())
 	}
-	env.Setenv("SPARE_ADDR", w.backends["s4"].addr)
+	env.Setenv("SPARE_ADDR", w.backends["s4"].Addr())
 	env.Values[ctlWorldKey{}] = w
 	return nil
 }
@@ -310,17 +271,16 @@ func cmdHold(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("usage: hold PATH")
 	}
 	w := world(ts)
-	if h := w.current(); h != nil {
-		select {
-		case <-h.release:
-		default:
-			ts.Fatalf("hold: a request is already held; release it first")
-		}
+	if h := w.current(); h != nil && !h.gate.Released() {
+		ts.Fatalf("hold: a request is already held; release it first")
 	}
-	h := &heldRequest{reached: make(chan string, 1), release: make(chan struct{}), done: make(chan int, 1)}
+	h := &heldRequest{gate: testbed.NewGate(), done: make(chan int, 1)}
 	w.mu.Lock()
 	w.held = h
 	w.mu.Unlock()
+	for _, b := range w.backends {
+		b.Hold("/hold", h.gate)
+	}
 	go func() {
 		resp, err := w.client.Get("http://" + w.traffic + args[0])
 		if err != nil {
@@ -332,13 +292,13 @@ func cmdHold(ts *testscript.TestScript, neg bool, args []string) {
 		h.done <- resp.StatusCode
 	}()
 	select {
-	case name := <-h.reached:
+	case name := <-h.gate.Entered():
 		ts.Setenv("HELD", name)
 		fmt.Fprintf(ts.Stdout(), "held by %s\n", name)
 	case s := <-h.done:
 		ts.Fatalf("hold: GET %s answered %d before a backend held it", args[0], s)
 	case <-time.After(10 * time.Second):
-		h.let()
+		h.gate.Release()
 		ts.Fatalf("hold: GET %s did not reach a backend within 10s", args[0])
 	}
 }
@@ -351,7 +311,7 @@ func cmdRelease(ts *testscript.TestScript, neg bool, args []string) {
 	if h == nil {
 		ts.Fatalf("release: nothing is held")
 	}
-	h.let()
+	h.gate.Release()
 	select {
 	case s := <-h.done:
 		fmt.Fprintf(ts.Stdout(), "released: %d\n", s)
@@ -405,7 +365,12 @@ func cmdFailing(ts *testscript.TestScript, neg bool, args []string) {
 	if b == nil {
 		ts.Fatalf("failing: no backend %q", args[0])
 	}
-	b.failing.Store(args[1] == "on")
+	if args[1] == "off" {
+		b.StopFailing("")
+		return
+	}
+	// The body is the one the transcripts show as the failure's example.
+	b.Fail("", testbed.Failure{Status: http.StatusInternalServerError, Body: b.Name() + "\n"})
 }
 
 func cmdWaitHealthy(ts *testscript.TestScript, neg bool, args []string) {

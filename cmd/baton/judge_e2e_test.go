@@ -17,28 +17,18 @@ import (
 	"github.com/baton-lb/baton/internal/testbed"
 )
 
-// slowShop is a seeded backend: GET /search takes about median ms
-// (log-normal), POST /checkout answers at once.
-type slowShop struct {
-	version string
-	median  time.Duration
-	mu      sync.Mutex
-	rng     *rand.Rand
-	served  atomic.Int64
-}
-
-func (s *slowShop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/healthz" {
-		return
-	}
-	s.served.Add(1)
-	if r.URL.Path == "/search" {
-		s.mu.Lock()
-		d := time.Duration(float64(s.median) * math.Exp(0.25*s.rng.NormFloat64()))
-		s.mu.Unlock()
-		time.Sleep(d) // the backend's own response time
-	}
-	fmt.Fprintf(w, "%s %s", r.URL.Path, s.version)
+// slowShop is a seeded backend answering as name and version: GET
+// /search takes about median (log-normal), POST /checkout answers at once.
+func slowShop(t *testing.T, name, version string, median time.Duration, rng *rand.Rand) *testbed.Server {
+	var mu sync.Mutex // protects rng
+	return testbed.NewBackend(t, testbed.BackendOptions{Name: name, Version: version, Delay: func(path string) time.Duration {
+		if path != "/search" {
+			return 0
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return time.Duration(float64(median) * math.Exp(0.25*rng.NormFloat64()))
+	}})
 }
 
 // paceLoad sends rate requests per second to each host (80 % GET /search,
@@ -110,16 +100,16 @@ func TestGrossRegressionRolledBackInSeconds(t *testing.T) {
 	var took []time.Duration
 	for run := range 10 {
 		seed := uint64(run + 1)
-		backend := func(version string, median time.Duration, n uint64) string {
-			return testbed.Backend(t, &slowShop{version: version, median: median, rng: rand.New(rand.NewPCG(seed, n))})
+		backend := func(name string, n uint64) string {
+			return slowShop(t, name, "v1", 22*time.Millisecond, rand.New(rand.NewPCG(seed, n))).Addr()
 		}
 		var pools strings.Builder
-		canaries := map[string]*slowShop{}
+		canaries := map[string]*testbed.Server{}
 		for _, pool := range []struct {
 			name   string
 			canary time.Duration
 		}{{"slow", 66 * time.Millisecond}, {"same", 22 * time.Millisecond}} {
-			v2 := &slowShop{version: "v2", median: pool.canary, rng: rand.New(rand.NewPCG(seed, 9))}
+			v2 := slowShop(t, "d", "v2", pool.canary, rand.New(rand.NewPCG(seed, 9)))
 			canaries[pool.name] = v2
 			fmt.Fprintf(&pools, `  - name: %s
     routes: [{host: %s.test}]
@@ -131,8 +121,7 @@ func TestGrossRegressionRolledBackInSeconds(t *testing.T) {
       - {name: b, address: %q, version: v1}
       - {name: c, address: %q, version: v1}
       - {name: d, address: %q, version: v2}
-`, pool.name, pool.name, backend("v1", 22*time.Millisecond, 1), backend("v1", 22*time.Millisecond, 2),
-				backend("v1", 22*time.Millisecond, 3), testbed.Backend(t, v2))
+`, pool.name, pool.name, backend("a", 1), backend("b", 2), backend("c", 3), v2.Addr())
 		}
 		plain, adminAddr := freeAddr(t), freeAddr(t)
 		cfg := writeFile(t, "baton.yaml", fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nlog: {format: json, access: false}\npools:\n%s",
@@ -190,10 +179,10 @@ func TestGrossRegressionRolledBackInSeconds(t *testing.T) {
 				d := findBackend(pj, "d")
 				return err == nil && d != nil && d.State == "drained"
 			})
-			servedAfter = canaries["slow"].served.Load()
+			servedAfter = canaries["slow"].Hits()
 			n0 := sent.Load()
 			poll(10*time.Second, func() bool { return sent.Load() >= n0+300 })
-			servedLater = canaries["slow"].served.Load()
+			servedLater = canaries["slow"].Hits()
 		}
 		if v, verdict, why := canaryOf("same"); v != "v2" || verdict == "fail" {
 			sameFailed = fmt.Sprintf("%s %s %s", v, verdict, why)

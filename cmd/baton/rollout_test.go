@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,86 +14,27 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/baton-lb/baton/internal/testbed"
 )
 
-// shopServer is one backend of the rolling-deploy test: it answers with its
-// name and version, records every POST it receives, and can be restarted as
-// a new version on the same address (the "upgrade"). A version in badPOST
-// fails every tenth POST with an application error code: a bug the judge
-// must catch.
+// shopServer is one backend of the rolling-deploy test: a testbed.Server
+// answering "NAME VERSION", recording every POST in the run's ledger and
+// restarted as a new version on the same address by upgrade. A version in
+// badPOST fails every tenth POST with an application error code: a bug the
+// judge must catch. name and version mirror the server's for the tests
+// that read them.
 type shopServer struct {
-	name, addr string
-	version    atomic.Value // string
-	badPOST    string
-	posts      atomic.Int64
-	ledger     *postLedger
-
-	mu  sync.Mutex // protects srv
-	srv *http.Server
-}
-
-type postLedger struct {
-	mu   sync.Mutex
-	seen map[string]int
-}
-
-func (l *postLedger) add(id string) {
-	l.mu.Lock()
-	l.seen[id]++
-	l.mu.Unlock()
-}
-
-func (s *shopServer) start() error {
-	ln, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		return fmt.Errorf("%s listen: %w", s.name, err)
-	}
-	s.addr = ln.Addr().String()
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
-			return
-		}
-		v := s.version.Load().(string)
-		if r.Method == http.MethodPost {
-			body, err := io.ReadAll(r.Body)
-			if err != nil {
-				w.WriteHeader(400)
-				return
-			}
-			s.ledger.add(r.Header.Get("X-Order"))
-			if v == s.badPOST && s.posts.Add(1)%10 == 0 {
-				w.Header().Set("X-Error-Code", "PAYMENT_DECLINED")
-				w.WriteHeader(500)
-				fmt.Fprintf(w, "%s %s: payment declined", s.name, v)
-				return
-			}
-			fmt.Fprintf(w, "%s %s got %s", s.name, v, body)
-			return
-		}
-		fmt.Fprintf(w, "%s %s", s.name, v)
-	})}
-	s.mu.Lock()
-	s.srv = srv
-	s.mu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-	return nil
+	*testbed.Server
+	name    string
+	version atomic.Value // string
 }
 
 // upgrade restarts the server as version: like a real upgrade, the old
 // process goes away (its connections close) and a new one listens.
 func (s *shopServer) upgrade(version string) error {
-	s.mu.Lock()
-	old := s.srv
-	s.mu.Unlock()
-	_ = old.Close()
 	s.version.Store(version)
-	return s.start()
-}
-
-func (s *shopServer) stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_ = s.srv.Close()
+	return s.Restart(version)
 }
 
 // rollout is one release of v42 to a pool of four v41 servers under
@@ -123,23 +63,20 @@ func (r *rollout) run(t *testing.T) {
 		t.Skip("bash is not installed")
 	}
 	dir := t.TempDir()
-	ledger := &postLedger{seen: map[string]int{}}
+	ledger := testbed.NewLedger("X-Order")
+	var fail map[string]testbed.Failure
+	if r.badPOST != "" {
+		fail = map[string]testbed.Failure{"/orders": {Every: 10, Status: 500, Code: "PAYMENT_DECLINED", Version: r.badPOST}}
+	}
 	r.servers = make([]*shopServer, 4)
 	var backendsYAML strings.Builder
 	for i := range r.servers {
-		s := &shopServer{name: fmt.Sprintf("web-%d", i+1), addr: "127.0.0.1:0", ledger: ledger, badPOST: r.badPOST}
+		name := fmt.Sprintf("web-%d", i+1)
+		s := &shopServer{name: name, Server: testbed.NewBackend(t, testbed.BackendOptions{Name: name, Version: "v41", Ledger: ledger, Fail: fail})}
 		s.version.Store("v41")
-		if err := s.start(); err != nil {
-			t.Fatal(err)
-		}
 		r.servers[i] = s
-		fmt.Fprintf(&backendsYAML, "      - {name: %s, address: \"%s\", version: v41}\n", s.name, s.addr)
+		fmt.Fprintf(&backendsYAML, "      - {name: %s, address: \"%s\", version: v41}\n", s.name, s.Addr())
 	}
-	t.Cleanup(func() {
-		for _, s := range r.servers {
-			s.stop()
-		}
-	})
 	traffic, adminAddr := freeAddr(t), freeAddr(t)
 	r.traffic = traffic
 	cfg := writeFile(t, "baton.yaml", fmt.Sprintf(`listen: %s
@@ -266,14 +203,10 @@ pools:
 		r.failures = append(r.failures, fmt.Sprintf("%s: %s", k, v))
 		return true
 	})
-	ledger.mu.Lock()
-	for id, n := range ledger.seen {
-		r.posts++
-		if n != 1 {
-			t.Errorf("POST %s reached the backends %d times", id, n)
-		}
+	r.posts = ledger.Len()
+	for _, d := range ledger.Duplicates() {
+		t.Errorf("POST %s: it reached the backends more than once", d)
 	}
-	ledger.mu.Unlock()
 	if r.posts == 0 || r.sent < 100 {
 		t.Errorf("the load was too light to prove anything: %d requests, %d POSTs", r.sent, r.posts)
 	}
