@@ -230,38 +230,30 @@ func checkAddress(a string) error {
 // reloads and restarts until enabled. Use the backend's WaitDrained to wait
 // until it is idle. Draining a draining or drained backend changes nothing.
 func (r *Registry) Drain(poolName, name string, opts ...Opt) (*pool.Backend, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	p, b, err := r.lookupLocked(poolName, name)
-	if err != nil {
-		return nil, err
-	}
-	if s := b.State(); s == pool.Draining || s == pool.Drained {
-		return b, nil
-	}
-	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "drain", Pool: poolName, Backend: name},
-		func(s *State) error {
-			s.pool(poolName).backend(name).State = pool.Draining
-			return nil
-		})
-	return b, err
+	return r.takeOut(poolName, name, pool.Draining, "drain", opts)
 }
 
 // Eject takes a backend out of rotation at once, persistently; in-flight
 // requests finish.
 func (r *Registry) Eject(poolName, name string, opts ...Opt) (*pool.Backend, error) {
+	return r.takeOut(poolName, name, pool.Ejected, "eject", opts)
+}
+
+// takeOut is Drain and Eject: the backend's admin state becomes to (a
+// drained backend is drained already).
+func (r *Registry) takeOut(poolName, name string, to pool.State, action string, opts []Opt) (*pool.Backend, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p, b, err := r.lookupLocked(poolName, name)
 	if err != nil {
 		return nil, err
 	}
-	if b.State() == pool.Ejected {
+	if s := b.State(); s == to || (to == pool.Draining && s == pool.Drained) {
 		return b, nil
 	}
-	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "eject", Pool: poolName, Backend: name},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: action, Pool: poolName, Backend: name},
 		func(s *State) error {
-			s.pool(poolName).backend(name).State = pool.Ejected
+			s.pool(poolName).backend(name).State = to
 			return nil
 		})
 	return b, err

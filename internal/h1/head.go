@@ -107,57 +107,31 @@ const (
 	hdrLookalike  // X_Forwarded_For and the like: read by CGI-style apps as the real one
 )
 
+// nameClasses lists the header names baton treats specially, by length:
+// a name is compared with the one or two of its length only.
+var nameClasses = [18][]struct {
+	name  string
+	class int
+}{
+	2:  {{"te", hdrHopByHop}},
+	4:  {{"host", hdrHost}},
+	6:  {{"expect", hdrExpect}},
+	7:  {{"trailer", hdrHopByHop}, {"upgrade", hdrHopByHop}},
+	9:  {{"x-real-ip", hdrClientAddr}, {"forwarded", hdrClientAddr}},
+	10: {{"connection", hdrConnection}, {"keep-alive", hdrHopByHop}},
+	14: {{"content-length", hdrContentLength}},
+	15: {{"x-forwarded-for", hdrXFF}},
+	16: {{"proxy-connection", hdrHopByHop}, {"x-forwarded-host", hdrXFHost}},
+	17: {{"transfer-encoding", hdrTransferEncoding}, {"x-forwarded-proto", hdrXFProto}},
+}
+
 // classifyName sorts a header name into the classes baton treats specially.
 func classifyName(n []byte) int {
-	switch len(n) {
-	case 2:
-		if EqualFoldLower(n, "te") {
-			return hdrHopByHop
-		}
-	case 4:
-		if EqualFoldLower(n, "host") {
-			return hdrHost
-		}
-	case 6:
-		if EqualFoldLower(n, "expect") {
-			return hdrExpect
-		}
-	case 9:
-		if EqualFoldLower(n, "x-real-ip") || EqualFoldLower(n, "forwarded") {
-			return hdrClientAddr
-		}
-	case 7:
-		if EqualFoldLower(n, "trailer") || EqualFoldLower(n, "upgrade") {
-			return hdrHopByHop
-		}
-	case 10:
-		if EqualFoldLower(n, "connection") {
-			return hdrConnection
-		}
-		if EqualFoldLower(n, "keep-alive") {
-			return hdrHopByHop
-		}
-	case 14:
-		if EqualFoldLower(n, "content-length") {
-			return hdrContentLength
-		}
-	case 15:
-		if EqualFoldLower(n, "x-forwarded-for") {
-			return hdrXFF
-		}
-	case 16:
-		if EqualFoldLower(n, "proxy-connection") {
-			return hdrHopByHop
-		}
-		if EqualFoldLower(n, "x-forwarded-host") {
-			return hdrXFHost
-		}
-	case 17:
-		if EqualFoldLower(n, "transfer-encoding") {
-			return hdrTransferEncoding
-		}
-		if EqualFoldLower(n, "x-forwarded-proto") {
-			return hdrXFProto
+	if len(n) < len(nameClasses) {
+		for _, e := range nameClasses[len(n)] {
+			if EqualFoldLower(n, e.name) {
+				return e.class
+			}
 		}
 	}
 	if bytes.IndexByte(n, '_') >= 0 {
