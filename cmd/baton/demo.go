@@ -127,7 +127,7 @@ func tuneDemoPool(cfg *config.Config, fast bool) {
 	p.Canary.StepMinTime, p.Canary.StepMinRequests = 15*time.Second, 200
 	p.Judge.Interval, p.Judge.Warmup = 2*time.Second, 5*time.Second
 	if fast {
-		p.Canary.StepMinTime, p.Canary.StepMinRequests = time.Second, 30
+		p.Canary.StepMinTime, p.Canary.StepMinRequests = time.Second, 120
 		p.Judge.Interval, p.Judge.Warmup = 250*time.Millisecond, time.Millisecond
 	}
 }
