@@ -153,6 +153,11 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	}
 	res, err := c.http.Do(req)
 	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			// Given up by the caller (Ctrl-C, a lost lease): say so, and
+			// let errors.Is see it, rather than blame the admin API.
+			return 0, nil, fmt.Errorf("%s %s: %w", method, path, ctxErr)
+		}
 		return 0, nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
 	}
 	defer res.Body.Close()

@@ -72,3 +72,32 @@ func TestClientSendsAndReadsTheContract(t *testing.T) {
 		t.Errorf("a URL without a host was accepted")
 	}
 }
+
+// TestClientCallGivenUpIsTheCallersContext: a call the caller gives up
+// (Ctrl-C mid-drain-wait) ends with the caller's context error, not
+// ErrUnreachable: the admin API did nothing wrong.
+func TestClientCallGivenUpIsTheCallersContext(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(arrived)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	c, err := client.New(srv.URL, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-arrived
+		cancel()
+	}()
+	_, _, err = c.Do(ctx, "POST", "/v1/pools/shop/backends/web-1/drain", nil, nil, nil)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, client.ErrUnreachable) {
+		t.Fatalf("a call given up mid-way: %v; want context.Canceled, not ErrUnreachable", err)
+	}
+}

@@ -381,15 +381,17 @@ func (s *Server) serve(run *serverRun, w http.ResponseWriter, r *http.Request) {
 	if s.sealed.Load() {
 		s.afterSeal.Add(1)
 	}
+	// A POST counts as delivered once its head is here, before its body:
+	// a replay of one whose body was cut off is a second delivery too.
+	if s.ledger != nil && r.Method == http.MethodPost {
+		s.ledger.record(r.Header.Get(s.ledger.header), s.name)
+	}
 	// The whole body first: the request has then fully arrived, and
 	// net/http notices a client that goes away while the handler waits.
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		w.WriteHeader(400)
 		return
-	}
-	if s.ledger != nil && r.Method == http.MethodPost {
-		s.ledger.record(r.Header.Get(s.ledger.header), s.name)
 	}
 	s.mu.Lock()
 	version := s.version
