@@ -628,13 +628,23 @@ func (r *Release) upgradeRest(ctx context.Context, p v1.Pool) (bool, error) {
 			strings.Join(names, ", "), r.o.MaxUnavailable)
 	}
 	errs := make([]error, len(batch))
+	panics := make([]any, len(batch))
 	var wg sync.WaitGroup
 	for i, b := range batch {
 		wg.Go(func() {
+			// A runner that panics must not end the process from this
+			// goroutine, past the deferred release of the lease: the
+			// panic goes on from Run's goroutine once the others are done.
+			defer func() { panics[i] = recover() }()
 			errs[i] = r.upgradeServer(ctx, b, r.o.To, b.Version, r.o.Upgrade, false)
 		})
 	}
 	wg.Wait()
+	for _, p := range panics {
+		if p != nil {
+			panic(p)
+		}
+	}
 	return false, errors.Join(errs...)
 }
 

@@ -404,3 +404,79 @@ func TestShell(t *testing.T) {
 		t.Errorf("a command under an ended context ran")
 	}
 }
+
+// TestReleaseInterruptedMidCallResumes: a release interrupted just as a
+// call that changes state goes out (the drain of the canary, its enable,
+// a later drain) ends with the context's error, leaves no lease, and a
+// second run finishes it, each server upgraded once, no request failed.
+func TestReleaseInterruptedMidCallResumes(t *testing.T) {
+	for _, at := range []string{"drain web-1", "enable web-1", "drain web-2"} {
+		t.Run(at, func(t *testing.T) {
+			s := startShop(t, "")
+			failed := s.load(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var evs events
+			o := s.options("v2", &evs)
+			kind, name, _ := strings.Cut(at, " ")
+			o.Events = func(e release.Event) {
+				evs.add(e)
+				if e.Kind == kind && e.Backend == name {
+					cancel() // the call that follows the event goes out with a dead context
+				}
+			}
+			err := release.New(s.api, "shop", o).Run(ctx)
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("interrupted at %s: %v; want context.Canceled\n%s", at, err, evs.messages())
+			}
+			if p := s.pool(t); p.Lease != nil {
+				t.Errorf("the lease is still held after the interrupt: %+v", p.Lease)
+			}
+			var second events
+			if err := release.New(s.api, "shop", s.options("v2", &second)).Run(context.Background()); err != nil {
+				t.Fatalf("the second run: %v\n%s", err, second.messages())
+			}
+			s.everyServerRuns(t, "v2")
+			seen := map[string]int{}
+			for _, c := range s.ran {
+				seen[c.Backend.Name+" "+c.Version]++
+			}
+			for k, n := range seen {
+				if n != 1 {
+					t.Errorf("%s was run %d times", k, n)
+				}
+			}
+			if n := failed(); n != 0 {
+				t.Errorf("%d requests failed", n)
+			}
+		})
+	}
+}
+
+// TestReleaseRunnerPanicReleasesTheLease: a runner that panics while the
+// rest are upgraded together (each in its own goroutine) still lets the
+// release give its lease back; the panic reaches Run's caller.
+func TestReleaseRunnerPanicReleasesTheLease(t *testing.T) {
+	s := startShop(t, "")
+	s.load(t) // the canary needs traffic to be judged
+	var evs events
+	o := s.options("v2", &evs)
+	base := o.Run
+	o.Run = func(ctx context.Context, c release.Command) (string, error) {
+		if c.Backend.Name != "web-1" {
+			panic("the upgrade script's runner blew up")
+		}
+		return base(ctx, c)
+	}
+	var recovered any
+	func() {
+		defer func() { recovered = recover() }()
+		_ = release.New(s.api, "shop", o).Run(context.Background())
+	}()
+	if recovered == nil {
+		t.Fatalf("the runner's panic did not reach Run's caller\n%s", evs.messages())
+	}
+	if p := s.pool(t); p.Lease != nil {
+		t.Errorf("the lease is held after the runner panicked: %+v", p.Lease)
+	}
+}
