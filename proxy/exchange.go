@@ -136,9 +136,10 @@ func (x *exchange) serve(ctx *fasthttp.RequestCtx) bool {
 		return x.reply(ctx, 405, "CONNECT is not supported", true)
 	}
 	x.sc.Scan(h.RawHeaders())
-	if x.sc.XFF || x.sc.Addr {
+	if x.sc.XFF || x.sc.Addr || x.sc.Forwarded {
 		// Not from a proxy baton trusts: its X-Forwarded-For is replaced
-		// by the client's own address, X-Real-IP and Forwarded dropped.
+		// by the client's own address, X-Forwarded-Proto and -Host by
+		// baton's, X-Real-IP and Forwarded dropped.
 		x.sc.Trusted = s.trustedPeer(ctx.RemoteAddr())
 		x.sc.XFF = x.sc.XFF && x.sc.Trusted
 	}

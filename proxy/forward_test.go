@@ -224,10 +224,14 @@ func TestXForwardedForTrust(t *testing.T) {
 	for _, c := range []struct {
 		name, server, want string
 		addrHeaders        bool // X-Real-IP and Forwarded reach the backend
+		// The scheme and host the backend is told: a trusted proxy's
+		// (it terminated TLS for shop.example), else baton's own.
+		proto, fwdHost string
 	}{
-		{"untrusted", "", "X-Forwarded-For: 127.0.0.1", false},
-		{"trusted CIDR", "server: {trusted_proxies: [10.0.0.0/8, 127.0.0.0/8]}\n", "X-Forwarded-For: 203.0.113.9, 198.51.100.7, 127.0.0.1", true},
-		{"trusted other address", "server: {trusted_proxies: [192.0.2.1]}\n", "X-Forwarded-For: 127.0.0.1", false},
+		{"untrusted", "", "X-Forwarded-For: 127.0.0.1", false, "http", "a"},
+		{"trusted CIDR", "server: {trusted_proxies: [10.0.0.0/8, 127.0.0.0/8]}\n", "X-Forwarded-For: 203.0.113.9, 198.51.100.7, 127.0.0.1", true,
+			"https", "shop.example"},
+		{"trusted other address", "server: {trusted_proxies: [192.0.2.1]}\n", "X-Forwarded-For: 127.0.0.1", false, "http", "a"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			heads := make(chan string, 4)
@@ -238,19 +242,28 @@ func TestXForwardedForTrust(t *testing.T) {
 			b.WaitHealthy(t, "web", 1)
 			out := testbed.RawRequest(t, b.Addr, "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.7\r\n"+
 				"X-Real-IP: 203.0.113.9\r\nForwarded: for=203.0.113.9\r\nX_Forwarded_For: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n"+
+				"X-Forwarded-Proto: https\r\nX-Forwarded-Host: shop.example\r\n"+
 				"X_Custom: kept\r\nConnection: close\r\n\r\n", 5*time.Second)
 			if !strings.HasPrefix(out, "HTTP/1.1 200") {
 				t.Fatalf("answer %q", out)
 			}
-			var got []string
+			var got, proto, fwdHost []string
 			head := <-heads
 			for _, l := range strings.Split(head, "\r\n") {
-				if strings.HasPrefix(l, "X-Forwarded-For:") {
+				switch name, v, _ := strings.Cut(l, ": "); strings.ToLower(name) {
+				case "x-forwarded-for":
 					got = append(got, l)
+				case "x-forwarded-proto":
+					proto = append(proto, v)
+				case "x-forwarded-host":
+					fwdHost = append(fwdHost, v)
 				}
 			}
 			if len(got) != 1 || got[0] != c.want {
 				t.Errorf("backend got %q, want [%q]", got, c.want)
+			}
+			if len(proto) != 1 || proto[0] != c.proto || len(fwdHost) != 1 || fwdHost[0] != c.fwdHost {
+				t.Errorf("backend got X-Forwarded-Proto %q and X-Forwarded-Host %q; want one each, %q and %q", proto, fwdHost, c.proto, c.fwdHost)
 			}
 			// Look-alikes that applications read as the real header never
 			// pass; a client's address headers pass only from a trusted proxy.

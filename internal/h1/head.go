@@ -236,7 +236,8 @@ type RequestScan struct {
 	TE             bool   // a Transfer-Encoding field is present
 	XFF            bool   // an X-Forwarded-For field is present; the caller clears it unless Trusted
 	Addr           bool   // an X-Real-IP or Forwarded field is present
-	Trusted        bool   // the peer is a trusted proxy (set by the caller when XFF or Addr)
+	Forwarded      bool   // an X-Forwarded-Proto or X-Forwarded-Host field is present
+	Trusted        bool   // the peer is a trusted proxy (set by the caller when XFF, Addr or Forwarded)
 	Conn           ConnTokens
 }
 
@@ -244,7 +245,7 @@ type RequestScan struct {
 // the caller decides what BadName, TE, BareLF and Folded mean for the
 // request.
 func (sc *RequestScan) Scan(raw []byte) {
-	sc.BareLF, sc.Folded, sc.TE, sc.XFF, sc.Addr, sc.Trusted, sc.BadName = false, false, false, false, false, false, nil
+	sc.BareLF, sc.Folded, sc.TE, sc.XFF, sc.Addr, sc.Forwarded, sc.Trusted, sc.BadName = false, false, false, false, false, false, false, nil
 	sc.Conn.Reset()
 	for i := 0; ; {
 		f, next, lf, fold, ok := nextField(raw, i)
@@ -268,6 +269,8 @@ func (sc *RequestScan) Scan(raw []byte) {
 			sc.XFF = true
 		case hdrClientAddr:
 			sc.Addr = true
+		case hdrXFProto, hdrXFHost:
+			sc.Forwarded = true
 		}
 	}
 }
@@ -277,7 +280,9 @@ func (sc *RequestScan) Scan(raw []byte) {
 // order, minus hop-by-hop fields and those named in Connection, then
 // X-Forwarded-For (with sc.XFF, set for a trusted proxy, its values with its
 // address appended; else the client's address alone),
-// X-Forwarded-Proto, X-Forwarded-Host and baton's own framing. Hop-by-hop
+// X-Forwarded-Proto and X-Forwarded-Host (a trusted proxy's own when it
+// sent them: it knows the scheme and host the client used, where baton
+// sees only the proxy), and baton's own framing. Hop-by-hop
 // fields go before baton adds its own, so a client cannot name baton's
 // headers in Connection to strip them (golang/go#50580).
 func AppendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *RequestScan, target, host, clientIP []byte, proto string, bodyLen int64) []byte {
@@ -309,7 +314,7 @@ func AppendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *RequestScan, t
 		dst = append(dst, clientIP...)
 		dst = append(dst, "\r\n"...)
 	}
-	wroteHost := false
+	wroteHost, wroteProto, wroteXFHost := false, false, false
 	for i := 0; ; {
 		f, next, _, _, ok := nextField(raw, i)
 		if !ok {
@@ -330,6 +335,16 @@ func AppendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *RequestScan, t
 			if !sc.Trusted {
 				continue // a client naming its own address
 			}
+		case hdrXFProto:
+			if !sc.Trusted {
+				continue
+			}
+			wroteProto = true
+		case hdrXFHost:
+			if !sc.Trusted {
+				continue
+			}
+			wroteXFHost = true
 		default:
 			continue
 		}
@@ -351,14 +366,19 @@ func AppendRequestHead(dst []byte, h *fasthttp.RequestHeader, sc *RequestScan, t
 		dst = append(dst, clientIP...)
 		dst = append(dst, "\r\n"...)
 	}
-	dst = append(dst, "X-Forwarded-Proto: "...)
-	dst = append(dst, proto...)
-	dst = append(dst, "\r\nX-Forwarded-Host: "...)
-	if host == nil {
-		host = h.Host()
+	if !wroteProto {
+		dst = append(dst, "X-Forwarded-Proto: "...)
+		dst = append(dst, proto...)
+		dst = append(dst, "\r\n"...)
 	}
-	dst = append(dst, host...)
-	dst = append(dst, "\r\n"...)
+	if !wroteXFHost {
+		dst = append(dst, "X-Forwarded-Host: "...)
+		if host == nil {
+			host = h.Host()
+		}
+		dst = append(dst, host...)
+		dst = append(dst, "\r\n"...)
+	}
 	switch {
 	case bodyLen > 0:
 		dst = append(dst, "Content-Length: "...)
