@@ -125,6 +125,10 @@ type Backend struct {
 	ejections    atomic.Int32 // passive ejections since last reset, for backoff
 	ejectedUntil atomic.Int64 // nanotime before which checks do not count
 	lastEjected  atomic.Int64 // nanotime of the last passive ejection
+	// healthEpoch counts the times the backend's health was reset (an
+	// enable, a new address; under the pool's lock): a check that began
+	// before a reset speaks of the server before it and is not counted.
+	healthEpoch atomic.Uint64
 
 	drainStart atomic.Int64 // nanotime the current drain began
 

@@ -10,6 +10,14 @@ import (
 	"time"
 )
 
+// resetHealthLocked makes the backend unchecked: it gets no traffic until a
+// check that begins from now on passes. Called with the pool's lock held.
+func (b *Backend) resetHealthLocked() {
+	b.healthEpoch.Add(1)
+	b.health.Store(int32(Unknown))
+	b.kick()
+}
+
 // kick asks the backend's health loop for an immediate check.
 func (b *Backend) kick() {
 	select {
@@ -49,9 +57,16 @@ func (p *Pool) healthLoop(b *Backend) {
 		case <-timer.C:
 		}
 		cfg := p.settings().HealthCheck
+		epoch := b.healthEpoch.Load()
 		ctx, cancel := context.WithTimeout(p.ctx, cfg.Timeout)
 		err := b.check(ctx, cfg.Path, cfg.Host, cfg.ExpectStatus)
 		cancel()
+		if b.healthEpoch.Load() != epoch {
+			// Enabled anew, or moved, while it ran: the check spoke of the
+			// server before (one being upgraded, say). Check again now.
+			timer.Reset(0)
+			continue
+		}
 		if LocalExhaustion(err) {
 			// baton has no descriptor to check with: that says nothing
 			// about the backend, whose health stays as it was.
@@ -70,7 +85,7 @@ func (p *Pool) healthLoop(b *Backend) {
 		default:
 			rise, fall = rise+1, 0
 		}
-		p.observeCheck(b, err, rise, fall)
+		p.observeCheck(b, epoch, err, rise, fall)
 		seen = b.Health()
 		timer.Reset(cfg.Interval)
 	}
@@ -80,7 +95,7 @@ func (p *Pool) healthLoop(b *Backend) {
 // never checked needs one pass; a healthy one goes down after fall failures in
 // a row; an unhealthy one comes back after rise passes in a row, counted only
 // once an outlier ejection has run out.
-func (p *Pool) observeCheck(b *Backend, err error, rise, fall int) {
+func (p *Pool) observeCheck(b *Backend, epoch uint64, err error, rise, fall int) {
 	cfg := p.settings().HealthCheck
 	h := b.Health()
 	var next Health
@@ -108,7 +123,8 @@ func (p *Pool) observeCheck(b *Backend, err error, rise, fall int) {
 		return
 	}
 	p.mu.Lock()
-	if !b.health.CompareAndSwap(int32(h), int32(next)) {
+	if b.healthEpoch.Load() != epoch || !b.health.CompareAndSwap(int32(h), int32(next)) {
+		// Reset meanwhile (under this lock): the check is of the server before.
 		p.mu.Unlock()
 		return
 	}

@@ -361,8 +361,7 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 	}
 	if old.address != sp.address {
 		// A new address is a new server: it must pass a check first.
-		b.health.Store(int32(Unknown))
-		b.kick()
+		b.resetHealthLocked()
 	}
 	c := b.conns.Load()
 	if old.address == sp.address && c.dialTimeout == p.cfg.Timeouts.Connect &&
@@ -677,7 +676,7 @@ func (p *Pool) enableLocked(b *Backend, keepHealth bool) {
 		return
 	}
 	if !keepHealth {
-		b.health.Store(int32(Unknown))
+		b.resetHealthLocked()
 	}
 	b.state.Store(int32(Active))
 	b.conns.Load().SetReuse(true)
