@@ -197,14 +197,8 @@ func (ct *ConnTokens) addField(f field) []byte {
 // add records the comma-separated tokens of one Connection value.
 func (ct *ConnTokens) add(v []byte) {
 	for len(v) > 0 {
-		i := bytes.IndexByte(v, ',')
 		var t []byte
-		if i < 0 {
-			t, v = v, nil
-		} else {
-			t, v = v[:i], v[i+1:]
-		}
-		t = trimOWS(t)
+		t, v = nextToken(v)
 		if len(t) == 0 || EqualFoldLower(t, "close") || EqualFoldLower(t, "keep-alive") {
 			continue
 		}
@@ -650,16 +644,20 @@ func fillResponse(resp *fasthttp.ResponseHeader, code int, reason, b []byte, isH
 	return scratch, nil
 }
 
+// nextToken splits the first element off a comma-separated list value,
+// without its surrounding whitespace.
+func nextToken(v []byte) (tok, rest []byte) {
+	if i := bytes.IndexByte(v, ','); i >= 0 {
+		return trimOWS(v[:i]), v[i+1:]
+	}
+	return trimOWS(v), nil
+}
+
 func hasToken(v []byte, tok string) bool {
 	for len(v) > 0 {
-		i := bytes.IndexByte(v, ',')
 		var t []byte
-		if i < 0 {
-			t, v = v, nil
-		} else {
-			t, v = v[:i], v[i+1:]
-		}
-		if EqualFoldLower(trimOWS(t), tok) {
+		t, v = nextToken(v)
+		if EqualFoldLower(t, tok) {
 			return true
 		}
 	}
