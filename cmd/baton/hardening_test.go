@@ -427,7 +427,9 @@ pools:
 		_, out := ctl("ops.tok", "pools")
 		t.Fatalf("baton ctl over HTTPS never worked: %s\n%s", out, p.stderr)
 	}
-	if !strings.Contains(p.stderr.String(), "can be read by other users") {
+	// The log reaches the test through a pipe copied by another goroutine:
+	// wait for it rather than read it at once.
+	if !poll(5*time.Second, func() bool { return strings.Contains(p.stderr.String(), "can be read by other users") }) {
 		t.Errorf("serve did not warn about the token file")
 	}
 	if code, out := ctl("ci.tok", "pools"); code != 0 {
