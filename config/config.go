@@ -37,6 +37,10 @@ type Config struct {
 	// stateFileSet records that the file said "off".
 	stateFileSet bool
 
+	// Cluster shares runtime decisions with other batons through etcd;
+	// see Cluster. Off by default.
+	Cluster Cluster `yaml:"cluster"`
+
 	// Pools are the applications behind baton. At least one is required.
 	Pools []Pool `yaml:"pools"`
 
@@ -499,6 +503,7 @@ const (
 // applyDefaults fills every field the file left empty. It runs before
 // Validate, which then sees only explicit choices and defaults.
 func (c *Config) applyDefaults() {
+	c.Cluster.applyDefaults()
 	if c.StateFile == "off" {
 		c.StateFile, c.stateFileSet = "", true
 	}

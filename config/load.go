@@ -147,6 +147,7 @@ func parse(data []byte, name, dir string) (*Config, error) {
 	cfg.applyDefaults()
 	cfg.resolveTLSPaths(dir)
 	cfg.resolveForceSecrets(dir)
+	cfg.Cluster.resolvePaths(dir)
 	for _, e := range cfg.Validate() {
 		var fe *Error
 		if !errors.As(e, &fe) {
@@ -163,6 +164,7 @@ func parse(data []byte, name, dir string) (*Config, error) {
 	}
 	if len(errs) == 0 {
 		cfg.loadForceSecrets()
+		cfg.Cluster.readPassword()
 		cfg.Warnings = cfg.tlsWarnings(time.Now())
 		return cfg, nil
 	}

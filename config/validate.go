@@ -64,6 +64,7 @@ func (c *Config) Validate() []error {
 		}
 	}
 	v.tls(c)
+	v.cluster(c.Cluster)
 
 	if len(c.Pools) == 0 {
 		v.add("pools", "at least one pool is required")
