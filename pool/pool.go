@@ -848,7 +848,7 @@ func (p *Pool) housekeeping() {
 				p.checkDrain(b)
 			}
 		}
-		for _, b := range p.leavingBackends() {
+		for _, b := range p.LeavingBackends() {
 			if _, done := p.checkDrain(b); done {
 				p.mu.Lock()
 				if p.leaving[b.name] == b {
@@ -868,7 +868,9 @@ func (p *Pool) housekeeping() {
 	}
 }
 
-func (p *Pool) leavingBackends() []*Backend {
+// LeavingBackends returns the backends removed from the pool that still
+// finish requests.
+func (p *Pool) LeavingBackends() []*Backend {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]*Backend, 0, len(p.leaving))

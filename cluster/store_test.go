@@ -1,0 +1,168 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/baton-lb/baton/cluster"
+	"github.com/baton-lb/baton/config"
+	"github.com/baton-lb/baton/internal/testbed"
+)
+
+func dial(t *testing.T, e *testbed.Etcd, instance string) *cluster.Store {
+	t.Helper()
+	s, err := cluster.Dial(config.Cluster{Instance: instance, Etcd: config.Etcd{Endpoints: []string{e.Endpoint()},
+		Prefix: "/baton/test/", DialTimeout: 500 * time.Millisecond, RequestTimeout: 2 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// eventually polls cond every 10 ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCommitComparesRevision(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	a, b := dial(t, e, "a"), dial(t, e, "b")
+	ctx := context.Background()
+	if data, rev, err := a.Load(ctx); err != nil || data != nil || rev != 0 {
+		t.Fatalf("empty store: %q %d %v", data, rev, err)
+	}
+	rev1, err := a.Commit(ctx, []byte("one"), 0)
+	if err != nil || rev1 == 0 {
+		t.Fatalf("first commit: %d %v", rev1, err)
+	}
+	// b still believes nothing was written: refused, and told what is.
+	_, err = b.Commit(ctx, []byte("two"), 0)
+	var c *cluster.Conflict
+	if !errors.As(err, &c) || string(c.Current) != "one" || c.Rev != rev1 {
+		t.Fatalf("stale commit: want a conflict holding %q at %d, got %v", "one", rev1, err)
+	}
+	rev2, err := b.Commit(ctx, []byte("two"), c.Rev)
+	if err != nil || rev2 <= rev1 {
+		t.Fatalf("commit on the current revision: %d %v", rev2, err)
+	}
+	if data, rev, _ := a.Load(ctx); string(data) != "two" || rev != rev2 {
+		t.Fatalf("load: %q at %d, want two at %d", data, rev, rev2)
+	}
+}
+
+func TestWatchCatchesUpAndFollows(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	a, b := dial(t, e, "a"), dial(t, e, "b")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rev, err := a.Commit(ctx, []byte("s1"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.Watch(ctx, 0, func(data []byte, _ int64) { mu.Lock(); seen = append(seen, string(data)); mu.Unlock() })
+	}()
+	got := func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), seen...) }
+	eventually(t, 10*time.Second, "the watch did not catch up with s1", func() bool { return len(got()) == 1 })
+	for _, v := range []string{"s2", "s3"} {
+		if rev, err = a.Commit(ctx, []byte(v), rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 10*time.Second, "the watch did not follow s2 and s3", func() bool { return len(got()) == 3 })
+	// etcd away and back: the watch goes on with what was written since.
+	e.Stop()
+	if _, err := a.Commit(ctx, []byte("lost"), rev); !errors.Is(err, cluster.ErrUnavailable) {
+		t.Fatalf("commit with etcd stopped: want ErrUnavailable, got %v", err)
+	}
+	e.Start()
+	var err2 error
+	eventually(t, 15*time.Second, "no commit once etcd is back", func() bool {
+		_, err2 = a.Commit(ctx, []byte("s4"), rev)
+		return err2 == nil
+	})
+	eventually(t, 15*time.Second, "the watch did not resume after the outage", func() bool { return len(got()) == 4 })
+	if g := got(); g[0] != "s1" || g[1] != "s2" || g[2] != "s3" || g[3] != "s4" {
+		t.Fatalf("watched %q", g)
+	}
+	cancel()
+	<-done
+}
+
+func TestMembersReportAndElectOneLeader(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	a, b := dial(t, e, "a"), dial(t, e, "b")
+	ma, mb := a.NewMember(), b.NewMember()
+	actx, stopA := context.WithCancel(context.Background())
+	bctx, stopB := context.WithCancel(context.Background())
+	defer stopB()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		ma.Run(actx, func() cluster.Report {
+			return cluster.Report{Applied: 7, Backends: map[string]cluster.Load{"shop/web-1": {InFlight: 2, Conns: 1}}}
+		})
+	}()
+	go func() { defer wg.Done(); mb.Run(bctx, func() cluster.Report { return cluster.Report{Applied: 7} }) }()
+	var reps []cluster.Report
+	eventually(t, 10*time.Second, "both instances did not report", func() bool {
+		reps, _ = a.Instances(context.Background())
+		return len(reps) == 2
+	})
+	if reps[0].Instance != "a" || reps[0].Backends["shop/web-1"].InFlight != 2 || reps[1].Instance != "b" || reps[1].Applied != 7 {
+		t.Fatalf("reports: %+v", reps)
+	}
+	eventually(t, 10*time.Second, "no leader", func() bool { return ma.Leading() != mb.Leading() })
+	leader, err := b.Leader(context.Background())
+	if err != nil || (leader == "a") != ma.Leading() {
+		t.Fatalf("leader %q (%v); a leads: %v", leader, err, ma.Leading())
+	}
+	// The leader stops: the other takes over at once, and the stopped
+	// one's report is gone.
+	stop, other, otherName := stopA, mb, "b"
+	if mb.Leading() {
+		stop, other, otherName = stopB, ma, "a"
+	}
+	stop()
+	eventually(t, 10*time.Second, "the other did not take over", other.Leading)
+	eventually(t, 10*time.Second, "the stopped instance's report stayed", func() bool {
+		reps, _ = a.Instances(context.Background())
+		return len(reps) == 1 && reps[0].Instance == otherName
+	})
+	stopA()
+	stopB()
+	wg.Wait()
+}
+
+func TestLeaderLosesLeadWhenEtcdIsAway(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	a := dial(t, e, "a")
+	m := a.NewMember()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx, func() cluster.Report { return cluster.Report{} }) }()
+	eventually(t, 10*time.Second, "no leader", m.Leading)
+	e.Stop()
+	// The lease's TTL bounds how long it believes it leads.
+	eventually(t, time.Duration(cluster.LeaseTTL+5)*time.Second, "still leading with etcd away", func() bool { return !m.Leading() })
+	e.Start()
+	eventually(t, 20*time.Second, "did not lead again once etcd was back", m.Leading)
+	cancel()
+	<-done
+}
