@@ -103,6 +103,8 @@ func asAPIError(err error) *apiError {
 		return &apiError{status: 400, code: "invalid_value", msg: strings.TrimPrefix(err.Error(), control.ErrInvalid.Error()+": ")}
 	case errors.Is(err, control.ErrConflict):
 		return &apiError{status: 409, code: "conflict", msg: strings.TrimPrefix(err.Error(), control.ErrConflict.Error()+": ")}
+	case errors.Is(err, control.ErrClusterUnavailable):
+		return &apiError{status: 503, code: "cluster_unavailable", msg: err.Error()}
 	case errors.Is(err, control.ErrUpgrading):
 		return &apiError{status: 503, code: "upgrading", msg: err.Error()}
 	case errors.Is(err, control.ErrPersist):
@@ -153,6 +155,12 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 		status, body, err := h(r, actor)
 		if err != nil {
 			ae := asAPIError(err)
+			if ae.code == v1.CodeStateChanged {
+				// The state as it is now, to decide again on.
+				if p := a.ctl.Pool(r.PathValue("pool")); p != nil {
+					ae.extra = map[string]any{"pool": a.poolJSON(p)}
+				}
+			}
 			if ae.status >= 500 {
 				a.log.Error().Err(err).Str("path", r.URL.Path).Msg("admin API request failed")
 			}
@@ -306,6 +314,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/canary/hold", map[string]handlerFunc{"POST": a.hold(true)})
 	a.route(mux, "/v1/pools/{pool}/canary/resume", map[string]handlerFunc{"POST": a.hold(false)})
 	a.route(mux, "/v1/events", map[string]handlerFunc{"GET": a.events})
+	a.route(mux, "/v1/cluster", map[string]handlerFunc{"GET": a.getCluster})
 	a.route(mux, "/v1/upgrade", map[string]handlerFunc{"POST": a.upgradeBaton})
 	a.route(mux, "/v1/", map[string]handlerFunc{})
 }
@@ -377,7 +386,11 @@ func (a *api) patchBackend(r *http.Request, actor string) (int, any, error) {
 
 // waitIdle waits for a draining or removed backend to be idle, up to d. It
 // answers 200 when idle and 504 with what is still open otherwise.
-func waitIdle(r *http.Request, b *pool.Backend, d time.Duration, what string) (int, any, error) {
+//
+// In a cluster, idle means idle on every live instance: it then waits for
+// each other instance to have applied the decision (revision rev) and to
+// report the backend idle, and the 504 names those still busy.
+func (a *api) waitIdle(r *http.Request, b *pool.Backend, rev int64, d time.Duration, what string) (int, any, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), d)
 	defer cancel()
 	st, err := b.WaitDrained(ctx)
@@ -390,7 +403,68 @@ func waitIdle(r *http.Request, b *pool.Backend, d time.Duration, what string) (i
 			msg:   fmt.Sprintf("%s of %s is still waiting after %s: %s; it stays in force", what, b.Name(), d, st),
 			extra: map[string]any{"inflight": st.Inflight, "open_connections": st.Conns}}
 	}
+	if !a.ctl.Clustered() {
+		return 200, backendJSON(b), nil
+	}
+	busy, err := a.waitElsewhere(ctx, b, rev)
+	if err != nil {
+		msg := fmt.Sprintf("%s of %s is done here but still waiting after %s on other instances: %s; it stays in force", what, b.Name(), d, strings.Join(busy, ", "))
+		if len(busy) == 0 {
+			msg = fmt.Sprintf("%s of %s is done here, but after %s the other instances' load could not be read: %v; it stays in force", what, b.Name(), d, err)
+		}
+		return 0, nil, &apiError{status: 504, code: "wait_timeout", msg: msg,
+			extra: map[string]any{"inflight": 0, "open_connections": 0, "busy_instances": busy}}
+	}
 	return 200, backendJSON(b), nil
+}
+
+// waitElsewhere polls the other instances' reports until none is busy
+// with b, or ctx ends; it returns those still busy then, and ctx's error
+// (or the last one reading etcd).
+func (a *api) waitElsewhere(ctx context.Context, b *pool.Backend, rev int64) ([]string, error) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	var last error
+	var busy []string
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		now, err := a.ctl.BusyElsewhere(qctx, b.Pool().Name(), b.Name(), rev)
+		cancel()
+		if err == nil && len(now) == 0 {
+			return nil, nil
+		}
+		if err != nil {
+			last = err
+		} else {
+			busy, last = now, nil
+		}
+		select {
+		case <-ctx.Done():
+			if last != nil && len(busy) == 0 {
+				return nil, last
+			}
+			return busy, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (a *api) getCluster(r *http.Request, _ string) (int, any, error) {
+	out := v1.Cluster{Clustered: a.ctl.Clustered(), Instances: []v1.ClusterInstance{}}
+	st, err := a.ctl.Cluster(r.Context())
+	if st == nil {
+		return 200, out, nil
+	}
+	out.Instance, out.AppliedRevision, out.JudgeLeader, out.Leading = st.Instance, st.Applied, st.JudgeLeader, st.Leading
+	for _, in := range st.Instances {
+		out.Instances = append(out.Instances, v1.ClusterInstance{Name: in.Name, PID: in.PID, Heartbeat: in.Heartbeat,
+			AppliedRevision: in.Applied, Self: in.Self})
+	}
+	if err != nil {
+		out.Error = err.Error()
+		return 503, out, nil
+	}
+	return 200, out, nil
 }
 
 func (a *api) drain(r *http.Request, actor string) (int, any, error) {
@@ -402,13 +476,14 @@ func (a *api) drain(r *http.Request, actor string) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	rev := a.ctl.SharedRevision()
 	if wait == 0 {
 		if b.State() == pool.Drained {
 			return 200, backendJSON(b), nil
 		}
 		return 202, backendJSON(b), nil
 	}
-	return waitIdle(r, b, wait, "the drain")
+	return a.waitIdle(r, b, rev, wait, "the drain")
 }
 
 func (a *api) deleteBackend(r *http.Request, actor string) (int, any, error) {
@@ -420,10 +495,11 @@ func (a *api) deleteBackend(r *http.Request, actor string) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	rev := a.ctl.SharedRevision()
 	if wait == 0 {
 		return 202, backendJSON(b), nil
 	}
-	return waitIdle(r, b, wait, "the removal")
+	return a.waitIdle(r, b, rev, wait, "the removal")
 }
 
 func (a *api) enable(r *http.Request, actor string) (int, any, error) {

@@ -87,7 +87,15 @@ func (r *Registry) persistLocked(edit func(*State) error) error {
 		return err
 	}
 	next.compact()
-	if err := saveState(r.stateFile, next); err != nil {
+	if r.shared != nil {
+		// Acknowledged once etcd has it; the state file is the local copy.
+		if err := r.commitSharedLocked(next); err != nil {
+			return err
+		}
+		if err := saveState(r.stateFile, next); err != nil {
+			r.log.Error().Err(err).Msg("could not keep the decision in the state file; etcd has it, and it applies")
+		}
+	} else if err := saveState(r.stateFile, next); err != nil {
 		return fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
 	}
 	r.state = next

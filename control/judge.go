@@ -367,8 +367,8 @@ func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[str
 // report.
 func (r *Registry) act(p *pool.Pool, cfg *config.Pool, cv string, weight float64, res canary.Result, held bool) {
 	c := cfg.Canary
-	if c.DryRun || held {
-		return
+	if c.DryRun || held || !r.judgeLeads() {
+		return // in a cluster, the leader's judge acts
 	}
 	name := p.Name()
 	by := By("judge")

@@ -60,6 +60,9 @@ type Registry struct {
 	refusedFile *auditFile
 	baselines   map[string]*baseline
 
+	// shared: the cluster's etcd, when the config has one (nil alone).
+	shared *shared
+
 	judges judges // its own lock (judges.mu); owned by the judge loop
 	// switchBase: each switched pool's new-version evidence when its watch
 	// began (under mu).
@@ -98,18 +101,37 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	if warning != "" {
 		log.Warn().Msg(warning)
 	}
+	var sh *shared
+	if cfg.Cluster.Enabled() {
+		if sh, st, err = openShared(cfg, st, log); err != nil {
+			return nil, err
+		}
+	}
 	audit, changes, err := openAudit(AuditPath(stateFile), false)
 	if err != nil {
+		if sh != nil {
+			sh.store.Close()
+		}
 		return nil, err
 	}
 	refusedLog, refusals, err := openAudit(RefusedPath(stateFile), true)
 	if err != nil {
+		audit.close()
+		if sh != nil {
+			sh.store.Close()
+		}
 		return nil, err
 	}
 	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool), gone: &goneBackends{},
 		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}, switchBase: map[string]*canary.VersionSnapshot{},
-		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals}
+		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals, shared: sh}
 	r.pruneLocked()
+	if sh != nil {
+		// The local copy of the cluster's state, as it applies here.
+		if err := saveState(stateFile, st); err != nil {
+			log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file")
+		}
+	}
 	for _, pc := range cfg.Pools {
 		// A restart reaches the pools the way a live decision does: from
 		// the desired state, through Apply. A backend that was draining
@@ -252,6 +274,9 @@ func (r *Registry) Start() {
 		defer r.wg.Done()
 		r.runHistory(ctx)
 	}()
+	if r.shared != nil {
+		r.startShared(ctx)
+	}
 }
 
 // Close stops the judge, every pool's background work, and closes backend
@@ -273,6 +298,9 @@ func (r *Registry) Close() {
 	r.auditFile = nil
 	r.refusedFile.close()
 	r.refusedFile = nil
+	if r.shared != nil {
+		r.shared.store.Close()
+	}
 }
 
 // WaitHealthy waits until every pool has a backend that takes requests, or
@@ -322,8 +350,8 @@ func (r *Registry) Freeze(on bool) {
 // rereadStateLocked makes the state file's content the overlay in force,
 // when it differs from what this process holds.
 func (r *Registry) rereadStateLocked() {
-	if r.stateFile == "" {
-		return
+	if r.stateFile == "" || r.shared != nil {
+		return // in a cluster, the watch of etcd keeps the state current
 	}
 	st, warning, err := loadState(r.stateFile)
 	if err != nil {

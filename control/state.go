@@ -191,6 +191,21 @@ func loadState(path string) (*State, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
 	}
+	return decodeState(data, path)
+}
+
+// encodeState is the state as the state file and etcd hold it.
+func encodeState(s *State) ([]byte, error) {
+	data, err := json.MarshalIndent(s.record(), "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(data, '\n'), nil
+}
+
+// decodeState reads a state written by encodeState; path names where it
+// came from in errors (the state file, or etcd's key).
+func decodeState(data []byte, path string) (*State, string, error) {
 	var rec stateRecord
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&rec); err != nil {
@@ -221,7 +236,7 @@ func loadState(path string) (*State, string, error) {
 			}
 		}
 	}
-	s = rec.state()
+	s := rec.state()
 	for pn, ps := range s.Pools {
 		if ps == nil {
 			return nil, "", fmt.Errorf("%w: %s: pool %q has no entry (%s)", ErrCorruptState, path, pn, fixHint)
@@ -366,11 +381,10 @@ func saveState(path string, s *State) error {
 	if path == "" {
 		return nil
 	}
-	data, err := json.MarshalIndent(s.record(), "", "  ")
+	data, err := encodeState(s)
 	if err != nil {
 		return err
 	}
-	data = append(data, '\n')
 	return writeAtomic(path, data, "state")
 }
 

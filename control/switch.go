@@ -165,6 +165,9 @@ func orNobody(names []string) string {
 // watchSwitch checks a switched pool's guards, and switches back when one
 // fires or ends the watch when its time is up.
 func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
+	if !r.judgeLeads() {
+		return // in a cluster, the leader watches
+	}
 	name := p.Name()
 	r.mu.Lock()
 	ps := r.state.Pools[name]

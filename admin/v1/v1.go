@@ -22,6 +22,7 @@ const (
 	CodeBackendExists     = "backend_exists"      // a backend of that name is there
 	CodeAddressInUse      = "address_in_use"      // another backend has the address
 	CodeNotHealthy        = "not_healthy"         // the version's backends are not all healthy
+	CodeStateChanged      = "state_changed"       // another baton of the cluster changed the state first
 )
 
 // Backend is a backend as the API shows it.
@@ -138,4 +139,32 @@ type StartSwitch struct {
 type TakeLease struct {
 	Holder string `json:"holder"`
 	TTL    string `json:"ttl"` // a duration such as 30s
+}
+
+// Cluster is GET /v1/cluster: the batons sharing decisions through etcd,
+// as this one sees them.
+type Cluster struct {
+	// Clustered is false for a baton alone on its state file; the rest
+	// is then empty.
+	Clustered bool `json:"clustered"`
+	// Instance is the answering baton's name; AppliedRevision the
+	// revision of the desired state it runs.
+	Instance        string            `json:"instance,omitempty"`
+	AppliedRevision int64             `json:"applied_revision"`
+	Instances       []ClusterInstance `json:"instances"`
+	// JudgeLeader is the instance whose judge acts ("" while none);
+	// Leading whether it is the answering one.
+	JudgeLeader string `json:"judge_leader"`
+	Leading     bool   `json:"leading"`
+	// Error says why etcd could not be read (with status 503).
+	Error string `json:"error,omitempty"`
+}
+
+// ClusterInstance is one live baton process of the cluster.
+type ClusterInstance struct {
+	Name            string    `json:"name"`
+	PID             int       `json:"pid"`
+	Heartbeat       time.Time `json:"heartbeat"`
+	AppliedRevision int64     `json:"applied_revision"`
+	Self            bool      `json:"self,omitempty"`
 }

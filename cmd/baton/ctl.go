@@ -311,6 +311,8 @@ var ctlCommands = []ctlCommand{
 		doc: "blue/green: all traffic to the standby servers\nof V at once; guards switch back if they fire;\n--wait until the watch ends (exit 1 if switched back)",
 		run: (*ctlClient).switchVersion},
 	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
+	{names: []string{"cluster"}, doc: "the batons sharing decisions through etcd: each\ninstance's heartbeat and applied revision, the judge leader",
+		run: (*ctlClient).cluster},
 	{names: []string{"upgrade"}, doc: "start the baton binary again (a new version at the\nsame path) and hand it the sockets; exit 0 once it serves",
 		run: (*ctlClient).upgrade},
 }
@@ -606,6 +608,36 @@ func (c *ctlClient) events(a *ctlArgs) error {
 			target += "/" + e.Backend
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action, target, e.Detail)
+	}
+	return tw.Flush()
+}
+
+func (c *ctlClient) cluster(a *ctlArgs) error {
+	var cl v1.Cluster
+	if _, err := c.call("GET", "/v1/cluster", nil, nil, &cl); err != nil || c.output == "json" {
+		return err
+	}
+	if !cl.Clustered {
+		fmt.Fprintln(c.stdout, "not in a cluster: this baton keeps its decisions in its state file (set cluster.etcd in the config to share them)")
+		return nil
+	}
+	leader := cl.JudgeLeader
+	if leader == "" {
+		leader = "none (electing)"
+	}
+	fmt.Fprintf(c.stdout, "instance %s, applied revision %d, judge leader %s\n\n", cl.Instance, cl.AppliedRevision, leader)
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tPID\tHEARTBEAT\tAPPLIED\tROLE")
+	for _, in := range cl.Instances {
+		role := ""
+		if in.Name == cl.JudgeLeader {
+			role = "judge leader"
+		}
+		if in.Self {
+			role = strings.TrimPrefix(role+", answering", ", ")
+		}
+		age := time.Since(in.Heartbeat).Round(100 * time.Millisecond)
+		fmt.Fprintf(tw, "%s\t%d\t%s ago\t%d\t%s\n", in.Name, in.PID, age, in.AppliedRevision, role)
 	}
 	return tw.Flush()
 }

@@ -33,6 +33,7 @@ Usage:
   baton ctl COMMAND ...         drive a running baton through its admin API
   baton rollout POOL --to V --upgrade CMD
                                 release a version server by server, judged by baton
+  baton cluster status          the batons sharing decisions through etcd (as ctl cluster)
   baton version                 print the version
 
 Run "baton COMMAND -h" for a command's flags.
@@ -66,6 +67,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCtl(rest, stdout, stderr)
 	case "rollout":
 		return cmdRollout(rest, stdout, stderr)
+	case "cluster":
+		if len(rest) == 0 || rest[0] != "status" {
+			fmt.Fprintln(stderr, "usage: baton cluster status [--admin URL] [--token-file FILE] [-o json]")
+			return exitUsage
+		}
+		return cmdCtl(append([]string{"cluster"}, rest[1:]...), stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "baton", version)
 		return exitOK

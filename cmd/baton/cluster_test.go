@@ -1,0 +1,329 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/baton-lb/baton/admin/v1"
+	"github.com/baton-lb/baton/internal/testbed"
+)
+
+// clusterBaton is one baton process of a test cluster.
+type clusterBaton struct {
+	name    string
+	cfgPath string
+	traffic string
+	admin   *adminClient
+	proc    *proc
+}
+
+// startClusterBaton writes the config of instance name (pools is the YAML of
+// its pools) sharing etcd's prefix, and starts it.
+func startClusterBaton(t *testing.T, etcd *testbed.Etcd, name, pools string) *clusterBaton {
+	t.Helper()
+	dir := t.TempDir()
+	cb := &clusterBaton{name: name, cfgPath: filepath.Join(dir, "baton.yaml"), traffic: freeAddr(t)}
+	adminAddr := freeAddr(t)
+	cfg := fmt.Sprintf(`listen: %s
+admin: {listen: %s}
+log: {format: json, access: false}
+cluster:
+  instance: %s
+  etcd: {endpoints: [%q], prefix: /baton/test/, dial_timeout: 500ms, request_timeout: 2s}
+%s`, cb.traffic, adminAddr, name, etcd.Endpoint(), pools)
+	if err := os.WriteFile(cb.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cb.admin = &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 30 * time.Second}}
+	t.Cleanup(cb.admin.c.CloseIdleConnections)
+	cb.start(t)
+	return cb
+}
+
+func (cb *clusterBaton) start(t *testing.T) {
+	t.Helper()
+	cb.proc = startBinary(t, "serve", "-c", cb.cfgPath)
+}
+
+// cluster reads GET /v1/cluster.
+func (cb *clusterBaton) cluster(t *testing.T) (int, v1.Cluster) {
+	t.Helper()
+	var cl v1.Cluster
+	status, data, err := cb.admin.do("GET", "/v1/cluster", "")
+	if err != nil {
+		t.Fatalf("%s: GET /v1/cluster: %v", cb.name, err)
+	}
+	if err := json.Unmarshal(data, &cl); err != nil {
+		t.Fatalf("%s: GET /v1/cluster: %v\n%s", cb.name, err, data)
+	}
+	return status, cl
+}
+
+// waitCluster waits until every baton sees all of them alive, on one
+// revision, with one judge leader.
+func waitCluster(t *testing.T, bs ...*clusterBaton) {
+	t.Helper()
+	var last v1.Cluster
+	ok := poll(20*time.Second, func() bool {
+		leader := ""
+		for _, b := range bs {
+			status, cl := b.cluster(t)
+			last = cl
+			if status != 200 || len(cl.Instances) != len(bs) || cl.JudgeLeader == "" || (leader != "" && cl.JudgeLeader != leader) {
+				return false
+			}
+			leader = cl.JudgeLeader
+			for _, in := range cl.Instances {
+				if in.AppliedRevision != cl.AppliedRevision {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("the batons did not agree on the cluster within 20s; last seen %+v", last)
+	}
+}
+
+const clusterPools = `pools:
+  - name: shop
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1, fall: 3}
+    outlier: {consecutive_failures: -1}
+    drain_timeout: 60s
+    backends:
+      - {name: web-1, address: "%s", version: v1}
+      - {name: web-2, address: "%s", version: v1}
+`
+
+// backendOf polls b's view of the pool until cond holds for the backend.
+func backendOf(t *testing.T, b *clusterBaton, name, what string, cond func(v1.Backend) bool) v1.Backend {
+	t.Helper()
+	var last v1.Backend
+	ok := poll(15*time.Second, func() bool {
+		p, err := b.admin.pool("shop")
+		if err != nil {
+			return false
+		}
+		be := findBackend(p, name)
+		if be == nil {
+			return false
+		}
+		last = *be
+		return cond(last)
+	})
+	if !ok {
+		t.Fatalf("%s: %s of %s did not come within 15s: last %+v", b.name, what, name, last)
+	}
+	return last
+}
+
+// TestClusterDecisionsDrainAcrossInstances runs two batons on one etcd: a
+// decision made through one applies on the other; a drain through one
+// waits for the other's request in flight and names it while it does; two
+// decisions at once through both cannot both land on the same revision.
+func TestClusterDecisionsDrainAcrossInstances(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	gate := testbed.NewGate()
+	defer gate.Release()
+	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1", Hold: map[string]*testbed.Gate{"/slow": gate}})
+	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v1"})
+	pools := fmt.Sprintf(clusterPools, w1.Addr(), w2.Addr())
+	a := startClusterBaton(t, etcd, "a", pools)
+	b := startClusterBaton(t, etcd, "b", pools)
+	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
+	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	waitCluster(t, a, b)
+
+	// A decision through a applies on b.
+	a.admin.must("PATCH", "/v1/pools/shop/backends/web-2", `{"weight":250}`, 200, nil)
+	backendOf(t, b, "web-2", "weight 250", func(be v1.Backend) bool { return be.Weight == 250 })
+
+	// A long request through b on web-1.
+	client := &http.Client{Timeout: 60 * time.Second}
+	defer client.CloseIdleConnections()
+	long := make(chan int, 1)
+	a.admin.must("POST", "/v1/pools/shop/backends/web-2/drain?wait=10s", "", 200, nil)
+	backendOf(t, b, "web-2", "drained", func(be v1.Backend) bool { return be.State == "drained" })
+	go func() {
+		resp, err := client.Get("http://" + b.traffic + "/slow")
+		if err != nil {
+			long <- 0
+			return
+		}
+		resp.Body.Close()
+		long <- resp.StatusCode
+	}()
+	if who := gate.Wait(t, 10*time.Second, "the long request through b"); who != "web-1" {
+		t.Fatalf("the long request reached %s", who)
+	}
+	a.admin.must("POST", "/v1/pools/shop/backends/web-2/enable", "", 200, nil)
+
+	// A short wait through a runs out and names b.
+	status, data, err := a.admin.do("POST", "/v1/pools/shop/backends/web-1/drain?wait=1s", "")
+	if err != nil || status != 504 || !strings.Contains(string(data), "b (1 in flight") {
+		t.Fatalf("drain?wait=1s through a with b's request in flight: %d %s %v; want 504 naming b", status, data, err)
+	}
+	var e struct {
+		Busy []string `json:"busy_instances"`
+	}
+	if json.Unmarshal(data, &e); len(e.Busy) != 1 || !strings.HasPrefix(e.Busy[0], "b ") {
+		t.Fatalf("busy_instances: %q", e.Busy)
+	}
+	// A longer one does not return while b's request is in flight.
+	drained := make(chan string, 1)
+	go func() {
+		status, data, err := a.admin.do("POST", "/v1/pools/shop/backends/web-1/drain?wait=30s", "")
+		drained <- fmt.Sprintf("%d %s %v", status, data, err)
+	}()
+	backendOf(t, b, "web-1", "draining with the long request", func(be v1.Backend) bool { return be.State == "draining" && be.Inflight == 1 })
+	// b has published that it applied the drain, and still has the
+	// request: the drain through a waits.
+	_, ca := a.cluster(t)
+	if !poll(10*time.Second, func() bool {
+		_, cl := a.cluster(t)
+		for _, in := range cl.Instances {
+			if in.Name == "b" && in.AppliedRevision >= ca.AppliedRevision {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatal("b did not report the drain's revision")
+	}
+	select {
+	case got := <-drained:
+		t.Fatalf("the drain through a returned while b had a request in flight on web-1: %s", got)
+	default:
+	}
+	gate.Release()
+	if code := <-long; code != 200 {
+		t.Fatalf("the long request through b answered %d", code)
+	}
+	select {
+	case got := <-drained:
+		if !strings.HasPrefix(got, "200 ") || !strings.Contains(got, `"state": "drained"`) {
+			t.Fatalf("the drain through a: %s", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the drain through a did not return within 20s of b's request ending")
+	}
+	backendOf(t, b, "web-1", "drained", func(be v1.Backend) bool { return be.State == "drained" })
+	a.admin.must("POST", "/v1/pools/shop/backends/web-1/enable", "", 200, nil)
+
+	// Decisions at once through both: each is made on the revision its
+	// instance applied, so when both start from the same one, one is
+	// refused with the state as it is now.
+	conflicts := 0
+	for i := 0; i < 50 && conflicts == 0; i++ {
+		var wg sync.WaitGroup
+		var sa, sb int
+		var db []byte
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			sa, _, _ = a.admin.do("PATCH", "/v1/pools/shop/backends/web-1", fmt.Sprintf(`{"weight":%d}`, 10+i))
+		}()
+		go func() {
+			defer wg.Done()
+			sb, db, _ = b.admin.do("PATCH", "/v1/pools/shop/backends/web-1", fmt.Sprintf(`{"weight":%d}`, 100+i))
+		}()
+		wg.Wait()
+		if sa != 200 && sa != 409 || sb != 200 && sb != 409 {
+			t.Fatalf("concurrent decisions: %d and %d", sa, sb)
+		}
+		if sb == 409 {
+			conflicts++
+			var body struct {
+				Code string  `json:"code"`
+				Pool v1.Pool `json:"pool"`
+			}
+			if err := json.Unmarshal(db, &body); err != nil || body.Code != v1.CodeStateChanged || findBackend(body.Pool, "web-1") == nil {
+				t.Fatalf("the refused decision: %s", db)
+			}
+		}
+		if sa == 409 {
+			conflicts++
+		}
+		// Whatever landed, both instances agree on it.
+		waitCluster(t, a, b)
+		pa, _ := a.admin.pool("shop")
+		pb, _ := b.admin.pool("shop")
+		if findBackend(pa, "web-1").Weight != findBackend(pb, "web-1").Weight {
+			t.Fatalf("after round %d the instances disagree: a %d, b %d", i, findBackend(pa, "web-1").Weight, findBackend(pb, "web-1").Weight)
+		}
+	}
+	if conflicts == 0 {
+		t.Fatal("50 rounds of decisions at once through both instances and none refused")
+	}
+}
+
+// TestClusterEtcdOutageAndRestart: with etcd away, both batons serve on
+// with the decisions they have and refuse new ones with 503; once it is
+// back, a decision applies everywhere; a baton that was down applies the
+// current decisions before it serves.
+func TestClusterEtcdOutageAndRestart(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1"})
+	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v1"})
+	pools := fmt.Sprintf(clusterPools, w1.Addr(), w2.Addr())
+	a := startClusterBaton(t, etcd, "a", pools)
+	b := startClusterBaton(t, etcd, "b", pools)
+	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
+	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	waitCluster(t, a, b)
+	a.admin.must("POST", "/v1/pools/shop/backends/web-2/drain?wait=10s", "", 200, nil)
+	backendOf(t, b, "web-2", "drained", func(be v1.Backend) bool { return be.State == "drained" })
+
+	etcd.Stop()
+	client := &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	for _, cb := range []*clusterBaton{a, b} {
+		status, data, err := cb.admin.do("POST", "/v1/pools/shop/backends/web-2/enable", "")
+		if err != nil || status != 503 || !strings.Contains(string(data), `"code": "cluster_unavailable"`) {
+			t.Fatalf("%s: a decision with etcd away: %d %s %v; want 503 cluster_unavailable", cb.name, status, data, err)
+		}
+		if status, _ := cb.cluster(t); status != 503 {
+			t.Fatalf("%s: GET /v1/cluster with etcd away answered %d, want 503", cb.name, status)
+		}
+		for i := 0; i < 20; i++ {
+			resp, err := client.Get("http://" + cb.traffic + "/")
+			if err != nil {
+				t.Fatalf("%s: a request with etcd away: %v", cb.name, err)
+			}
+			if resp.StatusCode != 200 || resp.Header.Get("X-Backend") != "web-1" {
+				t.Fatalf("%s: a request with etcd away: %d from %q, want 200 from web-1 (web-2 stays drained)", cb.name, resp.StatusCode, resp.Header.Get("X-Backend"))
+			}
+			resp.Body.Close()
+		}
+	}
+	// b goes down while etcd is away too; a decision is made once etcd
+	// is back; b starts again and applies it before it serves.
+	b.proc.cmd.Process.Kill()
+	b.proc.waitExit(t, 10*time.Second)
+	etcd.Start()
+	if !poll(20*time.Second, func() bool {
+		status, _, _ := a.admin.do("PATCH", "/v1/pools/shop/backends/web-1", `{"weight":70}`)
+		return status == 200
+	}) {
+		t.Fatal("no decision through a within 20s of etcd coming back")
+	}
+	b.start(t)
+	p := waitServing(t, b.proc, b.admin, "shop", "web-1")
+	if be := findBackend(p, "web-1"); be.Weight != 70 {
+		t.Fatalf("b after its restart: web-1 at weight %d, want 70 (decided while it was down)", be.Weight)
+	}
+	// A drained backend comes back draining until it is seen idle.
+	if be := findBackend(p, "web-2"); be.State != "drained" && be.State != "draining" {
+		t.Fatalf("b after its restart: web-2 %s, want drained", be.State)
+	}
+	backendOf(t, b, "web-2", "drained", func(be v1.Backend) bool { return be.State == "drained" })
+	waitCluster(t, a, b)
+}

@@ -1,0 +1,301 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/baton-lb/baton/admin/v1"
+	"github.com/baton-lb/baton/cluster"
+	"github.com/baton-lb/baton/config"
+)
+
+// ErrClusterUnavailable: the decision could not be written to etcd, so it
+// was not made anywhere (503). Every instance goes on with the decisions
+// it has.
+var ErrClusterUnavailable = errors.New("the cluster's etcd cannot be reached; nothing changed")
+
+// maxSharedState is the largest desired state written to etcd: its
+// request limit is 1.5 MiB.
+const maxSharedState = 1 << 20
+
+// shared is a registry's part in a cluster: the desired state lives in
+// etcd, and the state file is the local copy of the last revision applied.
+type shared struct {
+	store  *cluster.Store
+	member *cluster.Member
+	// rev is the revision of the desired state in force (under r.mu);
+	// applied the same, for readers without the lock.
+	rev     int64
+	applied atomic.Int64
+}
+
+// openShared connects to the cluster's etcd and returns the desired state
+// to start from: etcd's when it can be read, the state file's (st) when
+// etcd is out of reach or holds none yet, in which case it is written
+// there so that the other instances adopt it.
+func openShared(cfg *config.Config, st *State, log zerolog.Logger) (*shared, *State, error) {
+	store, err := cluster.Dial(cfg.Cluster)
+	if err != nil {
+		return nil, nil, err
+	}
+	sh := &shared{store: store, member: store.NewMember()}
+	e := cfg.Cluster.Etcd
+	ctx, cancel := context.WithTimeout(context.Background(), e.DialTimeout+e.RequestTimeout)
+	defer cancel()
+	data, rev, err := store.Load(ctx)
+	if err != nil {
+		log.Warn().Err(err).Str("etcd", store.String()).
+			Msg("etcd cannot be read at start: serving with the decisions of the state file (the last revision this instance applied); decisions are refused until etcd answers")
+		return sh, st, nil
+	}
+	if data == nil {
+		if countDecisions(st) == 0 {
+			return sh, st, nil
+		}
+		enc, err := encodeState(st)
+		if err != nil {
+			return nil, nil, err
+		}
+		rev, err = store.Commit(ctx, enc, 0)
+		var c *cluster.Conflict
+		switch {
+		case errors.As(err, &c):
+			data, rev = c.Current, c.Rev // another instance was first
+		case err != nil:
+			log.Warn().Err(err).Msg("could not write the state file's decisions to etcd; serving with them until etcd answers")
+			return sh, st, nil
+		default:
+			log.Info().Int64("revision", rev).Int("decisions", countDecisions(st)).
+				Msg("etcd held no decisions yet: the state file's are the cluster's now")
+			sh.setRev(rev)
+			return sh, st, nil
+		}
+	}
+	if data == nil {
+		return sh, &State{Format: stateFormat}, nil
+	}
+	shared, warning, err := decodeState(data, "etcd key "+store.Prefix()+"state")
+	if err != nil {
+		store.Close()
+		return nil, nil, fmt.Errorf("the cluster's desired state cannot be used: %w", err)
+	}
+	if warning != "" {
+		log.Warn().Msg(warning)
+	}
+	sh.setRev(rev)
+	return sh, shared, nil
+}
+
+func (sh *shared) setRev(rev int64) {
+	sh.rev = rev
+	sh.applied.Store(rev)
+}
+
+func countDecisions(st *State) int {
+	n := 0
+	for _, ps := range st.Pools {
+		if ps.Canary != nil || ps.StableVersion != "" || ps.Held || ps.Lease != nil || ps.Switch != nil || ps.LastCanary != nil || ps.LastSwitch != nil {
+			n++
+		}
+		n += len(ps.Backends)
+	}
+	return n
+}
+
+// commitSharedLocked writes next to etcd, if the desired state is still the
+// revision this instance applied. When another instance changed it first,
+// its state is applied here and the decision refused with
+// v1.CodeStateChanged; when etcd cannot be reached, with
+// ErrClusterUnavailable. Either way nothing changed.
+func (r *Registry) commitSharedLocked(next *State) error {
+	sh := r.shared
+	data, err := encodeState(next)
+	if err != nil {
+		return fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
+	}
+	if len(data) > maxSharedState {
+		return fmt.Errorf("%w; nothing changed: the desired state would be %d bytes, over the %d etcd takes", ErrPersist, len(data), maxSharedState)
+	}
+	rev, err := sh.store.Commit(context.Background(), data, sh.rev)
+	var c *cluster.Conflict
+	switch {
+	case errors.As(err, &c):
+		r.adoptSharedLocked(c.Current, c.Rev)
+		return conflictf(v1.CodeStateChanged,
+			"another baton changed the shared state first (revision %d), and this one has applied it; nothing changed: look at the state now and ask again", c.Rev)
+	case err != nil:
+		return fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
+	}
+	sh.setRev(rev)
+	return nil
+}
+
+// adoptSharedLocked makes data, the desired state at revision rev written
+// by another instance, the one in force here, through the same path as a
+// reload: reconciled with this instance's file, applied to every pool, and
+// kept in the state file as the local copy.
+func (r *Registry) adoptSharedLocked(data []byte, rev int64) {
+	sh := r.shared
+	if rev != 0 && rev <= sh.rev {
+		return // this instance's own write, or older
+	}
+	st := &State{Format: stateFormat}
+	if data != nil {
+		var warning string
+		var err error
+		st, warning, err = decodeState(data, "etcd key "+sh.store.Prefix()+"state")
+		if err != nil {
+			// Not applied; the next decision here replaces it.
+			r.log.Error().Err(err).Int64("revision", rev).Msg("the cluster's desired state cannot be used; this instance keeps the decisions it has")
+			sh.setRev(rev)
+			return
+		}
+		if warning != "" {
+			r.log.Warn().Msg(warning)
+		}
+	}
+	reconcile(st, r.cfg, r.log, r.gone)
+	sh.setRev(rev)
+	defer sh.member.Kick()
+	if reflect.DeepEqual(st, r.state) {
+		return
+	}
+	r.state = st
+	for _, p := range r.pools {
+		r.applyPoolLocked(p)
+	}
+	if err := saveState(r.stateFile, st); err != nil {
+		r.log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file; it applies all the same")
+	}
+	r.log.Info().Int64("revision", rev).Msg("applied the cluster's desired state")
+}
+
+// startShared follows the desired state in etcd and publishes this
+// instance's presence until ctx ends.
+func (r *Registry) startShared(ctx context.Context) {
+	sh := r.shared
+	rev := sh.rev // Start holds r.mu
+	r.wg.Add(2)
+	go func() {
+		defer r.wg.Done()
+		sh.store.Watch(ctx, rev, func(data []byte, rev int64) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.adoptSharedLocked(data, rev)
+		})
+	}()
+	go func() {
+		defer r.wg.Done()
+		sh.member.Run(ctx, r.clusterReport)
+	}()
+}
+
+// clusterReport is what this instance publishes: the revision it applied
+// and each backend's live load.
+func (r *Registry) clusterReport() cluster.Report {
+	rep := cluster.Report{Applied: r.shared.applied.Load(), Backends: map[string]cluster.Load{}}
+	for _, p := range r.Pools() {
+		for _, b := range append(p.Backends(), p.LeavingBackends()...) {
+			if in, conns := b.Inflight(), b.OpenConns(); in > 0 || conns > 0 {
+				k := p.Name() + "/" + b.Name()
+				l := rep.Backends[k]
+				rep.Backends[k] = cluster.Load{InFlight: l.InFlight + in, Conns: l.Conns + conns}
+			}
+		}
+	}
+	return rep
+}
+
+// Clustered reports whether this baton shares its decisions through etcd.
+func (r *Registry) Clustered() bool { return r.shared != nil }
+
+// SharedRevision is the revision of the cluster's desired state in force
+// here (0 alone, or before any was written).
+func (r *Registry) SharedRevision() int64 {
+	if r.shared == nil {
+		return 0
+	}
+	return r.shared.applied.Load()
+}
+
+// ClusterInstance is one baton process of the cluster.
+type ClusterInstance struct {
+	Name      string
+	PID       int
+	Heartbeat time.Time
+	Applied   int64
+	Self      bool
+}
+
+// ClusterStatus is the cluster as this instance sees it.
+type ClusterStatus struct {
+	Instance    string
+	Applied     int64
+	Instances   []ClusterInstance
+	JudgeLeader string
+	Leading     bool
+}
+
+// Cluster returns the instances alive now and the judge leader, read from
+// etcd; ErrClusterUnavailable when it cannot be, and nil, nil alone.
+func (r *Registry) Cluster(ctx context.Context) (*ClusterStatus, error) {
+	sh := r.shared
+	if sh == nil {
+		return nil, nil
+	}
+	out := &ClusterStatus{Instance: sh.store.Instance(), Applied: sh.applied.Load(), Leading: sh.member.Leading()}
+	reps, err := sh.store.Instances(ctx)
+	if err != nil {
+		return out, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
+	}
+	for _, rep := range reps {
+		out.Instances = append(out.Instances, ClusterInstance{Name: rep.Instance, PID: rep.PID, Heartbeat: rep.Heartbeat,
+			Applied: rep.Applied, Self: rep.Process == sh.member.Process()})
+	}
+	if out.JudgeLeader, err = sh.store.Leader(ctx); err != nil {
+		return out, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
+	}
+	return out, nil
+}
+
+// BusyElsewhere names the other live instances that still send requests
+// to the backend, or keep connections to it open, or have not applied
+// revision rev (the drain) yet, each with what it has; empty when none
+// does, or alone. An instance whose lease ran out is dead and not
+// counted.
+func (r *Registry) BusyElsewhere(ctx context.Context, poolName, backend string, rev int64) ([]string, error) {
+	sh := r.shared
+	if sh == nil {
+		return nil, nil
+	}
+	reps, err := sh.store.Instances(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
+	}
+	var busy []string
+	for _, rep := range reps {
+		if rep.Process == sh.member.Process() {
+			continue
+		}
+		l := rep.Backends[poolName+"/"+backend]
+		switch {
+		case rep.Applied < rev:
+			busy = append(busy, fmt.Sprintf("%s (has not applied revision %d yet)", rep.Instance, rev))
+		case l.InFlight > 0 || l.Conns > 0:
+			busy = append(busy, fmt.Sprintf("%s (%d in flight, %d open connections)", rep.Instance, l.InFlight, l.Conns))
+		}
+	}
+	sort.Strings(busy)
+	return busy, nil
+}
+
+// judgeLeads reports whether this instance's judge may act: always alone;
+// in a cluster only the elected leader's does.
+func (r *Registry) judgeLeads() bool { return r.shared == nil || r.shared.member.Leading() }
