@@ -151,21 +151,10 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	r.generation = 1
 	r.reloadsOK.Add(1)
 	r.lastReload.Store(time.Now().Unix())
-	if n := r.countOverlay(); n > 0 {
+	if n := countDecisions(r.state); n > 0 {
 		log.Info().Str("state_file", stateFile).Int("decisions", n).Msg("runtime decisions restored from the state file")
 	}
 	return r, nil
-}
-
-func (r *Registry) countOverlay() int {
-	n := 0
-	for _, ps := range r.state.Pools {
-		if ps.Canary != nil || ps.StableVersion != "" {
-			n++
-		}
-		n += len(ps.Backends)
-	}
-	return n
 }
 
 // OnTable registers the function that receives every new routing table

@@ -103,6 +103,22 @@ const clusterPools = `pools:
       - {name: web-2, address: "%s", version: v1}
 `
 
+// startClusterPair starts backends web-1 (holding requests to the paths of
+// hold1) and web-2, and batons a and b on etcd serving them, and waits
+// until both serve and agree on the cluster.
+func startClusterPair(t *testing.T, etcd *testbed.Etcd, hold1 map[string]*testbed.Gate) (a, b *clusterBaton) {
+	t.Helper()
+	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1", Hold: hold1})
+	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v1"})
+	pools := fmt.Sprintf(clusterPools, w1.Addr(), w2.Addr())
+	a = startClusterBaton(t, etcd, "a", pools)
+	b = startClusterBaton(t, etcd, "b", pools)
+	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
+	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	waitCluster(t, a, b)
+	return a, b
+}
+
 // backendOf polls b's view of the pool until cond holds for the backend.
 func backendOf(t *testing.T, b *clusterBaton, name, what string, cond func(v1.Backend) bool) v1.Backend {
 	t.Helper()
@@ -133,14 +149,7 @@ func TestClusterDecisionsDrainAcrossInstances(t *testing.T) {
 	etcd := testbed.StartEtcd(t)
 	gate := testbed.NewGate()
 	defer gate.Release()
-	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1", Hold: map[string]*testbed.Gate{"/slow": gate}})
-	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v1"})
-	pools := fmt.Sprintf(clusterPools, w1.Addr(), w2.Addr())
-	a := startClusterBaton(t, etcd, "a", pools)
-	b := startClusterBaton(t, etcd, "b", pools)
-	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
-	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
-	waitCluster(t, a, b)
+	a, b := startClusterPair(t, etcd, map[string]*testbed.Gate{"/slow": gate})
 
 	// A decision through a applies on b.
 	a.admin.must("PATCH", "/v1/pools/shop/backends/web-2", `{"weight":250}`, 200, nil)
@@ -271,14 +280,7 @@ func TestClusterDecisionsDrainAcrossInstances(t *testing.T) {
 // current decisions before it serves.
 func TestClusterEtcdOutageAndRestart(t *testing.T) {
 	etcd := testbed.StartEtcd(t)
-	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1"})
-	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v1"})
-	pools := fmt.Sprintf(clusterPools, w1.Addr(), w2.Addr())
-	a := startClusterBaton(t, etcd, "a", pools)
-	b := startClusterBaton(t, etcd, "b", pools)
-	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
-	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
-	waitCluster(t, a, b)
+	a, b := startClusterPair(t, etcd, nil)
 	a.admin.must("POST", "/v1/pools/shop/backends/web-2/drain?wait=10s", "", 200, nil)
 	backendOf(t, b, "web-2", "drained", func(be v1.Backend) bool { return be.State == "drained" })
 
