@@ -41,6 +41,11 @@ type poolJudge struct {
 	// ended: the canary is gone (promoted or rolled back); the last
 	// verdict stays for reports until the next canary.
 	ended bool
+	// pooled: in a cluster, the leader's verdict and the pooled evidence
+	// behind it (written under judges.mu); published: when this
+	// process last published its own evidence.
+	pooled    *pooledVerdict
+	published time.Time
 }
 
 // judges holds the per-pool judges; the judge loop owns them, the API reads
@@ -66,12 +71,16 @@ func (j *judges) set(name string, pj *poolJudge) {
 	j.by[name] = pj
 }
 
-// record stores pj's new verdict, reached at; reports read it under the
+// record stores pj's new verdict, reached at, and in a cluster the pooled
+// evidence behind it (nil: keep the last); reports read them under the
 // same lock.
-func (j *judges) record(name string, pj *poolJudge, res canary.Result, at time.Time) {
+func (j *judges) record(name string, pj *poolJudge, res canary.Result, at time.Time, pooled *pooledVerdict) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	pj.result, pj.at = res, at
+	if pooled != nil {
+		pj.pooled = pooled
+	}
 	j.by[name] = pj
 }
 
@@ -94,6 +103,17 @@ func (j *judges) latest(name string) (canary.Result, time.Time, bool) {
 		return canary.Result{}, time.Time{}, false
 	}
 	return pj.result, pj.at, true
+}
+
+// pooledOf returns the pooled evidence behind the latest verdict on the
+// pool's canary cv (nil: none, or alone).
+func (j *judges) pooledOf(name, cv string) *pooledVerdict {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if pj := j.by[name]; pj != nil && !pj.ended && pj.pooled != nil && pj.pooled.Canary == cv {
+		return pj.pooled
+	}
+	return nil
 }
 
 // ended returns the last verdict on a pool's last judged canary and the
@@ -167,7 +187,8 @@ func since(now, base map[string]*canary.VersionSnapshot, version string) *canary
 }
 
 // judgePool takes one verdict for p when its interval has passed, and acts
-// on it as the pool's automation allows.
+// on it as the pool's automation allows. In a cluster every instance
+// gathers and publishes its evidence; the leader judges on all of it.
 func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	name := p.Name()
 	cfg := p.Settings()
@@ -176,18 +197,23 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	if cv == "" {
 		if pj != nil && !pj.ended {
 			liftClientBounds(p)
+			r.forgetEvidence(name)
 		}
 		r.judges.end(name)
 		return
 	}
-	if pj != nil && now.Sub(pj.lastEval) < cfg.Judge.Interval && pj.canary == cv && !pj.ended {
+	fresh := pj == nil || pj.canary != cv || pj.ended
+	if !fresh && now.Sub(pj.lastEval) < cfg.Judge.Interval {
 		// Between verdicts: a route group's warm-up ends when it does,
 		// not at the next verdict, so its evidence starts on time.
 		pj.checkWarm(p, cfg, now)
+		if r.shared != nil && now.Sub(pj.published) >= evidenceEvery {
+			r.publishEvidence(name, pj, pj.observe(p, cfg, snapshotVersions(p), now, weight, r.canaryRun(name, cv)))
+		}
 		return
 	}
 	snaps := snapshotVersions(p)
-	if pj == nil || pj.canary != cv || pj.ended {
+	if fresh {
 		pj = &poolJudge{canary: cv, stable: p.StableVersion(), judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
 			warm:    map[int]map[string]*canary.VersionSnapshot{},
 			sigBase: p.Signatures().Snapshot(), sigOf: p.Signatures(), weight: weight, stepStart: now}
@@ -196,6 +222,76 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	}
 	pj.lastEval = now
 	stable := p.StableVersion()
+	run := r.canaryRun(name, cv)
+	local := pj.observe(p, cfg, snaps, now, weight, run)
+	var pooled *pooledVerdict
+	in := local.Input()
+	if r.shared != nil {
+		r.publishEvidence(name, pj, local)
+		if !r.judgeLeads() {
+			r.followVerdict(name, pj, run, now)
+			pj.nextWindow(p, cfg, stable, cv, now)
+			return
+		}
+		var err error
+		if pooled, err = r.poolEvidence(name, run, weight, local); err != nil {
+			// Never a verdict on part of the evidence: the judge waits.
+			r.pause(name, pj, cv, err, now)
+			pj.nextWindow(p, cfg, stable, cv, now)
+			return
+		}
+		in = pooled.Evidence.Input()
+	}
+
+	// The share during this tick, from what each version actually served:
+	// affinity and retries make it differ from the configured one.
+	dS, dC := in.Stable.Requests-min(in.Stable.Requests, pj.last[0]), in.Canary.Requests-min(in.Canary.Requests, pj.last[1])
+	share := weight / 100
+	if dS+dC > 0 {
+		share = float64(dC) / float64(dS+dC)
+	}
+	pj.last = [2]uint64{in.Stable.Requests, in.Canary.Requests}
+	in.Now, in.Share, in.StepStart, in.Held = now, share, pj.stepStart, r.Held(name)
+	for _, b := range p.Backends() {
+		if b.Version() == cv && b.State() == pool.Active {
+			in.CanaryBackends++
+			if b.Health() != pool.Down {
+				in.CanaryHealthy++
+			}
+		}
+	}
+	res := pj.judge.Evaluate(in)
+	pj.nextWindow(p, cfg, stable, cv, now)
+	prev := pj.result
+	if pooled != nil {
+		pooled.Canary, pooled.Stable, pooled.At = cv, stable, now.UTC()
+		pooled.Result, pooled.Signatures = res, res.Signatures
+		r.publishVerdict(name, pooled)
+	}
+	r.judges.record(name, pj, res, now, pooled)
+	r.logVerdict(name, cv, prev, res)
+	r.act(p, cfg, cv, weight, res, in.Held)
+}
+
+// logVerdict logs a verdict that differs from the previous one.
+func (r *Registry) logVerdict(name, cv string, prev, res canary.Result) {
+	if res.Verdict == prev.Verdict && res.Rule == prev.Rule {
+		return
+	}
+	ev := r.log.Info()
+	if res.Verdict == canary.Fail {
+		ev = r.log.Warn()
+	}
+	ev.Str("pool", name).Str("canary", cv).Str("verdict", res.Verdict).Str("rule", res.Rule).
+		Str("reason", res.Reason).Msg("canary verdict")
+}
+
+// observe returns this process's evidence on pj's canary: each version's
+// counts since the canary started, latency per route group since the
+// group's warm-up ended, the signatures seen since, and what the
+// per-client bounds left out.
+func (pj *poolJudge) observe(p *pool.Pool, cfg *config.Pool, snaps map[string]*canary.VersionSnapshot, now time.Time, weight float64, run string) *canary.Contribution {
+	cv, stable := pj.canary, p.StableVersion()
 	st, ca := since(snaps, pj.base, stable), since(snaps, pj.base, cv)
 	if weight != pj.weight {
 		pj.weight, pj.stepStart, pj.stepBase = weight, now, ca.Requests
@@ -206,60 +302,37 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 			pj.warm[i] = snaps
 		}
 	}
-
-	// The share during this tick, from what each version actually served:
-	// affinity and retries make it differ from the configured one.
-	dS, dC := st.Requests-min(st.Requests, pj.last[0]), ca.Requests-min(ca.Requests, pj.last[1])
-	share := weight / 100
-	if dS+dC > 0 {
-		share = float64(dC) / float64(dS+dC)
-	}
-	pj.last = [2]uint64{st.Requests, ca.Requests}
-
-	in := canary.Input{
-		Now: now, Share: share, StepStart: pj.stepStart, StepCanaryRequests: ca.Requests - min(ca.Requests, pj.stepBase),
+	c := &canary.Contribution{Run: run, At: now.UTC(), Weight: weight, StepCanaryRequests: ca.Requests - min(ca.Requests, pj.stepBase),
 		Stable: side(st, p.Groups(), pj.warm, snaps, stable),
-		Canary: side(ca, p.Groups(), pj.warm, snaps, cv),
-		Held:   r.Held(name),
-	}
-	for _, b := range p.Backends() {
-		if b.Version() == cv && b.State() == pool.Active {
-			in.CanaryBackends++
-			if b.Health() != pool.Down {
-				in.CanaryHealthy++
-			}
-		}
-	}
+		Canary: side(ca, p.Groups(), pj.warm, snaps, cv)}
 	if t := p.Signatures(); t != pj.sigOf {
 		pj.sigBase, pj.sigOf = nil, t // a table made for this canary: all of it counts
 	}
 	for key, sig := range p.Signatures().Snapshot() {
 		b := pj.sigBase[key]
-		e := canary.SignatureEvidence{Key: key, Stable: sig.Counts[stable] - b.Counts[stable], Canary: sig.Counts[cv] - b.Counts[cv],
+		e := canary.SigEvidence{Key: key, Stable: sig.Counts[stable] - b.Counts[stable], Canary: sig.Counts[cv] - b.Counts[cv],
 			CanaryClients: sig.Clients[cv]}
-		if e.Stable+e.Canary > 0 {
-			in.Signatures = append(in.Signatures, e)
+		if e.Stable+e.Canary == 0 {
+			continue
 		}
+		if n := len(sig.Examples); n > 0 {
+			ex := sig.Examples[n-1]
+			e.Example = &ex
+		}
+		c.Signatures = append(c.Signatures, e)
 	}
-	sort.Slice(in.Signatures, func(i, j int) bool { return in.Signatures[i].Key < in.Signatures[j].Key })
+	sort.Slice(c.Signatures, func(i, j int) bool { return c.Signatures[i].Key < c.Signatures[j].Key })
+	c.Discarded, c.DiscardedFailures = pj.discarded(p, stable, cv)
+	return c
+}
 
-	in.Discarded, in.DiscardedFailures = pj.discarded(p, stable, cv)
-	res := pj.judge.Evaluate(in)
+// nextWindow starts the next window of the per-client bounds once the last
+// lasted canary.ClientWindow.
+func (pj *poolJudge) nextWindow(p *pool.Pool, cfg *config.Pool, stable, cv string, now time.Time) {
 	if now.Sub(pj.windowAt) >= canary.ClientWindow {
 		pj.windowAt = now
 		pj.newWindow(p, cfg, stable, cv)
 	}
-	prev := pj.result
-	r.judges.record(name, pj, res, now)
-	if res.Verdict != prev.Verdict || res.Rule != prev.Rule {
-		ev := r.log.Info()
-		if res.Verdict == canary.Fail {
-			ev = r.log.Warn()
-		}
-		ev.Str("pool", name).Str("canary", cv).Str("verdict", res.Verdict).Str("rule", res.Rule).
-			Str("reason", res.Reason).Msg("canary verdict")
-	}
-	r.act(p, cfg, cv, weight, res, in.Held)
 }
 
 // newWindow starts the next window of the per-client bounds: in it, one
@@ -342,8 +415,8 @@ func (pj *poolJudge) checkWarm(p *pool.Pool, cfg *config.Pool, now time.Time) {
 
 // side is one version's evidence for the judge: counts since the canary
 // started, latency per route group since the group's warm-up ended.
-func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[string]*canary.VersionSnapshot, now map[string]*canary.VersionSnapshot, version string) canary.Side {
-	out := canary.Side{Requests: s.Requests, Errors: s.Errors, Gateway: s.NoAnswer}
+func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[string]*canary.VersionSnapshot, now map[string]*canary.VersionSnapshot, version string) canary.SideEvidence {
+	out := canary.SideEvidence{Version: version, Requests: s.Requests, Errors: s.Errors, Gateway: s.NoAnswer, All: *s.Latency()}
 	if s.Of != nil {
 		out.ErrorClients = s.Of.ErrorClients()
 	}

@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
@@ -217,13 +218,7 @@ func (r *Registry) Canary(poolName string) (*v1.CanaryReport, error) {
 		}
 		rep.Signatures = append(rep.Signatures, sr)
 	}
-	sort.Slice(rep.Signatures, func(i, j int) bool {
-		a, b := rep.Signatures[i], rep.Signatures[j]
-		if a.FailsRelease != b.FailsRelease {
-			return a.FailsRelease
-		}
-		return a.Key < b.Key
-	})
+	sortSignatures(rep.Signatures)
 	for _, vs := range p.VersionStats() {
 		now := snapVersion(vs)
 		// Only from the same evidence: a version's evidence is recreated
@@ -248,7 +243,67 @@ func (r *Registry) Canary(poolName string) (*v1.CanaryReport, error) {
 		vr.P50ms, vr.P90ms, vr.P99ms = quantileMs(&now.latency, 0.5), quantileMs(&now.latency, 0.9), quantileMs(&now.latency, 0.99)
 		rep.Versions = append(rep.Versions, vr)
 	}
+	if pv := r.judges.pooledOf(poolName, cur); pv != nil && cur != "" {
+		pooledReport(rep, pv, classes)
+	}
 	return rep, nil
+}
+
+// pooledReport puts the cluster's pooled evidence in place of this
+// instance's own, so that every instance reports the verdict with the
+// figures it was reached on: the stable and canary versions' counts and
+// latency, and the signatures with their latest example from any
+// instance.
+func pooledReport(rep *v1.CanaryReport, pv *pooledVerdict, classes map[string]canary.SignatureClass) {
+	e := pv.Evidence
+	for _, s := range []*canary.SideEvidence{&e.Stable, &e.Canary} {
+		i := slices.IndexFunc(rep.Versions, func(vr v1.VersionReport) bool { return vr.Version == s.Version })
+		if i < 0 {
+			// Served elsewhere only.
+			role := "stable"
+			if s == &e.Canary {
+				role = "canary"
+			}
+			rep.Versions = append(rep.Versions, v1.VersionReport{Version: s.Version, Role: role})
+			i = len(rep.Versions) - 1
+		}
+		vr := &rep.Versions[i]
+		vr.Requests, vr.Errors, vr.ErrorRate = s.Requests, s.Errors, 0
+		if s.Requests > 0 {
+			vr.ErrorRate = float64(s.Errors) / float64(s.Requests)
+		}
+		vr.P50ms, vr.P90ms, vr.P99ms = quantileMs(&s.All, 0.5), quantileMs(&s.All, 0.9), quantileMs(&s.All, 0.99)
+	}
+	rep.Signatures = rep.Signatures[:0]
+	for _, sig := range e.Signatures {
+		sr := v1.SignatureReport{Key: sig.Key, Counts: map[string]uint64{}, Example: example(sig.Example), Class: "known"}
+		if sig.Stable > 0 {
+			sr.Counts[e.Stable.Version] = sig.Stable
+		}
+		if sig.Canary > 0 {
+			sr.Counts[e.Canary.Version] = sig.Canary
+		}
+		if sc, ok := classes[sig.Key]; ok {
+			sr.Class, sr.FailsRelease = sc.Class, sc.FailsRelease
+		} else if sig.Canary > 0 && sig.Stable == 0 {
+			sr.Class = "new"
+		}
+		rep.Signatures = append(rep.Signatures, sr)
+	}
+	sortSignatures(rep.Signatures)
+	rep.Evidence.Instances = append([]string{}, pv.Instances...)
+	rep.Evidence.JudgedBy = pv.Leader
+}
+
+// sortSignatures puts those that fail the release first, then by key.
+func sortSignatures(sigs []v1.SignatureReport) {
+	sort.Slice(sigs, func(i, j int) bool {
+		a, b := sigs[i], sigs[j]
+		if a.FailsRelease != b.FailsRelease {
+			return a.FailsRelease
+		}
+		return a.Key < b.Key
+	})
 }
 
 func quantileMs(s *canary.Snapshot, q float64) *float64 {

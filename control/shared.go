@@ -34,6 +34,7 @@ type shared struct {
 	// applied the same, for readers without the lock.
 	rev     int64
 	applied atomic.Int64
+	out     outbox // evidence on its way to etcd
 }
 
 // openShared connects to the cluster's etcd and returns the desired state
@@ -45,7 +46,7 @@ func openShared(cfg *config.Config, st *State, log zerolog.Logger) (*shared, *St
 	if err != nil {
 		return nil, nil, err
 	}
-	sh := &shared{store: store, member: store.NewMember()}
+	sh := &shared{store: store, member: store.NewMember(), out: outbox{pending: map[string][]byte{}, kick: make(chan struct{}, 1)}}
 	e := cfg.Cluster.Etcd
 	ctx, cancel := context.WithTimeout(context.Background(), e.DialTimeout+e.RequestTimeout)
 	defer cancel()
@@ -182,7 +183,11 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) {
 func (r *Registry) startShared(ctx context.Context) {
 	sh := r.shared
 	rev := sh.rev // Start holds r.mu
-	r.wg.Add(2)
+	r.wg.Add(3)
+	go func() {
+		defer r.wg.Done()
+		r.runPublisher(ctx)
+	}()
 	go func() {
 		defer r.wg.Done()
 		sh.store.Watch(ctx, rev, func(data []byte, rev int64) {

@@ -86,6 +86,10 @@ type EvidenceReport struct {
 	SignaturesFolded        uint64 `json:"signatures_folded"`
 	ClientDiscardedRequests uint64 `json:"client_discarded_requests"`
 	ClientDiscardedFailures uint64 `json:"client_discarded_failures"`
+	// In a cluster: the baton processes ("INSTANCE/PROCESS") whose
+	// evidence the verdict pooled, and the judge leader that reached it.
+	Instances []string `json:"instances,omitempty"`
+	JudgedBy  string   `json:"judged_by,omitempty"`
 }
 
 // PreviousCanary is how the pool's last canary ended.

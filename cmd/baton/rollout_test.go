@@ -47,6 +47,12 @@ type rollout struct {
 	// example script with env.
 	drive func(t *testing.T, e releaseEnv) (string, error)
 
+	// instances > 1 runs that many batons sharing one etcd, the load
+	// spread over all of them and the release driven through the first;
+	// during, when set, runs beside the release.
+	instances int
+	during    func(t *testing.T, c *rolloutCluster)
+
 	out      string
 	err      error
 	servers  []*shopServer
@@ -77,37 +83,73 @@ func (r *rollout) run(t *testing.T) {
 		r.servers[i] = s
 		fmt.Fprintf(&backendsYAML, "      - {name: %s, address: \"%s\", version: v41}\n", s.name, s.Addr())
 	}
-	traffic, adminAddr := freeAddr(t), freeAddr(t)
-	r.traffic = traffic
-	cfg := writeFile(t, "baton.yaml", fmt.Sprintf(`listen: %s
-admin: {listen: %s}
-log: {format: json, access: false}
-pools:
+	pools := fmt.Sprintf(`pools:
   - name: shop
     health_check: {path: /healthz, interval: 200ms, timeout: 150ms, rise: 1, fall: 2}
     drain_timeout: 20s
 %s    backends:
-%s`, traffic, adminAddr, r.poolYAML, backendsYAML.String()))
-
-	p := startBinary(t, "serve", "-c", cfg)
+%s`, r.poolYAML, backendsYAML.String())
 	r.client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	t.Cleanup(r.client.CloseIdleConnections)
-	if !poll(20*time.Second, func() bool {
-		s, _, err := get(r.client, "http://"+traffic+"/")
-		return err == nil && s == 200
-	}) {
-		t.Fatalf("baton did not start serving: %s", p.stderr)
+	var adminURL string
+	var traffics []string
+	var cl *rolloutCluster
+	if r.instances > 1 {
+		cl = startRolloutCluster(t, r.instances, pools)
+		for _, b := range cl.batons {
+			traffics = append(traffics, b.traffic)
+		}
+		adminURL = cl.batons[0].admin.base
+	} else {
+		traffic, adminAddr := freeAddr(t), freeAddr(t)
+		cfg := writeFile(t, "baton.yaml", fmt.Sprintf("listen: %s\nadmin: {listen: %s}\nlog: {format: json, access: false}\n%s",
+			traffic, adminAddr, pools))
+		startBinary(t, "serve", "-c", cfg)
+		traffics, adminURL = []string{traffic}, "http://"+adminAddr
+	}
+	r.traffic = traffics[0]
+	for _, traffic := range traffics {
+		if !poll(20*time.Second, func() bool {
+			s, _, err := get(r.client, "http://"+traffic+"/")
+			return err == nil && s == 200
+		}) {
+			t.Fatalf("baton at %s did not start serving", traffic)
+		}
 	}
 
-	// Steady load: GETs and POSTs with unique order numbers.
+	// Steady load: GETs and POSTs with unique order numbers, two workers
+	// per baton.
 	ctx, stopLoad := context.WithCancel(context.Background())
+	defer stopLoad()
 	var sent, failed atomic.Int64
 	var failures sync.Map
 	var wg sync.WaitGroup
-	for w := range 6 {
+	workers := 2 * len(traffics)
+	if len(traffics) == 1 {
+		workers = 6
+	}
+	loadOf := make([]context.Context, len(traffics))
+	for i := range traffics {
+		var stop context.CancelFunc
+		loadOf[i], stop = context.WithCancel(ctx)
+		defer stop()
+		if cl != nil {
+			cl.stopLoad = append(cl.stopLoad, stop)
+			cl.loadWG = append(cl.loadWG, &sync.WaitGroup{})
+		}
+	}
+	for w := range workers {
 		wg.Add(1)
+		at := w % len(traffics)
+		if cl != nil {
+			cl.loadWG[at].Add(1)
+		}
 		go func() {
 			defer wg.Done()
+			if cl != nil {
+				defer cl.loadWG[at].Done()
+			}
+			traffic, ctx := traffics[at], loadOf[at]
 			for i := 0; i < 20000 && ctx.Err() == nil; i++ {
 				var req *http.Request
 				if i%2 == 0 {
@@ -191,7 +233,21 @@ pools:
 			return string(out), err
 		}
 	}
-	out, err := drive(t, releaseEnv{admin: "http://" + adminAddr, upgradeCmd: upgradeCmd, servers: r.servers})
+	var out string
+	var err error
+	if r.during != nil {
+		// The release runs beside what during does on the test's
+		// goroutine.
+		released := make(chan struct{})
+		go func() {
+			defer close(released)
+			out, err = drive(t, releaseEnv{admin: adminURL, upgradeCmd: upgradeCmd, servers: r.servers})
+		}()
+		r.during(t, cl)
+		<-released
+	} else {
+		out, err = drive(t, releaseEnv{admin: adminURL, upgradeCmd: upgradeCmd, servers: r.servers})
+	}
 	close(done)
 	stopLoad()
 	wg.Wait()

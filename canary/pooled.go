@@ -1,0 +1,177 @@
+package canary
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Contribution is one baton's evidence on one canary, to be pooled with
+// the other batons' that share the release: what Input holds about each
+// version, cumulative since that baton started judging the canary, with the
+// latest example of each failure signature. Contributions add up: the
+// judge of a cluster evaluates their sum.
+type Contribution struct {
+	// Run names the canary (its version and how the previous one
+	// ended), so evidence of an earlier canary of the same version is
+	// never mixed in.
+	Run    string    `json:"run"`
+	At     time.Time `json:"at"`
+	Weight float64   `json:"weight"`
+	// StepCanaryRequests: the canary's requests since its share became
+	// Weight.
+	StepCanaryRequests uint64        `json:"step_canary_requests"`
+	Stable             SideEvidence  `json:"stable"`
+	Canary             SideEvidence  `json:"canary"`
+	Signatures         []SigEvidence `json:"signatures,omitempty"`
+	Discarded          uint64        `json:"discarded,omitempty"`
+	DiscardedFailures  uint64        `json:"discarded_failures,omitempty"`
+}
+
+// SideEvidence is one version's part of a Contribution.
+type SideEvidence struct {
+	Version      string `json:"version"`
+	Requests     uint64 `json:"requests"`
+	Errors       uint64 `json:"errors"`
+	Gateway      uint64 `json:"gateway,omitempty"`
+	ErrorClients int    `json:"error_clients,omitempty"`
+	// Latency by route group since its warm-up ended, as the judge
+	// compares it; All is every request's since the canary started, as
+	// reports show it.
+	Latency map[string]*Snapshot `json:"latency,omitempty"`
+	All     Snapshot             `json:"all"`
+}
+
+// SigEvidence is one failure signature's part of a Contribution.
+type SigEvidence struct {
+	Key           string   `json:"key"`
+	Stable        uint64   `json:"stable"`
+	Canary        uint64   `json:"canary"`
+	CanaryClients int      `json:"canary_clients,omitempty"`
+	Example       *Example `json:"example,omitempty"`
+}
+
+// Side returns the version's evidence as the judge takes it.
+func (s *SideEvidence) Side() Side {
+	return Side{Requests: s.Requests, Errors: s.Errors, Gateway: s.Gateway, Latency: s.Latency, ErrorClients: s.ErrorClients}
+}
+
+// Input returns the contribution as the judge's input; the caller adds
+// what is not evidence (the time, the share, the step's start, backends'
+// health, whether the pool is held).
+func (c *Contribution) Input() Input {
+	in := Input{Stable: c.Stable.Side(), Canary: c.Canary.Side(), StepCanaryRequests: c.StepCanaryRequests,
+		Discarded: c.Discarded, DiscardedFailures: c.DiscardedFailures}
+	for _, s := range c.Signatures {
+		in.Signatures = append(in.Signatures, SignatureEvidence{Key: s.Key, Stable: s.Stable, Canary: s.Canary, CanaryClients: s.CanaryClients})
+	}
+	return in
+}
+
+// Pool adds up contributions of the same canary run. Counts and histograms
+// add; distinct clients add up to their caps (one client seen by two
+// batons counts twice, which only errs on the side of judging); a step's
+// requests count from the contributions made at the current share
+// (weight); each signature keeps its latest example.
+func Pool(run string, weight float64, cs []*Contribution) *Contribution {
+	out := &Contribution{Run: run, Weight: weight}
+	sigs := map[string]*SigEvidence{}
+	for _, c := range cs {
+		if c.Run != run {
+			continue
+		}
+		if c.At.After(out.At) {
+			out.At = c.At
+		}
+		if c.Weight == weight {
+			out.StepCanaryRequests += c.StepCanaryRequests
+		}
+		out.Stable.add(&c.Stable)
+		out.Canary.add(&c.Canary)
+		out.Discarded += c.Discarded
+		out.DiscardedFailures += c.DiscardedFailures
+		for i := range c.Signatures {
+			s := &c.Signatures[i]
+			m := sigs[s.Key]
+			if m == nil {
+				m = &SigEvidence{Key: s.Key}
+				sigs[s.Key] = m
+			}
+			m.Stable += s.Stable
+			m.Canary += s.Canary
+			m.CanaryClients = min(maxSigClients, m.CanaryClients+s.CanaryClients)
+			if s.Example != nil && (m.Example == nil || s.Example.Time.After(m.Example.Time)) {
+				e := *s.Example
+				m.Example = &e
+			}
+		}
+	}
+	for _, s := range sigs {
+		out.Signatures = append(out.Signatures, *s)
+	}
+	sort.Slice(out.Signatures, func(i, j int) bool { return out.Signatures[i].Key < out.Signatures[j].Key })
+	return out
+}
+
+func (s *SideEvidence) add(o *SideEvidence) {
+	if s.Version == "" {
+		s.Version = o.Version
+	}
+	s.Requests += o.Requests
+	s.Errors += o.Errors
+	s.Gateway += o.Gateway
+	s.ErrorClients = min(MaxErrorClients, s.ErrorClients+o.ErrorClients)
+	s.All.add(&o.All)
+	for g, l := range o.Latency {
+		if s.Latency == nil {
+			s.Latency = map[string]*Snapshot{}
+		}
+		m := s.Latency[g]
+		if m == nil {
+			m = &Snapshot{}
+			s.Latency[g] = m
+		}
+		m.add(l)
+	}
+}
+
+// snapshotJSON is a Snapshot on the wire: only the buckets that hold
+// observations, as [index, count] pairs.
+type snapshotJSON struct {
+	Count   uint64      `json:"count"`
+	SumUS   uint64      `json:"sum_us"`
+	Buckets [][2]uint64 `json:"buckets,omitempty"`
+}
+
+// MarshalJSON writes the snapshot's non-empty buckets only.
+func (s Snapshot) MarshalJSON() ([]byte, error) {
+	w := snapshotJSON{Count: s.Count, SumUS: s.SumUS}
+	for i, c := range s.Buckets {
+		if c > 0 {
+			w.Buckets = append(w.Buckets, [2]uint64{uint64(i), c})
+		}
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON reads what MarshalJSON wrote, refusing buckets out of
+// range and counts that do not add up.
+func (s *Snapshot) UnmarshalJSON(b []byte) error {
+	var w snapshotJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*s = Snapshot{SumUS: w.SumUS}
+	for _, p := range w.Buckets {
+		if p[0] >= NumBuckets {
+			return fmt.Errorf("latency bucket %d out of range (0 to %d)", p[0], NumBuckets-1)
+		}
+		s.Buckets[p[0]] += p[1]
+		s.Count += p[1]
+	}
+	if s.Count != w.Count {
+		return fmt.Errorf("latency buckets hold %d observations, the count says %d", s.Count, w.Count)
+	}
+	return nil
+}

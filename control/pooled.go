@@ -1,0 +1,213 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/baton-lb/baton/canary"
+)
+
+// evidenceEvery is how often an instance of a cluster publishes its
+// evidence on each running canary.
+const evidenceEvery = time.Second
+
+// pooledVerdict is the judge leader's verdict on a canary and the pooled
+// evidence it reached it on, as every instance of the cluster reports it.
+type pooledVerdict struct {
+	Run        string                  `json:"run"`
+	Canary     string                  `json:"canary"`
+	Stable     string                  `json:"stable"`
+	Leader     string                  `json:"leader"`
+	At         time.Time               `json:"at"`
+	Result     canary.Result           `json:"result"`
+	Signatures []canary.SignatureClass `json:"signatures"`
+	Evidence   *canary.Contribution    `json:"evidence"`
+	// Instances are the processes ("INSTANCE/PROCESS") whose evidence it
+	// pooled, the dead ones' included.
+	Instances []string `json:"instances"`
+}
+
+// outbox holds the latest evidence of each pool until the publisher
+// writes it to etcd, off the judge loop: a slow etcd delays nothing here.
+type outbox struct {
+	mu      sync.Mutex // protects pending
+	pending map[string][]byte
+	kick    chan struct{}
+}
+
+// canaryRun names the pool's canary cv: its version and when the
+// previous canary ended, the same on every instance that applied the same
+// revision, and new when a version rolled back comes again.
+func (r *Registry) canaryRun(poolName, cv string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ps := r.state.Pools[poolName]; ps != nil && ps.LastCanary != nil {
+		return fmt.Sprintf("%s@%d", cv, ps.LastCanary.At.UnixNano())
+	}
+	return cv + "@0"
+}
+
+// self is this process as evidence keys name it.
+func (sh *shared) self() string { return sh.store.Instance() + "/" + sh.member.Process() }
+
+// publishEvidence hands c to the publisher.
+func (r *Registry) publishEvidence(poolName string, pj *poolJudge, c *canary.Contribution) {
+	pj.published = c.At
+	data, err := json.Marshal(c)
+	if err != nil {
+		r.log.Error().Err(err).Str("pool", poolName).Msg("could not encode the canary evidence")
+		return
+	}
+	o := &r.shared.out
+	o.mu.Lock()
+	o.pending[poolName] = data
+	o.mu.Unlock()
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
+}
+
+// runPublisher writes pending evidence to etcd until ctx ends. Evidence
+// that could not be written is dropped: the next, cumulative, replaces it.
+func (r *Registry) runPublisher(ctx context.Context) {
+	sh := r.shared
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sh.out.kick:
+		}
+		sh.out.mu.Lock()
+		batch := sh.out.pending
+		sh.out.pending = map[string][]byte{}
+		sh.out.mu.Unlock()
+		for poolName, data := range batch {
+			err := sh.store.PublishEvidence(ctx, sh.member.Process(), poolName, data)
+			switch {
+			case err != nil && !failing && ctx.Err() == nil:
+				r.log.Warn().Err(err).Str("pool", poolName).Msg("could not publish this instance's canary evidence; the judge pauses until it can")
+				failing = true
+			case err == nil && failing:
+				r.log.Info().Str("pool", poolName).Msg("publishing canary evidence again")
+				failing = false
+			}
+		}
+	}
+}
+
+// poolEvidence reads every process's evidence on the pool's canary run
+// and adds it to this one's (local). It refuses to pool part of it: when
+// etcd cannot be read, or a live instance has not published evidence on
+// this run yet. Processes no longer alive keep their part. Evidence of
+// other runs is deleted.
+func (r *Registry) poolEvidence(poolName, run string, weight float64, local *canary.Contribution) (*pooledVerdict, error) {
+	sh := r.shared
+	ctx := context.Background() // the store bounds each call
+	live, err := sh.store.Instances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := sh.store.Evidence(ctx, poolName)
+	if err != nil {
+		return nil, err
+	}
+	self := sh.self()
+	cs := []*canary.Contribution{local}
+	who := []string{self}
+	seen := map[string]bool{self: true}
+	var stale []string
+	for k, data := range raw {
+		if k == self {
+			continue
+		}
+		c := &canary.Contribution{}
+		if json.Unmarshal(data, c) != nil || c.Run != run {
+			stale = append(stale, k)
+			continue
+		}
+		cs, who, seen[k] = append(cs, c), append(who, k), true
+	}
+	if err := sh.store.ForgetEvidence(ctx, poolName, stale); err != nil {
+		r.log.Debug().Err(err).Str("pool", poolName).Msg("could not delete the evidence of an earlier canary")
+	}
+	var missing []string
+	for _, rep := range live {
+		if !seen[rep.Instance+"/"+rep.Process] {
+			missing = append(missing, rep.Instance)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return nil, fmt.Errorf("waiting for the evidence of %s on this canary", strings.Join(missing, ", "))
+	}
+	sort.Strings(who)
+	return &pooledVerdict{Run: run, Leader: sh.store.Instance(), Evidence: canary.Pool(run, weight, cs), Instances: who}, nil
+}
+
+// publishVerdict writes the leader's verdict for the other instances.
+func (r *Registry) publishVerdict(poolName string, pv *pooledVerdict) {
+	data, err := json.Marshal(pv)
+	if err == nil {
+		err = r.shared.store.PublishVerdict(context.Background(), poolName, data)
+	}
+	if err != nil {
+		r.log.Warn().Err(err).Str("pool", poolName).Msg("could not publish the judge's verdict to the other instances")
+	}
+}
+
+// followVerdict takes the leader's verdict on run as this instance's.
+func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, now time.Time) {
+	data, err := r.shared.store.Verdict(context.Background(), poolName)
+	if err != nil {
+		r.pause(poolName, pj, pj.canary, err, now)
+		return
+	}
+	pv := &pooledVerdict{}
+	if data == nil || json.Unmarshal(data, pv) != nil || pv.Run != run || pv.Evidence == nil {
+		r.judges.record(poolName, pj, canary.Result{Verdict: canary.Inconclusive, Rule: "cluster",
+			Reason: "the judge leader has not judged this canary on the pooled evidence yet"}, now, nil)
+		return
+	}
+	res := pv.Result
+	res.Signatures, res.Discarded, res.DiscardedFailures = pv.Signatures, pv.Evidence.Discarded, pv.Evidence.DiscardedFailures
+	prev := pj.result
+	r.judges.record(poolName, pj, res, pv.At, pv)
+	r.logVerdict(poolName, pj.canary, prev, res)
+}
+
+// pause records that the judge waits instead of judging part of the
+// evidence; it neither acts nor moves the canary meanwhile.
+func (r *Registry) pause(poolName string, pj *poolJudge, cv string, why error, now time.Time) {
+	prev := pj.result
+	res := canary.Result{Verdict: canary.Inconclusive, Rule: "cluster_paused",
+		Reason: "the judge pauses: " + why.Error() + "; it judges again once every live instance's evidence can be read"}
+	r.judges.record(poolName, pj, res, now, nil)
+	r.logVerdict(poolName, cv, prev, res)
+}
+
+// forgetEvidence deletes the evidence on the pool's canary once it ended
+// (the leader does).
+func (r *Registry) forgetEvidence(poolName string) {
+	if r.shared == nil || !r.judgeLeads() {
+		return
+	}
+	ctx := context.Background()
+	raw, err := r.shared.store.Evidence(ctx, poolName)
+	if err != nil {
+		return // the next canary's leader deletes it
+	}
+	old := make([]string, 0, len(raw))
+	for k := range raw {
+		old = append(old, k)
+	}
+	if err := r.shared.store.ForgetEvidence(ctx, poolName, old); err != nil {
+		r.log.Debug().Err(err).Str("pool", poolName).Msg("could not delete the evidence of a canary that ended")
+	}
+}
