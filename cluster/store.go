@@ -129,10 +129,22 @@ func unavailable(err error) error {
 
 // Load returns the desired state and its revision (0 and nil when none
 // was ever written).
-func (s *Store) Load(ctx context.Context) ([]byte, int64, error) {
+func (s *Store) Load(ctx context.Context) ([]byte, int64, error) { return s.Get(ctx, "state") }
+
+// Commit writes data as the desired state if it is still at rev (0: none
+// written yet) and returns the new revision. A state changed since is a
+// *Conflict holding the current one; etcd out of reach is ErrUnavailable.
+// Either way nothing was written.
+func (s *Store) Commit(ctx context.Context, data []byte, rev int64) (int64, error) {
+	return s.Swap(ctx, "state", data, rev)
+}
+
+// Get returns the value of the cluster's key name and its revision (0
+// and nil when none was ever written).
+func (s *Store) Get(ctx context.Context, name string) ([]byte, int64, error) {
 	ctx, cancel := s.callCtx(ctx)
 	defer cancel()
-	resp, err := s.c.Get(ctx, s.key("state"))
+	resp, err := s.c.Get(ctx, s.key(name))
 	if err != nil {
 		return nil, 0, unavailable(err)
 	}
@@ -142,14 +154,12 @@ func (s *Store) Load(ctx context.Context) ([]byte, int64, error) {
 	return resp.Kvs[0].Value, resp.Kvs[0].ModRevision, nil
 }
 
-// Commit writes data as the desired state if it is still at rev (0: none
-// written yet) and returns the new revision. A state changed since is a
-// *Conflict holding the current one; etcd out of reach is ErrUnavailable.
-// Either way nothing was written.
-func (s *Store) Commit(ctx context.Context, data []byte, rev int64) (int64, error) {
+// Swap writes data to the cluster's key name if it is still at rev (0:
+// none written yet), as Commit does.
+func (s *Store) Swap(ctx context.Context, name string, data []byte, rev int64) (int64, error) {
 	ctx, cancel := s.callCtx(ctx)
 	defer cancel()
-	k := s.key("state")
+	k := s.key(name)
 	resp, err := s.c.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).
 		Then(clientv3.OpPut(k, string(data))).

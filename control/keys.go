@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -8,8 +9,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
+
+	"github.com/baton-lb/baton/cluster"
 )
 
 // AffinityKey signs affinity cookies. The newest signs; every key kept
@@ -60,61 +64,162 @@ func (r *Registry) keyRotation() time.Duration {
 // when the newest is older than a day (or the longest affinity.max_age) —
 // except while frozen for a handover, when the file is only read. Without
 // a state file the keys live in this process only (nil: the caller keeps
-// its own).
+// its own). In a cluster the keys are the cluster's, kept in etcd, so a
+// cookie one instance signed holds on every other; the key file is the
+// local copy a restart starts from while etcd is away.
 func (r *Registry) AffinityKeys(now time.Time) ([]AffinityKey, error) {
 	path := KeysPath(r.stateFile)
+	if r.shared != nil {
+		return r.sharedAffinityKeys(now, path)
+	}
 	if path == "" {
 		return nil, nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	kf, err := readKeyFile(path, now)
+	if err != nil {
+		return nil, err
+	}
+	if r.frozen.Load() || !r.rotationDueLocked(kf, now) {
+		return kf.Keys, nil
+	}
+	next, err := nextKeys(kf, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeKeyFile(path, next); err != nil {
+		return nil, err
+	}
+	r.log.Info().Str("file", path).Int("key", int(next.Keys[0].ID)).Msg("affinity cookies are signed with a new key; the previous one still verifies")
+	return next.Keys, nil
+}
+
+func (r *Registry) rotationDueLocked(kf keyFile, now time.Time) bool {
+	return len(kf.Keys) == 0 || now.Sub(kf.Keys[0].Created) >= r.keyRotation()
+}
+
+// sharedAffinityKeys returns the cluster's affinity keys from etcd: the
+// first instance there brings its key file's (or a new key), whoever finds
+// the newest too old rotates it in a compare-on-revision write, and the
+// others take what was written. While etcd cannot be read the local copy
+// serves, unrotated.
+func (r *Registry) sharedAffinityKeys(now time.Time, path string) ([]AffinityKey, error) {
+	store := r.shared.store
+	data, rev, err := store.Get(context.Background(), "affinity-keys")
+	if err != nil {
+		r.log.Warn().Err(err).Msg("the cluster's affinity keys cannot be read from etcd; signing with this instance's copy until they can")
+		if path == "" {
+			return nil, nil
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		kf, err := readKeyFile(path, now)
+		return kf.Keys, err
+	}
 	var kf keyFile
-	data, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("reading the affinity keys: %w", err)
-	default:
-		if err := json.Unmarshal(data, &kf); err != nil {
-			return nil, fmt.Errorf("reading the affinity keys %s: %w (delete it to start with a new key: clients are re-split once)", path, err)
+	if data != nil {
+		if kf, err = decodeKeys(data, now, "the cluster's affinity keys in etcd"); err != nil {
+			return nil, err
 		}
-		if kf.Format > keyFileFormat {
-			return nil, fmt.Errorf("the affinity keys %s are of format %d; this baton reads up to %d", path, kf.Format, keyFileFormat)
+	} else if path != "" {
+		r.mu.Lock()
+		kf, err = readKeyFile(path, now) // this instance's become the cluster's
+		r.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
-		for i, k := range kf.Keys {
-			// An empty secret would let anyone sign cookies; a date ahead
-			// would stop rotation.
-			if len(k.Secret) != 32 || k.Created.After(now.Add(time.Hour)) {
-				return nil, fmt.Errorf("the affinity keys %s: key %d has a %d-byte secret or a creation date ahead (%s); want 32 bytes (delete the file to start with a new key: clients are re-split once)",
-					path, i, len(k.Secret), k.Created.Format(time.RFC3339))
+	}
+	r.mu.Lock()
+	due := !r.frozen.Load() && r.rotationDueLocked(kf, now)
+	r.mu.Unlock()
+	if due {
+		next, err := nextKeys(kf, now)
+		if err != nil {
+			return nil, err
+		}
+		enc, err := json.Marshal(next)
+		if err != nil {
+			return nil, err
+		}
+		_, err = store.Swap(context.Background(), "affinity-keys", enc, rev)
+		var c *cluster.Conflict
+		switch {
+		case errors.As(err, &c): // another instance was first: its keys
+			if kf, err = decodeKeys(c.Current, now, "the cluster's affinity keys in etcd"); err != nil {
+				return nil, err
+			}
+		case err != nil:
+			r.log.Warn().Err(err).Msg("could not write the cluster's new affinity key to etcd; signing with the current one")
+		default:
+			kf = next
+			r.log.Info().Int("key", int(next.Keys[0].ID)).Msg("affinity cookies are signed with a new key, for every instance of the cluster; the previous one still verifies")
+		}
+	}
+	if path != "" && len(kf.Keys) > 0 {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if cur, err := readKeyFile(path, now); err != nil || !reflect.DeepEqual(cur.Keys, kf.Keys) {
+			if err := writeKeyFile(path, kf); err != nil {
+				r.log.Warn().Err(err).Msg("could not keep a local copy of the cluster's affinity keys")
 			}
 		}
 	}
-	if r.frozen.Load() {
-		return kf.Keys, nil
+	return kf.Keys, nil
+}
+
+// readKeyFile reads the key file at path (none: no keys).
+func readKeyFile(path string, now time.Time) (keyFile, error) {
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return keyFile{}, nil
+	case err != nil:
+		return keyFile{}, fmt.Errorf("reading the affinity keys: %w", err)
 	}
-	if len(kf.Keys) > 0 && now.Sub(kf.Keys[0].Created) < r.keyRotation() {
-		return kf.Keys, nil
+	return decodeKeys(data, now, "the affinity keys "+path)
+}
+
+// decodeKeys reads a key file's content, from what (for errors).
+func decodeKeys(data []byte, now time.Time, what string) (keyFile, error) {
+	var kf keyFile
+	if err := json.Unmarshal(data, &kf); err != nil {
+		return keyFile{}, fmt.Errorf("reading %s: %w (delete it to start with a new key: clients are re-split once)", what, err)
 	}
+	if kf.Format > keyFileFormat {
+		return keyFile{}, fmt.Errorf("%s are of format %d; this baton reads up to %d", what, kf.Format, keyFileFormat)
+	}
+	for i, k := range kf.Keys {
+		// An empty secret would let anyone sign cookies; a date ahead
+		// would stop rotation.
+		if len(k.Secret) != 32 || k.Created.After(now.Add(time.Hour)) {
+			return keyFile{}, fmt.Errorf("%s: key %d has a %d-byte secret or a creation date ahead (%s); want 32 bytes (delete it to start with a new key: clients are re-split once)",
+				what, i, len(k.Secret), k.Created.Format(time.RFC3339))
+		}
+	}
+	return kf, nil
+}
+
+// nextKeys returns kf with a new signing key, made at now, in front.
+func nextKeys(kf keyFile, now time.Time) (keyFile, error) {
 	k := AffinityKey{Secret: make([]byte, 32), Created: now.UTC()}
 	if _, err := rand.Read(k.Secret); err != nil {
-		return nil, err
+		return keyFile{}, err
 	}
 	if len(kf.Keys) > 0 {
 		k.ID = kf.Keys[0].ID + 1
 	}
-	kf.Format = keyFileFormat
-	kf.Keys = append([]AffinityKey{k}, kf.Keys[:min(len(kf.Keys), keysKept-1)]...)
+	return keyFile{Format: keyFileFormat, Keys: append([]AffinityKey{k}, kf.Keys[:min(len(kf.Keys), keysKept-1)]...)}, nil
+}
+
+// writeKeyFile writes kf to path, readable by baton's user alone.
+func writeKeyFile(path string, kf keyFile) error {
 	out, err := json.MarshalIndent(kf, "", "  ")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("writing the affinity keys: %w", err)
+		return fmt.Errorf("writing the affinity keys: %w", err)
 	}
-	if err := writeAtomic(path, append(out, '\n'), "the affinity keys"); err != nil {
-		return nil, err
-	}
-	r.log.Info().Str("file", path).Int("key", int(k.ID)).Msg("affinity cookies are signed with a new key; the previous one still verifies")
-	return kf.Keys, nil
+	return writeAtomic(path, append(out, '\n'), "the affinity keys")
 }

@@ -248,12 +248,28 @@ func (s *Server) SetAffinityKeys(keys []AffinityKey) {
 	}
 	r := &keyRing{}
 	if old := s.keys.Load(); old != nil {
+		if old.same(keys) {
+			return // the affinity tables stay as they are
+		}
 		r.gen = old.gen + 1
 	}
 	for _, k := range keys {
 		r.keys = append(r.keys, &affinityKey{id: k.ID, secret: append([]byte(nil), k.Secret...)})
 	}
 	s.keys.Store(r)
+}
+
+// same reports whether the ring holds exactly keys.
+func (r *keyRing) same(keys []AffinityKey) bool {
+	if len(r.keys) != len(keys) {
+		return false
+	}
+	for i, k := range keys {
+		if r.keys[i].id != k.ID || !bytes.Equal(r.keys[i].secret, k.Secret) {
+			return false
+		}
+	}
+	return true
 }
 
 // NewAffinityKey returns a fresh random key.

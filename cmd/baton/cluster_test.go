@@ -330,3 +330,75 @@ func TestClusterEtcdOutageAndRestart(t *testing.T) {
 	backendOf(t, b, "web-2", "drained", func(be v1.Backend) bool { return be.State == "drained" })
 	waitCluster(t, a, b)
 }
+
+// TestClusterAffinityCookieHoldsOnEveryInstance: the batons of a cluster
+// sign affinity cookies with the same keys, kept in etcd, so a client that
+// got its version through one keeps it through the other (DNS or a VIP
+// moving it); a cookie no instance signed is ignored on both.
+func TestClusterAffinityCookieHoldsOnEveryInstance(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1"})
+	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v2"})
+	pools := fmt.Sprintf(`pools:
+  - name: shop
+    stable_version: v1
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    canary: {version: v2, weight: 50}
+    backends:
+      - {name: web-1, address: %q, version: v1}
+      - {name: web-2, address: %q, version: v2}
+`, w1.Addr(), w2.Addr())
+	a := startClusterBaton(t, etcd, "a", pools)
+	b := startClusterBaton(t, etcd, "b", pools)
+	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
+	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	waitCluster(t, a, b)
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	visit := func(addr string, cookie *http.Cookie) (string, *http.Cookie) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+		if cookie != nil {
+			req.AddCookie(cookie)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got *http.Cookie
+		for _, c := range resp.Cookies() {
+			if c.Name == "baton_shop" {
+				got = c
+			}
+		}
+		return resp.Header.Get("X-Backend"), got
+	}
+	for _, pair := range [][2]*clusterBaton{{a, b}, {b, a}} {
+		from, to := pair[0], pair[1]
+		for range 4 { // new visitors, on both versions
+			backend, cookie := visit(from.traffic, nil)
+			if cookie == nil {
+				t.Fatalf("%s gave no affinity cookie", from.name)
+			}
+			for i := range 20 {
+				if got, _ := visit(to.traffic, cookie); got != backend {
+					t.Fatalf("a cookie %s signed for %s: request %d through %s reached %s", from.name, backend, i, to.name, got)
+				}
+			}
+		}
+	}
+	// A made-up cookie steers nothing: the split decides on both.
+	forged := &http.Cookie{Name: "baton_shop", Value: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}
+	for _, x := range []*clusterBaton{a, b} {
+		seen := map[string]bool{}
+		for range 40 {
+			got, _ := visit(x.traffic, forged)
+			seen[got] = true
+		}
+		if !seen["web-1"] || !seen["web-2"] {
+			t.Fatalf("%s: a forged cookie kept every request on %v", x.name, seen)
+		}
+	}
+}

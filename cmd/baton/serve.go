@@ -445,10 +445,16 @@ func (s *server) reloadConfig() {
 	}
 }
 
-// watchKeys checks the affinity keys hourly, for their rotation.
+// watchKeys checks the affinity keys hourly, for their rotation; in a
+// cluster every 10 s, so that a key another instance rotated in signs and
+// verifies here soon after.
 func (s *server) watchKeys(ctx context.Context) {
+	every := time.Hour
+	if s.reg.Clustered() {
+		every = 10 * time.Second
+	}
 	s.watchers.Go(func() {
-		t := time.NewTicker(time.Hour)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
