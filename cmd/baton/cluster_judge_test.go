@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -118,6 +119,10 @@ func TestClusterJudgePoolsEvidence(t *testing.T) {
 	}
 	if lr.Verdict == "fail" || lr.Rule == "cluster_paused" {
 		t.Fatalf("an identical canary judged %s: %s", lr.Verdict, lr.Reason)
+	}
+	out, errOut, code := runBinary(t, "ctl", "--admin", other.admin.base, "canary", "shop")
+	if code != 0 || !strings.Contains(out, "judged by "+leader.name+" on the evidence of 2 baton processes") {
+		t.Fatalf("baton ctl canary through %s: exit %d\n%s%s", other.name, code, out, errOut)
 	}
 	t.Logf("pooled verdict on both: %s (%s), canary %d requests, stable %d; evidence of %v",
 		lr.Verdict, lr.Reason, canaryRequests(lr, "canary"), canaryRequests(lr, "stable"), lr.Evidence.Instances)

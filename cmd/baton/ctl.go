@@ -777,6 +777,9 @@ func (c *ctlClient) printCanary(rep v1.CanaryReport) {
 		}
 		fmt.Fprintf(c.stdout, "verdict: %s%s — %s\n", rep.Verdict, step, rep.Reason)
 	}
+	if e := rep.Evidence; e.JudgedBy != "" {
+		fmt.Fprintf(c.stdout, "judged by %s on the evidence of %d baton processes: %s\n", e.JudgedBy, len(e.Instances), strings.Join(e.Instances, ", "))
+	}
 	if pc := rep.Previous; pc != nil {
 		fmt.Fprintln(c.stdout, previousLine(pc))
 	}
