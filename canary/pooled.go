@@ -3,6 +3,7 @@ package canary
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"time"
 )
@@ -50,6 +51,43 @@ type SigEvidence struct {
 	Canary        uint64   `json:"canary"`
 	CanaryClients int      `json:"canary_clients,omitempty"`
 	Example       *Example `json:"example,omitempty"`
+}
+
+// Check refuses a contribution no baton would publish: another
+// instance's evidence is read from etcd, where anything may have been
+// written, and must neither crash nor mislead the judge.
+func (c *Contribution) Check() error {
+	if math.IsNaN(c.Weight) || c.Weight < 0 || c.Weight > 100 {
+		return fmt.Errorf("weight %v out of range", c.Weight)
+	}
+	if c.StepCanaryRequests > c.Canary.Requests {
+		return fmt.Errorf("%d step requests of %d", c.StepCanaryRequests, c.Canary.Requests)
+	}
+	for _, s := range []*SideEvidence{&c.Stable, &c.Canary} {
+		if s.Errors > s.Requests || s.Gateway > s.Requests || s.ErrorClients < 0 || s.ErrorClients > MaxErrorClients {
+			return fmt.Errorf("%s: %d errors, %d without answer, %d clients of %d requests", s.Version, s.Errors, s.Gateway, s.ErrorClients, s.Requests)
+		}
+		if len(s.Latency) > MaxGroups {
+			return fmt.Errorf("%s: latency of %d route groups, at most %d", s.Version, len(s.Latency), MaxGroups)
+		}
+		for g, l := range s.Latency {
+			if l == nil {
+				return fmt.Errorf("%s: no latency for route group %q", s.Version, g)
+			}
+		}
+	}
+	if len(c.Signatures) > maxSignatures+1 {
+		return fmt.Errorf("%d signatures, at most %d", len(c.Signatures), maxSignatures+1)
+	}
+	for _, sig := range c.Signatures {
+		if len(sig.Key) > 512 || sig.CanaryClients < 0 || sig.CanaryClients > maxSigClients {
+			return fmt.Errorf("signature %.40q: malformed", sig.Key)
+		}
+		if e := sig.Example; e != nil && (len(e.Path) > 4096 || len(e.Body) > 4096 || len(e.Version) > 256) {
+			return fmt.Errorf("signature %.40q: example too large", sig.Key)
+		}
+	}
+	return nil
 }
 
 // Side returns the version's evidence as the judge takes it.

@@ -82,3 +82,26 @@ func TestSnapshotJSONRefusesNonsense(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+// Evidence another instance published is checked before it is pooled:
+// what no baton writes is refused, not added (nor dereferenced).
+func TestContributionCheckRefusesWhatNoBatonWrites(t *testing.T) {
+	for _, bad := range []string{
+		`{"run":"v2@0","canary":{"latency":{"/x":null}}}`,
+		`{"run":"v2@0","weight":1e9}`,
+		`{"run":"v2@0","canary":{"requests":1,"errors":5}}`,
+		`{"run":"v2@0","step_canary_requests":7}`,
+		`{"run":"v2@0","stable":{"error_clients":-1}}`,
+	} {
+		var c Contribution
+		if err := json.Unmarshal([]byte(bad), &c); err != nil {
+			t.Fatalf("%s: %v", bad, err)
+		}
+		if err := c.Check(); err == nil {
+			t.Errorf("%s passed the check", bad)
+		}
+	}
+	if err := contribution("v2@0", 10, 900, 100, time.Millisecond).Check(); err != nil {
+		t.Fatalf("a baton's own contribution refused: %v", err)
+	}
+}

@@ -115,8 +115,15 @@ func (m *Member) session(ctx context.Context, report func() Report) bool {
 		sess.Orphan()
 	}()
 	cctx, stopCampaign := context.WithCancel(ctx)
-	defer stopCampaign()
+	campaigned := make(chan struct{})
+	defer func() {
+		// The campaign ends before leading is cleared above, so a late
+		// win cannot outlive this session.
+		stopCampaign()
+		<-campaigned
+	}()
 	go func() {
+		defer close(campaigned)
 		el := concurrency.NewElection(sess, m.s.key("judge"))
 		if el.Campaign(cctx, m.s.instance) == nil && cctx.Err() == nil {
 			m.leading.Store(true)
@@ -154,9 +161,13 @@ func (s *Store) Instances(ctx context.Context) ([]Report, error) {
 	}
 	out := make([]Report, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
+		// Only a process's own report under its lease counts: a key
+		// anyone wrote without a lease would never die, and one that
+		// does not read, or names another key, is no instance.
 		var r Report
-		if json.Unmarshal(kv.Value, &r) != nil || r.Instance == "" {
-			r = Report{Instance: strings.TrimPrefix(string(kv.Key), s.key("instances/"))}
+		if kv.Lease == 0 || json.Unmarshal(kv.Value, &r) != nil || r.Instance == "" || r.Process == "" ||
+			string(kv.Key) != s.key("instances/"+r.Instance+"/"+r.Process) {
+			continue
 		}
 		out = append(out, r)
 	}

@@ -186,7 +186,9 @@ func (s *Store) Swap(ctx context.Context, name string, data []byte, rev int64) (
 func (s *Store) Watch(ctx context.Context, rev int64, apply func(data []byte, rev int64)) {
 	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		data, cur, err := s.Load(ctx)
+		gctx, gcancel := s.callCtx(ctx)
+		resp, err := s.c.Get(gctx, s.key("state"))
+		gcancel()
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -197,12 +199,14 @@ func (s *Store) Watch(ctx context.Context, rev int64, apply func(data []byte, re
 			continue
 		}
 		delay = 100 * time.Millisecond
-		if cur > rev {
-			rev = cur
-			apply(data, rev)
+		if len(resp.Kvs) > 0 && resp.Kvs[0].ModRevision > rev {
+			rev = resp.Kvs[0].ModRevision
+			apply(resp.Kvs[0].Value, rev)
 		}
+		// Watched from the read's revision, not the key's: the key may be
+		// older than a compaction the cluster's other writes moved past.
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for wr := range s.c.Watch(wctx, s.key("state"), clientv3.WithRev(rev+1)) {
+		for wr := range s.c.Watch(wctx, s.key("state"), clientv3.WithRev(resp.Header.Revision+1)) {
 			if wr.CompactRevision != 0 || wr.Err() != nil {
 				break // read it again
 			}

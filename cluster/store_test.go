@@ -10,6 +10,7 @@ import (
 	"github.com/baton-lb/baton/cluster"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/internal/testbed"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func dial(t *testing.T, e *testbed.Etcd, instance string) *cluster.Store {
@@ -127,6 +128,21 @@ func TestMembersReportAndElectOneLeader(t *testing.T) {
 	})
 	if reps[0].Instance != "a" || reps[0].Backends["shop/web-1"].InFlight != 2 || reps[1].Instance != "b" || reps[1].Applied != 7 {
 		t.Fatalf("reports: %+v", reps)
+	}
+	// Keys anyone wrote without a lease are no instances: they would never
+	// die, and drains would wait for them for ever.
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	for k, v := range map[string]string{"ghost": "not json", "c/p1": `{"instance":"c","process":"p1","applied":1}`, "d/p2": `{"instance":"e","process":"p2"}`} {
+		if _, err := raw.Put(context.Background(), "/baton/test/instances/"+k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reps, err := a.Instances(context.Background()); err != nil || len(reps) != 2 {
+		t.Fatalf("with keys without a lease: %+v %v; want a and b only", reps, err)
 	}
 	eventually(t, 10*time.Second, "no leader", func() bool { return ma.Leading() != mb.Leading() })
 	leader, err := b.Leader(context.Background())

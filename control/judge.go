@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -163,11 +164,24 @@ func (r *Registry) runJudges(ctx context.Context) {
 				continue // handing over: the new process judges
 			}
 			for _, p := range r.Pools() {
-				r.judgePool(p, now)
-				r.watchSwitch(p, now)
+				r.judgeSafely(p, now)
 			}
 		}
 	}
+}
+
+// judgeSafely judges one pool and watches its switch; a fault in either is
+// logged and that pool waits for the next tick, never taking the process
+// (and the traffic it serves) down with it.
+func (r *Registry) judgeSafely(p *pool.Pool, now time.Time) {
+	defer func() {
+		if v := recover(); v != nil {
+			r.log.Error().Str("pool", p.Name()).Interface("panic", v).Str("stack", string(debug.Stack())).
+				Msg("the judge failed on this pool; it tries again at the next tick")
+		}
+	}()
+	r.judgePool(p, now)
+	r.watchSwitch(p, now)
 }
 
 func snapshotVersions(p *pool.Pool) map[string]*canary.VersionSnapshot {

@@ -16,6 +16,10 @@ import (
 // evidence on each running canary.
 const evidenceEvery = time.Second
 
+// staleEvidence is how old a live instance's latest evidence may be, by
+// its own clock, for the leader to judge on it.
+const staleEvidence = 5 * evidenceEvery
+
 // pooledVerdict is the judge leader's verdict on a canary and the pooled
 // evidence it reached it on, as every instance of the cluster reports it.
 type pooledVerdict struct {
@@ -121,26 +125,44 @@ func (r *Registry) poolEvidence(poolName, run string, weight float64, local *can
 	self := sh.self()
 	cs := []*canary.Contribution{local}
 	who := []string{self}
-	seen := map[string]bool{self: true}
+	at := map[string]time.Time{self: local.At} // when each process's evidence was taken
 	var stale []string
 	for k, data := range raw {
 		if k == self {
 			continue
 		}
 		c := &canary.Contribution{}
-		if json.Unmarshal(data, c) != nil || c.Run != run {
+		if err := json.Unmarshal(data, c); err != nil || c.Check() != nil {
+			if err == nil {
+				err = c.Check()
+			}
+			r.log.Warn().Err(err).Str("pool", poolName).Str("key", k).Msg("deleting canary evidence no baton would publish")
 			stale = append(stale, k)
 			continue
 		}
-		cs, who, seen[k] = append(cs, c), append(who, k), true
+		if c.Run != run {
+			stale = append(stale, k)
+			continue
+		}
+		cs, who = append(cs, c), append(who, k)
+		at[k] = c.At
 	}
 	if err := sh.store.ForgetEvidence(ctx, poolName, stale); err != nil {
 		r.log.Debug().Err(err).Str("pool", poolName).Msg("could not delete the evidence of an earlier canary")
 	}
+	// Every live process's evidence, and recent by its own clock (its
+	// heartbeat and its evidence come from the same one): one that stopped
+	// publishing but lives would make the verdict one on old figures.
 	var missing []string
 	for _, rep := range live {
-		if !seen[rep.Instance+"/"+rep.Process] {
+		k := rep.Instance + "/" + rep.Process
+		if k == self {
+			continue
+		}
+		if t, ok := at[k]; !ok {
 			missing = append(missing, rep.Instance)
+		} else if age := rep.Heartbeat.Sub(t); age > staleEvidence {
+			missing = append(missing, fmt.Sprintf("%s (its last is %s old)", rep.Instance, age.Round(time.Second)))
 		}
 	}
 	if len(missing) > 0 {
@@ -170,7 +192,7 @@ func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, now
 		return
 	}
 	pv := &pooledVerdict{}
-	if data == nil || json.Unmarshal(data, pv) != nil || pv.Run != run || pv.Evidence == nil {
+	if data == nil || json.Unmarshal(data, pv) != nil || pv.Run != run || pv.Evidence == nil || pv.Evidence.Check() != nil {
 		r.judges.record(poolName, pj, canary.Result{Verdict: canary.Inconclusive, Rule: "cluster",
 			Reason: "the judge leader has not judged this canary on the pooled evidence yet"}, now, nil)
 		return

@@ -128,7 +128,9 @@ func (r *Registry) commitSharedLocked(next *State) error {
 	var c *cluster.Conflict
 	switch {
 	case errors.As(err, &c):
-		r.adoptSharedLocked(c.Current, c.Rev)
+		if err := r.adoptSharedLocked(c.Current, c.Rev); err != nil {
+			return fmt.Errorf("%w: the shared state at revision %d cannot be used by this baton (%v)", ErrClusterUnavailable, c.Rev, err)
+		}
 		return conflictf(v1.CodeStateChanged,
 			"another baton changed the shared state first (revision %d), and this one has applied it; nothing changed: look at the state now and ask again", c.Rev)
 	case err != nil:
@@ -141,11 +143,14 @@ func (r *Registry) commitSharedLocked(next *State) error {
 // adoptSharedLocked makes data, the desired state at revision rev written
 // by another instance, the one in force here, through the same path as a
 // reload: reconciled with this instance's file, applied to every pool, and
-// kept in the state file as the local copy.
-func (r *Registry) adoptSharedLocked(data []byte, rev int64) {
+// kept in the state file as the local copy. A state it cannot decode (a
+// newer baton's format, say) is not applied, nor counted as applied: the
+// others' drains wait for this instance, and its own decisions, made on the
+// revision before, cannot overwrite it.
+func (r *Registry) adoptSharedLocked(data []byte, rev int64) error {
 	sh := r.shared
 	if rev != 0 && rev <= sh.rev {
-		return // this instance's own write, or older
+		return nil // this instance's own write, or older
 	}
 	st := &State{Format: stateFormat}
 	if data != nil {
@@ -154,9 +159,8 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) {
 		st, warning, err = decodeState(data, "etcd key "+sh.store.Prefix()+"state")
 		if err != nil {
 			// Not applied; the next decision here replaces it.
-			r.log.Error().Err(err).Int64("revision", rev).Msg("the cluster's desired state cannot be used; this instance keeps the decisions it has")
-			sh.setRev(rev)
-			return
+			r.log.Error().Err(err).Int64("revision", rev).Msg("the cluster's desired state cannot be used; this instance keeps the decisions it has and refuses new ones until a state it can read is written")
+			return err
 		}
 		if warning != "" {
 			r.log.Warn().Msg(warning)
@@ -166,7 +170,7 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) {
 	sh.setRev(rev)
 	defer sh.member.Kick()
 	if reflect.DeepEqual(st, r.state) {
-		return
+		return nil
 	}
 	r.state = st
 	for _, p := range r.pools {
@@ -176,6 +180,7 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) {
 		r.log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file; it applies all the same")
 	}
 	r.log.Info().Int64("revision", rev).Msg("applied the cluster's desired state")
+	return nil
 }
 
 // startShared follows the desired state in etcd and publishes this
