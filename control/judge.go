@@ -222,7 +222,8 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 		// not at the next verdict, so its evidence starts on time.
 		pj.checkWarm(p, cfg, now)
 		if r.shared != nil && now.Sub(pj.published) >= evidenceEvery {
-			r.publishEvidence(name, pj, pj.observe(p, cfg, snapshotVersions(p), now, weight, r.canaryRun(name, cv)))
+			pj.published = now
+			r.publishEvidence(name, pj.observe(p, cfg, snapshotVersions(p), now, weight, r.canaryRun(name, cv)))
 		}
 		return
 	}
@@ -241,7 +242,8 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	var pooled *pooledVerdict
 	in := local.Input()
 	if r.shared != nil {
-		r.publishEvidence(name, pj, local)
+		pj.published = now
+		r.publishEvidence(name, local)
 		if !r.judgeLeads() {
 			r.followVerdict(name, pj, run, now)
 			pj.nextWindow(p, cfg, stable, cv, now)

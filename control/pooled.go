@@ -60,8 +60,7 @@ func (r *Registry) canaryRun(poolName, cv string) string {
 func (sh *shared) self() string { return sh.store.Instance() + "/" + sh.member.Process() }
 
 // publishEvidence hands c to the publisher.
-func (r *Registry) publishEvidence(poolName string, pj *poolJudge, c *canary.Contribution) {
-	pj.published = c.At
+func (r *Registry) publishEvidence(poolName string, c *canary.Contribution) {
 	data, err := json.Marshal(c)
 	if err != nil {
 		r.log.Error().Err(err).Str("pool", poolName).Msg("could not encode the canary evidence")

@@ -64,6 +64,11 @@ type Registry struct {
 	shared *shared
 
 	judges judges // its own lock (judges.mu); owned by the judge loop
+	// switchPublished and switchWaits are the judge loop's alone: when
+	// each pool's switch figures were last published, and why its guards
+	// wait, in a cluster.
+	switchPublished map[string]time.Time
+	switchWaits     map[string]string
 	// switchBase: each switched pool's new-version evidence when its watch
 	// began (under mu).
 	switchBase map[string]*canary.VersionSnapshot
@@ -123,7 +128,8 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		return nil, err
 	}
 	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool), gone: &goneBackends{},
-		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}}, switchBase: map[string]*canary.VersionSnapshot{},
+		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}},
+		switchPublished: map[string]time.Time{}, switchWaits: map[string]string{}, switchBase: map[string]*canary.VersionSnapshot{},
 		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals, shared: sh}
 	r.pruneLocked()
 	if sh != nil {

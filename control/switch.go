@@ -164,10 +164,12 @@ func orNobody(names []string) string {
 
 // watchSwitch checks a switched pool's guards, and switches back when one
 // fires or ends the watch when its time is up.
+//
+// In a cluster every instance publishes what the new version served it,
+// and the leader's guards watch the sum: a leader that serves little of
+// the traffic still sees a failing version. While that sum cannot be had
+// (etcd away, a live instance's figures missing) the guards wait.
 func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
-	if !r.judgeLeads() {
-		return // in a cluster, the leader watches
-	}
 	name := p.Name()
 	r.mu.Lock()
 	ps := r.state.Pools[name]
@@ -191,6 +193,29 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 		d = snap.Since(base)
 	} else {
 		d = &canary.VersionSnapshot{}
+	}
+	if r.shared != nil {
+		run := fmt.Sprintf("switch:%s@%d", sw.To, sw.At.UnixNano())
+		local := &canary.Contribution{Run: run, At: now.UTC(),
+			Canary: canary.SideEvidence{Version: sw.To, Requests: d.Requests, Errors: d.Errors, Gateway: d.NoAnswer}}
+		if now.Sub(r.switchPublished[name]) >= evidenceEvery {
+			r.switchPublished[name] = now
+			r.publishEvidence(name, local)
+		}
+		if !r.judgeLeads() {
+			return // the leader watches
+		}
+		pv, err := r.poolEvidence(name, run, 0, local)
+		if err != nil {
+			if msg := err.Error(); r.switchWaits[name] != msg {
+				r.switchWaits[name] = msg
+				r.log.Warn().Str("pool", name).Str("to", sw.To).Err(err).Msg("the switch's guards wait for the whole cluster's figures")
+			}
+			return
+		}
+		delete(r.switchWaits, name)
+		c := pv.Evidence.Canary
+		d = &canary.VersionSnapshot{Requests: c.Requests, Errors: c.Errors, NoAnswer: c.Gateway}
 	}
 	healthy := 0
 	for _, b := range p.Backends() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"reflect"
 	"strings"
 	"sync"
@@ -166,4 +167,67 @@ func TestClusterJudgePoolsEvidence(t *testing.T) {
 		t.Fatalf("%d of %d requests failed", bad.Load(), sent.Load())
 	}
 	t.Logf("rolled back by the judge: %s; %d requests, none failed", rep.Previous.Reason, sent.Load())
+}
+
+// TestClusterSwitchGuardsWatchEveryInstance: a blue/green switch to a
+// version that fails every request is switched back by the leader's
+// guards, though all the traffic went through the other instance: the
+// guards watch the whole cluster's figures.
+func TestClusterSwitchGuardsWatchEveryInstance(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1"})
+	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v1"})
+	green := testbed.NewBackend(t, testbed.BackendOptions{Name: "green-1", Version: "v2",
+		Fail: map[string]testbed.Failure{"/": {Status: 500, Code: "BROKEN"}}})
+	pools := fmt.Sprintf(`pools:
+  - name: shop
+    stable_version: v1
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    outlier: {consecutive_failures: -1}
+    retries: {attempts: 0}
+    backends:
+      - {name: web-1, address: %q, version: v1}
+      - {name: web-2, address: %q, version: v1}
+`, w1.Addr(), w2.Addr())
+	a := startClusterBaton(t, etcd, "a", pools)
+	b := startClusterBaton(t, etcd, "b", pools)
+	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
+	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	waitCluster(t, a, b)
+	_, cl := a.cluster(t)
+	leader, other := a, b
+	if cl.JudgeLeader == "b" {
+		leader, other = b, a
+	}
+	leader.admin.must("POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"green-1","address":%q,"version":"v2","standby":true}`, green.Addr()), 201, nil)
+	for _, x := range []*clusterBaton{leader, other} {
+		backendOf(t, x, "green-1", "healthy on standby", func(be v1.Backend) bool { return be.Healthy })
+	}
+	leader.admin.must("POST", "/v1/pools/shop/switch", `{"to":"v2","watch":"60s","max_error_rate":0.05}`, 200, nil)
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	var last *v1.SwitchOutcome
+	if !poll(40*time.Second, func() bool {
+		for range 5 {
+			if resp, err := client.Get("http://" + other.traffic + "/"); err == nil {
+				resp.Body.Close()
+			}
+		}
+		p, err := leader.admin.pool("shop")
+		if err != nil {
+			return false
+		}
+		last = p.LastSwitch
+		return last != nil
+	}) {
+		t.Fatal("the switch to a failing version was not switched back within 40s")
+	}
+	if last.Outcome != "switched_back" || !strings.Contains(last.Reason, "v2 answered") {
+		t.Fatalf("the switch ended %+v; want switched back by the error guard", *last)
+	}
+	if green.Hits() == 0 {
+		t.Fatalf("green served %d requests", green.Hits())
+	}
+	t.Logf("switched back on the other instance's traffic: %s", last.Reason)
 }
