@@ -17,6 +17,7 @@ import (
 // judge's sequential tests.
 type poolJudge struct {
 	canary string
+	run    string // names this canary's evidence in a cluster (see canaryRun)
 	stable string // the stable version it is compared with
 	judge  *canary.Judge
 	start  time.Time
@@ -211,25 +212,33 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	if cv == "" {
 		if pj != nil && !pj.ended {
 			liftClientBounds(p)
-			r.forgetEvidence(name)
+			if r.shared != nil {
+				r.forgetPending[name] = true
+			}
+		}
+		if r.forgetPending[name] && r.forgetEvidence(name) {
+			delete(r.forgetPending, name)
 		}
 		r.judges.end(name)
 		return
 	}
-	fresh := pj == nil || pj.canary != cv || pj.ended
+	run := r.canaryRun(name, cv)
+	// A new canary, or in a cluster a new run of the same version (it
+	// ended and came back between two ticks): evidence starts afresh.
+	fresh := pj == nil || pj.canary != cv || pj.ended || r.shared != nil && pj.run != run
 	if !fresh && now.Sub(pj.lastEval) < cfg.Judge.Interval {
 		// Between verdicts: a route group's warm-up ends when it does,
 		// not at the next verdict, so its evidence starts on time.
 		pj.checkWarm(p, cfg, now)
 		if r.shared != nil && now.Sub(pj.published) >= evidenceEvery {
 			pj.published = now
-			r.publishEvidence(name, pj.observe(p, cfg, snapshotVersions(p), now, weight, r.canaryRun(name, cv)))
+			r.publishEvidence(name, pj.observe(p, cfg, snapshotVersions(p), now, weight, run))
 		}
 		return
 	}
 	snaps := snapshotVersions(p)
 	if fresh {
-		pj = &poolJudge{canary: cv, stable: p.StableVersion(), judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
+		pj = &poolJudge{canary: cv, run: run, stable: p.StableVersion(), judge: canary.NewJudge(judgeConfig(cfg)), start: now, base: snaps,
 			warm:    map[int]map[string]*canary.VersionSnapshot{},
 			sigBase: p.Signatures().Snapshot(), sigOf: p.Signatures(), weight: weight, stepStart: now}
 		pj.stepBase = since(snaps, pj.base, cv).Requests
@@ -237,7 +246,6 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	}
 	pj.lastEval = now
 	stable := p.StableVersion()
-	run := r.canaryRun(name, cv)
 	local := pj.observe(p, cfg, snaps, now, weight, run)
 	var pooled *pooledVerdict
 	in := local.Input()

@@ -214,21 +214,25 @@ func (r *Registry) pause(poolName string, pj *poolJudge, cv string, why error, n
 }
 
 // forgetEvidence deletes the evidence on the pool's canary once it ended
-// (the leader does).
-func (r *Registry) forgetEvidence(poolName string) {
+// (the leader does; another instance reports done, the leader deletes
+// it). It reports whether that is done; the judge loop tries again at
+// each tick until it is.
+func (r *Registry) forgetEvidence(poolName string) bool {
 	if r.shared == nil || !r.judgeLeads() {
-		return
+		return true
 	}
 	ctx := context.Background()
 	raw, err := r.shared.store.Evidence(ctx, poolName)
 	if err != nil {
-		return // the next canary's leader deletes it
+		return false
 	}
 	old := make([]string, 0, len(raw))
 	for k := range raw {
 		old = append(old, k)
 	}
 	if err := r.shared.store.ForgetEvidence(ctx, poolName, old); err != nil {
-		r.log.Debug().Err(err).Str("pool", poolName).Msg("could not delete the evidence of a canary that ended")
+		r.log.Debug().Err(err).Str("pool", poolName).Msg("could not delete the evidence of a canary that ended; trying again")
+		return false
 	}
+	return true
 }

@@ -69,6 +69,9 @@ type Registry struct {
 	// wait, in a cluster.
 	switchPublished map[string]time.Time
 	switchWaits     map[string]string
+	// forgetPending: pools whose ended canary's evidence the judge loop
+	// is still to delete from etcd (its alone).
+	forgetPending map[string]bool
 	// switchBase: each switched pool's new-version evidence when its watch
 	// began (under mu).
 	switchBase map[string]*canary.VersionSnapshot
@@ -129,7 +132,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	}
 	r := &Registry{log: log, stateFile: stateFile, cfg: cfg, state: st, pools: make(map[string]*pool.Pool), gone: &goneBackends{},
 		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}},
-		switchPublished: map[string]time.Time{}, switchWaits: map[string]string{}, switchBase: map[string]*canary.VersionSnapshot{},
+		switchPublished: map[string]time.Time{}, switchWaits: map[string]string{}, forgetPending: map[string]bool{}, switchBase: map[string]*canary.VersionSnapshot{},
 		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals, shared: sh}
 	r.pruneLocked()
 	if sh != nil {
