@@ -253,14 +253,14 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 		pj.published = now
 		r.publishEvidence(name, local)
 		if !r.judgeLeads() {
-			r.followVerdict(name, pj, run, now)
+			r.followVerdict(name, pj, run, cfg.Judge.Interval, now)
 			pj.nextWindow(p, cfg, stable, cv, now)
 			return
 		}
 		var err error
 		if pooled, err = r.poolEvidence(name, run, weight, local); err != nil {
 			// Never a verdict on part of the evidence: the judge waits.
-			r.pause(name, pj, cv, err, now)
+			r.pauseLeading(name, pj, err, now)
 			pj.nextWindow(p, cfg, stable, cv, now)
 			return
 		}

@@ -172,28 +172,57 @@ func (r *Registry) poolEvidence(poolName, run string, weight float64, local *can
 	return &pooledVerdict{Run: run, Leader: sh.store.Instance(), Evidence: canary.Pool(run, weight, cs), Instances: who}, nil
 }
 
-// publishVerdict writes the leader's verdict for the other instances.
+// publishVerdict writes the leader's verdict for the other instances; a
+// failure is logged once until it works again.
 func (r *Registry) publishVerdict(poolName string, pv *pooledVerdict) {
 	data, err := json.Marshal(pv)
 	if err == nil {
 		err = r.shared.store.PublishVerdict(context.Background(), poolName, data)
 	}
-	if err != nil {
+	failing := r.shared.verdictFailing.Load()
+	switch {
+	case err != nil && !failing:
 		r.log.Warn().Err(err).Str("pool", poolName).Msg("could not publish the judge's verdict to the other instances")
+	case err == nil && failing:
+		r.log.Info().Str("pool", poolName).Msg("publishing the judge's verdicts again")
 	}
+	r.shared.verdictFailing.Store(err != nil)
 }
 
-// followVerdict takes the leader's verdict on run as this instance's.
-func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, now time.Time) {
-	data, err := r.shared.store.Verdict(context.Background(), poolName)
+// followVerdict takes the leader's verdict on run as this instance's. A
+// verdict the leader stopped renewing (it is gone, or cut off) is shown
+// as a pause, not as the judge's word.
+func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, interval time.Duration, now time.Time) {
+	ctx := context.Background()
+	data, err := r.shared.store.Verdict(ctx, poolName)
 	if err != nil {
-		r.pause(poolName, pj, pj.canary, err, now)
+		r.pause(poolName, pj, err, nil, now)
 		return
 	}
 	pv := &pooledVerdict{}
 	if data == nil || json.Unmarshal(data, pv) != nil || pv.Run != run || pv.Evidence == nil || pv.Evidence.Check() != nil {
 		r.judges.record(poolName, pj, canary.Result{Verdict: canary.Inconclusive, Rule: "cluster",
 			Reason: "the judge leader has not judged this canary on the pooled evidence yet"}, now, nil)
+		return
+	}
+	live, err := r.shared.store.Instances(ctx)
+	if err != nil {
+		r.pause(poolName, pj, err, nil, now)
+		return
+	}
+	// The leader's age of its verdict, by its own clock: its heartbeat.
+	var beat time.Time
+	for _, rep := range live {
+		if rep.Instance == pv.Leader && rep.Heartbeat.After(beat) {
+			beat = rep.Heartbeat
+		}
+	}
+	switch age := beat.Sub(pv.At); {
+	case beat.IsZero():
+		r.pause(poolName, pj, fmt.Errorf("%s, which judged last, is gone; another instance takes the judge over", pv.Leader), pv, now)
+		return
+	case age > 3*interval+staleEvidence:
+		r.pause(poolName, pj, fmt.Errorf("the judge leader %s has not judged this canary for %s", pv.Leader, age.Round(time.Second)), pv, now)
 		return
 	}
 	res := pv.Result
@@ -204,13 +233,24 @@ func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, now
 }
 
 // pause records that the judge waits instead of judging part of the
-// evidence; it neither acts nor moves the canary meanwhile.
-func (r *Registry) pause(poolName string, pj *poolJudge, cv string, why error, now time.Time) {
+// evidence; it neither acts nor moves the canary meanwhile. The leader
+// says so to the others too, with the last pooled figures (last).
+func (r *Registry) pause(poolName string, pj *poolJudge, why error, last *pooledVerdict, now time.Time) {
 	prev := pj.result
 	res := canary.Result{Verdict: canary.Inconclusive, Rule: "cluster_paused",
 		Reason: "the judge pauses: " + why.Error() + "; it judges again once every live instance's evidence can be read"}
-	r.judges.record(poolName, pj, res, now, nil)
-	r.logVerdict(poolName, cv, prev, res)
+	r.judges.record(poolName, pj, res, now, last)
+	r.logVerdict(poolName, pj.canary, prev, res)
+}
+
+// pauseLeading is pause on the leader, which also publishes it.
+func (r *Registry) pauseLeading(poolName string, pj *poolJudge, why error, now time.Time) {
+	r.pause(poolName, pj, why, nil, now)
+	if last := r.judges.pooledOf(poolName, pj.canary); last != nil {
+		pv := *last
+		pv.Leader, pv.At, pv.Result, pv.Signatures = r.shared.store.Instance(), now.UTC(), pj.result, nil
+		r.publishVerdict(poolName, &pv)
+	}
 }
 
 // forgetEvidence deletes the evidence on the pool's canary once it ended

@@ -35,6 +35,9 @@ type shared struct {
 	rev     int64
 	applied atomic.Int64
 	out     outbox // evidence on its way to etcd
+	// verdictFailing: the last verdict could not be published (logged
+	// once).
+	verdictFailing atomic.Bool
 }
 
 // openShared connects to the cluster's etcd and returns the desired state
