@@ -80,17 +80,8 @@ func TestClusterJudgePoolsEvidence(t *testing.T) {
       - {name: web-3, address: %q, version: v1}
       - {name: web-4, address: %q, version: v2}
 `, addrs...)
-	a := startClusterBaton(t, etcd, "a", pools)
-	b := startClusterBaton(t, etcd, "b", pools)
-	for _, x := range []*clusterBaton{a, b} {
-		waitServing(t, x.proc, x.admin, "shop", "web-1", "web-2", "web-3", "web-4")
-	}
-	waitCluster(t, a, b)
-	_, cl := a.cluster(t)
-	leader, other := a, b
-	if cl.JudgeLeader == "b" {
-		leader, other = b, a
-	}
+	a, b := startPair(t, etcd, pools, "web-1", "web-2", "web-3", "web-4")
+	leader, other := leaderFirst(t, a, b)
 
 	ctx, stop := context.WithTimeout(context.Background(), 90*time.Second)
 	defer stop()
@@ -189,16 +180,8 @@ func TestClusterSwitchGuardsWatchEveryInstance(t *testing.T) {
       - {name: web-1, address: %q, version: v1}
       - {name: web-2, address: %q, version: v1}
 `, w1.Addr(), w2.Addr())
-	a := startClusterBaton(t, etcd, "a", pools)
-	b := startClusterBaton(t, etcd, "b", pools)
-	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
-	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
-	waitCluster(t, a, b)
-	_, cl := a.cluster(t)
-	leader, other := a, b
-	if cl.JudgeLeader == "b" {
-		leader, other = b, a
-	}
+	a, b := startPair(t, etcd, pools, "web-1", "web-2")
+	leader, other := leaderFirst(t, a, b)
 	leader.admin.must("POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"green-1","address":%q,"version":"v2","standby":true}`, green.Addr()), 201, nil)
 	for _, x := range []*clusterBaton{leader, other} {
 		backendOf(t, x, "green-1", "healthy on standby", func(be v1.Backend) bool { return be.Healthy })

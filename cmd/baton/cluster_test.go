@@ -111,12 +111,27 @@ func startClusterPair(t *testing.T, etcd *testbed.Etcd, hold1 map[string]*testbe
 	t.Helper()
 	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1", Hold: hold1})
 	w2 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-2", Version: "v1"})
-	pools := fmt.Sprintf(clusterPools, w1.Addr(), w2.Addr())
+	return startPair(t, etcd, fmt.Sprintf(clusterPools, w1.Addr(), w2.Addr()), "web-1", "web-2")
+}
+
+// startPair starts instances a and b with pools and waits until both serve
+// pool shop's backends and agree on the cluster.
+func startPair(t *testing.T, etcd *testbed.Etcd, pools string, backends ...string) (a, b *clusterBaton) {
+	t.Helper()
 	a = startClusterBaton(t, etcd, "a", pools)
 	b = startClusterBaton(t, etcd, "b", pools)
-	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
-	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	waitServing(t, a.proc, a.admin, "shop", backends...)
+	waitServing(t, b.proc, b.admin, "shop", backends...)
 	waitCluster(t, a, b)
+	return a, b
+}
+
+// leaderFirst returns the one of a and b whose judge leads, then the other.
+func leaderFirst(t *testing.T, a, b *clusterBaton) (leader, other *clusterBaton) {
+	t.Helper()
+	if _, cl := a.cluster(t); cl.JudgeLeader == b.name {
+		return b, a
+	}
 	return a, b
 }
 
@@ -348,11 +363,7 @@ func TestClusterAffinityCookieHoldsOnEveryInstance(t *testing.T) {
       - {name: web-1, address: %q, version: v1}
       - {name: web-2, address: %q, version: v2}
 `, w1.Addr(), w2.Addr())
-	a := startClusterBaton(t, etcd, "a", pools)
-	b := startClusterBaton(t, etcd, "b", pools)
-	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
-	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
-	waitCluster(t, a, b)
+	a, b := startPair(t, etcd, pools, "web-1", "web-2")
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
