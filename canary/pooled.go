@@ -123,12 +123,12 @@ func Pool(run string, weight float64, cs []*Contribution) *Contribution {
 			out.At = c.At
 		}
 		if c.Weight == weight {
-			out.StepCanaryRequests += c.StepCanaryRequests
+			out.StepCanaryRequests = addSat(out.StepCanaryRequests, c.StepCanaryRequests)
 		}
 		out.Stable.add(&c.Stable)
 		out.Canary.add(&c.Canary)
-		out.Discarded += c.Discarded
-		out.DiscardedFailures += c.DiscardedFailures
+		out.Discarded = addSat(out.Discarded, c.Discarded)
+		out.DiscardedFailures = addSat(out.DiscardedFailures, c.DiscardedFailures)
 		for i := range c.Signatures {
 			s := &c.Signatures[i]
 			m := sigs[s.Key]
@@ -136,8 +136,8 @@ func Pool(run string, weight float64, cs []*Contribution) *Contribution {
 				m = &SigEvidence{Key: s.Key}
 				sigs[s.Key] = m
 			}
-			m.Stable += s.Stable
-			m.Canary += s.Canary
+			m.Stable = addSat(m.Stable, s.Stable)
+			m.Canary = addSat(m.Canary, s.Canary)
 			m.CanaryClients = min(maxSigClients, m.CanaryClients+s.CanaryClients)
 			if s.Example != nil && (m.Example == nil || s.Example.Time.After(m.Example.Time)) {
 				e := *s.Example
@@ -156,9 +156,9 @@ func (s *SideEvidence) add(o *SideEvidence) {
 	if s.Version == "" {
 		s.Version = o.Version
 	}
-	s.Requests += o.Requests
-	s.Errors += o.Errors
-	s.Gateway += o.Gateway
+	s.Requests = addSat(s.Requests, o.Requests)
+	s.Errors = min(s.Requests, addSat(s.Errors, o.Errors))
+	s.Gateway = min(s.Requests, addSat(s.Gateway, o.Gateway))
 	s.ErrorClients = min(MaxErrorClients, s.ErrorClients+o.ErrorClients)
 	s.All.add(&o.All)
 	for g, l := range o.Latency {
@@ -172,6 +172,15 @@ func (s *SideEvidence) add(o *SideEvidence) {
 		}
 		m.add(l)
 	}
+}
+
+// addSat adds without wrapping: evidence read from etcd may hold any
+// number, and a sum that wrapped would read as fewer requests than errors.
+func addSat(a, b uint64) uint64 {
+	if a > math.MaxUint64-b {
+		return math.MaxUint64
+	}
+	return a + b
 }
 
 // snapshotJSON is a Snapshot on the wire: only the buckets that hold

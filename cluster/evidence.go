@@ -7,28 +7,30 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Evidence a baton gathered on a pool's canary lives under
-// evidence/POOL/INSTANCE/PROCESS, one key per process, without a lease: a
-// process that died keeps its part in the release's evidence until the
-// canary ends. The judge leader's verdict on it lives under verdicts/POOL.
+// Evidence a baton gathered lives under evidence/SPACE/INSTANCE/PROCESS,
+// one key per process and space — a space is one kind of evidence on one
+// pool, such as canary/POOL or switch/POOL — without a lease: a process
+// that died keeps its part in a release's evidence until the release ends.
+// The judge leader's verdict on a pool's canary lives under verdicts/POOL.
 
-func (s *Store) evidenceKey(pool string) string { return s.key("evidence/" + pool + "/") }
+func (s *Store) evidenceKey(space string) string { return s.key("evidence/" + space + "/") }
 
-// PublishEvidence writes this process's evidence on pool's canary.
-func (s *Store) PublishEvidence(ctx context.Context, process, pool string, data []byte) error {
+// PublishEvidence writes this process's evidence in space.
+func (s *Store) PublishEvidence(ctx context.Context, process, space string, data []byte) error {
 	ctx, cancel := s.callCtx(ctx)
 	defer cancel()
-	if _, err := s.c.Put(ctx, s.evidenceKey(pool)+s.instance+"/"+process, string(data)); err != nil {
+	if _, err := s.c.Put(ctx, s.evidenceKey(space)+s.instance+"/"+process, string(data)); err != nil {
 		return unavailable(err)
 	}
 	return nil
 }
 
-// Evidence returns every process's evidence on pool, by "INSTANCE/PROCESS".
-func (s *Store) Evidence(ctx context.Context, pool string) (map[string][]byte, error) {
+// Evidence returns every process's evidence in space, by
+// "INSTANCE/PROCESS".
+func (s *Store) Evidence(ctx context.Context, space string) (map[string][]byte, error) {
 	ctx, cancel := s.callCtx(ctx)
 	defer cancel()
-	k := s.evidenceKey(pool)
+	k := s.evidenceKey(space)
 	resp, err := s.c.Get(ctx, k, clientv3.WithPrefix())
 	if err != nil {
 		return nil, unavailable(err)
@@ -41,8 +43,8 @@ func (s *Store) Evidence(ctx context.Context, pool string) (map[string][]byte, e
 }
 
 // ForgetEvidence deletes the evidence of the given processes
-// ("INSTANCE/PROCESS") on pool: evidence of a canary that ended.
-func (s *Store) ForgetEvidence(ctx context.Context, pool string, who []string) error {
+// ("INSTANCE/PROCESS") in space: evidence of a release that ended.
+func (s *Store) ForgetEvidence(ctx context.Context, space string, who []string) error {
 	if len(who) == 0 {
 		return nil
 	}
@@ -50,7 +52,7 @@ func (s *Store) ForgetEvidence(ctx context.Context, pool string, who []string) e
 	defer cancel()
 	ops := make([]clientv3.Op, 0, len(who))
 	for _, w := range who {
-		ops = append(ops, clientv3.OpDelete(s.evidenceKey(pool)+w))
+		ops = append(ops, clientv3.OpDelete(s.evidenceKey(space)+w))
 	}
 	for len(ops) > 0 {
 		n := min(len(ops), 64) // etcd bounds the operations of one transaction

@@ -216,7 +216,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 				r.forgetPending[name] = true
 			}
 		}
-		if r.forgetPending[name] && r.forgetEvidence(name) {
+		if r.forgetPending[name] && r.forgetEvidence(canarySpace(name)) {
 			delete(r.forgetPending, name)
 		}
 		r.judges.end(name)
@@ -232,7 +232,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 		pj.checkWarm(p, cfg, now)
 		if r.shared != nil && now.Sub(pj.published) >= evidenceEvery {
 			pj.published = now
-			r.publishEvidence(name, pj.observe(p, cfg, snapshotVersions(p), now, weight, run))
+			r.publishEvidence(canarySpace(name), pj.observe(p, cfg, snapshotVersions(p), now, weight, run))
 		}
 		return
 	}
@@ -251,14 +251,14 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	in := local.Input()
 	if r.shared != nil {
 		pj.published = now
-		r.publishEvidence(name, local)
+		r.publishEvidence(canarySpace(name), local)
 		if !r.judgeLeads() {
 			r.followVerdict(name, pj, run, cfg.Judge.Interval, now)
 			pj.nextWindow(p, cfg, stable, cv, now)
 			return
 		}
 		var err error
-		if pooled, err = r.poolEvidence(name, run, weight, local); err != nil {
+		if pooled, err = r.poolEvidence(canarySpace(name), run, weight, local); err != nil {
 			// Never a verdict on part of the evidence: the judge waits.
 			r.pauseLeading(name, pj, err, now)
 			pj.nextWindow(p, cfg, stable, cv, now)

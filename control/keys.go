@@ -118,11 +118,17 @@ func (r *Registry) sharedAffinityKeys(now time.Time, path string) ([]AffinityKey
 		return kf.Keys, err
 	}
 	var kf keyFile
+	unusable := false
 	if data != nil {
 		if kf, err = decodeKeys(data, now, "the cluster's affinity keys in etcd"); err != nil {
-			return nil, err
+			unusable = true
+			// Not keys any baton wrote: this instance's copy (or a new key)
+			// replaces them, so that cookies keep working everywhere.
+			r.log.Error().Err(err).Msg("the cluster's affinity keys in etcd are unusable; replacing them with this instance's")
+			kf = keyFile{}
 		}
-	} else if path != "" {
+	}
+	if len(kf.Keys) == 0 && path != "" {
 		r.mu.Lock()
 		kf, err = readKeyFile(path, now) // this instance's become the cluster's
 		r.mu.Unlock()
@@ -131,8 +137,17 @@ func (r *Registry) sharedAffinityKeys(now time.Time, path string) ([]AffinityKey
 		}
 	}
 	r.mu.Lock()
-	due := !r.frozen.Load() && r.rotationDueLocked(kf, now)
+	frozen := r.frozen.Load()
+	due := !frozen && r.rotationDueLocked(kf, now)
 	r.mu.Unlock()
+	if unusable && !due && !frozen {
+		// Write this instance's keys over the unusable ones.
+		if enc, merr := json.Marshal(kf); merr == nil {
+			if _, serr := store.Swap(context.Background(), "affinity-keys", enc, rev); serr != nil {
+				r.log.Warn().Err(serr).Msg("could not replace the cluster's unusable affinity keys; signing with this instance's")
+			}
+		}
+	}
 	if due {
 		next, err := nextKeys(kf, now)
 		if err != nil {
@@ -189,7 +204,15 @@ func decodeKeys(data []byte, now time.Time, what string) (keyFile, error) {
 	if kf.Format > keyFileFormat {
 		return keyFile{}, fmt.Errorf("%s are of format %d; this baton reads up to %d", what, kf.Format, keyFileFormat)
 	}
+	if len(kf.Keys) > keysKept {
+		return keyFile{}, fmt.Errorf("%s hold %d keys; a baton keeps %d (delete it to start with a new key: clients are re-split once)", what, len(kf.Keys), keysKept)
+	}
+	seen := map[byte]bool{}
 	for i, k := range kf.Keys {
+		if seen[k.ID] {
+			return keyFile{}, fmt.Errorf("%s: key %d repeats the id %d (delete it to start with a new key: clients are re-split once)", what, i, k.ID)
+		}
+		seen[k.ID] = true
 		// An empty secret would let anyone sign cookies; a date ahead
 		// would stop rotation.
 		if len(k.Secret) != 32 || k.Created.After(now.Add(time.Hour)) {

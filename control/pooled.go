@@ -59,16 +59,21 @@ func (r *Registry) canaryRun(poolName, cv string) string {
 // self is this process as evidence keys name it.
 func (sh *shared) self() string { return sh.store.Instance() + "/" + sh.member.Process() }
 
-// publishEvidence hands c to the publisher.
-func (r *Registry) publishEvidence(poolName string, c *canary.Contribution) {
+// Evidence spaces: a pool's canary and its blue/green switch publish
+// apart, so that neither takes the other's evidence for an old run's.
+func canarySpace(poolName string) string { return "canary/" + poolName }
+func switchSpace(poolName string) string { return "switch/" + poolName }
+
+// publishEvidence hands c, evidence in space, to the publisher.
+func (r *Registry) publishEvidence(space string, c *canary.Contribution) {
 	data, err := json.Marshal(c)
 	if err != nil {
-		r.log.Error().Err(err).Str("pool", poolName).Msg("could not encode the canary evidence")
+		r.log.Error().Err(err).Str("evidence", space).Msg("could not encode the evidence")
 		return
 	}
 	o := &r.shared.out
 	o.mu.Lock()
-	o.pending[poolName] = data
+	o.pending[space] = data
 	o.mu.Unlock()
 	select {
 	case o.kick <- struct{}{}:
@@ -91,14 +96,14 @@ func (r *Registry) runPublisher(ctx context.Context) {
 		batch := sh.out.pending
 		sh.out.pending = map[string][]byte{}
 		sh.out.mu.Unlock()
-		for poolName, data := range batch {
-			err := sh.store.PublishEvidence(ctx, sh.member.Process(), poolName, data)
+		for space, data := range batch {
+			err := sh.store.PublishEvidence(ctx, sh.member.Process(), space, data)
 			switch {
 			case err != nil && !failing && ctx.Err() == nil:
-				r.log.Warn().Err(err).Str("pool", poolName).Msg("could not publish this instance's canary evidence; the judge pauses until it can")
+				r.log.Warn().Err(err).Str("evidence", space).Msg("could not publish this instance's evidence; the judge pauses until it can")
 				failing = true
 			case err == nil && failing:
-				r.log.Info().Str("pool", poolName).Msg("publishing canary evidence again")
+				r.log.Info().Str("evidence", space).Msg("publishing evidence again")
 				failing = false
 			}
 		}
@@ -110,14 +115,14 @@ func (r *Registry) runPublisher(ctx context.Context) {
 // etcd cannot be read, or a live instance has not published evidence on
 // this run yet. Processes no longer alive keep their part. Evidence of
 // other runs is deleted.
-func (r *Registry) poolEvidence(poolName, run string, weight float64, local *canary.Contribution) (*pooledVerdict, error) {
+func (r *Registry) poolEvidence(space, run string, weight float64, local *canary.Contribution) (*pooledVerdict, error) {
 	sh := r.shared
 	ctx := context.Background() // the store bounds each call
 	live, err := sh.store.Instances(ctx)
 	if err != nil {
 		return nil, err
 	}
-	raw, err := sh.store.Evidence(ctx, poolName)
+	raw, err := sh.store.Evidence(ctx, space)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +140,7 @@ func (r *Registry) poolEvidence(poolName, run string, weight float64, local *can
 			if err == nil {
 				err = c.Check()
 			}
-			r.log.Warn().Err(err).Str("pool", poolName).Str("key", k).Msg("deleting canary evidence no baton would publish")
+			r.log.Warn().Err(err).Str("evidence", space).Str("key", k).Msg("deleting evidence no baton would publish")
 			stale = append(stale, k)
 			continue
 		}
@@ -146,8 +151,8 @@ func (r *Registry) poolEvidence(poolName, run string, weight float64, local *can
 		cs, who = append(cs, c), append(who, k)
 		at[k] = c.At
 	}
-	if err := sh.store.ForgetEvidence(ctx, poolName, stale); err != nil {
-		r.log.Debug().Err(err).Str("pool", poolName).Msg("could not delete the evidence of an earlier canary")
+	if err := sh.store.ForgetEvidence(ctx, space, stale); err != nil {
+		r.log.Debug().Err(err).Str("evidence", space).Msg("could not delete the evidence of an earlier run")
 	}
 	// Every live process's evidence, and recent by its own clock (its
 	// heartbeat and its evidence come from the same one): one that stopped
@@ -257,12 +262,12 @@ func (r *Registry) pauseLeading(poolName string, pj *poolJudge, why error, now t
 // (the leader does; another instance reports done, the leader deletes
 // it). It reports whether that is done; the judge loop tries again at
 // each tick until it is.
-func (r *Registry) forgetEvidence(poolName string) bool {
+func (r *Registry) forgetEvidence(space string) bool {
 	if r.shared == nil || !r.judgeLeads() {
 		return true
 	}
 	ctx := context.Background()
-	raw, err := r.shared.store.Evidence(ctx, poolName)
+	raw, err := r.shared.store.Evidence(ctx, space)
 	if err != nil {
 		return false
 	}
@@ -270,8 +275,8 @@ func (r *Registry) forgetEvidence(poolName string) bool {
 	for k := range raw {
 		old = append(old, k)
 	}
-	if err := r.shared.store.ForgetEvidence(ctx, poolName, old); err != nil {
-		r.log.Debug().Err(err).Str("pool", poolName).Msg("could not delete the evidence of a canary that ended; trying again")
+	if err := r.shared.store.ForgetEvidence(ctx, space, old); err != nil {
+		r.log.Debug().Err(err).Str("evidence", space).Msg("could not delete the evidence of a canary that ended; trying again")
 		return false
 	}
 	return true

@@ -175,6 +175,9 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 	ps := r.state.Pools[name]
 	if ps == nil || ps.Switch == nil {
 		r.mu.Unlock()
+		if _, ok := r.switchPublished[name]; ok && r.forgetEvidence(switchSpace(name)) {
+			delete(r.switchPublished, name) // the switch ended: so does its evidence
+		}
 		return
 	}
 	sw := *ps.Switch
@@ -194,39 +197,46 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 	} else {
 		d = &canary.VersionSnapshot{}
 	}
-	if r.shared != nil {
-		run := fmt.Sprintf("switch:%s@%d", sw.To, sw.At.UnixNano())
-		local := &canary.Contribution{Run: run, At: now.UTC(),
-			Canary: canary.SideEvidence{Version: sw.To, Requests: d.Requests, Errors: d.Errors, Gateway: d.NoAnswer}}
-		if now.Sub(r.switchPublished[name]) >= evidenceEvery {
-			r.switchPublished[name] = now
-			r.publishEvidence(name, local)
-		}
-		if !r.judgeLeads() {
-			return // the leader watches
-		}
-		pv, err := r.poolEvidence(name, run, 0, local)
-		if err != nil {
-			if msg := err.Error(); r.switchWaits[name] != msg {
-				r.switchWaits[name] = msg
-				r.log.Warn().Str("pool", name).Str("to", sw.To).Err(err).Msg("the switch's guards wait for the whole cluster's figures")
-			}
-			return
-		}
-		delete(r.switchWaits, name)
-		c := pv.Evidence.Canary
-		d = &canary.VersionSnapshot{Requests: c.Requests, Errors: c.Errors, NoAnswer: c.Gateway}
-	}
 	healthy := 0
 	for _, b := range p.Backends() {
 		if b.Version() == sw.To && b.State() == pool.Active && b.Health() != pool.Down {
 			healthy++
 		}
 	}
+	// incomplete: in a cluster, why the whole cluster's figures could not
+	// be had; only the health guard (this instance's own checks) and the
+	// end of the watch go on without them.
+	incomplete := ""
+	if r.shared != nil {
+		run := fmt.Sprintf("switch:%s@%d", sw.To, sw.At.UnixNano())
+		local := &canary.Contribution{Run: run, At: now.UTC(),
+			Canary: canary.SideEvidence{Version: sw.To, Requests: d.Requests, Errors: d.Errors, Gateway: d.NoAnswer}}
+		if now.Sub(r.switchPublished[name]) >= evidenceEvery {
+			r.switchPublished[name] = now
+			r.publishEvidence(switchSpace(name), local)
+		}
+		if !r.judgeLeads() {
+			return // the leader watches
+		}
+		pv, err := r.poolEvidence(switchSpace(name), run, 0, local)
+		if err != nil {
+			incomplete = err.Error()
+			if r.switchWaits[name] != incomplete {
+				r.switchWaits[name] = incomplete
+				r.log.Warn().Str("pool", name).Str("to", sw.To).Err(err).Msg("the switch's error guards wait for the whole cluster's figures")
+			}
+		} else {
+			delete(r.switchWaits, name)
+			c := pv.Evidence.Canary
+			d = &canary.VersionSnapshot{Requests: c.Requests, Errors: c.Errors, NoAnswer: c.Gateway}
+		}
+	}
 	reason := ""
 	switch {
 	case healthy == 0:
 		reason = fmt.Sprintf("no %s backend passes its health check", sw.To)
+	case incomplete != "":
+		// The error guards need every instance's figures.
 	case d.Requests >= switchMinRequests && 2*d.NoAnswer >= d.Requests:
 		reason = fmt.Sprintf("%s gave no answer to %d of its %d requests (refused, reset or timed out)", sw.To, d.NoAnswer, d.Requests)
 	case d.Requests >= switchMinRequests && float64(d.Errors) >= sw.MaxErrorRate*float64(d.Requests):
@@ -241,6 +251,10 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 		}
 	case now.After(sw.Until):
 		reason := fmt.Sprintf("the guards held for %s: %d requests, %d errors", sw.Until.Sub(sw.At).Round(time.Second), d.Requests, d.Errors)
+		if incomplete != "" {
+			reason = fmt.Sprintf("the watch of %s ended without the whole cluster's figures (%s); on this instance's: %d requests, %d errors",
+				sw.Until.Sub(sw.At).Round(time.Second), incomplete, d.Requests, d.Errors)
+		}
 		if err := r.endSwitch(name, sw, "done", reason, By("judge")); err != nil {
 			r.log.Error().Err(err).Str("pool", name).Msg("could not end the switch's watch")
 		}

@@ -214,3 +214,78 @@ func TestClusterSwitchGuardsWatchEveryInstance(t *testing.T) {
 	}
 	t.Logf("switched back on the other instance's traffic: %s", last.Reason)
 }
+
+// TestClusterCanaryDuringSwitchIsJudged: a canary set while a blue/green
+// switch is still watched is judged on both instances' evidence; the
+// switch's figures and the canary's are published apart and neither
+// takes the other's for an old run's.
+func TestClusterCanaryDuringSwitchIsJudged(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1"})
+	green := testbed.NewBackend(t, testbed.BackendOptions{Name: "green-1", Version: "v2"})
+	v3 := testbed.NewBackend(t, testbed.BackendOptions{Name: "v3-1", Version: "v3"})
+	pools := fmt.Sprintf(`pools:
+  - name: shop
+    stable_version: v1
+    health_check: {interval: 100ms, timeout: 80ms, rise: 1}
+    judge: {interval: 500ms}
+    backends:
+      - {name: web-1, address: %q, version: v1}
+`, w1.Addr())
+	a, b := startPair(t, etcd, pools, "web-1")
+	leader, other := leaderFirst(t, a, b)
+	leader.admin.must("POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"green-1","address":%q,"version":"v2","standby":true}`, green.Addr()), 201, nil)
+	for _, x := range []*clusterBaton{leader, other} {
+		backendOf(t, x, "green-1", "healthy on standby", func(be v1.Backend) bool { return be.Healthy })
+	}
+	leader.admin.must("POST", "/v1/pools/shop/switch", `{"to":"v2","watch":"120s"}`, 200, nil)
+	leader.admin.must("POST", "/v1/pools/shop/backends", fmt.Sprintf(`{"name":"v3-1","address":%q,"version":"v3"}`, v3.Addr()), 201, nil)
+	for _, x := range []*clusterBaton{leader, other} {
+		backendOf(t, x, "v3-1", "healthy", func(be v1.Backend) bool { return be.Healthy })
+	}
+	leader.admin.must("PUT", "/v1/pools/shop/canary", `{"version": "v3", "weight": 20}`, 200, nil)
+	client := &http.Client{Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	var rep v1.CanaryReport
+	if !poll(30*time.Second, func() bool {
+		for _, x := range []*clusterBaton{leader, other} {
+			for range 10 {
+				if resp, err := client.Get("http://" + x.traffic + "/"); err == nil {
+					resp.Body.Close()
+				}
+			}
+		}
+		var ok bool
+		rep, ok = leader.canaryReport(t)
+		return ok && rep.CanaryVersion == "v3" && rep.Rule != "cluster_paused" && rep.Rule != "cluster" &&
+			rep.Evidence.JudgedBy == leader.name && len(rep.Evidence.Instances) == 2 && canaryRequests(rep, "canary") > 0
+	}) {
+		t.Fatalf("the canary during the switch was not judged on both instances' evidence: %s %s: %s (evidence of %v)",
+			rep.Verdict, rep.Rule, rep.Reason, rep.Evidence.Instances)
+	}
+	// And it stays judged: eight verdicts in a row, none a pause.
+	seen, paused := map[time.Time]bool{}, 0
+	if !poll(30*time.Second, func() bool {
+		for _, x := range []*clusterBaton{leader, other} {
+			for range 10 {
+				if resp, err := client.Get("http://" + x.traffic + "/"); err == nil {
+					resp.Body.Close()
+				}
+			}
+		}
+		if r, ok := leader.canaryReport(t); ok && r.VerdictAt != nil && !seen[*r.VerdictAt] {
+			seen[*r.VerdictAt] = true
+			if r.Rule == "cluster_paused" {
+				paused++
+				rep = r
+			}
+		}
+		return len(seen) >= 8
+	}) || paused > 0 {
+		t.Fatalf("%d of %d verdicts during the switch were pauses: %s", paused, len(seen), rep.Reason)
+	}
+	if p, err := leader.admin.pool("shop"); err != nil || p.Switch == nil {
+		t.Fatalf("the switch's watch ended: %+v %v", p.LastSwitch, err)
+	}
+	t.Logf("during the switch the canary is judged: %s (%s) on %v", rep.Verdict, rep.Reason, rep.Evidence.Instances)
+}

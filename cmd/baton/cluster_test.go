@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/internal/testbed"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // clusterBaton is one baton process of a test cluster.
@@ -400,6 +402,34 @@ func TestClusterAffinityCookieHoldsOnEveryInstance(t *testing.T) {
 			}
 		}
 	}
+	// Keys in etcd that no baton would write (a 3-byte secret) do not
+	// break cookies: b, restarted, signs with its copy of the cluster's
+	// keys and writes them back over the unusable ones.
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if _, err := raw.Put(context.Background(), "/baton/test/affinity-keys", `{"format":1,"keys":[{"id":9,"secret":"AAAA","created":"2026-01-01T00:00:00Z"}]}`); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.proc.cmd.Process.Kill()
+	b.proc.waitExit(t, 10*time.Second)
+	b.start(t)
+	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	backend, cookie := visit(a.traffic, nil)
+	for i := range 20 {
+		if got, _ := visit(b.traffic, cookie); got != backend {
+			t.Fatalf("after unusable keys in etcd: a cookie a signed for %s: request %d through the restarted b reached %s", backend, i, got)
+		}
+	}
+	if !poll(10*time.Second, func() bool {
+		resp, err := raw.Get(context.Background(), "/baton/test/affinity-keys")
+		return err == nil && len(resp.Kvs) == 1 && !strings.Contains(string(resp.Kvs[0].Value), `"AAAA"`)
+	}) {
+		t.Fatal("the unusable affinity keys in etcd were not replaced")
+	}
+
 	// A made-up cookie steers nothing: the split decides on both.
 	forged := &http.Cookie{Name: "baton_shop", Value: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}
 	for _, x := range []*clusterBaton{a, b} {
