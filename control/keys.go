@@ -99,77 +99,45 @@ func (r *Registry) rotationDueLocked(kf keyFile, now time.Time) bool {
 	return len(kf.Keys) == 0 || now.Sub(kf.Keys[0].Created) >= r.keyRotation()
 }
 
-// sharedAffinityKeys returns the cluster's affinity keys from etcd: the
-// first instance there brings its key file's (or a new key), whoever finds
-// the newest too old rotates it in a compare-on-revision write, and the
-// others take what was written. While etcd cannot be read the local copy
-// serves, unrotated.
+// sharedAffinityKeys returns the cluster's affinity keys from etcd. The
+// first instance there brings its key file's (or a new key), as does one
+// that finds keys no baton would write; whoever finds the newest too old
+// rotates it; each such write compares the revision, and on a conflict the
+// keys written first are taken. While etcd cannot be read, or during a
+// handover, nothing is written and the local copy serves.
 func (r *Registry) sharedAffinityKeys(now time.Time, path string) ([]AffinityKey, error) {
 	store := r.shared.store
+	const what = "the cluster's affinity keys in etcd"
 	data, rev, err := store.Get(context.Background(), "affinity-keys")
 	if err != nil {
 		r.log.Warn().Err(err).Msg("the cluster's affinity keys cannot be read from etcd; signing with this instance's copy until they can")
-		if path == "" {
-			return nil, nil
-		}
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		kf, err := readKeyFile(path, now)
+		kf, err := r.localKeys(path, now)
 		return kf.Keys, err
 	}
 	var kf keyFile
-	unusable := false
+	write := data == nil // the first instance's keys become the cluster's
 	if data != nil {
-		if kf, err = decodeKeys(data, now, "the cluster's affinity keys in etcd"); err != nil {
-			unusable = true
-			// Not keys any baton wrote: this instance's copy (or a new key)
-			// replaces them, so that cookies keep working everywhere.
+		if kf, err = decodeKeys(data, now, what); err != nil {
 			r.log.Error().Err(err).Msg("the cluster's affinity keys in etcd are unusable; replacing them with this instance's")
-			kf = keyFile{}
+			write = true
 		}
 	}
-	if len(kf.Keys) == 0 && path != "" {
-		r.mu.Lock()
-		kf, err = readKeyFile(path, now) // this instance's become the cluster's
-		r.mu.Unlock()
-		if err != nil {
+	if write {
+		if kf, err = r.localKeys(path, now); err != nil {
 			return nil, err
 		}
 	}
 	r.mu.Lock()
 	frozen := r.frozen.Load()
-	due := !frozen && r.rotationDueLocked(kf, now)
+	rotate := !frozen && r.rotationDueLocked(kf, now)
 	r.mu.Unlock()
-	if unusable && !due && !frozen {
-		// Write this instance's keys over the unusable ones.
-		if enc, merr := json.Marshal(kf); merr == nil {
-			if _, serr := store.Swap(context.Background(), "affinity-keys", enc, rev); serr != nil {
-				r.log.Warn().Err(serr).Msg("could not replace the cluster's unusable affinity keys; signing with this instance's")
-			}
+	if rotate {
+		if kf, err = nextKeys(kf, now); err != nil {
+			return nil, err
 		}
 	}
-	if due {
-		next, err := nextKeys(kf, now)
-		if err != nil {
-			return nil, err
-		}
-		enc, err := json.Marshal(next)
-		if err != nil {
-			return nil, err
-		}
-		_, err = store.Swap(context.Background(), "affinity-keys", enc, rev)
-		var c *cluster.Conflict
-		switch {
-		case errors.As(err, &c): // another instance was first: its keys
-			if kf, err = decodeKeys(c.Current, now, "the cluster's affinity keys in etcd"); err != nil {
-				return nil, err
-			}
-		case err != nil:
-			r.log.Warn().Err(err).Msg("could not write the cluster's new affinity key to etcd; signing with the current one")
-		default:
-			kf = next
-			r.log.Info().Int("key", int(next.Keys[0].ID)).Msg("affinity cookies are signed with a new key, for every instance of the cluster; the previous one still verifies")
-		}
+	if (write || rotate) && !frozen {
+		kf = r.swapKeys(kf, rev, rotate, now)
 	}
 	if path != "" && len(kf.Keys) > 0 {
 		r.mu.Lock()
@@ -181,6 +149,39 @@ func (r *Registry) sharedAffinityKeys(now time.Time, path string) ([]AffinityKey
 		}
 	}
 	return kf.Keys, nil
+}
+
+// localKeys reads this instance's key file (none without a state file).
+func (r *Registry) localKeys(path string, now time.Time) (keyFile, error) {
+	if path == "" {
+		return keyFile{}, nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return readKeyFile(path, now)
+}
+
+// swapKeys writes kf as the cluster's keys if they are still at rev and
+// returns the keys in force: kf, or those another instance wrote first; kf
+// too when etcd refuses (it signs here until the next try).
+func (r *Registry) swapKeys(kf keyFile, rev int64, rotated bool, now time.Time) keyFile {
+	enc, err := json.Marshal(kf)
+	if err == nil {
+		_, err = r.shared.store.Swap(context.Background(), "affinity-keys", enc, rev)
+	}
+	var c *cluster.Conflict
+	switch {
+	case errors.As(err, &c):
+		if cur, err := decodeKeys(c.Current, now, "the cluster's affinity keys in etcd"); err == nil {
+			return cur // another instance was first: its keys
+		}
+		r.log.Error().Msg("another instance wrote unusable affinity keys to etcd; signing with this instance's until the next check")
+	case err != nil:
+		r.log.Warn().Err(err).Msg("could not write the cluster's affinity keys to etcd; signing with this instance's until the next check")
+	case rotated:
+		r.log.Info().Int("key", int(kf.Keys[0].ID)).Msg("affinity cookies are signed with a new key, for every instance of the cluster; the previous one still verifies")
+	}
+	return kf
 }
 
 // readKeyFile reads the key file at path (none: no keys).

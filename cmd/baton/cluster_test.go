@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -27,8 +29,9 @@ type clusterBaton struct {
 }
 
 // startClusterBaton writes the config of instance name (pools is the YAML of
-// its pools) sharing etcd's prefix, and starts it.
-func startClusterBaton(t *testing.T, etcd *testbed.Etcd, name, pools string) *clusterBaton {
+// its pools) sharing etcd's prefix, runs each setup on the config's
+// directory, and starts it.
+func startClusterBaton(t *testing.T, etcd *testbed.Etcd, name, pools string, setup ...func(dir string)) *clusterBaton {
 	t.Helper()
 	dir := t.TempDir()
 	cb := &clusterBaton{name: name, cfgPath: filepath.Join(dir, "baton.yaml"), traffic: freeAddr(t)}
@@ -45,6 +48,9 @@ cluster:
 	}
 	cb.admin = &adminClient{t: t, base: "http://" + adminAddr, c: &http.Client{Timeout: 30 * time.Second}}
 	t.Cleanup(cb.admin.c.CloseIdleConnections)
+	for _, f := range setup {
+		f(dir)
+	}
 	cb.start(t)
 	return cb
 }
@@ -351,7 +357,8 @@ func TestClusterEtcdOutageAndRestart(t *testing.T) {
 // TestClusterAffinityCookieHoldsOnEveryInstance: the batons of a cluster
 // sign affinity cookies with the same keys, kept in etcd, so a client that
 // got its version through one keeps it through the other (DNS or a VIP
-// moving it); a cookie no instance signed is ignored on both.
+// moving it) — even when each ran alone before, with a key file of its
+// own; a cookie no instance signed is ignored on both.
 func TestClusterAffinityCookieHoldsOnEveryInstance(t *testing.T) {
 	etcd := testbed.StartEtcd(t)
 	w1 := testbed.NewBackend(t, testbed.BackendOptions{Name: "web-1", Version: "v1"})
@@ -365,7 +372,20 @@ func TestClusterAffinityCookieHoldsOnEveryInstance(t *testing.T) {
       - {name: web-1, address: %q, version: v1}
       - {name: web-2, address: %q, version: v2}
 `, w1.Addr(), w2.Addr())
-	a, b := startPair(t, etcd, pools, "web-1", "web-2")
+	ownKeys := func(dir string) {
+		secret := make([]byte, 32)
+		_, _ = crand.Read(secret)
+		kf := fmt.Sprintf(`{"format":1,"keys":[{"id":3,"secret":%q,"created":%q}]}`,
+			base64.StdEncoding.EncodeToString(secret), time.Now().UTC().Format(time.RFC3339))
+		if err := os.WriteFile(filepath.Join(dir, "baton.keys.json"), []byte(kf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startClusterBaton(t, etcd, "a", pools, ownKeys)
+	b := startClusterBaton(t, etcd, "b", pools, ownKeys)
+	waitServing(t, a.proc, a.admin, "shop", "web-1", "web-2")
+	waitServing(t, b.proc, b.admin, "shop", "web-1", "web-2")
+	waitCluster(t, a, b)
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
