@@ -110,8 +110,8 @@ func (r *Registry) runPublisher(ctx context.Context) {
 	}
 }
 
-// poolEvidence reads every process's evidence on the pool's canary run
-// and adds it to this one's (local). It refuses to pool part of it: when
+// poolEvidence reads every process's evidence in space on run (a canary's
+// or a switch's) and adds it to this one's (local). It refuses to pool part of it: when
 // etcd cannot be read, or a live instance has not published evidence on
 // this run yet. Processes no longer alive keep their part. Evidence of
 // other runs is deleted.
@@ -136,10 +136,7 @@ func (r *Registry) poolEvidence(space, run string, weight float64, local *canary
 			continue
 		}
 		c := &canary.Contribution{}
-		if err := json.Unmarshal(data, c); err != nil || c.Check() != nil {
-			if err == nil {
-				err = c.Check()
-			}
+		if err := decodeChecked(data, c); err != nil {
 			r.log.Warn().Err(err).Str("evidence", space).Str("key", k).Msg("deleting evidence no baton would publish")
 			stale = append(stale, k)
 			continue
@@ -171,10 +168,19 @@ func (r *Registry) poolEvidence(space, run string, weight float64, local *canary
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
-		return nil, fmt.Errorf("waiting for the evidence of %s on this canary", strings.Join(missing, ", "))
+		return nil, fmt.Errorf("waiting for the evidence of %s", strings.Join(missing, ", "))
 	}
 	sort.Strings(who)
 	return &pooledVerdict{Run: run, Leader: sh.store.Instance(), Evidence: canary.Pool(run, weight, cs), Instances: who}, nil
+}
+
+// decodeChecked reads a contribution another process published, refusing
+// one no baton would write.
+func decodeChecked(data []byte, c *canary.Contribution) error {
+	if err := json.Unmarshal(data, c); err != nil {
+		return err
+	}
+	return c.Check()
 }
 
 // publishVerdict writes the leader's verdict for the other instances; a
@@ -206,6 +212,7 @@ func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, int
 	}
 	pv := &pooledVerdict{}
 	if data == nil || json.Unmarshal(data, pv) != nil || pv.Run != run || pv.Evidence == nil || pv.Evidence.Check() != nil {
+		// None yet on this run, or not one a leader would write.
 		r.judges.record(poolName, pj, canary.Result{Verdict: canary.Inconclusive, Rule: "cluster",
 			Reason: "the judge leader has not judged this canary on the pooled evidence yet"}, now, nil)
 		return

@@ -246,8 +246,7 @@ func TestClusterCanaryDuringSwitchIsJudged(t *testing.T) {
 	leader.admin.must("PUT", "/v1/pools/shop/canary", `{"version": "v3", "weight": 20}`, 200, nil)
 	client := &http.Client{Timeout: 10 * time.Second}
 	defer client.CloseIdleConnections()
-	var rep v1.CanaryReport
-	if !poll(30*time.Second, func() bool {
+	traffic := func() { // ten requests through each instance
 		for _, x := range []*clusterBaton{leader, other} {
 			for range 10 {
 				if resp, err := client.Get("http://" + x.traffic + "/"); err == nil {
@@ -255,6 +254,10 @@ func TestClusterCanaryDuringSwitchIsJudged(t *testing.T) {
 				}
 			}
 		}
+	}
+	var rep v1.CanaryReport
+	if !poll(30*time.Second, func() bool {
+		traffic()
 		var ok bool
 		rep, ok = leader.canaryReport(t)
 		return ok && rep.CanaryVersion == "v3" && rep.Rule != "cluster_paused" && rep.Rule != "cluster" &&
@@ -266,13 +269,7 @@ func TestClusterCanaryDuringSwitchIsJudged(t *testing.T) {
 	// And it stays judged: eight verdicts in a row, none a pause.
 	seen, paused := map[time.Time]bool{}, 0
 	if !poll(30*time.Second, func() bool {
-		for _, x := range []*clusterBaton{leader, other} {
-			for range 10 {
-				if resp, err := client.Get("http://" + x.traffic + "/"); err == nil {
-					resp.Body.Close()
-				}
-			}
-		}
+		traffic()
 		if r, ok := leader.canaryReport(t); ok && r.VerdictAt != nil && !seen[*r.VerdictAt] {
 			seen[*r.VerdictAt] = true
 			if r.Rule == "cluster_paused" {
