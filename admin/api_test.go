@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -508,13 +507,7 @@ func pollFor(timeout time.Duration, cond func() bool) bool {
 // deadAddr returns a 127.0.0.1 address nothing listens on.
 func deadAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := ln.Addr().String()
-	ln.Close()
-	return a
+	return testbed.FreeAddr(t)
 }
 
 // everyRoute is one request per route and method of the contract, with a

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -185,12 +184,7 @@ func TestSwitchRefusals(t *testing.T) {
 		}
 	}
 	// An unhealthy standby server blocks the switch, naming it.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close() // nothing listens there: its health checks fail
+	dead := testbed.FreeAddr(t) // nothing listens there: its health checks fail
 	if _, err := b.Reg.Add("shop", control.AddSpec{Name: "g3", Address: dead, Version: "v2", Standby: true}); err != nil {
 		t.Fatal(err)
 	}

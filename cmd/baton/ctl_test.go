@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -101,14 +100,9 @@ func (w *ctlWorld) current() *heldRequest {
 }
 
 // loopbackAddr returns a 127.0.0.1 address with a port that was free a
-// moment ago.
+// moment ago (testbed.FreeAddr says why not :0).
 func loopbackAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return testbed.FreeAddrErr()
 }
 
 func setupCtl(env *testscript.Env) error {

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-lb/baton/internal/testbed"
 )
 
 // testVersion is stamped into the binary TestMain builds, to check that
@@ -110,16 +112,10 @@ func writeFile(t *testing.T, name, content string) string {
 }
 
 // freeAddr returns a 127.0.0.1 address with a port that was free a moment
-// ago.
+// ago, for a baton the test starts (testbed.FreeAddr says why not :0).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	return testbed.FreeAddr(t)
 }
 
 // poll calls cond every 20ms until it is true or timeout passes.

@@ -35,7 +35,7 @@ type BackendOptions struct {
 	// Version, when set, follows the name in the body: "NAME VERSION".
 	// Restart changes it.
 	Version string
-	// Addr is the address to listen on; "" is 127.0.0.1:0.
+	// Addr is the address to listen on; "" is one from FreeAddr.
 	Addr string
 	// Unhealthy makes the health check answer 503 until SetHealthy(true).
 	Unhealthy bool
@@ -157,9 +157,6 @@ func StartBackend(o BackendOptions) (*Server, error) {
 		fail: map[string]*failRule{}, hold: map[string]*Gate{}, stream: map[string]*Gate{},
 		open: map[net.Conn]struct{}{},
 	}
-	if s.addr == "" {
-		s.addr = "127.0.0.1:0"
-	}
 	s.healthy.Store(!o.Unhealthy)
 	s.minPasses.Store(1)
 	for p, f := range o.Fail {
@@ -173,10 +170,24 @@ func StartBackend(o BackendOptions) (*Server, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.listenLocked(); err != nil {
-		return nil, err
+	if o.Addr != "" {
+		if err := s.listenLocked(); err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
-	return s, nil
+	// An address of its own from FreeAddr, so that Restart finds it free;
+	// another test process may bind it between the check and here.
+	var err error
+	for range 5 {
+		if s.addr, err = FreeAddrErr(); err != nil {
+			return nil, err
+		}
+		if err = s.listenLocked(); err == nil {
+			return s, nil
+		}
+	}
+	return nil, err
 }
 
 // listenLocked starts a new incarnation on s.addr.

@@ -2,13 +2,11 @@ package testbed
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -139,10 +137,5 @@ func (e *Etcd) Stop() {
 // freeLoopbackPort returns 127.0.0.1:PORT for a port free at this moment.
 func freeLoopbackPort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return "127.0.0.1:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	return FreeAddr(t)
 }
