@@ -41,6 +41,10 @@ func WithTimeouts(read, write time.Duration) Option {
 	return func(a *api) { a.readTimeout, a.writeTimeout = read, write }
 }
 
+// WithStop ends the live tails when stop is closed: an http.Server's
+// Shutdown waits for handlers, and a tail would never end by itself.
+func WithStop(stop <-chan struct{}) Option { return func(a *api) { a.stop = stop } }
+
 // Handler serves the admin endpoints: the API under /v1, the dashboard
 // under /ui/, GET /healthz (baton's own liveness) and GET /metrics
 // (Prometheus exposition).

@@ -35,6 +35,8 @@ type api struct {
 	// readTimeout and writeTimeout are the admin server's; a request that
 	// waits (?wait=, an upgrade) gets its wait on top (0: no timeouts).
 	readTimeout, writeTimeout time.Duration
+	// stop is closed when baton shuts down: live tails end (nil: never).
+	stop <-chan struct{}
 }
 
 // upgradeWait is the longest an upgrade request waits for the new process.
@@ -168,6 +170,10 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 				a.audit(r, actor, ae) // a refused change: who asked, and why not
 			}
 			writeError(w, ae)
+			return
+		}
+		if st, ok := body.(streamer); ok {
+			st.serve(w, r)
 			return
 		}
 		writeJSON(w, status, body)
@@ -309,6 +315,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/switch", map[string]handlerFunc{"POST": a.switchVersion})
 	a.route(mux, "/v1/pools/{pool}/lease", map[string]handlerFunc{"PUT": a.takeLease, "DELETE": a.releaseLease})
 	a.route(mux, "/v1/pools/{pool}/history", map[string]handlerFunc{"GET": a.getHistory})
+	a.route(mux, "/v1/pools/{pool}/tail", map[string]handlerFunc{"GET": a.getTail})
 	a.route(mux, "/v1/pools/{pool}/canary/promote", map[string]handlerFunc{"POST": a.promote})
 	a.route(mux, "/v1/pools/{pool}/canary/rollback", map[string]handlerFunc{"POST": a.rollback})
 	a.route(mux, "/v1/pools/{pool}/canary/hold", map[string]handlerFunc{"POST": a.hold(true)})

@@ -184,6 +184,7 @@ type Pool struct {
 	Outlier     Outlier     `yaml:"outlier"`
 	Retries     Retries     `yaml:"retries"`
 	Tunnels     Tunnels     `yaml:"tunnels"`
+	Tail        Tail        `yaml:"tail"`
 
 	// DrainTimeout is how long a drain lets in-flight requests and streams
 	// finish before it closes what is still open. Default 30s.
@@ -418,6 +419,25 @@ type Tunnels struct {
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
+// Tail is what the live tail of a pool's requests (GET
+// /v1/pools/{pool}/tail, baton ctl tail) shows and keeps. Failed requests
+// are always kept in the pool's ring; other requests only while a tail is
+// attached.
+type Tail struct {
+	// Buffer is how many of the latest records the pool keeps for a tail
+	// that starts in the past (?since=). Default 1000; 1..100000.
+	Buffer int `yaml:"buffer"`
+	// KeepQuery shows a request's query string with its path. Default
+	// false: queries carry tokens and personal data.
+	KeepQuery bool `yaml:"keep_query"`
+	// Body is how many bytes of a failed response's body a record shows,
+	// printable characters only. Default 256; at most 4096; -1 shows none.
+	Body int `yaml:"body"`
+	// SensitivePaths are path prefixes (matched on the path as sent,
+	// without the query) whose response bodies are never shown.
+	SensitivePaths []string `yaml:"sensitive_paths"`
+}
+
 // Retries of requests that failed before a response reached the client.
 type Retries struct {
 	// Attempts is the most tries per request, the first included, 1–5.
@@ -493,6 +513,10 @@ const (
 	DefaultSignatureMargin       = 0.5
 	DefaultAffinityCookiePrefix  = "baton_"
 	DefaultAffinityMaxAge        = time.Hour
+	DefaultTailBuffer            = 1000
+	DefaultTailBody              = 256
+	MaxTailBuffer                = 100000
+	MaxTailBody                  = 4096
 
 	BalanceRoundRobin    = "round_robin"
 	BalanceLeastInflight = "least_inflight"
@@ -607,6 +631,15 @@ func (p *Pool) applyDefaults() {
 		p.Tunnels.Max = DefaultMaxTunnels
 	}
 	setDur(&p.Tunnels.IdleTimeout, DefaultTunnelIdleTimeout)
+	if p.Tail.Buffer == 0 {
+		p.Tail.Buffer = DefaultTailBuffer
+	}
+	switch p.Tail.Body {
+	case 0:
+		p.Tail.Body = DefaultTailBody
+	case -1:
+		p.Tail.Body = 0
+	}
 	h := &p.HealthCheck
 	setDur(&h.Interval, DefaultHealthInterval)
 	setDur(&h.Timeout, DefaultHealthTimeout)

@@ -329,6 +329,17 @@ func (v *validator) pool(path string, p *Pool) {
 			}
 		}
 	}
+	if t := p.Tail; t.Buffer < 1 || t.Buffer > MaxTailBuffer {
+		v.add(path+".tail.buffer", "must be 1..%d records, got %d", MaxTailBuffer, t.Buffer)
+	}
+	if t := p.Tail; t.Body < 0 || t.Body > MaxTailBody {
+		v.add(path+".tail.body", "must be 0..%d bytes, or -1 for none, got %d", MaxTailBody, t.Body)
+	}
+	for i, sp := range p.Tail.SensitivePaths {
+		if !strings.HasPrefix(sp, "/") {
+			v.add(fmt.Sprintf("%s.tail.sensitive_paths[%d]", path, i), "must be a path prefix starting with \"/\", got %q", sp)
+		}
+	}
 	if p.Retries.Attempts < 1 || p.Retries.Attempts > 5 {
 		v.add(path+".retries.attempts", "must be 1..5, got %d", p.Retries.Attempts)
 	}

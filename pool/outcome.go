@@ -112,6 +112,11 @@ type Outcome struct {
 
 	// What an error signature records of a failure.
 	Method, Target, AppCode, Excerpt []byte
+
+	// What the live tail shows besides.
+	Start time.Time // when the request began
+	Sent  int       // the status the client got; 499 when it went away first
+	Bytes int64     // response body bytes sent to the client
 }
 
 // Finish ends a request picked from this backend and records its outcome,
@@ -129,14 +134,18 @@ func (b *Backend) Finish(o *Outcome) {
 	}
 	b.counts.Load().ByClass[cls].Add(1)
 	failed := o.Class.Failed()
+	var evidence *canary.VersionStats
 	if !o.Forced && (failed || o.Status != 0) {
 		vs := b.stats.Load()
 		if !o.Judged || vs.Admit(o.Client) {
 			vs.Record(o.Group, failed, o.Status == 0, o.TTFB)
-			if failed {
-				b.recordSignature(o, vs)
-			}
+			evidence = vs
 		}
+	}
+	// The client saw a failure: the backend's, or baton's own 5xx.
+	shown := failed || o.Sent >= 500
+	if shown || b.pool.tail.tailing() {
+		b.note(o, failed, shown, evidence)
 	}
 	b.requests.Add(1)
 	switch {
@@ -164,29 +173,48 @@ func (b *Backend) Finish(o *Outcome) {
 	b.inflight.Add(-1)
 }
 
-// recordSignature adds a failure that is evidence to its pool's error
-// signatures. Failures are rare next to requests; this allocates.
-func (b *Backend) recordSignature(o *Outcome, vs *canary.VersionStats) {
+// note records what is kept of a request beyond the counts: a failure's
+// error signature when the request is evidence (vs not nil), and the
+// live tail's record. It runs for failures, and for every request while a
+// tail is attached; failures are rare next to requests, and this
+// allocates.
+func (b *Backend) note(o *Outcome, failed, shown bool, vs *canary.VersionStats) {
+	sig := ""
+	if shown {
+		f := b.failure(o)
+		sig = f.Key()
+		if failed && vs != nil {
+			var k canary.ClientKey
+			if o.Judged {
+				k = o.Client
+			}
+			b.pool.Signatures().Record(b.spec.Load().version, &f, time.Now(), k)
+			vs.NoteErrorClient(k.ID())
+		}
+	}
+	b.tailRecord(o, shown, sig)
+}
+
+// failure is what an error signature records of a failed request.
+func (b *Backend) failure(o *Outcome) canary.Failure {
 	status := o.Status
 	if status == 0 {
 		status = o.Class.Status() // what the client got, or would have
 	}
-	f := canary.Failure{
+	return canary.Failure{
 		Group:   b.pool.Groups().Name(o.Group),
 		Method:  string(o.Method),
 		Status:  status,
 		Class:   o.Class.String(),
 		AppCode: string(o.AppCode),
 		Path:    string(examplePath(o.Target)),
-		Body:    printable(o.Excerpt),
+		Body:    printable(o.Excerpt[:min(len(o.Excerpt), maxSignatureExcerpt)]),
 	}
-	var k canary.ClientKey
-	if o.Judged {
-		k = o.Client
-	}
-	b.pool.Signatures().Record(b.spec.Load().version, &f, time.Now(), k)
-	vs.NoteErrorClient(k.ID())
 }
+
+// maxSignatureExcerpt is how much of a failed response's body an error
+// signature keeps as its example; the tail may show more (tail.body).
+const maxSignatureExcerpt = 160
 
 // examplePath is the path a signature's example shows: without the query,
 // which may carry tokens or personal data, and at most 200 bytes.

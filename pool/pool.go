@@ -93,6 +93,7 @@ type Pool struct {
 	started bool // guarded by mu
 
 	tunnels tunnelCount
+	tail    tail // the live tail: recent records and attached readers
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -24,6 +24,10 @@ import (
 // keeps as an example.
 const maxExcerpt = 160
 
+// excerptMax is how much of a failed response's body is kept: what the
+// error signature shows, or the pool's tail.body when that is more.
+func (x *exchange) excerptMax() int { return max(maxExcerpt, x.cfg.Tail.Body) }
+
 // affinity works out which version the client asks for. While a canary
 // takes traffic, a client carries a signed cookie naming (opaquely) the
 // version that served it and keeps that version, so a cart never flips; a
@@ -354,7 +358,7 @@ func (x *exchange) noteFailureDetails(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if body := ctx.Response.Body(); len(body) > 0 {
-		x.excerpt = append(x.excerpt[:0], body[:min(len(body), maxExcerpt)]...)
+		x.excerpt = append(x.excerpt[:0], body[:min(len(body), x.excerptMax())]...)
 	}
 }
 

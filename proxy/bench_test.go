@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/baton-lb/baton/internal/testbed"
+	"github.com/baton-lb/baton/pool"
 )
 
 // benchBackend is a fasthttp backend answering every request with body, so
@@ -118,4 +120,33 @@ pools:
 			}
 		}
 	})
+}
+
+// BenchmarkProxyGet1KTailed is BenchmarkProxyGet1K with a live tail of
+// every request attached and read as fast as it comes: what an engineer
+// watching the pool costs the proxy. Without a tail, the request path
+// pays one atomic load for it (BenchmarkProxyGet1K).
+func BenchmarkProxyGet1KTailed(b *testing.B) {
+	addr := benchBackend(b, bytes.Repeat([]byte("x"), 1<<10))
+	bt := testbed.Start(b, "listen: 127.0.0.1:0\nadmin: {listen: \"off\"}\nlog: {level: warn, format: json, access: false}\npools:\n"+
+		testbed.PoolYAML("web", [][2]string{{"b1", addr}}, ""))
+	bt.WaitHealthy(b, "web", 1)
+	_, rd, err := bt.Pool(b, "web").Tail(pool.TailFilter{Only: "all", Sample: 1}, 0, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan int)
+	go func() {
+		n := 0
+		for range rd.C {
+			n++
+		}
+		done <- n
+	}()
+	benchLoad(b, bt, 1<<10, func(*fasthttp.Request) {}, nil)
+	b.StopTimer()
+	rd.Close()
+	if n := <-done; rd.Dropped() {
+		b.Fatalf("the reader was dropped after %d records", n)
+	}
 }

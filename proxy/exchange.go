@@ -701,8 +701,13 @@ func (x *exchange) finish() {
 // of it is evidence.
 func (x *exchange) release(b *pool.Backend, status int) {
 	o := &x.outcome
+	sent := x.status
+	if x.class == pool.ClassClientGone {
+		sent = 499
+	}
 	*o = pool.Outcome{Class: x.class, Status: status, TTFB: x.ttfb, Group: x.group, Forced: x.forced, Judged: x.canaryOn,
-		Method: x.method, Target: x.target, AppCode: x.appCode, Excerpt: x.excerpt}
+		Method: x.method, Target: x.target, AppCode: x.appCode, Excerpt: x.excerpt,
+		Start: x.start, Sent: sent, Bytes: x.bytesOut}
 	if x.canaryOn {
 		o.Client = x.clientKey()
 	}

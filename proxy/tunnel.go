@@ -137,7 +137,7 @@ func (x *exchange) upgradeOn(c net.Conn, p *pool.Pool, head, want []byte) {
 				}
 			}
 			body := resp.Body()
-			x.excerpt = append(x.excerpt[:0], body[:min(len(body), maxExcerpt)]...)
+			x.excerpt = append(x.excerpt[:0], body[:min(len(body), x.excerptMax())]...)
 		}
 		resp.Header.Del("Upgrade")
 		resp.SetConnectionClose()

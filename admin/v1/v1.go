@@ -168,3 +168,41 @@ type ClusterInstance struct {
 	AppliedRevision int64     `json:"applied_revision"`
 	Self            bool      `json:"self,omitempty"`
 }
+
+// TailRecord is one request of GET /v1/pools/{pool}/tail: an SSE event
+// "request" (its id is Seq), or a line of newline-delimited JSON with Type
+// "request".
+type TailRecord struct {
+	Type       string    `json:"type"` // "request"
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
+	Backend    string    `json:"backend"`
+	Version    string    `json:"version"`
+	Method     string    `json:"method"`
+	Path       string    `json:"path"` // without the query unless tail.keep_query
+	Status     int       `json:"status"`
+	Outcome    string    `json:"outcome"` // ok, server_error, timeout, reset, client_gone, …
+	Failed     bool      `json:"failed"`
+	Slow       bool      `json:"slow,omitempty"` // at or over the tail's slow threshold
+	DurationMS float64   `json:"duration_ms"`
+	TTFBMS     float64   `json:"ttfb_ms"`
+	Bytes      int64     `json:"bytes"`
+	// Signature is a failure's error signature; SignatureClass its class
+	// in the current canary's comparison (new, elevated, known), empty
+	// when no canary judges it.
+	Signature      string `json:"signature,omitempty"`
+	SignatureClass string `json:"signature_class,omitempty"`
+	AppCode        string `json:"app_code,omitempty"`
+	Body           string `json:"body,omitempty"` // the start of a failed response's body
+}
+
+// TailNotice is what a tail says besides requests: "dropped" when baton
+// stopped sending because the reader fell behind, "closing" when baton
+// shuts down, "heartbeat" now and then on an idle tail (newline-delimited
+// JSON only; SSE gets a comment). SSE sends it as an event of its Type.
+type TailNotice struct {
+	Type    string    `json:"type"`
+	Time    time.Time `json:"time"`
+	Message string    `json:"message,omitempty"`
+	LastSeq uint64    `json:"last_seq,omitempty"` // the last record sent: resume after it with ?since=
+}

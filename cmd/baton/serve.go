@@ -311,6 +311,11 @@ func (s *server) startAdmin() error {
 		return err
 	}
 	s.adminAddr = aln.Addr()
+	// Live tails never end by themselves: Shutdown (a stop, or an upgrade
+	// handing the socket over) ends them, or it would wait for them.
+	tailsStop := make(chan struct{})
+	var stopTails sync.Once
+	opts = append(opts, admin.WithStop(tailsStop))
 	s.adminSrv = &http.Server{
 		Handler:           admin.Handler(s.reg, s.metrics, s.log, opts...),
 		ReadHeaderTimeout: min(10*time.Second, ac.ReadTimeout),
@@ -320,6 +325,7 @@ func (s *server) startAdmin() error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          httpErrorLog(s.log),
 	}
+	s.adminSrv.RegisterOnShutdown(func() { stopTails.Do(func() { close(tailsStop) }) })
 	refusal := listener.Refusal("baton: too many admin connections (admin.max_connections); retry in a moment")
 	if s.adminCerts != nil {
 		refusal = nil // a TLS client could not read it
