@@ -166,14 +166,7 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 		return res.StatusCode, nil, fmt.Errorf("reading the answer: %w", err)
 	}
 	if res.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-			Code  string `json:"code"`
-		}
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			return res.StatusCode, data, &Error{Status: res.StatusCode, Message: "the admin API answered " + res.Status}
-		}
-		return res.StatusCode, data, &Error{Status: res.StatusCode, Code: e.Code, Message: e.Error}
+		return res.StatusCode, data, refusal(res, data)
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
@@ -181,4 +174,55 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 		}
 	}
 	return res.StatusCode, data, nil
+}
+
+// Stream opens a GET that answers as it goes (the live tail): the body is
+// the caller's to read and close, and only ctx ends it — the Timeout of
+// other calls does not apply. A refusal is an *Error, as with Do.
+func (c *Client) Stream(ctx context.Context, path string, query url.Values, accept string) (io.ReadCloser, error) {
+	if c.tokenFile != "" && c.token == "" {
+		tok, err := ReadToken(c.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		c.token = tok
+	}
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", accept)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	res, err := (&http.Client{Transport: c.http.Transport}).Do(req)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("GET %s: %w", path, ctxErr)
+		}
+		return nil, fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+	}
+	if res.StatusCode >= 300 {
+		defer res.Body.Close()
+		data, _ := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+		return nil, refusal(res, data)
+	}
+	return res.Body, nil
+}
+
+// refusal is the *Error of an answer above 2xx: the API's message and
+// code, or its status line when the body says neither.
+func refusal(res *http.Response, data []byte) *Error {
+	var e struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+	}
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		return &Error{Status: res.StatusCode, Message: "the admin API answered " + res.Status}
+	}
+	return &Error{Status: res.StatusCode, Code: e.Code, Message: e.Error}
 }

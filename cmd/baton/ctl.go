@@ -34,9 +34,9 @@ type ctlArgs struct {
 // valued lists the flags that take a value; the others are switches.
 var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "output": true, "wait": true,
 	"version": true, "weight": true, "address": true, "limit": true, "max-error-rate-increase": true, "min-requests": true,
-	"to": true, "watch": true, "max-error-rate": true, "ca": true}
+	"to": true, "watch": true, "max-error-rate": true, "ca": true, "slow": true, "sample": true, "since": true}
 
-var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true}
+var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true, "errors": true}
 
 func parseCtlArgs(args []string) (*ctlArgs, error) {
 	a := &ctlArgs{flags: map[string]string{}}
@@ -276,8 +276,9 @@ type ctlCommand struct {
 	// args follow the name in the help and in a usage error ("usage:
 	// baton ctl drain POOL NAME [--wait 60s]"); nargs is how many
 	// positional arguments the command takes.
-	args  string
-	nargs int
+	args     string
+	nargs    int
+	optional int // positional arguments that may follow the nargs
 	// doc says what it does, a line of the help each; forms, when set,
 	// are the help's lines instead, one per form of the command.
 	doc   string
@@ -310,6 +311,8 @@ var ctlCommands = []ctlCommand{
 	{names: []string{"switch"}, args: "POOL --to V [--watch 60s] [--max-error-rate 0.05] [--wait 90s]", nargs: 1,
 		doc: "blue/green: all traffic to the standby servers\nof V at once; guards switch back if they fire;\n--wait until the watch ends (exit 1 if switched back)",
 		run: (*ctlClient).switchVersion},
+	{names: []string{"tail"}, args: "POOL [NAME] [--errors | --slow 200ms] [--version V] [--sample 0.01] [--since 5m]", nargs: 1, optional: 1,
+		doc: "the pool's (or one backend's) requests as they end,\na line each, failures in red, until Ctrl-C;\n-o json: newline-delimited JSON records", run: (*ctlClient).tail},
 	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
 	{names: []string{"cluster"}, doc: "the batons sharing decisions through etcd: each\ninstance's heartbeat and applied revision, the judge leader",
 		run: (*ctlClient).cluster},
@@ -378,7 +381,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 	name := a.pos[0]
 	for _, cmd := range ctlCommands {
 		if slices.Contains(cmd.names, name) {
-			if len(a.pos)-1 != cmd.nargs {
+			if n := len(a.pos) - 1; n < cmd.nargs || n > cmd.nargs+cmd.optional {
 				return fail(exitUsage, "usage: baton ctl %s", usageLine(name, cmd.args))
 			}
 			return cmd.run(c, a)
