@@ -308,6 +308,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/backends", map[string]handlerFunc{"POST": a.addBackend})
 	a.route(mux, "/v1/pools/{pool}/backends/{name}", map[string]handlerFunc{
 		"GET": a.getBackend, "PATCH": a.patchBackend, "DELETE": a.deleteBackend})
+	a.route(mux, "/v1/pools/{pool}/backends/{name}/history", map[string]handlerFunc{"GET": a.getBackendHistory})
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/drain", map[string]handlerFunc{"POST": a.drain})
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/enable", map[string]handlerFunc{"POST": a.enable})
 	a.route(mux, "/v1/pools/{pool}/backends/{name}/eject", map[string]handlerFunc{"POST": a.eject})
@@ -537,6 +538,14 @@ func (a *api) getCanary(r *http.Request, _ string) (int, any, error) {
 		return 0, nil, err
 	}
 	return 200, rep, nil
+}
+
+func (a *api) getBackendHistory(r *http.Request, _ string) (int, any, error) {
+	h, err := a.ctl.BackendHistory(r.PathValue("pool"), r.PathValue("name"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, h, nil
 }
 
 func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {

@@ -524,6 +524,8 @@ var everyRoute = []struct{ method, path, body string }{
 	{"POST", "/v1/pools/shop/backends/s1/eject", ""},
 	{"GET", "/v1/pools/shop/canary", ""},
 	{"GET", "/v1/pools/shop/history", ""},
+	{"GET", "/v1/pools/shop/backends/s1/history", ""},
+	{"GET", "/v1/pools/shop/tail", ""},
 	{"POST", "/v1/pools/shop/switch", `{"to":"v2","watch":"5s"}`},
 	{"PUT", "/v1/pools/shop/lease", `{"holder":"rollout-1","ttl":"30s"}`},
 	{"DELETE", "/v1/pools/shop/lease?holder=rollout-1", ""},

@@ -318,6 +318,9 @@ func (s *VersionSnapshot) Latency() *Snapshot {
 	return &out
 }
 
+// Add adds o's observations to s: two backends' latencies as one.
+func (s *Snapshot) Add(o *Snapshot) { s.add(o) }
+
 func (s *Snapshot) add(o *Snapshot) {
 	for i := range s.Buckets {
 		s.Buckets[i] += o.Buckets[i]

@@ -119,6 +119,9 @@ type Backend struct {
 	counts atomic.Pointer[Counts]
 	// stats is the evidence of the backend's version in its pool.
 	stats atomic.Pointer[canary.VersionStats]
+	// latency is the backend's own time to response head, every answered
+	// request (the evidence is its version's): its monitor.
+	latency canary.Histogram
 
 	// Outlier detection.
 	consecutive  atomic.Int32 // gateway failures in a row
@@ -306,3 +309,7 @@ var epoch = time.Now()
 
 // Nanotime returns a monotonic clock reading in nanoseconds.
 func Nanotime() int64 { return int64(time.Since(epoch)) }
+
+// Latency copies the backend's time-to-response-head histogram since it
+// joined its pool, every answered request counted.
+func (b *Backend) Latency(s *canary.Snapshot) { b.latency.Snapshot(s) }

@@ -148,6 +148,9 @@ func (b *Backend) Finish(o *Outcome) {
 		b.note(o, failed, shown, evidence)
 	}
 	b.requests.Add(1)
+	if o.Status != 0 {
+		b.latency.Observe(o.TTFB)
+	}
 	switch {
 	case o.Class == ClassOK:
 		if b.consecutive.Load() != 0 {

@@ -61,6 +61,10 @@ func parseCtlArgs(args []string) (*ctlArgs, error) {
 				return nil, fmt.Errorf("flag --%s takes no value", name)
 			}
 			a.flags[name] = "true"
+		case name == "watch" && !hasValue && (i+1 >= len(args) || !isDuration(args[i+1])):
+			// backend --watch takes its interval or none; switch
+			// --watch 60s its duration.
+			a.flags[name] = "true"
 		case valued[name]:
 			if !hasValue {
 				if i+1 >= len(args) {
@@ -78,6 +82,12 @@ func parseCtlArgs(args []string) (*ctlArgs, error) {
 		}
 	}
 	return a, nil
+}
+
+// isDuration reports whether s reads as a duration such as 5s.
+func isDuration(s string) bool {
+	_, err := time.ParseDuration(s)
+	return err == nil
 }
 
 // ctlClient is baton ctl's view of the admin API: the typed client, and how
@@ -293,7 +303,8 @@ type ctlForm struct{ args, doc string }
 var ctlCommands = []ctlCommand{
 	{names: []string{"pools"}, doc: "list pools with their backends", run: (*ctlClient).pools},
 	{names: []string{"pool"}, args: "POOL", nargs: 1, doc: "one pool (-o name: its backend names)", run: (*ctlClient).pool},
-	{names: []string{"backend"}, args: "POOL NAME", nargs: 2, doc: "one backend", run: (*ctlClient).backend},
+	{names: []string{"backend"}, args: "POOL NAME [--watch [2s]]", nargs: 2, run: (*ctlClient).backend,
+		doc: "one backend; --watch: with its request rate, errors,\np50 and p99 now and over 15 minutes beside the\naverage backend of its version and of the stable one"},
 	{names: []string{"add"}, args: "POOL NAME --address HOST:PORT [--version V] [--weight W] [--standby]", nargs: 2,
 		doc: "--standby: drained, health checked, for a switch", run: (*ctlClient).add},
 	{names: []string{"set"}, args: "POOL NAME [--weight W] [--version V] [--address HOST:PORT]", nargs: 2, run: (*ctlClient).set},
@@ -438,6 +449,12 @@ func (c *ctlClient) pool(a *ctlArgs) error {
 }
 
 func (c *ctlClient) backend(a *ctlArgs) error {
+	if every, err := watchEvery(a); err != nil || every > 0 {
+		if err != nil {
+			return err
+		}
+		return c.backendWatch(a, every)
+	}
 	var b v1.Backend
 	if _, err := c.call("GET", a.backendPath(), nil, nil, &b); err != nil || c.output == "json" {
 		return err
@@ -841,6 +858,9 @@ func previousLine(pc *v1.PreviousCanary) string {
 func (c *ctlClient) switchVersion(a *ctlArgs) error {
 	if a.flags["to"] == "" {
 		return fail(exitUsage, "switch needs --to VERSION")
+	}
+	if a.flags["watch"] == "true" {
+		return fail(exitUsage, "switch --watch needs a duration such as 60s")
 	}
 	body := v1.StartSwitch{To: a.flags["to"], Watch: a.flags["watch"]}
 	if m := a.flags["max-error-rate"]; m != "" {
