@@ -35,9 +35,9 @@ bench:
 bench-compare: build
 	../shared/bench/compare.sh --bin $(BIN)
 
-## screenshot: docs/release-view.png, the dashboard's release view during a canary (needs Chromium)
+## screenshot: docs/release-view.png, live-requests.png and backend-monitor.png, the dashboard during a canary (needs Chromium)
 screenshot:
-	BATON_BROWSER_TESTS=required BATON_SCREENSHOT=$(CURDIR)/docs/release-view.png $(GO) test -count=1 -run '^TestDashboard$$' ./admin
+	BATON_BROWSER_TESTS=required BATON_SCREENSHOT=$(CURDIR)/docs/release-view.png $(GO) test -count=1 -run '^TestDashboard(LiveRequestsAndMonitor)?$$' ./admin
 
 ## vendor-uplot: refresh the dashboard's chart library from the npm registry (UPLOT_VERSION)
 UPLOT_VERSION ?= 1.6.32

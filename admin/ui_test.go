@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/baton-lb/baton/admin"
+	"github.com/baton-lb/baton/control"
 	"github.com/baton-lb/baton/internal/testbed"
 )
 
@@ -458,4 +459,91 @@ func TestDashboardFiles(t *testing.T) {
 	if res.StatusCode != 404 {
 		t.Errorf("GET /ui/nope.js: %d, want 404", res.StatusCode)
 	}
+}
+
+// TestDashboardLiveRequestsAndMonitor: the release view tails each
+// version's failures live; a signature's "Live requests" filters the
+// tails to it; Pause lets go of the streams and Resume goes on from the
+// last record shown, without repeating one; a backend's Monitor charts it
+// beside the average backend of its version and of the stable version.
+func TestDashboardLiveRequestsAndMonitor(t *testing.T) {
+	f := startDashboard(t)
+	ctx := browser(t)
+	f.upgraded.Store(true)
+	if _, err := f.bt.Reg.Drain("shop", "s4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.bt.Reg.Enable("shop", "s4", control.EnableSpec{Version: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	run(t, ctx, "open the dashboard with the token",
+		chromedp.Navigate(f.adminURL+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#login")),
+		chromedp.SendKeys(chromedp.CSS("#token"), tokDeployer),
+		chromedp.Click(chromedp.CSS(`#login-form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#app")))
+
+	// A tail per version; v2's failures arrive with their signature.
+	waitJS(t, ctx, 20*time.Second, `document.querySelectorAll("#tails .tail").length === 2 && !!document.querySelector('#tails .tail[data-version="v2"]')`, "a tail for v1 and v2")
+	waitJS(t, ctx, 30*time.Second, `[...document.querySelectorAll('#tails .tail[data-version="v2"] li')].some(li => li.dataset.failed === "true" && li.textContent.includes("CART_LOST") && li.textContent.includes("cart service lost the cart"))`,
+		"v2's failures in its live tail")
+
+	// "Live requests" of the new signature: the tails show it alone.
+	waitJS(t, ctx, 30*time.Second, `[...document.querySelectorAll("#signatures tbody tr")].some(r => r.textContent.includes("CART_LOST"))`, "the signature row")
+	key := get(t, ctx, "the signature's key", chromedp.Evaluate[string](`[...document.querySelectorAll("#signatures tbody tr")].find(r => r.textContent.includes("CART_LOST")).querySelector("code").textContent`))
+	get(t, ctx, "click Live requests", chromedp.Evaluate[bool](`(() => { [...document.querySelectorAll("#signatures tbody tr")].find(r => r.textContent.includes("CART_LOST")).querySelector("button.live").click(); return true })()`))
+	if got := get(t, ctx, "the filter", chromedp.Evaluate[string](`document.querySelector("#tail-signature").value`)); got != key {
+		t.Fatalf("the filter is %q, want %q", got, key)
+	}
+	waitJS(t, ctx, 10*time.Second, `(() => { const shown = [...document.querySelectorAll("#tails li")].filter(li => !li.hidden); return shown.length > 0 && shown.every(li => li.dataset.signature === `+"`"+key+"`"+`) })()`,
+		"only the signature's requests shown")
+
+	// Pause, then Resume: the stream goes on after the last record shown.
+	run(t, ctx, "pause", chromedp.Click(chromedp.CSS("#tail-pause")))
+	waitJS(t, ctx, 5*time.Second, `document.querySelector("#tail-pause").getAttribute("aria-pressed") === "true" && [...document.querySelectorAll(".tail-state")].every(s => s.textContent.includes("paused"))`, "paused tails")
+	last := get(t, ctx, "the last record shown", chromedp.Evaluate[int](`Math.max(0, ...[...document.querySelectorAll('#tails .tail[data-version="v2"] li')].map(li => +li.dataset.seq))`))
+	run(t, ctx, "resume", chromedp.Click(chromedp.CSS("#tail-pause")))
+	waitJS(t, ctx, 30*time.Second, fmt.Sprintf(`[...document.querySelectorAll('#tails .tail[data-version="v2"] li')].some(li => +li.dataset.seq > %d)`, last), "records after the pause")
+	dups := get(t, ctx, "repeated records", chromedp.Evaluate[int](`(() => { const seen = new Set(); let d = 0; for (const li of document.querySelectorAll("#tails li")) { if (seen.has(li.dataset.seq)) d++; seen.add(li.dataset.seq) } return d })()`))
+	if dups != 0 {
+		t.Errorf("%d records shown twice after Resume", dups)
+	}
+
+	shot := func(sel, name string) {
+		dir := os.Getenv("BATON_SCREENSHOT")
+		if dir == "" {
+			return
+		}
+		path := filepath.Join(filepath.Dir(dir), name)
+		run(t, ctx, "scroll to "+sel, chromedp.ScrollIntoView(chromedp.CSS(sel)))
+		png := get(t, ctx, "screenshot of "+sel, chromedp.Screenshot(chromedp.CSS(sel)))
+		if err := os.WriteFile(path, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s saved to %s", sel, path)
+	}
+	get(t, ctx, "clear the filter", chromedp.Evaluate[bool](`(() => { const i = document.querySelector("#tail-signature"); i.value = ""; return i.dispatchEvent(new Event("input")) })()`))
+	shot("#tails", "live-requests.png")
+
+	// The monitor of s4 (v2): beside the average v2 and v1 backends.
+	run(t, ctx, "open s4's monitor", chromedp.Click(chromedp.CSS(`#pool-tables tr[data-pool="shop"][data-backend="s4"] button[data-action="monitor"]`)),
+		chromedp.WaitVisible(chromedp.CSS("#monitor")))
+	waitJS(t, ctx, 20*time.Second, `+document.querySelector("#monitor-rps").dataset.points >= 2 && document.querySelectorAll("#monitor canvas").length === 4`, "s4's monitor charts")
+	if title := textOf(t, ctx, "#monitor-title"); title != "Monitor of s4 (v2) in shop" {
+		t.Errorf("monitor title %q", title)
+	}
+	if head := textOf(t, ctx, "#monitor-head"); !strings.Contains(head, "average v2 backend") || !strings.Contains(head, "average v1 (stable) backend") {
+		t.Errorf("monitor says %q", head)
+	}
+	legend := textOf(t, ctx, "#monitor")
+	for _, want := range []string{"s4", "average v2", "average v1 (stable)"} {
+		if !strings.Contains(legend, want) {
+			t.Errorf("the monitor's legend lacks %q", want)
+		}
+	}
+	if os.Getenv("BATON_SCREENSHOT") != "" {
+		waitJS(t, ctx, 60*time.Second, `+document.querySelector("#monitor-rps").dataset.points >= 20`, "some history in the monitor")
+		shot("#monitor", "backend-monitor.png")
+	}
+	run(t, ctx, "close the monitor", chromedp.Click(chromedp.CSS("#monitor-close")), chromedp.WaitNotVisible(chromedp.CSS("#monitor")))
 }

@@ -79,6 +79,8 @@
 
   function needToken(why) {
     stopPolling();
+    stopTails();
+    tailKey = "";
     $("#app").hidden = true;
     $("#forget").hidden = true;
     $("#login").hidden = false;
@@ -166,7 +168,9 @@
       report = rep;
       renderRelease(rep);
       renderCharts(hist, rep);
+      syncTails(rep);
     }
+    if (monitored) await refreshMonitor();
     renderEvents(await api("GET", "/v1/events?limit=50"));
   }
 
@@ -281,6 +285,7 @@
       btn("enable", "Enable…", () => enableBackend(poolName, name, path)),
       btn("eject", "Eject…", () => ejectBackend(poolName, name, path), "danger"),
       btn("weight", "Weight…", () => weightBackend(poolName, name, path)),
+      btn("monitor", "Monitor", () => openMonitor(poolName, name)),
     ));
     return tr;
   }
@@ -562,7 +567,7 @@
     tb.textContent = "";
     const sigs = rep.signatures || [];
     if (!sigs.length) {
-      tb.append(el("tr", {}, el("td", { colspan: 4, class: "muted", text: "No failures since the canary started." })));
+      tb.append(el("tr", {}, el("td", { colspan: 5, class: "muted", text: "No failures since the canary started." })));
       return;
     }
     for (const s of sigs) {
@@ -581,7 +586,11 @@
           s.fails_release ? el("span", { class: "fails", text: " fails the release" }) : null),
         el("td", {}, el("code", { text: s.key })),
         el("td", { text: countText }),
-        el("td", { class: "example", text: ex })));
+        el("td", { class: "example", text: ex }),
+        el("td", {}, el("button", {
+          type: "button", class: "live", text: "Live requests", "aria-label": "Live requests of " + s.key,
+          onclick: () => showSignature(s.key),
+        }))));
     }
   }
 
@@ -605,19 +614,27 @@
       return (rank[roles[a]] ?? 5) - (rank[roles[b]] ?? 5) || a.localeCompare(b);
     });
     const colours = versions.map((v, i) => ROLE_COLOURS[roles[v]] || OTHER_COLOURS[i % OTHER_COLOURS.length]);
-    const shape = hist.pool + "|" + versions.join(",") + "|" + colours.join(",");
-    for (const c of CHARTS) {
+    const labels = versions.map((v) => v + (roles[v] ? " (" + roles[v].replace("_", " ") + ")" : ""));
+    plotSeries(CHARTS, hist.t, versions.map((v) => hist.versions[v]), labels, colours, hist.pool);
+    for (const c of CHARTS) document.getElementById(c.id).dataset.versions = versions.join(",");
+  }
+
+  // plotSeries draws one chart per entry of defs, a line per series (each
+  // a {rps, error_rate, p50_ms, p99_ms} object aligned on t); a chart is
+  // made anew only when its lines change.
+  function plotSeries(defs, t, series, labels, colours, scope, dashes) {
+    const shape = scope + "|" + labels.join(",") + "|" + colours.join(",");
+    for (const c of defs) {
       const div = document.getElementById(c.id);
-      const data = [hist.t, ...versions.map((v) => hist.versions[v][c.key].map((x) => (x === null ? null : x * c.scale)))];
+      const data = [t, ...series.map((sr) => sr[c.key].map((x) => (x === null ? null : x * c.scale)))];
       let ch = charts[c.id];
       if (!ch || ch.shape !== shape) {
         if (ch) ch.plot.destroy();
         div.textContent = "";
         const opts = {
           width: Math.max(div.clientWidth, 240), height: 170,
-          series: [{}, ...versions.map((v, i) => ({
-            label: v + (roles[v] ? " (" + roles[v].replace("_", " ") + ")" : ""),
-            stroke: colours[i], width: 2,
+          series: [{}, ...labels.map((label, i) => ({
+            label, stroke: colours[i], width: 2, dash: dashes && dashes[i],
             value: (u, x) => (x === null || x === undefined ? "—" : x.toFixed(2) + c.unit),
           }))],
           legend: { live: false },
@@ -635,18 +652,201 @@
       } else {
         ch.plot.setData(data);
       }
-      div.dataset.points = String(hist.t.length);
-      div.dataset.versions = versions.join(",");
+      div.dataset.points = String(t.length);
     }
   }
 
   new ResizeObserver(() => {
-    for (const c of CHARTS) {
+    for (const c of [...CHARTS, ...MONITOR_CHARTS]) {
       const ch = charts[c.id];
       const div = document.getElementById(c.id);
       if (ch && div.clientWidth > 0 && Math.abs(ch.plot.width - div.clientWidth) > 4) ch.plot.setSize({ width: div.clientWidth, height: 170 });
     }
-  }).observe($("#charts"));
+  }).observe(document.body);
+
+  // The monitor of one backend: its figures beside the average backend of
+  // its version and of the stable version, refreshed with the rest.
+
+  let monitored = null; // {pool, backend}
+  const MONITOR_CHARTS = CHARTS.map((c) => ({ ...c, id: c.id.replace("chart-", "monitor-") }));
+
+  function openMonitor(poolName, name) {
+    monitored = { pool: poolName, backend: name };
+    $("#monitor").hidden = false;
+    $("#monitor-title").textContent = "Monitor of " + name;
+    refreshMonitor().then(() => $("#monitor").scrollIntoView({ block: "start" }), (e) => { if (!failed(e)) showMessage(e.message, "error"); });
+  }
+  $("#monitor-close").addEventListener("click", () => {
+    monitored = null;
+    $("#monitor").hidden = true;
+  });
+
+  async function refreshMonitor() {
+    const m = monitored;
+    let h;
+    try {
+      h = await api("GET", "/v1/pools/" + enc(m.pool) + "/backends/" + enc(m.backend) + "/history");
+    } catch (e) {
+      if (e.status === 404) { // the backend left its pool
+        monitored = null;
+        $("#monitor").hidden = true;
+        return;
+      }
+      throw e;
+    }
+    if (monitored !== m) return;
+    const stableToo = h.stable_version && h.stable_version !== h.version;
+    $("#monitor-title").textContent = "Monitor of " + h.backend + " (" + h.version + ") in " + h.pool;
+    $("#monitor-head").textContent = h.backend + "'s own figures every " + h.interval_seconds + " s over 15 minutes, beside the average " +
+      h.version + " backend" + (stableToo ? " and the average " + h.stable_version + " (stable) backend." : " (the stable version).");
+    // The averages first and dashed, so that the backend's own line is
+    // drawn over them.
+    const series = [h.version_average];
+    const labels = ["average " + h.version];
+    const colours = ["#4d7c0f"];
+    if (stableToo) {
+      series.push(h.stable_average);
+      labels.push("average " + h.stable_version + " (stable)");
+      colours.push("#0b5cad");
+    }
+    series.push(h.series);
+    labels.push(h.backend);
+    colours.push("#c2410c");
+    const dashes = labels.map((l, i) => (i < labels.length - 1 ? [6, 4] : undefined));
+    plotSeries(MONITOR_CHARTS, h.t, series, labels, colours, h.pool + "/" + h.backend, dashes);
+  }
+
+  // Live requests: a tail per version (stable and canary), read with
+  // fetch so the token goes in a header; paused, it lets go of its stream
+  // and goes on later from the last record it showed.
+
+  const TAIL_LINES = 100;
+  const tails = new Map(); // version → {ctrl, lastSeq, list, state, key}
+  let tailKey = "";
+  let tailPaused = false;
+
+  function tailVersions(rep) {
+    const vs = orderedVersions(rep).filter((x) => x.role === "stable" || x.role === "canary").map((x) => [x.version, x.role]);
+    if (!vs.length && rep.stable_version) vs.push([rep.stable_version, "stable"]);
+    return vs;
+  }
+
+  function syncTails(rep) {
+    const vs = tailVersions(rep);
+    const only = $("#tail-only").value;
+    const key = rep.pool + "|" + only + "|" + vs.map((v) => v.join(":")).join(",");
+    if (key === tailKey) return;
+    tailKey = key;
+    stopTails();
+    const box = $("#tails");
+    box.textContent = "";
+    tails.clear();
+    for (const [version, role] of vs) {
+      const list = el("ol", { class: "tail-lines", "aria-live": "off" });
+      const state = el("span", { class: "tail-state" });
+      box.append(el("div", { class: "tail", "data-version": version },
+        el("h4", { class: "role-" + role, text: version + " (" + role + ") " }, state), list));
+      const t = { ctrl: null, lastSeq: 0, list, state, key, version, only };
+      tails.set(version, t);
+      if (!tailPaused) openTail(rep.pool, t);
+    }
+  }
+
+  function stopTails() {
+    for (const t of tails.values()) {
+      if (t.ctrl) t.ctrl.abort();
+      t.ctrl = null;
+    }
+  }
+
+  async function openTail(poolName, t) {
+    const q = new URLSearchParams({ version: t.version, only: t.only, since: t.lastSeq ? String(t.lastSeq) : "5m" });
+    if (t.only === "all") q.set("sample", "0.1");
+    const ctrl = new AbortController();
+    t.ctrl = ctrl;
+    t.state.textContent = "· live";
+    const headers = { Accept: "application/x-ndjson" };
+    if (token) headers.Authorization = "Bearer " + token;
+    try {
+      const res = await fetch("/v1/pools/" + enc(poolName) + "/tail?" + q, { headers, signal: ctrl.signal, cache: "no-store" });
+      if (!res.ok) {
+        let msg = res.status + " " + res.statusText;
+        try { msg = (await res.json()).error || msg; } catch (_) { /* not JSON */ }
+        throw new Error(msg);
+      }
+      const reader = res.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (line) tailLine(t, JSON.parse(line));
+        }
+      }
+      t.state.textContent = "· reconnecting";
+    } catch (e) {
+      if (ctrl.signal.aborted) return;
+      t.state.textContent = "· not live: " + e.message;
+    }
+    // The stream ended (baton dropped or closed it, or the network):
+    // go on from the last record shown, unless the view moved on.
+    if (t.ctrl === ctrl && tails.get(t.version) === t && !tailPaused) {
+      setTimeout(() => { if (t.ctrl === ctrl && !tailPaused) openTail(poolName, t); }, 2000);
+    }
+  }
+
+  function tailLine(t, r) {
+    if (r.type !== "request") return; // heartbeats and notices
+    t.lastSeq = r.seq;
+    const li = el("li", { "data-failed": r.failed ? "true" : "false", "data-slow": r.slow ? "true" : "false",
+      "data-signature": r.signature || "", "data-seq": r.seq },
+      el("span", { class: "when", text: new Date(r.time).toLocaleTimeString() }),
+      document.createTextNode(r.backend + " " + r.method + " " + r.path + " → " + r.status + " " + r.outcome +
+        " · " + msf(r.duration_ms) + (r.slow ? " (slow)" : "")));
+    if (r.signature) {
+      li.append(" ", el("span", { class: "badge badge-" + (r.signature_class || "none"), text: r.signature_class || "unjudged" }),
+        " ", el("code", { text: r.signature }));
+    }
+    if (r.body) li.append(el("span", { class: "body", text: "“" + r.body + "”" }));
+    li.hidden = !matchesFilter(li);
+    t.list.prepend(li);
+    while (t.list.children.length > TAIL_LINES) t.list.lastElementChild.remove();
+  }
+
+  function matchesFilter(li) {
+    const f = $("#tail-signature").value.trim();
+    return !f || li.dataset.signature === f || li.dataset.signature.includes(f);
+  }
+
+  function applyFilter() {
+    for (const li of document.querySelectorAll("#tails li")) li.hidden = !matchesFilter(li);
+  }
+
+  function showSignature(key) {
+    $("#tail-signature").value = key;
+    applyFilter();
+    $("#tail-title").scrollIntoView({ block: "start" });
+  }
+
+  $("#tail-signature").addEventListener("input", applyFilter);
+  $("#tail-only").addEventListener("change", () => { tailKey = ""; if (report) syncTails(report); });
+  $("#tail-pause").addEventListener("click", () => {
+    tailPaused = !tailPaused;
+    const b = $("#tail-pause");
+    b.setAttribute("aria-pressed", String(tailPaused));
+    b.textContent = tailPaused ? "Resume" : "Pause";
+    if (tailPaused) {
+      stopTails();
+      for (const t of tails.values()) t.state.textContent = "· paused";
+    } else {
+      for (const t of tails.values()) openTail(report.pool, t);
+    }
+  });
 
   // Events.
 
