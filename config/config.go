@@ -431,7 +431,8 @@ type Tail struct {
 	// false: queries carry tokens and personal data.
 	KeepQuery bool `yaml:"keep_query"`
 	// Body is how many bytes of a failed response's body a record shows,
-	// printable characters only. Default 256; at most 4096; -1 shows none.
+	// printable characters only, at most 4096. Default (and 0) 256; -1
+	// shows none.
 	Body int `yaml:"body"`
 	// SensitivePaths are path prefixes (matched on the path as sent,
 	// without the query) whose response bodies are never shown.
@@ -631,6 +632,9 @@ func (p *Pool) applyDefaults() {
 		p.Tunnels.Max = DefaultMaxTunnels
 	}
 	setDur(&p.Tunnels.IdleTimeout, DefaultTunnelIdleTimeout)
+	if len(p.Tail.SensitivePaths) == 0 {
+		p.Tail.SensitivePaths = nil // "sensitive_paths: []" and no key mean the same
+	}
 	if p.Tail.Buffer == 0 {
 		p.Tail.Buffer = DefaultTailBuffer
 	}
