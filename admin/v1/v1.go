@@ -23,6 +23,8 @@ const (
 	CodeAddressInUse      = "address_in_use"      // another backend has the address
 	CodeNotHealthy        = "not_healthy"         // the version's backends are not all healthy
 	CodeStateChanged      = "state_changed"       // another baton of the cluster changed the state first
+	CodeNoRollout         = "no_rollout"          // a gate reported for a rollout baton has no record of
+	CodeGateDone          = "gate_done"           // a migration gate that ran already: it is not run twice
 )
 
 // Backend is a backend as the API shows it.
