@@ -98,8 +98,8 @@ func (c *CookieCounter) add(exp int64) {
 }
 
 // addTo adds the counter's cookies still valid at now (unix seconds) to
-// by, keyed by when their slot ends: a slot is valid while its last second
-// is still to come.
+// by, keyed by the latest expiry their slot holds: a cookie that expires
+// at second X (by X.0, rounded up) is valid while X is after now.
 func (c *CookieCounter) addTo(by map[int64]int64, now int64) {
 	if c.until.Load() <= now {
 		return
@@ -110,7 +110,7 @@ func (c *CookieCounter) addTo(by map[int64]int64, now int64) {
 		if n == 0 {
 			continue
 		}
-		end := (int64(v>>32) + 1) * c.width
+		end := (int64(v>>32)+1)*c.width - 1
 		if end > now {
 			by[end] += n
 		}
