@@ -267,6 +267,7 @@ func (a *api) poolJSON(p *pool.Pool) v1.Pool {
 	j := v1.Pool{Name: p.Name(), StableVersion: p.StableVersion(), Backends: []v1.Backend{}, Lease: leaseJSON(a.ctl.CurrentLease(p.Name()))}
 	sw, last := a.ctl.SwitchStatus(p.Name())
 	j.Switch, j.LastSwitch = switchJSON(sw), switchOutcomeJSON(last)
+	j.Rollout = rolloutJSON(a.ctl.Rollout(p.Name()))
 	if v, w := p.Canary(); v != "" {
 		j.Canary = &v1.Canary{Version: v, Weight: w, Held: a.ctl.Held(p.Name()), Verdict: "inconclusive",
 			Reason: "the judge has not looked at this canary yet"}
@@ -302,6 +303,39 @@ func switchOutcomeJSON(o *control.SwitchOutcome) *v1.SwitchOutcome {
 	return &v1.SwitchOutcome{From: o.From, To: o.To, Outcome: o.Outcome, Reason: o.Reason, At: o.At}
 }
 
+func rolloutJSON(rr *control.RolloutRecord) *v1.Rollout {
+	if rr == nil {
+		return nil
+	}
+	out := &v1.Rollout{From: rr.From, To: rr.To, By: rr.By, Started: rr.Started, Gates: []v1.GateRun{}}
+	for _, g := range rr.Gates {
+		out.Gates = append(out.Gates, v1.GateRun{Gate: g.Gate, Command: g.Command, State: g.State, At: g.At, Detail: g.Detail})
+	}
+	return out
+}
+
+// versionsJSON is what holds each version of a pool, as the API shows it.
+func versionsJSON(pv *control.PoolVersions) v1.PoolVersions {
+	out := v1.PoolVersions{Pool: pv.Pool, At: pv.At, StableVersion: pv.StableVersion, CanaryVersion: pv.CanaryVersion,
+		AffinityMaxAge: pv.AffinityMaxAge.String(), Versions: []v1.VersionPresence{}}
+	for _, v := range pv.Versions {
+		j := v1.VersionPresence{Version: v.Version, Role: v.Role, States: map[string]int{}, Backends: []v1.VersionBackend{},
+			Inflight: v.Inflight, OpenConnections: v.Conns, AffinityCookies: v.Cookies.Count(),
+			Serving: v.Serving(), Gone: v.Gone(false)}
+		if !v.Cookies.Until.IsZero() {
+			u := v.Cookies.Until
+			j.AffinityUntil = &u
+		}
+		for _, b := range v.Backends {
+			j.States[b.State]++
+			j.Backends = append(j.Backends, v1.VersionBackend{Name: b.Name, State: b.State, Healthy: b.Healthy,
+				Inflight: b.Inflight, OpenConnections: b.Conns})
+		}
+		out.Versions = append(out.Versions, j)
+	}
+	return out
+}
+
 func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools", map[string]handlerFunc{"GET": a.listPools})
 	a.route(mux, "/v1/pools/{pool}", map[string]handlerFunc{"GET": a.getPool})
@@ -317,6 +351,9 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/lease", map[string]handlerFunc{"PUT": a.takeLease, "DELETE": a.releaseLease})
 	a.route(mux, "/v1/pools/{pool}/history", map[string]handlerFunc{"GET": a.getHistory})
 	a.route(mux, "/v1/pools/{pool}/tail", map[string]handlerFunc{"GET": a.getTail})
+	a.route(mux, "/v1/pools/{pool}/versions", map[string]handlerFunc{"GET": a.getVersions})
+	a.route(mux, "/v1/pools/{pool}/rollout", map[string]handlerFunc{"GET": a.getRollout, "PUT": a.beginRollout})
+	a.route(mux, "/v1/pools/{pool}/rollout/gates/{gate}", map[string]handlerFunc{"POST": a.recordGate})
 	a.route(mux, "/v1/pools/{pool}/canary/promote", map[string]handlerFunc{"POST": a.promote})
 	a.route(mux, "/v1/pools/{pool}/canary/rollback", map[string]handlerFunc{"POST": a.rollback})
 	a.route(mux, "/v1/pools/{pool}/canary/hold", map[string]handlerFunc{"POST": a.hold(true)})
@@ -554,6 +591,50 @@ func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {
 		return 0, nil, err
 	}
 	return 200, h, nil
+}
+
+func (a *api) getVersions(r *http.Request, _ string) (int, any, error) {
+	pv, err := a.ctl.Versions(r.PathValue("pool"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, versionsJSON(pv), nil
+}
+
+func (a *api) getRollout(r *http.Request, _ string) (int, any, error) {
+	if _, err := a.pool(r); err != nil {
+		return 0, nil, err
+	}
+	rr := a.ctl.Rollout(r.PathValue("pool"))
+	if rr == nil {
+		return 0, nil, errorf(404, "no_rollout", "pool %s has no rollout recorded", r.PathValue("pool"))
+	}
+	return 200, rolloutJSON(rr), nil
+}
+
+func (a *api) beginRollout(r *http.Request, actor string) (int, any, error) {
+	var body v1.BeginRollout
+	if err := decode(r, &body); err != nil {
+		return 0, nil, err
+	}
+	rec, err := a.ctl.BeginRollout(r.PathValue("pool"), body.Holder, body.From, body.To, control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, rolloutJSON(&rec), nil
+}
+
+func (a *api) recordGate(r *http.Request, actor string) (int, any, error) {
+	var body v1.RecordGate
+	if err := decode(r, &body); err != nil {
+		return 0, nil, err
+	}
+	rec, err := a.ctl.RecordGate(r.PathValue("pool"), control.GateSpec{Holder: body.Holder, To: body.To, Gate: r.PathValue("gate"),
+		State: body.State, Command: body.Command, Detail: body.Detail}, control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, rolloutJSON(&rec), nil
 }
 
 func (a *api) switchVersion(r *http.Request, actor string) (int, any, error) {

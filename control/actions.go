@@ -72,6 +72,9 @@ func (r *Registry) changeLocked(p *pool.Pool, ev Event, edit func(*State) error,
 		r.applyPoolLocked(p, proven...)
 	}
 	r.recordLocked(ev)
+	// A canary started or ended: the cookies' counts as they were then
+	// are what a crash soon after must not lose.
+	r.kickCookies()
 	return nil
 }
 

@@ -118,6 +118,9 @@ func describePool(ps *PoolState) string {
 	if ps.Switch != nil {
 		parts = append(parts, "a blue/green switch being watched")
 	}
+	if ps.Rollout != nil {
+		parts = append(parts, fmt.Sprintf("the record of the rollout of %s (from %s)", ps.Rollout.To, ps.Rollout.From))
+	}
 	for bn, bs := range ps.Backends {
 		parts = append(parts, bn+": "+describeBackend(bs))
 	}

@@ -35,8 +35,9 @@ type Registry struct {
 	log       zerolog.Logger
 	stateFile string
 
-	// Lock order: reloadMu, then mu, then the leaf locks — judges.mu,
-	// history.mu and the pools' own (taken inside pool.Pool's methods).
+	// Lock order: reloadMu, then cookieMu, then mu, then the leaf locks —
+	// judges.mu, history.mu and the pools' own (taken inside pool.Pool's
+	// methods).
 	// Nothing takes mu while holding a leaf lock, and the request path
 	// takes none of these.
 	//
@@ -75,9 +76,12 @@ type Registry struct {
 	// switchBase: each switched pool's new-version evidence when its watch
 	// began (under mu).
 	switchBase map[string]*canary.VersionSnapshot
-	history    histories          // per-version time series, for the dashboard (its own lock)
-	stop       context.CancelFunc // ends the judge loop and the history sampler; set once by Start
-	wg         sync.WaitGroup
+	history    histories // per-version time series, for the dashboard (its own lock)
+
+	cookieMu sync.Mutex         // protects cookieW's last and done; serialises writes of the cookie file
+	cookieW  cookieWriter       // the affinity cookies' counts on disk (see cookies.go)
+	stop     context.CancelFunc // ends the judge loop and the history sampler; set once by Start
+	wg       sync.WaitGroup
 
 	// reloadMu makes loading a file and applying it one step, so two
 	// reloads (an event and a SIGHUP) cannot apply an older file last; it
@@ -134,6 +138,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}},
 		switchPublished: map[string]time.Time{}, switchWaits: map[string]string{}, forgetPending: map[string]bool{}, switchBase: map[string]*canary.VersionSnapshot{},
 		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals, shared: sh}
+	r.cookieW = cookieWriter{path: AffinityPath(stateFile), kick: make(chan struct{}, 1)}
 	r.pruneLocked()
 	if sh != nil {
 		// The local copy of the cluster's state, as it applies here.
@@ -156,6 +161,10 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		audit.close()
 		return nil, err
 	}
+	// Before any request: the cookies the process before gave out.
+	now := time.Now()
+	r.restoreCookies(cfg.Server.ShutdownTimeout, now)
+	_, r.cookieW.last = r.cookieRecord(now)
 	r.table = t
 	r.generation = 1
 	r.reloadsOK.Add(1)
@@ -272,6 +281,11 @@ func (r *Registry) Start() {
 		defer r.wg.Done()
 		r.runHistory(ctx)
 	}()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.runCookies(ctx)
+	}()
 	if r.shared != nil {
 		r.startShared(ctx)
 	}
@@ -287,6 +301,9 @@ func (r *Registry) Close() {
 		stop()
 		r.wg.Wait()
 	}
+	// Requests have finished (the server shut down first): the counts are
+	// exact, and the next start needs no margin.
+	r.stopCookies(true)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, p := range r.pools {
@@ -337,11 +354,20 @@ func (r *Registry) Freeze(on bool) {
 	r.reloadMu.Lock()
 	defer r.reloadMu.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	was := r.frozen.Load()
 	r.frozen.Store(on)
 	if was && !on {
 		r.rereadStateLocked()
+	}
+	r.mu.Unlock()
+	switch {
+	case was && !on:
+		r.resumeCookies()
+	case on && !was:
+		// The process taking over reads the cookies' counts as it starts;
+		// this one writes no more unless the handover fails. (The counts
+		// are read under mu, so not while holding it.)
+		r.stopCookies(false)
 	}
 }
 

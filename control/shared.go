@@ -105,7 +105,7 @@ func (sh *shared) setRev(rev int64) {
 func countDecisions(st *State) int {
 	n := 0
 	for _, ps := range st.Pools {
-		if ps.Canary != nil || ps.StableVersion != "" || ps.Held || ps.Lease != nil || ps.Switch != nil || ps.LastCanary != nil || ps.LastSwitch != nil {
+		if ps.Canary != nil || ps.StableVersion != "" || ps.Held || ps.Lease != nil || ps.Switch != nil || ps.LastCanary != nil || ps.LastSwitch != nil || ps.Rollout != nil {
 			n++
 		}
 		n += len(ps.Backends)

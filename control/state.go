@@ -47,6 +47,10 @@ type PoolState struct {
 	// one ended.
 	Switch     *SwitchState
 	LastSwitch *SwitchOutcome
+	// Rollout is the pool's last release by baton rollout: the version
+	// it replaces and the migration gates it ran (a record, not an
+	// override).
+	Rollout *RolloutRecord
 
 	// What the file said when the overrides above were made. When the file
 	// later says something else, someone edited it on purpose: the file wins
@@ -115,6 +119,7 @@ func (s *State) clone() *State {
 			cp.Lease = &l
 		}
 		cp.Switch, cp.LastSwitch = ps.Switch, ps.LastSwitch // replaced, never changed in place
+		cp.Rollout = ps.Rollout.clone()
 		if ps.Canary != nil {
 			cc := *ps.Canary
 			cp.Canary = &cc
@@ -160,7 +165,7 @@ func (s *State) compact() {
 			}
 		}
 		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 && ps.LastCanary == nil && ps.Lease == nil &&
-			ps.Switch == nil && ps.LastSwitch == nil {
+			ps.Switch == nil && ps.LastSwitch == nil && ps.Rollout == nil {
 			delete(s.Pools, name)
 		}
 	}

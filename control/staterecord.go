@@ -30,6 +30,7 @@ type poolRecord struct {
 	Lease         *leaseRecord              `json:"lease,omitempty"`
 	Switch        *switchRecord             `json:"switch,omitempty"`
 	LastSwitch    *switchOutcomeRecord      `json:"last_switch,omitempty"`
+	Rollout       *rolloutRecord            `json:"rollout,omitempty"`
 	FileStable    string                    `json:"file_stable,omitempty"`
 	FileCanary    *canaryRecord             `json:"file_canary,omitempty"`
 }
@@ -103,6 +104,44 @@ type switchOutcomeRecord struct {
 	At      time.Time `json:"at"`
 }
 
+type rolloutRecord struct {
+	From    string          `json:"from"`
+	To      string          `json:"to"`
+	By      string          `json:"by"`
+	Started time.Time       `json:"started"`
+	Gates   []gateRunRecord `json:"gates,omitempty"`
+}
+
+type gateRunRecord struct {
+	Gate    string    `json:"gate"`
+	Command string    `json:"command"`
+	State   string    `json:"state"`
+	At      time.Time `json:"at"`
+	Detail  string    `json:"detail,omitempty"`
+}
+
+func rolloutToRecord(rr *RolloutRecord) *rolloutRecord {
+	if rr == nil {
+		return nil
+	}
+	out := &rolloutRecord{From: rr.From, To: rr.To, By: rr.By, Started: rr.Started}
+	for _, g := range rr.Gates {
+		out.Gates = append(out.Gates, gateRunRecord{Gate: g.Gate, Command: g.Command, State: g.State, At: g.At, Detail: g.Detail})
+	}
+	return out
+}
+
+func rolloutFromRecord(rec *rolloutRecord) *RolloutRecord {
+	if rec == nil {
+		return nil
+	}
+	out := &RolloutRecord{From: rec.From, To: rec.To, By: rec.By, Started: rec.Started}
+	for _, g := range rec.Gates {
+		out.Gates = append(out.Gates, GateRun{Gate: g.Gate, Command: g.Command, State: g.State, At: g.At, Detail: g.Detail})
+	}
+	return out
+}
+
 // record converts the state to what the file holds.
 func (s *State) record() *stateRecord {
 	out := &stateRecord{Format: stateFormat}
@@ -145,6 +184,7 @@ func (s *State) record() *stateRecord {
 		if o := ps.LastSwitch; o != nil {
 			pr.LastSwitch = &switchOutcomeRecord{From: o.From, To: o.To, Outcome: o.Outcome, Reason: o.Reason, At: o.At}
 		}
+		pr.Rollout = rolloutToRecord(ps.Rollout)
 		out.Pools[name] = pr
 	}
 	return out
@@ -198,6 +238,7 @@ func (rec *stateRecord) state() *State {
 		if o := pr.LastSwitch; o != nil {
 			ps.LastSwitch = &SwitchOutcome{From: o.From, To: o.To, Outcome: o.Outcome, Reason: o.Reason, At: o.At}
 		}
+		ps.Rollout = rolloutFromRecord(pr.Rollout)
 		s.Pools[name] = ps
 	}
 	return s

@@ -34,6 +34,9 @@ func goldenState() *State {
 					Key: "POST /checkout 500 server_error", Class: "new", Counts: map[string]uint64{"v40": 4}, FailsRelease: true,
 					Example: &canary.Example{Time: at, Version: "v40", Path: "/checkout", Status: 500, Body: "cart lost"}}}},
 			Lease: &Lease{Holder: "deploy-7", Expires: at.Add(time.Minute)},
+			Rollout: &RolloutRecord{From: "v41", To: "v42", By: "deploy-7", Started: at, Gates: []GateRun{
+				{Gate: GateBefore, Command: "migrate expand", State: GateDone, At: at},
+				{Gate: GateAfterGone, Command: "migrate contract", State: GateFailed, At: at, Detail: "exit status 1"}}},
 		},
 		"blue": {
 			Switch: &SwitchState{From: "v1", To: "v2", At: at, Until: at.Add(time.Minute), MaxErrorRate: 0.05,
@@ -82,7 +85,7 @@ func TestStateFileForwardCompatible(t *testing.T) {
 	if !reflect.DeepEqual(st, goldenState()) {
 		t.Errorf("the newer file reads as\n%+v\nwant\n%+v", st, goldenState())
 	}
-	if !strings.Contains(warning, "does not know") || !strings.Contains(warning, "cluster, pools.blue.switch.guard, pools.shop.backends.web-1.zone, pools.shop.last_canary.signatures[0].first_seen, pools.shop.rollout") {
+	if !strings.Contains(warning, "does not know") || !strings.Contains(warning, "cluster, pools.blue.switch.guard, pools.shop.backends.web-1.zone, pools.shop.last_canary.signatures[0].first_seen, pools.shop.train") {
 		t.Errorf("warning %q; want it to name the unknown field", warning)
 	}
 	path := filepath.Join(t.TempDir(), "state.json")

@@ -88,11 +88,20 @@ func (h Health) String() string {
 	return "unchecked"
 }
 
-// spec is the part of a backend that the file or the admin API sets.
+// spec is the part of a backend that the file or the admin API sets,
+// and the counter of its version's affinity cookies, which goes with the
+// version: one atomic load gives the request path both.
 type spec struct {
 	address string
 	version string
 	weight  int
+	cookies *CookieCounter
+}
+
+// sameAs reports whether s and o say the same of the backend (the counter
+// may be a new one for the same version).
+func (s *spec) sameAs(o *spec) bool {
+	return s.address == o.address && s.version == o.version && s.weight == o.weight
 }
 
 // Backend is one server of a pool. It lives as long as the pool has a backend
@@ -224,6 +233,14 @@ func (b *Backend) Address() string { return b.spec.Load().address }
 
 // Version returns the version label.
 func (b *Backend) Version() string { return b.spec.Load().version }
+
+// CookieVersion returns the version label and the counter of the affinity
+// cookies issued for it, read together: a cookie naming the version is
+// counted for that version even while the backend changes version.
+func (b *Backend) CookieVersion() (string, *CookieCounter) {
+	sp := b.spec.Load()
+	return sp.version, sp.cookies
+}
 
 // Weight returns the configured weight (0–1000).
 func (b *Backend) Weight() int { return b.spec.Load().weight }

@@ -88,6 +88,10 @@ type Pool struct {
 	// requests; housekeeping enforces their drain timeout until idle.
 	leaving map[string]*Backend
 	retired bool
+	// cookies count the affinity cookies issued per version (see
+	// CookieCounter); kept apart from stats, which go with the last
+	// backend of a version, while its cookies may outlive it.
+	cookies map[string]*versionCookies
 
 	budget  retryBudget
 	started bool // guarded by mu
@@ -110,6 +114,7 @@ func New(cfg config.Pool, log zerolog.Logger) *Pool {
 		backends: make(map[string]*Backend),
 		stats:    make(map[string]*canary.VersionStats),
 		leaving:  make(map[string]*Backend),
+		cookies:  make(map[string]*versionCookies),
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -216,12 +221,15 @@ func (p *Pool) configureLocked(cfg config.Pool) {
 	if old != nil && c.Canary.Version != "" && old.Canary.Version != c.Canary.Version {
 		p.freshEvidenceLocked()
 	}
+	if old != nil && old.Affinity.MaxAge != c.Affinity.MaxAge {
+		p.resizeCookiesLocked()
+	}
 
 	seen := make(map[string]bool, len(c.Backends))
 	order := make([]*Backend, 0, len(c.Backends))
 	for _, bc := range c.Backends {
 		seen[bc.Name] = true
-		sp := &spec{address: bc.Address, version: bc.Version, weight: bc.WeightOf()}
+		sp := &spec{address: bc.Address, version: bc.Version, weight: bc.WeightOf(), cookies: p.cookiesLocked(bc.Version)}
 		b, ok := p.backends[bc.Name]
 		if !ok {
 			b = p.newBackendLocked(bc.Name, sp)
@@ -351,7 +359,7 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 		return
 	}
 	b.spec.Store(sp)
-	if *old != *sp {
+	if !old.sameAs(sp) {
 		p.logb(p.log.Info(), b).Str("address", sp.address).Int("weight", sp.weight).
 			Str("was_version", old.version).Str("was_address", old.address).Int("was_weight", old.weight).
 			Msg("backend changed")
@@ -859,6 +867,7 @@ func (p *Pool) housekeeping() {
 			}
 		}
 		p.budget.tick(p.totalRequests())
+		p.pruneCookies(time.Now())
 		p.mu.Lock()
 		over := p.retired && len(p.leaving) == 0
 		p.mu.Unlock()

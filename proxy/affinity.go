@@ -186,7 +186,7 @@ func (x *exchange) setAffinity(ctx *fasthttp.RequestCtx) {
 	if !x.canaryOn || x.b == nil || x.aff == nil {
 		return
 	}
-	v := x.b.Version()
+	v, issued := x.b.CookieVersion()
 	if string(x.wantVersion) == v && x.hasClientID {
 		return
 	}
@@ -195,6 +195,10 @@ func (x *exchange) setAffinity(ctx *fasthttp.RequestCtx) {
 	if e == nil {
 		return // a version neither stable nor canary (a switch under way)
 	}
+	a := &x.cfg.Affinity
+	// Counted before it is sent: a release asking whether any client may
+	// still be pinned to v must never miss a cookie that is out there.
+	issued.Issued(x.start.Add(x.ttfb), a.MaxAge)
 	if !x.hasClientID {
 		binary.LittleEndian.PutUint64(x.clientID[:], rand.Uint64())
 	}
@@ -204,7 +208,6 @@ func (x *exchange) setAffinity(ctx *fasthttp.RequestCtx) {
 	copy(raw[1+tagLen:], x.clientID[:])
 	copy(raw[1+tagLen+8:], x.macOf(t, e.key, raw[:1+tagLen+8])[:macLen])
 
-	a := &x.cfg.Affinity
 	c := append(x.scratch[:0], a.Cookie...)
 	c = append(c, '=')
 	if a.ExposeVersion {

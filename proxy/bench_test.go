@@ -92,10 +92,10 @@ func BenchmarkProxyGet256K(b *testing.B) { benchProxy(b, 256<<10, false) }
 // BenchmarkProxyPost1K sends a small JSON body with each request.
 func BenchmarkProxyPost1K(b *testing.B) { benchProxy(b, 1<<10, true) }
 
-// BenchmarkProxyCanaryGet1K is BenchmarkProxyGet1K with a canary taking
-// 10 %: every request carries the signed affinity cookie it was given, so
-// each one is verified (an HMAC) on the way.
-func BenchmarkProxyCanaryGet1K(b *testing.B) {
+// startCanaryBench starts baton with pool web: v1 and a canary v2 at 10 %,
+// each on a backend answering 1 KiB.
+func startCanaryBench(b *testing.B) *testbed.Baton {
+	b.Helper()
 	body := bytes.Repeat([]byte("x"), 1<<10)
 	v1, v2 := benchBackend(b, body), benchBackend(b, body)
 	bt := testbed.Start(b, fmt.Sprintf(`listen: 127.0.0.1:0
@@ -110,6 +110,29 @@ pools:
       - {name: b2, address: %q, version: v2}
 `, v1, v2))
 	bt.WaitHealthy(b, "web", 2)
+	return bt
+}
+
+// BenchmarkProxyCanaryIssueGet1K is BenchmarkProxyCanaryGet1K with
+// clients that never keep their cookie: every response issues one, and
+// counts it for its version (what a cascade release waits on).
+func BenchmarkProxyCanaryIssueGet1K(b *testing.B) {
+	bt := startCanaryBench(b)
+	benchLoad(b, bt, 1<<10, func(*fasthttp.Request) {}, func(*fasthttp.Request, *fasthttp.Response) {})
+	var n int64
+	for _, c := range bt.Pool(b, "web").Cookies(time.Now()) {
+		n += c.Count()
+	}
+	if n < int64(b.N) {
+		b.Fatalf("%d cookies counted for %d responses", n, b.N)
+	}
+}
+
+// BenchmarkProxyCanaryGet1K is BenchmarkProxyGet1K with a canary taking
+// 10 %: every request carries the signed affinity cookie it was given, so
+// each one is verified (an HMAC) on the way.
+func BenchmarkProxyCanaryGet1K(b *testing.B) {
+	bt := startCanaryBench(b)
 	benchLoad(b, bt, 1<<10, func(*fasthttp.Request) {}, func(req *fasthttp.Request, resp *fasthttp.Response) {
 		// Keep the affinity cookie baton gave: every later request's is
 		// verified.

@@ -36,14 +36,28 @@ type Options struct {
 	// {port}, {pool}, {version} (the version to install) and {from} (the
 	// version it replaces) are filled in for each server.
 	Upgrade, Rollback string
+	// Before and AfterGone are the migration gates of a release that
+	// changes a database the old version uses: Before (the expand step)
+	// runs once before the first server is drained; AfterGone (the
+	// contract step) runs once every server runs To and the version it
+	// replaced is gone — no server of it in rotation, nothing in flight
+	// on one, no affinity cookie that may still pin a client to it. Both
+	// are templates of {pool}, {from} and {to}. baton records each gate's
+	// run with the release, so a gate that succeeded never runs again:
+	// not when the release is run again, nor after a restart of baton.
+	Before, AfterGone string
+	// RequiresGone are versions that must be gone from the pool (as
+	// above) before the release may start: To cannot run beside them.
+	RequiresGone []string
 	// MaxUnavailable is how many servers may be out of rotation at once
 	// after the canary. Default 1.
 	MaxUnavailable int
 	// DrainWait bounds one drain (default 5m), HealthWait a server's wait
 	// for its health check (2m), JudgeWait the wait for the judge's
-	// decision on the canary (30m); Poll is how often the canary is looked
-	// at (1s).
-	DrainWait, HealthWait, JudgeWait, Poll time.Duration
+	// decision on the canary (30m), GoneWait the wait for the old version
+	// to be gone before AfterGone (2h); Poll is how often the canary and
+	// the old version are looked at (1s).
+	DrainWait, HealthWait, JudgeWait, GoneWait, Poll time.Duration
 	// Holder names this run in the pool's lease: what a second release of
 	// the pool is told is under way.
 	Holder string
@@ -59,9 +73,9 @@ type Options struct {
 
 // Event is one step of a release.
 type Event struct {
-	// Kind: start, canary, drain, drained, upgrade, reinstall, enable,
-	// ready, progress, verdict, step, promote, promoted, rollback,
-	// rolled_back, restored or done.
+	// Kind: start, gate, gate_output, canary, drain, drained, upgrade,
+	// reinstall, enable, ready, progress, verdict, step, promote,
+	// promoted, rollback, rolled_back, restored, done, waiting or gone.
 	Kind    string
 	Backend string // the server it is about, if any
 	Version string // the version it is about, if any
@@ -98,6 +112,12 @@ var (
 	ErrLeaseHeld = errors.New("another release is under way")
 	// ErrLeaseLost: this run lost the pool's lease and stopped.
 	ErrLeaseLost = errors.New("the release lease was lost")
+	// ErrRequiresGone: a version in RequiresGone is still present; the
+	// release did not start.
+	ErrRequiresGone = errors.New("a version the release requires gone is present")
+	// ErrNotGone: the version replaced was not gone within GoneWait; every
+	// server runs To, and AfterGone has not run.
+	ErrNotGone = errors.New("the old version is not gone")
 )
 
 // failure is an error of the run's own: the sentence for the operator,
@@ -121,6 +141,10 @@ type Release struct {
 	pool string
 	o    Options
 
+	// rec is the rollout's record in baton when it has gates: the version
+	// it replaces and the gates that ran.
+	rec *v1.Rollout
+
 	mu sync.Mutex // serialises calls of o.Events
 }
 
@@ -138,6 +162,7 @@ func New(c *client.Client, pool string, o Options) *Release {
 	def(&o.DrainWait, 5*time.Minute)
 	def(&o.HealthWait, 2*time.Minute)
 	def(&o.JudgeWait, 30*time.Minute)
+	def(&o.GoneWait, 2*time.Hour)
 	def(&o.Poll, time.Second)
 	if o.Run == nil {
 		o.Run = Shell(nil)
@@ -266,6 +291,9 @@ func (r *Release) Plan(ctx context.Context) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
+	if err := r.requiresGone(ctx); err != nil {
+		return Plan{}, err
+	}
 	return r.plan(ctx, p), nil
 }
 
@@ -292,6 +320,9 @@ func (r *Release) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := r.requiresGone(ctx); err != nil {
+		return err
+	}
 	leased, stop, err := r.lease(ctx)
 	if err != nil {
 		return err
@@ -312,6 +343,16 @@ func (r *Release) run(ctx context.Context, p v1.Pool) error {
 		names[i] = b.Name
 	}
 	r.say("start", "", r.o.To, "releasing %s to pool %s (stable %s; servers %s)", r.o.To, r.pool, p.StableVersion, strings.Join(names, ", "))
+	if r.o.Before != "" || r.o.AfterGone != "" {
+		if err := r.begin(ctx, p); err != nil {
+			return err
+		}
+	}
+	if r.o.Before != "" {
+		if err := r.gate(ctx, v1GateBefore, r.o.Before); err != nil {
+			return err
+		}
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -346,9 +387,21 @@ func (r *Release) run(ctx context.Context, p v1.Pool) error {
 			}
 		default:
 			done, err := r.upgradeRest(ctx, p)
-			if err != nil || done {
+			if err != nil || !done {
+				if err != nil {
+					return err
+				}
+				continue // the next batch
+			}
+			if r.o.AfterGone == "" {
+				return nil
+			}
+			// Every server runs To; the contract step waits until no
+			// client can be served the old version any more.
+			if err := r.waitGone(ctx); err != nil {
 				return err
 			}
+			return r.gate(ctx, v1GateAfterGone, r.o.AfterGone)
 		}
 	}
 }
@@ -682,6 +735,15 @@ func (r *Release) plan(ctx context.Context, p v1.Pool) Plan {
 	pl := Plan{Summary: fmt.Sprintf("release %s to pool %s (stable %s; %d servers; at most %d out of rotation at once after the canary)",
 		r.o.To, r.pool, p.StableVersion, len(p.Backends), r.o.MaxUnavailable)}
 	step := func(format string, a ...any) { pl.Steps = append(pl.Steps, fmt.Sprintf(format, a...)) }
+	gateLine := func(tmpl string) string {
+		return strings.NewReplacer("{pool}", r.pool, "{from}", p.StableVersion, "{to}", r.o.To).Replace(tmpl)
+	}
+	for _, v := range r.o.RequiresGone {
+		step("checked: %s is gone from %s", v, r.pool)
+	}
+	if r.o.Before != "" && p.StableVersion != r.o.To {
+		step("run the --before gate once, before the first server is drained: `%s`", gateLine(r.o.Before))
+	}
 	var first *v1.Backend // the server this run would make the canary
 	if p.StableVersion != r.o.To {
 		if p.Canary == nil || p.Canary.Version != r.o.To {
@@ -710,6 +772,10 @@ func (r *Release) plan(ctx context.Context, p v1.Pool) Plan {
 			continue
 		}
 		step("%s (%s): drain, run `%s`, enable as %s", b.Name, b.Address, expand(r.o.Upgrade, r.pool, b, r.o.To, b.Version), r.o.To)
+	}
+	if r.o.AfterGone != "" && p.StableVersion != r.o.To {
+		step("wait until %s is gone (no server of it in rotation, nothing in flight on one, no affinity cookie of it still valid), then run the --after-gone gate once: `%s`",
+			p.StableVersion, gateLine(r.o.AfterGone))
 	}
 	return pl
 }

@@ -27,6 +27,7 @@ import (
 // The pool settings of these tests: a judge that decides in seconds, with
 // two steps.
 const poolYAML = "    health_check: {path: /healthz, interval: 100ms, timeout: 80ms, rise: 1, fall: 2}\n" +
+	"    affinity: {max_age: 2s}\n" +
 	"    canary: {initial_weight: 25, steps: [25, 50], step_min_time: 1s, step_min_requests: 20}\n" +
 	"    judge: {interval: 200ms, warmup: 1ms, error_code_header: X-Error-Code}\n"
 
@@ -105,6 +106,9 @@ func (s *shop) install(_ context.Context, c release.Command) (string, error) {
 	s.mu.Unlock()
 	if fail != nil {
 		return fail(c)
+	}
+	if c.Backend.Name == "" {
+		return "", nil // a migration gate: nothing to install
 	}
 	for _, srv := range s.servers {
 		if srv.name == c.Backend.Name {
@@ -478,5 +482,130 @@ func TestReleaseRunnerPanicReleasesTheLease(t *testing.T) {
 	}
 	if p := s.pool(t); p.Lease != nil {
 		t.Errorf("the lease is held after the runner panicked: %+v", p.Lease)
+	}
+}
+
+// gatesRun returns the gate commands a release ran (those with no server).
+func (s *shop) gatesRun() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, c := range s.ran {
+		if c.Backend.Name == "" {
+			out = append(out, c.Line)
+		}
+	}
+	return out
+}
+
+// TestReleaseMigrationGates: a failing --before gate stops the release
+// before any server is drained, with the failure recorded; run again, the
+// gate runs once, the release goes through, and the --after-gone gate runs
+// only once v1 is gone (its last cookies expired); a third run runs
+// neither gate again. A release that requires v1 gone is refused while
+// any v1 server is in rotation, and allowed once none is.
+func TestReleaseMigrationGates(t *testing.T) {
+	s := startShop(t, "")
+	failed := s.load(t)
+	opts := func(evs *events) release.Options {
+		o := s.options("v2", evs)
+		o.Before, o.AfterGone = "expand {pool} {from} {to}", "contract {pool} {from} {to}"
+		return o
+	}
+
+	// --requires-gone v1 for v3: refused, nothing done.
+	var refused events
+	o := s.options("v3", &refused)
+	o.RequiresGone = []string{"v1"}
+	err := release.New(s.api, "shop", o).Run(context.Background())
+	if !errors.Is(err, release.ErrRequiresGone) || !strings.Contains(err.Error(), "v1 is still present (web-1 active") ||
+		!strings.Contains(err.Error(), "v3 must not run beside it") {
+		t.Fatalf("a release requiring v1 gone while it serves: %v", err)
+	}
+	if len(s.ran) != 0 || s.pool(t).Lease != nil {
+		t.Fatalf("the refused release ran %v or took the lease", s.ran)
+	}
+
+	s.fail = func(c release.Command) (string, error) {
+		if c.Backend.Name == "" {
+			return "ALTER TABLE: permission denied", errors.New("exit status 4")
+		}
+		return "", nil
+	}
+	var first events
+	err = release.New(s.api, "shop", opts(&first)).Run(context.Background())
+	for _, want := range []string{"the --before gate failed (exit status 4: ALTER TABLE: permission denied)",
+		"nothing was drained: every server still runs v1", "run the same baton rollout command again"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("a failing --before gate: %v; want it to say %q", err, want)
+		}
+	}
+	p := s.everyServerRuns(t, "v1")
+	if p.Canary != nil || p.Lease != nil || p.Rollout == nil || p.Rollout.Gate("before").State != "failed" {
+		t.Errorf("after the failed gate: canary %v, lease %v, record %+v", p.Canary, p.Lease, p.Rollout)
+	}
+
+	s.mu.Lock()
+	s.fail, s.ran = nil, nil
+	s.mu.Unlock()
+	var contractSawV1 atomic.Value
+	var second events
+	o = opts(&second)
+	base := o.Run
+	o.Run = func(ctx context.Context, c release.Command) (string, error) {
+		if strings.HasPrefix(c.Line, "contract") {
+			pv, err := s.baton.Reg.Versions("shop")
+			if err != nil {
+				return "", err
+			}
+			for _, v := range pv.Versions {
+				if v.Version == "v1" && !v.Gone(false) {
+					contractSawV1.Store(fmt.Sprintf("%+v", v))
+				}
+			}
+		}
+		return base(ctx, c)
+	}
+	if err := release.New(s.api, "shop", o).Run(context.Background()); err != nil {
+		t.Fatalf("the release: %v\n%s", err, second.messages())
+	}
+	if got := strings.Join(s.gatesRun(), ", "); got != "expand shop v1 v2, contract shop v1 v2" {
+		t.Errorf("gates run: %s; want expand, then contract, once each", got)
+	}
+	if v := contractSawV1.Load(); v != nil {
+		t.Errorf("the --after-gone gate ran while v1 was still present: %s", v)
+	}
+	out := second.messages()
+	for _, want := range []string{"gate: running the --before gate: expand shop v1 v2", "gate: the --before gate is done",
+		"done: released: all 3 servers of shop run v2", "waiting: waiting for v1 to be gone before the --after-gone gate: ",
+		" affinity cookies valid until ", "gone: v1 is gone from shop", "gate: running the --after-gone gate: contract shop v1 v2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the events lack %q:\n%s", want, out)
+		}
+	}
+	if strings.Index(out, "--before gate is done") > strings.Index(out, "drain: draining web-1") {
+		t.Errorf("a server was drained before the --before gate was done:\n%s", out)
+	}
+
+	// Run again: both gates ran, neither runs twice.
+	s.mu.Lock()
+	s.ran = nil
+	s.mu.Unlock()
+	var third events
+	if err := release.New(s.api, "shop", opts(&third)).Run(context.Background()); err != nil {
+		t.Fatalf("the release run again: %v\n%s", err, third.messages())
+	}
+	if len(s.ran) != 0 || !strings.Contains(third.messages(), "the --before gate ran at ") || !strings.Contains(third.messages(), "the --after-gone gate ran at ") {
+		t.Errorf("run again, it ran %v:\n%s", s.ran, third.messages())
+	}
+
+	// v1 is gone now: v3 may follow.
+	o = s.options("v3", &refused)
+	o.RequiresGone = []string{"v1"}
+	if _, err := release.New(s.api, "shop", o).Plan(context.Background()); err != nil {
+		t.Errorf("the plan of v3 once v1 is gone: %v", err)
+	}
+	if n := failed(); n != 0 {
+		t.Errorf("%d requests failed", n)
 	}
 }

@@ -7,7 +7,10 @@
 // the domain can each grow a field without changing the others.
 package v1
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Codes of the 409 refusals (the "code" beside "error"): what a client
 // branches on, never the message.
@@ -23,6 +26,8 @@ const (
 	CodeAddressInUse      = "address_in_use"      // another backend has the address
 	CodeNotHealthy        = "not_healthy"         // the version's backends are not all healthy
 	CodeStateChanged      = "state_changed"       // another baton of the cluster changed the state first
+	CodeNoRollout         = "no_rollout"          // a gate reported for a rollout baton has no record of
+	CodeGateDone          = "gate_done"           // a migration gate that ran already: it is not run twice
 )
 
 // Backend is a backend as the API shows it.
@@ -54,6 +59,8 @@ type Pool struct {
 	// one ended.
 	Switch     *Switch        `json:"switch,omitempty"`
 	LastSwitch *SwitchOutcome `json:"last_switch,omitempty"`
+	// Rollout: the last release by baton rollout, with its gates.
+	Rollout *Rollout `json:"rollout,omitempty"`
 }
 
 // Canary is a pool's canary in a pool listing.
@@ -205,4 +212,141 @@ type TailNotice struct {
 	Time    time.Time `json:"time"`
 	Message string    `json:"message,omitempty"`
 	LastSeq uint64    `json:"last_seq,omitempty"` // the last record sent: resume after it with ?since=
+}
+
+// PoolVersions is GET /v1/pools/{pool}/versions: every version present
+// in the pool and what still holds it.
+type PoolVersions struct {
+	Pool          string    `json:"pool"`
+	At            time.Time `json:"at"` // when baton looked: compare affinity_until with it
+	StableVersion string    `json:"stable_version"`
+	CanaryVersion string    `json:"canary_version,omitempty"`
+	// AffinityMaxAge is how long a cookie given now pins its client
+	// (a duration such as 1h0m0s).
+	AffinityMaxAge string            `json:"affinity_max_age"`
+	Versions       []VersionPresence `json:"versions"`
+}
+
+// VersionPresence is one version of a pool and what still holds it.
+type VersionPresence struct {
+	Version string `json:"version"`
+	Role    string `json:"role,omitempty"` // stable, canary
+	// States counts the version's backends by state: active, draining,
+	// drained, ejected, removed (removed at runtime, still finishing).
+	States   map[string]int   `json:"states"`
+	Backends []VersionBackend `json:"backends"`
+	Inflight int64            `json:"inflight"`
+	// OpenConnections are baton's connections to its backends.
+	OpenConnections int `json:"open_connections"`
+	// AffinityCookies counts the cookies issued for it that may still be
+	// valid (an upper bound); AffinityUntil is when the last expires.
+	AffinityCookies int64      `json:"affinity_cookies"`
+	AffinityUntil   *time.Time `json:"affinity_until,omitempty"`
+	// Serving: a backend in rotation (active) runs it, or a request or a
+	// connection to one is still open.
+	Serving bool `json:"serving"`
+	// Gone: not serving, and no affinity cookie of it can still be valid.
+	Gone bool `json:"gone"`
+}
+
+// VersionBackend is one backend of a version.
+type VersionBackend struct {
+	Name            string `json:"name"`
+	State           string `json:"state"`
+	Healthy         bool   `json:"healthy"`
+	Inflight        int64  `json:"inflight"`
+	OpenConnections int    `json:"open_connections"`
+}
+
+// Find returns the named version, or nil when it is not present.
+func (pv *PoolVersions) Find(version string) *VersionPresence {
+	for i := range pv.Versions {
+		if pv.Versions[i].Version == version {
+			return &pv.Versions[i]
+		}
+	}
+	return nil
+}
+
+// HeldBy says what still holds the version, one phrase each ("web-2
+// active (1 in flight, 1 open connection)", "12 affinity cookies valid
+// until 10:42:03"), in loc's time; none when it is gone (ignoring
+// affinity cookies when asked to).
+func (v *VersionPresence) HeldBy(ignoreAffinity bool, loc *time.Location) []string {
+	var out []string
+	for _, b := range v.Backends {
+		if b.State != "active" && b.Inflight == 0 && b.OpenConnections == 0 {
+			continue // out of rotation and idle: it holds nothing
+		}
+		phrase := b.Name + " " + b.State
+		if b.State == "active" && !b.Healthy {
+			phrase += ", unhealthy"
+		}
+		if b.Inflight > 0 || b.OpenConnections > 0 {
+			phrase += fmt.Sprintf(" (%s in flight, %s)", plural(b.Inflight, "request", "requests"), plural(int64(b.OpenConnections), "open connection", "open connections"))
+		}
+		out = append(out, phrase)
+	}
+	if !ignoreAffinity && v.AffinityCookies > 0 {
+		phrase := plural(v.AffinityCookies, "affinity cookie", "affinity cookies")
+		if v.AffinityUntil != nil {
+			phrase += " valid until " + v.AffinityUntil.In(loc).Format(time.TimeOnly)
+		}
+		out = append(out, phrase)
+	}
+	return out
+}
+
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// Rollout is a pool's release by baton rollout as baton records it: the
+// version it replaces and the migration gates it ran.
+type Rollout struct {
+	From    string    `json:"from"`
+	To      string    `json:"to"`
+	By      string    `json:"by"`
+	Started time.Time `json:"started"`
+	Gates   []GateRun `json:"gates"`
+}
+
+// GateRun is one migration gate of a rollout: before (expand, before the
+// first server is drained) or after_gone (contract, once the old version
+// is gone); state running, done or failed.
+type GateRun struct {
+	Gate    string    `json:"gate"`
+	Command string    `json:"command"`
+	State   string    `json:"state"`
+	At      time.Time `json:"at"`
+	Detail  string    `json:"detail,omitempty"`
+}
+
+// Gate returns the named gate's run, or nil.
+func (r *Rollout) Gate(gate string) *GateRun {
+	for i := range r.Gates {
+		if r.Gates[i].Gate == gate {
+			return &r.Gates[i]
+		}
+	}
+	return nil
+}
+
+// BeginRollout is the body of PUT /v1/pools/{pool}/rollout.
+type BeginRollout struct {
+	Holder string `json:"holder"` // must hold the pool's lease
+	From   string `json:"from"`
+	To     string `json:"to"`
+}
+
+// RecordGate is the body of POST /v1/pools/{pool}/rollout/gates/{gate}.
+type RecordGate struct {
+	Holder  string `json:"holder"`
+	To      string `json:"to"`
+	State   string `json:"state"`
+	Command string `json:"command"`
+	Detail  string `json:"detail,omitempty"`
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/baton-lb/baton/admin/client"
 	"github.com/baton-lb/baton/admin/v1"
+	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/control"
 )
 
@@ -34,9 +35,10 @@ type ctlArgs struct {
 // valued lists the flags that take a value; the others are switches.
 var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "output": true, "wait": true,
 	"version": true, "weight": true, "address": true, "limit": true, "max-error-rate-increase": true, "min-requests": true,
-	"to": true, "watch": true, "max-error-rate": true, "ca": true, "slow": true, "sample": true, "since": true}
+	"to": true, "watch": true, "max-error-rate": true, "ca": true, "slow": true, "sample": true, "since": true, "timeout": true}
 
-var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true, "errors": true}
+var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true, "errors": true,
+	"ignore-affinity": true}
 
 func parseCtlArgs(args []string) (*ctlArgs, error) {
 	a := &ctlArgs{flags: map[string]string{}}
@@ -324,6 +326,12 @@ var ctlCommands = []ctlCommand{
 		run: (*ctlClient).switchVersion},
 	{names: []string{"tail"}, args: "POOL [NAME] [--errors | --slow 200ms] [--version V] [--sample 0.01] [--since 5m]", nargs: 1, optional: 1,
 		doc: "the pool's (or one backend's) requests as they end,\na line each, failures in red, until Ctrl-C;\n-o json: newline-delimited JSON records", run: (*ctlClient).tail},
+	{names: []string{"versions"}, args: "POOL", nargs: 1,
+		doc: "every version present: backends by state, in flight,\nopen connections, affinity cookies still valid",
+		run: (*ctlClient).versions},
+	{names: []string{"wait-gone"}, args: "POOL VERSION [--timeout 10m] [--ignore-affinity]", nargs: 2,
+		doc: "wait until no backend in rotation runs VERSION, nothing\nis in flight or open on one, and no affinity cookie of\nit can still be valid; exit 3 naming what holds it",
+		run: (*ctlClient).waitGone},
 	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
 	{names: []string{"cluster"}, doc: "the batons sharing decisions through etcd: each\ninstance's heartbeat and applied revision, the judge leader",
 		run: (*ctlClient).cluster},
@@ -384,7 +392,7 @@ Flags:
                      template=GO-TEMPLATE applied to the JSON answer,
                      e.g. -o 'template={{.stable_version}}'
 
-Exit codes: 0 done, 1 refused or failed, 2 usage, 3 a --wait ran out.
+Exit codes: 0 done, 1 refused or failed, 2 usage, 3 a --wait or --timeout ran out.
 `
 
 // run runs the command a names, once its arguments are counted.
@@ -630,6 +638,133 @@ func (c *ctlClient) events(a *ctlArgs) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Actor, e.Action, target, e.Detail)
 	}
 	return tw.Flush()
+}
+
+func (c *ctlClient) versions(a *ctlArgs) error {
+	var pv v1.PoolVersions
+	if _, err := c.call("GET", a.poolPath()+"/versions", nil, nil, &pv); err != nil || c.output == "json" {
+		return err
+	}
+	if c.output == "name" {
+		for _, v := range pv.Versions {
+			fmt.Fprintln(c.stdout, v.Version)
+		}
+		return nil
+	}
+	head := fmt.Sprintf("pool %s: stable %s", pv.Pool, pv.StableVersion)
+	if pv.CanaryVersion != "" {
+		head += ", canary " + pv.CanaryVersion
+	}
+	fmt.Fprintf(c.stdout, "%s; an affinity cookie pins its client for %s\n", head, pv.AffinityMaxAge)
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tROLE\tBACKENDS\tINFLIGHT\tCONNS\tCOOKIES\tCOOKIES UNTIL\tGONE")
+	for _, v := range pv.Versions {
+		until := "-"
+		if v.AffinityUntil != nil {
+			until = v.AffinityUntil.Local().Format(time.TimeOnly)
+		}
+		gone := "no"
+		if v.Gone {
+			gone = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", v.Version, orDash(v.Role), statesText(v.States), v.Inflight,
+			v.OpenConnections, v.AffinityCookies, until, gone)
+	}
+	return tw.Flush()
+}
+
+// statesText counts backends by state: "active 2, drained 1".
+func statesText(states map[string]int) string {
+	var parts []string
+	for _, s := range []string{"active", "draining", "drained", "ejected", "removed"} {
+		if n := states[s]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", s, n))
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// waitGone is baton ctl wait-gone: it polls the pool's versions until the
+// version is gone — no backend in rotation, nothing in flight or open on
+// one, and (unless --ignore-affinity) no affinity cookie of it that can
+// still be valid — and exits 3 naming what holds it when --timeout runs
+// out. Deploy scripts run it before a step that the old version must not
+// live to see (dropping a column it still reads).
+func (c *ctlClient) waitGone(a *ctlArgs) error {
+	version := a.pos[2]
+	if !config.ValidName(version) {
+		return fail(exitUsage, "VERSION must be 1-63 letters, digits, '.', '_' or '-', got %q", version)
+	}
+	timeout := 10 * time.Minute
+	if v, ok := a.flags["timeout"]; ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return fail(exitUsage, "--timeout must be a duration such as 10m, got %q", v)
+		}
+		timeout = d
+	}
+	ignore := a.flags["ignore-affinity"] != ""
+	out := c.output
+	c.output = "text" // each look prints nothing; the last answer is printed below
+	defer func() { c.output = out }()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for {
+		var pv v1.PoolVersions
+		if _, err := c.call("GET", a.poolPath()+"/versions", nil, nil, &pv); err != nil {
+			return err
+		}
+		v := pv.Find(version)
+		var held []string
+		if v != nil {
+			held = v.HeldBy(ignore, time.Local)
+		}
+		if len(held) == 0 {
+			c.output = out
+			return c.printGone(pv, version, v, ignore)
+		}
+		line := strings.Join(held, "; ")
+		if time.Now().After(deadline) {
+			return fail(exitWait, "%s is still present in %s after %s: %s", version, pv.Pool, timeout, line)
+		}
+		if line != last && out == "text" {
+			fmt.Fprintf(c.stdout, "waiting for %s to leave %s: %s\n", version, pv.Pool, line)
+			last = line
+		}
+		time.Sleep(min(500*time.Millisecond, time.Until(deadline)+time.Millisecond)) // polling the API
+	}
+}
+
+// printGone says that version is gone from the pool.
+func (c *ctlClient) printGone(pv v1.PoolVersions, version string, v *v1.VersionPresence, ignore bool) error {
+	if c.output == "json" {
+		if v == nil {
+			v = &v1.VersionPresence{Version: version, States: map[string]int{}, Backends: []v1.VersionBackend{}, Gone: true}
+		}
+		data, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%s\n", data)
+		return nil
+	}
+	cookies := "no affinity cookie of it can still be valid"
+	if ignore && v != nil && v.AffinityCookies > 0 {
+		held := v.HeldBy(false, time.Local) // the cookies' phrase comes last
+		cookies = held[len(held)-1] + " ignored (--ignore-affinity)"
+	}
+	fmt.Fprintf(c.stdout, "%s is gone from %s: no backend in rotation runs it, nothing is in flight or open on one, %s\n", version, pv.Pool, cookies)
+	return nil
 }
 
 func (c *ctlClient) cluster(a *ctlArgs) error {

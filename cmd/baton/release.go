@@ -9,12 +9,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/baton-lb/baton/admin/client"
+	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/release"
 )
 
@@ -40,6 +42,16 @@ Commands run with sh -c after replacing {name}, {address}, {host}, {port},
 {pool}, {version} (the version to install) and {from} (the version it
 replaces). Name the admin API with --admin/--token-file as for baton ctl.
 
+A release that changes a database the old version uses ships in steps
+(v2 stops using a column, v3 drops it) with migration gates: --before runs
+once before the first server is drained (expand), --after-gone once every
+server runs VERSION and the old version is gone: no server of it in
+rotation, nothing in flight on one, no affinity cookie of it that can
+still be valid (contract). Gates get {pool}, {from} and {to}; baton records
+each, so a gate that succeeded never runs twice, also when the rollout is
+run again or baton restarted. --requires-gone V refuses to start (exit 2)
+while V is still present in the pool.
+
 Flags:
 `
 
@@ -50,7 +62,7 @@ func cmdRollout(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, rolloutUsage)
 		fs.PrintDefaults()
-		fmt.Fprint(stderr, "\nExit codes: 0 released, 1 rolled back or failed (the message says what to do),\n2 usage, 3 the judge did not decide within --judge-wait, 130 interrupted.\n")
+		fmt.Fprint(stderr, "\nExit codes: 0 released, 1 rolled back or failed (the message says what to do),\n2 usage or a --requires-gone version still present, 3 the judge did not decide\nwithin --judge-wait or the old version was not gone within --gone-wait,\n130 interrupted.\n")
 	}
 	var o release.Options
 	fs.StringVar(&o.To, "to", "", "the version to release (required)")
@@ -60,7 +72,18 @@ func cmdRollout(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.DrainWait, "drain-wait", 5*time.Minute, "longest a drain may take")
 	fs.DurationVar(&o.HealthWait, "health-wait", 2*time.Minute, "longest a server may take to pass its health check")
 	fs.DurationVar(&o.JudgeWait, "judge-wait", 30*time.Minute, "longest to wait for the judge's decision on the canary")
-	fs.DurationVar(&o.Poll, "poll", time.Second, "how often to look at the canary")
+	fs.DurationVar(&o.Poll, "poll", time.Second, "how often to look at the canary and the old version")
+	fs.StringVar(&o.Before, "before", "", "migration gate run once before the first server is drained (expand): {pool}, {from}, {to}")
+	fs.StringVar(&o.AfterGone, "after-gone", "", "migration gate run once every server runs --to and the old version is gone (contract): {pool}, {from}, {to}")
+	fs.DurationVar(&o.GoneWait, "gone-wait", 2*time.Hour, "longest to wait for the old version to be gone before --after-gone")
+	var badGone []string
+	fs.Func("requires-gone", "refuse to start while this version is present in the pool (repeatable)", func(v string) error {
+		if !config.ValidName(v) {
+			badGone = append(badGone, v)
+		}
+		o.RequiresGone = append(o.RequiresGone, v)
+		return nil
+	})
 	dryRun := fs.Bool("dry-run", false, "print the plan and change nothing")
 	output := fs.String("o", "text", "text, or json: one event per line")
 	adminURL := fs.String("admin", "", "admin API URL (env BATON_ADMIN; default http://127.0.0.1:9090)")
@@ -91,8 +114,14 @@ func cmdRollout(args []string, stdout, stderr io.Writer) int {
 		return usageErr("--upgrade CMD is required")
 	case o.MaxUnavailable < 1:
 		return usageErr("--max-unavailable must be 1 or more, got %d", o.MaxUnavailable)
-	case o.DrainWait <= 0 || o.HealthWait <= 0 || o.JudgeWait <= 0 || o.Poll <= 0:
-		return usageErr("--drain-wait, --health-wait, --judge-wait and --poll must be positive")
+	case o.DrainWait <= 0 || o.HealthWait <= 0 || o.JudgeWait <= 0 || o.GoneWait <= 0 || o.Poll <= 0:
+		return usageErr("--drain-wait, --health-wait, --judge-wait, --gone-wait and --poll must be positive")
+	case len(badGone) > 0:
+		return usageErr("--requires-gone must be a version (1-63 letters, digits, '.', '_' or '-'), got %q", badGone[0])
+	case slices.Contains(o.RequiresGone, o.To):
+		return usageErr("--requires-gone %s is the version to release", o.To)
+	case strings.TrimSpace(o.Before) == "" && o.Before != "", strings.TrimSpace(o.AfterGone) == "" && o.AfterGone != "":
+		return usageErr("--before and --after-gone need a command")
 	case *output != "text" && *output != "json":
 		return usageErr("-o must be text or json, got %q", *output)
 	}
@@ -156,8 +185,13 @@ func rolloutFailed(err error) error {
 		}
 		err = j.Unwrap()[0]
 	}
-	if errors.Is(err, release.ErrUndecided) {
+	switch {
+	case errors.Is(err, release.ErrUndecided), errors.Is(err, release.ErrNotGone):
 		return fail(exitWait, "%s", err)
+	case errors.Is(err, release.ErrRequiresGone):
+		// Refused before anything was done, like a usage error: this
+		// rollout may not start now.
+		return fail(exitUsage, "%s", err)
 	}
 	return apiFailure(err)
 }

@@ -1,0 +1,192 @@
+package control
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/baton-lb/baton/admin/v1"
+)
+
+// RolloutRecord is what baton keeps of a pool's release by baton rollout
+// beyond what the pool itself shows: which version it replaces (once the
+// new one is stable, the pool no longer says) and the migration gates it
+// ran. A rollout reads it back to resume, so a gate that ran is never run
+// again, across reruns of the rollout and restarts of baton alike. It is
+// a record, not a decision: it changes no traffic.
+type RolloutRecord struct {
+	From, To string
+	By       string // the lease holder that began it
+	Started  time.Time
+	Gates    []GateRun // in the order they were first recorded
+}
+
+// GateRun is one migration gate of a rollout.
+type GateRun struct {
+	Gate    string // GateBefore or GateAfterGone
+	Command string
+	State   string // GateRunning, GateDone or GateFailed
+	At      time.Time
+	Detail  string // why it failed
+}
+
+// Gates and their states.
+const (
+	GateBefore    = "before"
+	GateAfterGone = "after_gone"
+
+	GateRunning = "running"
+	GateDone    = "done"
+	GateFailed  = "failed"
+)
+
+// Bounds of what a rollout record keeps.
+const (
+	maxGateCommand = 2000
+	maxGateDetail  = 1000
+)
+
+// Gate returns the gate's run, or nil.
+func (rr *RolloutRecord) Gate(gate string) *GateRun {
+	for i := range rr.Gates {
+		if rr.Gates[i].Gate == gate {
+			return &rr.Gates[i]
+		}
+	}
+	return nil
+}
+
+func (rr *RolloutRecord) clone() *RolloutRecord {
+	if rr == nil {
+		return nil
+	}
+	c := *rr
+	c.Gates = append([]GateRun(nil), rr.Gates...)
+	return &c
+}
+
+// Rollout returns the pool's rollout record, or nil.
+func (r *Registry) Rollout(poolName string) *RolloutRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ps := r.state.Pools[poolName]; ps != nil {
+		return ps.Rollout.clone()
+	}
+	return nil
+}
+
+// holdsLeaseLocked refuses a rollout's record change from anyone but the
+// holder of the pool's running lease: two releases never write one record.
+func (r *Registry) holdsLeaseLocked(poolName, holder string) error {
+	cur := r.leaseLocked(poolName, time.Now())
+	switch {
+	case cur == nil:
+		return conflictf(v1.CodeLeaseNotHeld, "pool %q has no release lease; take it first (PUT /v1/pools/%s/lease)", poolName, poolName)
+	case cur.Holder != holder:
+		return conflictf(v1.CodeLeaseNotHeld, "pool %q's lease is held by %s, not %s", poolName, cur.Holder, holder)
+	}
+	return nil
+}
+
+// BeginRollout records that holder, who holds the pool's lease, releases
+// to into the pool, replacing from. A record of a rollout to the same
+// version is kept as it is and returned — the rollout resumes, with the
+// version it replaced and the gates it ran — and any other is replaced.
+func (r *Registry) BeginRollout(poolName, holder, from, to string, opts ...Opt) (RolloutRecord, error) {
+	if err := checkName("from", from); err != nil {
+		return RolloutRecord{}, err
+	}
+	if err := checkName("to", to); err != nil {
+		return RolloutRecord{}, err
+	}
+	if from == to {
+		return RolloutRecord{}, fmt.Errorf("%w: from and to are both %s", ErrInvalid, to)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, _, err := r.lookupLocked(poolName, ""); err != nil {
+		return RolloutRecord{}, err
+	}
+	if err := r.holdsLeaseLocked(poolName, holder); err != nil {
+		return RolloutRecord{}, err
+	}
+	if ps := r.state.Pools[poolName]; ps != nil && ps.Rollout != nil && ps.Rollout.To == to {
+		return *ps.Rollout.clone(), nil
+	}
+	rec := RolloutRecord{From: from, To: to, By: holder, Started: time.Now().UTC()}
+	err := r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "rollout", Pool: poolName, Detail: fmt.Sprintf("%s → %s by %s", from, to, holder)},
+		func(s *State) error {
+			s.pool(poolName).Rollout = rec.clone()
+			return nil
+		})
+	return rec, err
+}
+
+// GateSpec is one step of a gate's run, as a rollout reports it.
+type GateSpec struct {
+	Holder  string // must hold the pool's lease
+	To      string // the rollout it belongs to
+	Gate    string // GateBefore or GateAfterGone
+	State   string // GateRunning, GateDone or GateFailed
+	Command string
+	Detail  string
+}
+
+// RecordGate records a step of a migration gate of the pool's rollout to
+// spec.To. A gate that is done is never started again: recording it
+// running is refused (409 gate_done), which is how a resumed rollout — or
+// a second one racing it — is kept from running it twice.
+func (r *Registry) RecordGate(poolName string, spec GateSpec, opts ...Opt) (RolloutRecord, error) {
+	switch spec.Gate {
+	case GateBefore, GateAfterGone:
+	default:
+		return RolloutRecord{}, fmt.Errorf("%w: gate must be %s or %s, got %q", ErrInvalid, GateBefore, GateAfterGone, spec.Gate)
+	}
+	switch spec.State {
+	case GateRunning, GateDone, GateFailed:
+	default:
+		return RolloutRecord{}, fmt.Errorf("%w: state must be %s, %s or %s, got %q", ErrInvalid, GateRunning, GateDone, GateFailed, spec.State)
+	}
+	if spec.Command == "" || len(spec.Command) > maxGateCommand {
+		return RolloutRecord{}, fmt.Errorf("%w: command must be 1..%d characters, got %d", ErrInvalid, maxGateCommand, len(spec.Command))
+	}
+	if len(spec.Detail) > maxGateDetail {
+		spec.Detail = spec.Detail[len(spec.Detail)-maxGateDetail:] // the end says why it failed
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, _, err := r.lookupLocked(poolName, ""); err != nil {
+		return RolloutRecord{}, err
+	}
+	if err := r.holdsLeaseLocked(poolName, spec.Holder); err != nil {
+		return RolloutRecord{}, err
+	}
+	ps := r.state.Pools[poolName]
+	if ps == nil || ps.Rollout == nil || ps.Rollout.To != spec.To {
+		return RolloutRecord{}, conflictf(v1.CodeNoRollout, "pool %q has no rollout to %s recorded; begin it first (PUT /v1/pools/%s/rollout)", poolName, spec.To, poolName)
+	}
+	if g := ps.Rollout.Gate(spec.Gate); g != nil && g.State == GateDone {
+		if spec.State == GateDone && g.Command == spec.Command {
+			return *ps.Rollout.clone(), nil // the same report again: it holds
+		}
+		return RolloutRecord{}, conflictf(v1.CodeGateDone, "the %s gate of the rollout of %s to pool %q ran at %s already (%s); it is not run twice",
+			spec.Gate, spec.To, poolName, g.At.UTC().Format(time.RFC3339), g.Command)
+	}
+	run := GateRun{Gate: spec.Gate, Command: spec.Command, State: spec.State, At: time.Now().UTC(), Detail: spec.Detail}
+	var rec RolloutRecord
+	detail := spec.Gate + " " + spec.State + ": " + spec.Command
+	if spec.Detail != "" {
+		detail += " (" + spec.Detail + ")"
+	}
+	err := r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "gate", Pool: poolName, Detail: detail},
+		func(s *State) error {
+			rr := s.pool(poolName).Rollout
+			if g := rr.Gate(spec.Gate); g != nil {
+				*g = run
+			} else {
+				rr.Gates = append(rr.Gates, run)
+			}
+			rec = *rr.clone()
+			return nil
+		})
+	return rec, err
+}

@@ -1,0 +1,135 @@
+package control
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/baton-lb/baton/pool"
+)
+
+// VersionPresence is what still holds one version of a pool: its
+// backends, what is in flight on them and open to them, and the affinity
+// cookies issued for it that may still be valid. A version is gone —
+// the question a cascade release asks before it drops what the version
+// needed — once no backend of it is in rotation, nothing is in flight on
+// one or open to one, and (unless affinity is ignored) no client can
+// still be pinned to it.
+type VersionPresence struct {
+	Version  string
+	Role     string // "stable", "canary" or ""
+	Backends []BackendPresence
+	Inflight int64
+	Conns    int
+	Cookies  pool.CookieCounts
+}
+
+// BackendPresence is one backend of a version.
+type BackendPresence struct {
+	Name     string
+	State    string // active, draining, drained, ejected, or removed (still finishing)
+	Healthy  bool
+	Inflight int64
+	Conns    int
+}
+
+// InRotation names the version's backends in rotation (active, healthy
+// or not: an unhealthy one comes back when its checks pass).
+func (v *VersionPresence) InRotation() []string {
+	var out []string
+	for _, b := range v.Backends {
+		if b.State == pool.Active.String() {
+			out = append(out, b.Name)
+		}
+	}
+	return out
+}
+
+// Serving reports whether the version serves anywhere: a backend in
+// rotation, or a request or connection still open.
+func (v *VersionPresence) Serving() bool {
+	return len(v.InRotation()) > 0 || v.Inflight > 0 || v.Conns > 0
+}
+
+// Gone reports whether the version is gone: not serving, and no cookie
+// of it can still be valid (unless ignoreAffinity).
+func (v *VersionPresence) Gone(ignoreAffinity bool) bool {
+	return !v.Serving() && (ignoreAffinity || v.Cookies.Count() == 0)
+}
+
+// PoolVersions is every version present in a pool, at a moment.
+type PoolVersions struct {
+	Pool          string
+	At            time.Time
+	StableVersion string
+	CanaryVersion string
+	// AffinityMaxAge is how long a cookie issued now pins its client.
+	AffinityMaxAge time.Duration
+	Versions       []VersionPresence
+}
+
+// Versions lists every version present in a pool: those its backends run
+// (removed ones still finishing included), the stable and canary
+// versions, and those with affinity cookies that may still be valid —
+// stable first, then by name.
+func (r *Registry) Versions(poolName string) (*PoolVersions, error) {
+	p := r.Pool(poolName)
+	if p == nil {
+		return nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
+	}
+	now := time.Now()
+	cv, _ := p.Canary()
+	out := &PoolVersions{Pool: poolName, At: now.UTC(), StableVersion: p.StableVersion(), CanaryVersion: cv,
+		AffinityMaxAge: p.Settings().Affinity.MaxAge}
+	by := map[string]*VersionPresence{}
+	get := func(v string) *VersionPresence {
+		vp := by[v]
+		if vp == nil {
+			vp = &VersionPresence{Version: v}
+			switch v {
+			case out.StableVersion:
+				vp.Role = "stable"
+			case cv:
+				vp.Role = "canary"
+			}
+			by[v] = vp
+		}
+		return vp
+	}
+	add := func(b *pool.Backend, state string) {
+		vp := get(b.Version())
+		in, conns := b.Inflight(), b.OpenConns()
+		vp.Backends = append(vp.Backends, BackendPresence{Name: b.Name(), State: state, Healthy: b.Health() == pool.Up,
+			Inflight: in, Conns: conns})
+		vp.Inflight += in
+		vp.Conns += conns
+	}
+	if out.StableVersion != "" {
+		get(out.StableVersion)
+	}
+	if cv != "" {
+		get(cv)
+	}
+	for _, b := range p.Backends() {
+		add(b, b.State().String())
+	}
+	leaving := p.LeavingBackends()
+	sort.Slice(leaving, func(i, j int) bool { return leaving[i].Name() < leaving[j].Name() })
+	for _, b := range leaving {
+		add(b, "removed")
+	}
+	for _, c := range p.Cookies(now) {
+		get(c.Version).Cookies = c
+	}
+	for _, vp := range by {
+		out.Versions = append(out.Versions, *vp)
+	}
+	sort.Slice(out.Versions, func(i, j int) bool {
+		a, b := out.Versions[i], out.Versions[j]
+		if (a.Role == "stable") != (b.Role == "stable") {
+			return a.Role == "stable"
+		}
+		return a.Version < b.Version
+	})
+	return out, nil
+}
