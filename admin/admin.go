@@ -45,6 +45,11 @@ func WithTimeouts(read, write time.Duration) Option {
 // Shutdown waits for handlers, and a tail would never end by itself.
 func WithStop(stop <-chan struct{}) Option { return func(a *api) { a.stop = stop } }
 
+// WithTailLimit bounds the live tails open at once, all pools together
+// (0: 16). Each holds an admin connection: keep it well below
+// admin.max_connections.
+func WithTailLimit(n int) Option { return func(a *api) { a.maxTails = n } }
+
 // Handler serves the admin endpoints: the API under /v1, the dashboard
 // under /ui/, GET /healthz (baton's own liveness) and GET /metrics
 // (Prometheus exposition).

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,6 +38,9 @@ type api struct {
 	readTimeout, writeTimeout time.Duration
 	// stop is closed when baton shuts down: live tails end (nil: never).
 	stop <-chan struct{}
+	// tails counts the open tails; maxTails bounds them (0: 16).
+	tails    atomic.Int64
+	maxTails int
 }
 
 // upgradeWait is the longest an upgrade request waits for the new process.
@@ -183,10 +187,14 @@ func (a *api) route(mux *http.ServeMux, path string, methods map[string]handlerF
 // authenticate returns the name of the request's token. Tokens are compared
 // as SHA-256 digests in constant time.
 func (a *api) authenticate(r *http.Request) (string, bool) {
+	return a.authenticateHeader(r.Header.Get("Authorization"))
+}
+
+// authenticateHeader is authenticate for an Authorization header's value.
+func (a *api) authenticateHeader(h string) (string, bool) {
 	if a.tokens == nil {
 		return "anonymous", true
 	}
-	h := r.Header.Get("Authorization")
 	const prefix = "Bearer "
 	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
 		return "", false

@@ -3,6 +3,7 @@ package admin
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -81,14 +82,29 @@ func (a *api) getTail(r *http.Request, _ string) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	past, rd, err := p.Tail(f, after, since)
-	if errors.Is(err, pool.ErrTooManyTails) {
-		return 0, nil, errorf(503, "too_many_tails", "%v; close one, or try again later", err)
+	if n := a.tails.Add(1); n > int64(a.tailLimit()) {
+		a.tails.Add(-1)
+		return 0, nil, errorf(503, "too_many_tails", "%d tails are open on this baton, the most it keeps (a quarter of admin.max_connections); close one, or try again later", n-1)
 	}
+	st, rd, err := p.Tail(f, after, since)
 	if err != nil {
+		a.tails.Add(-1)
+		if errors.Is(err, pool.ErrTooManyTails) {
+			return 0, nil, errorf(503, "too_many_tails", "%v; close one, or try again later", err)
+		}
 		return 0, nil, err
 	}
-	return 200, &tailStream{a: a, pool: p.Name(), filter: f, past: past, rd: rd, last: after}, nil
+	return 200, &tailStream{a: a, pool: p.Name(), filter: f, start: st, rd: rd, last: st.Last, auth: r.Header.Get("Authorization")}, nil
+}
+
+// tailLimit is how many tails may be open on this baton at once, all
+// pools together: each holds an admin connection, which the rest of the
+// API (and baton ctl, and /metrics) needs too.
+func (a *api) tailLimit() int {
+	if a.maxTails > 0 {
+		return a.maxTails
+	}
+	return 16
 }
 
 // tailStart reads where a tail starts: ?since= a record's sequence number
@@ -96,7 +112,9 @@ func (a *api) getTail(r *http.Request, _ string) (int, any, error) {
 // later) or a time (RFC 3339); an SSE client's Last-Event-ID resumes after
 // the last record it got. Neither: only new records.
 func tailStart(since, lastEventID string) (after uint64, from time.Time, err error) {
-	if since == "" && lastEventID != "" {
+	if lastEventID != "" {
+		// An EventSource reconnecting to a URL with since= sends the
+		// last id it got: that, not the URL's start, is where it is.
 		since = lastEventID
 	}
 	if since == "" {
@@ -120,9 +138,10 @@ type tailStream struct {
 	a      *api
 	pool   string
 	filter pool.TailFilter
-	past   []pool.TailRecord
+	start  pool.TailStart
 	rd     *pool.TailReader
-	last   uint64 // the last record's seq written
+	last   uint64 // the last record's seq written, or the pool's when it began
+	auth   string // the request's Authorization, checked again while it streams
 
 	ndjson  bool
 	classes map[string]string // signature key → class in the current canary's comparison
@@ -131,12 +150,26 @@ type tailStream struct {
 }
 
 func (s *tailStream) serve(w http.ResponseWriter, r *http.Request) {
+	defer s.a.tails.Add(-1)
 	defer s.rd.Close()
 	rc := http.NewResponseController(w)
 	// A tail lasts as long as its reader wants: no read deadline (net/http
 	// would cancel the request when it passed), and a write deadline per
 	// write instead of the server's.
 	_ = rc.SetReadDeadline(time.Time{})
+	// A stop or a gone client ends a write in progress at once: a reader
+	// that does not read must not hold a shutdown up for the write's 10 s.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-s.a.stop:
+		case <-r.Context().Done():
+		case <-done:
+			return
+		}
+		_ = rc.SetWriteDeadline(time.Now())
+	}()
 	s.ndjson = strings.Contains(r.Header.Get("Accept"), "application/x-ndjson")
 	h := w.Header()
 	if s.ndjson {
@@ -150,20 +183,34 @@ func (s *tailStream) serve(w http.ResponseWriter, r *http.Request) {
 	if !s.ndjson {
 		s.buf = append(s.buf, "retry: 2000\n\n"...)
 	}
-	for i := range s.past {
-		s.record(&s.past[i])
+	if s.start.Gap {
+		s.notice("gap", fmt.Sprintf("records after %d are no longer kept; going on from %d", s.last, s.start.FirstKept))
 	}
-	s.past = nil
+	// The past in batches, each flushed: a long one must not be one
+	// write that outlasts the write timeout on a slow link.
+	for i := range s.start.Past {
+		s.record(&s.start.Past[i])
+		if (i+1)%tailBatch == 0 && !s.flush(w, rc) {
+			return
+		}
+	}
+	s.start.Past = nil
 	if !s.flush(w, rc) {
 		return
 	}
-	beat := time.NewTicker(tailHeartbeat)
-	defer beat.Stop()
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	ticks := 0
 	for {
 		select {
 		case rec, ok := <-s.rd.C:
 			if !ok {
-				s.notice("dropped", "the reader fell more than 1024 records behind; reconnect with since= the last seq to go on")
+				switch s.rd.Ended() {
+				case pool.TailRemoved:
+					s.notice("removed", "the pool left the config")
+				default:
+					s.notice("dropped", "the reader fell more than 1024 records behind; reconnect with since= the last seq to go on")
+				}
 				s.flush(w, rc)
 				return
 			}
@@ -182,7 +229,16 @@ func (s *tailStream) serve(w http.ResponseWriter, r *http.Request) {
 			if !s.flush(w, rc) {
 				return
 			}
-		case <-beat.C:
+		case <-check.C:
+			// A revoked token ends its tails too, within a second.
+			if _, ok := s.a.authenticateHeader(s.auth); !ok {
+				s.notice("revoked", "the token this tail was opened with is no longer accepted")
+				s.flush(w, rc)
+				return
+			}
+			if ticks++; ticks%int(tailHeartbeat/time.Second) != 0 {
+				continue
+			}
 			if s.ndjson {
 				s.notice("heartbeat", "")
 			} else {
@@ -255,7 +311,9 @@ func (s *tailStream) classOf(sig string) string {
 	if now := time.Now(); now.Sub(s.classAt) >= time.Second {
 		s.classAt = now
 		s.classes = map[string]string{}
-		if rep, err := s.a.ctl.Canary(s.pool); err == nil && rep != nil {
+		// Without a canary nothing is compared: a signature is then
+		// unjudged, not "known".
+		if rep, err := s.a.ctl.Canary(s.pool); err == nil && rep != nil && rep.CanaryVersion != "" {
 			for _, sr := range rep.Signatures {
 				s.classes[sr.Key] = sr.Class
 			}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/baton-lb/baton/admin"
 	"github.com/baton-lb/baton/admin/v1"
+	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/internal/testbed"
 	"github.com/baton-lb/baton/pool"
 )
@@ -215,15 +218,18 @@ func TestTailStreamsOneBackendsFailures(t *testing.T) {
 	if got < 3 {
 		t.Fatalf("only %d of b2's failures seen in 40 tries", got)
 	}
-	// A sensitive path's body is never shown; the failure is.
-	for i := 0; i < 10; i++ {
-		if f.get(t, "/account/boom") == 500 {
-			break
+	// A sensitive path's body is never shown, however the path is
+	// spelt; the failure is.
+	for _, p := range []string{"/account/boom", "/%61ccount/boom", "//account/boom", "/x/../account/boom"} {
+		for i := 0; i < 10; i++ {
+			if f.get(t, p) == 500 {
+				break
+			}
 		}
-	}
-	ev, ok := next(t, events, "request", 10*time.Second)
-	if r := record(t, ev); !ok || r.Path != "/account/boom" || r.Body != "" || !r.Failed {
-		t.Fatalf("sensitive failure: %+v (ok %v)", r, ok)
+		ev, ok := next(t, events, "request", 10*time.Second)
+		if r := record(t, ev); !ok || r.Path != p || r.Body != "" || !r.Failed || r.SignatureClass != "" {
+			t.Fatalf("sensitive failure %s: %+v (ok %v)", p, r, ok)
+		}
 	}
 	// No success and nothing of b1 came: the next event is what follows.
 	select {
@@ -388,7 +394,7 @@ func TestTailDropsAReaderThatFallsBehind(t *testing.T) {
 			t.Fatalf("request %d: %d", i, s)
 		}
 	}
-	if !rd.Dropped() {
+	if rd.Ended() != pool.TailDropped {
 		t.Fatal("a reader 1100 records behind is still attached")
 	}
 	n := 0
@@ -404,5 +410,136 @@ func TestTailDropsAReaderThatFallsBehind(t *testing.T) {
 	f.get(t, "/ok")
 	if _, ok := next(t, events, "request", 10*time.Second); !ok {
 		t.Fatal("a new tail after the drop saw nothing")
+	}
+}
+
+// TestTailKeepsFailuresWhateverIsTailed: a tail of everything does not
+// push the failures out of the ring a later reader resumes from, and a
+// tail of failures records no success at all; a reader resuming after
+// records that are gone is told so before what is kept.
+func TestTailKeepsFailuresWhateverIsTailed(t *testing.T) {
+	f := startTail(t, "{buffer: 5}")
+	p := f.bt.Pool(t, "shop")
+	_, errs, err := p.Tail(pool.TailFilter{Only: "errors"}, 0, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer errs.Close()
+	boom := func(n int) (seqs []uint64) {
+		for i := 0; len(seqs) < n && i < 20*n; i++ {
+			if f.get(t, "/boom") == 500 {
+				seqs = append(seqs, (<-errs.C).Seq)
+			}
+		}
+		if len(seqs) < n {
+			t.Fatalf("%d of %d failures", len(seqs), n)
+		}
+		return seqs
+	}
+	first := boom(1)[0]
+	// Only failures tailed: successes are not recorded.
+	for range 10 {
+		f.get(t, "/ok")
+	}
+	st, rd, err := p.Tail(pool.TailFilter{Only: "all", Sample: 1}, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Past) != 1 || st.Past[0].Seq != first {
+		t.Fatalf("with only failures tailed the ring holds %+v, want the one failure", st.Past)
+	}
+	// A tail of everything: 20 successes fill the other ring, the failure
+	// stays.
+	for range 20 {
+		f.get(t, "/ok")
+	}
+	rd.Close()
+	st, rd, err = p.Tail(pool.TailFilter{Only: "errors"}, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd.Close()
+	if len(st.Past) != 1 || st.Past[0].Seq != first {
+		t.Fatalf("after 20 successes tailed the failures ring holds %+v, want the failure", st.Past)
+	}
+	// Six more failures: the ring of five lost the first ones. A reader
+	// resuming after the first is told of the gap, over the API.
+	boom(6)
+	_, events := f.openTail(t, fmt.Sprintf("only=errors&since=%d", first), true, nil)
+	ev, ok := next(t, events, "gap", 10*time.Second)
+	if !ok || !strings.Contains(ev.data, "no longer kept") {
+		t.Fatalf("no gap notice: %+v", ev)
+	}
+	for range 5 {
+		if _, ok := next(t, events, "request", 10*time.Second); !ok {
+			t.Fatal("the kept failures did not follow the gap notice")
+		}
+	}
+}
+
+// TestTailEndsWhenItsTokenIsRevokedOrItsPoolLeaves: a tail checks its
+// token while it streams, and ends when the token is revoked; a tail of a
+// pool the config no longer has ends saying so.
+func TestTailEndsWhenItsTokenIsRevokedOrItsPoolLeaves(t *testing.T) {
+	f := startTail(t, "{}")
+	tokenPath := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokenPath, []byte(apiTokenFile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := admin.LoadTokens(tokenPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := admin.NewTokenSet(tokens)
+	srv := httptest.NewServer(admin.Handler(f.bt.Reg, prometheus.NewRegistry(), zerolog.Nop(), admin.WithTokenSet(ts)))
+	t.Cleanup(srv.Close)
+	secured := &tailFixture{bt: f.bt, url: srv.URL}
+	resp, events := secured.openTail(t, "", true, http.Header{"Authorization": {"Bearer " + tokDeployer}})
+	if resp.StatusCode != 200 {
+		t.Fatalf("tail with the token: %d", resp.StatusCode)
+	}
+	ts.Revoke("the token file was emptied")
+	if ev, ok := next(t, events, "revoked", 10*time.Second); !ok {
+		t.Fatalf("the tail went on after its token was revoked: %+v", ev)
+	}
+
+	// Last-Event-ID wins over since= in the URL: an EventSource
+	// reconnecting to its URL goes on where it was.
+	_, all := f.openTail(t, "since=1h", true, nil)
+	f.get(t, "/ok")
+	ev, ok := next(t, all, "request", 10*time.Second)
+	if !ok {
+		t.Fatal("no record")
+	}
+	last := record(t, ev).Seq
+	f.get(t, "/ok")
+	_, resumed := f.openTail(t, "since=1h", false, http.Header{"Last-Event-Id": {fmt.Sprint(last)}})
+	ev, ok = next(t, resumed, "request", 10*time.Second)
+	if r := record(t, ev); !ok || r.Seq <= last {
+		t.Fatalf("resumed at %d, got %+v", last, r)
+	}
+
+	// The pool leaves the config: its tails end.
+	cfg := *f.bt.Cfg
+	cfg.Pools = append([]config.Pool{}, cfg.Pools...)
+	extra := cfg.Pools[0]
+	extra.Name, extra.Routes = "other", []config.Route{{PathPrefix: "/other"}}
+	cfg.Pools = append(cfg.Pools, extra)
+	if err := f.bt.Reg.Reload(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	resp, gone := f.openTail(t, "", true, nil)
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	without := *f.bt.Cfg // shop leaves; other is the default pool now
+	other := extra
+	other.Routes = nil
+	without.Pools = []config.Pool{other}
+	if err := f.bt.Reg.Reload(&without); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := next(t, gone, "removed", 10*time.Second); !ok {
+		t.Fatal("the tail of a removed pool did not end")
 	}
 }

@@ -244,6 +244,9 @@ func (r *Registry) BackendHistory(poolName, backend string) (*BackendHistory, er
 		return nil, err
 	}
 	p := r.Pool(poolName)
+	if p == nil { // it left the config a moment ago
+		return nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
+	}
 	out := &BackendHistory{Pool: poolName, Backend: backend, Version: b.Version(), StableVersion: p.StableVersion(),
 		Interval: historyStep.Seconds(), T: []int64{}, Series: &VersionSeries{}, VersionAverage: &VersionSeries{}, StableAverage: &VersionSeries{}}
 	h := &r.history

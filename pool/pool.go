@@ -813,6 +813,7 @@ func (p *Pool) Retire() {
 	p.order = nil
 	p.retired = true
 	p.rebuildLocked()
+	p.tail.closeAll() // its tails would otherwise wait for records that never come
 	if !p.running() {
 		p.cancel()
 	}

@@ -169,7 +169,7 @@ func BenchmarkProxyGet1KTailed(b *testing.B) {
 	benchLoad(b, bt, 1<<10, func(*fasthttp.Request) {}, nil)
 	b.StopTimer()
 	rd.Close()
-	if n := <-done; rd.Dropped() {
+	if n := <-done; rd.Ended() == pool.TailDropped {
 		b.Fatalf("the reader was dropped after %d records", n)
 	}
 }

@@ -299,7 +299,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			}
 			if b := x.b; b != nil {
 				x.b = nil
-				b.Finish(&pool.Outcome{Class: pool.ClassInternal}) // baton's fault, not the backend's
+				// baton's fault, not the backend's; the client gets 500.
+				b.Finish(&pool.Outcome{Class: pool.ClassInternal, Sent: 500, Start: x.start, Method: x.method, Target: x.target})
 			}
 			ctx.Response.Reset()
 			ctx.SetStatusCode(500)

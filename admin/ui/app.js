@@ -79,7 +79,8 @@
 
   function needToken(why) {
     stopPolling();
-    stopTails();
+    stopTail();
+    stream.pool = "";
     tailKey = "";
     $("#app").hidden = true;
     $("#forget").hidden = true;
@@ -716,12 +717,15 @@
     plotSeries(MONITOR_CHARTS, h.t, series, labels, colours, h.pool + "/" + h.backend, dashes);
   }
 
-  // Live requests: a tail per version (stable and canary), read with
-  // fetch so the token goes in a header; paused, it lets go of its stream
-  // and goes on later from the last record it showed.
+  // Live requests: one stream per tab (a browser opens six connections to
+  // a host at most, shared by every tab), shown in a panel per version
+  // (stable and canary), read with fetch so the token goes in a header.
+  // Paused, or in a hidden tab, it lets go of its stream and goes on
+  // later from the last record shown.
 
   const TAIL_LINES = 100;
-  const tails = new Map(); // version → {ctrl, lastSeq, list, state, key}
+  const panels = new Map(); // version → {list, state}
+  const stream = { ctrl: null, lastSeq: 0, pool: "", only: "", delay: 2000 };
   let tailKey = "";
   let tailPaused = false;
 
@@ -736,35 +740,53 @@
     const only = $("#tail-only").value;
     const key = rep.pool + "|" + only + "|" + vs.map((v) => v.join(":")).join(",");
     if (key === tailKey) return;
+    const samePool = stream.pool === rep.pool && stream.only === only;
     tailKey = key;
-    stopTails();
     const box = $("#tails");
-    box.textContent = "";
-    tails.clear();
+    const keep = new Map();
     for (const [version, role] of vs) {
-      const list = el("ol", { class: "tail-lines", "aria-live": "off" });
-      const state = el("span", { class: "tail-state" });
-      box.append(el("div", { class: "tail", "data-version": version },
-        el("h4", { class: "role-" + role, text: version + " (" + role + ") " }, state), list));
-      const t = { ctrl: null, lastSeq: 0, list, state, key, version, only };
-      tails.set(version, t);
-      if (!tailPaused) openTail(rep.pool, t);
+      let p = samePool && panels.get(version);
+      if (!p) {
+        const list = el("ol", { class: "tail-lines", "aria-live": "off" });
+        const state = el("span", { class: "tail-state" });
+        p = { list, state, box: el("div", { class: "tail", "data-version": version },
+          el("h4", { class: "role-" + role, text: version + " (" + role + ") " }, state), list) };
+      }
+      keep.set(version, p);
     }
+    box.textContent = "";
+    panels.clear();
+    for (const [v, p] of keep) {
+      panels.set(v, p);
+      box.append(p.box);
+    }
+    if (!samePool) {
+      stopTail();
+      stream.pool = rep.pool;
+      stream.only = only;
+      stream.lastSeq = 0;
+      stream.delay = 2000;
+      if (!tailPaused && !document.hidden) openTail();
+    }
+    tailState(stream.ctrl ? "· live" : tailPaused ? "· paused" : "");
   }
 
-  function stopTails() {
-    for (const t of tails.values()) {
-      if (t.ctrl) t.ctrl.abort();
-      t.ctrl = null;
-    }
+  function tailState(text) {
+    for (const p of panels.values()) p.state.textContent = text;
   }
 
-  async function openTail(poolName, t) {
-    const q = new URLSearchParams({ version: t.version, only: t.only, since: t.lastSeq ? String(t.lastSeq) : "5m" });
-    if (t.only === "all") q.set("sample", "0.1");
+  function stopTail() {
+    if (stream.ctrl) stream.ctrl.abort();
+    stream.ctrl = null;
+  }
+
+  async function openTail() {
+    const poolName = stream.pool;
+    const q = new URLSearchParams({ only: stream.only, since: stream.lastSeq ? String(stream.lastSeq) : "5m" });
+    if (stream.only === "all") q.set("sample", "0.1");
     const ctrl = new AbortController();
-    t.ctrl = ctrl;
-    t.state.textContent = "· live";
+    stream.ctrl = ctrl;
+    tailState("· live");
     const headers = { Accept: "application/x-ndjson" };
     if (token) headers.Authorization = "Bearer " + token;
     try {
@@ -774,6 +796,7 @@
         try { msg = (await res.json()).error || msg; } catch (_) { /* not JSON */ }
         throw new Error(msg);
       }
+      stream.delay = 2000;
       const reader = res.body.getReader();
       const dec = new TextDecoder();
       let buf = "";
@@ -785,24 +808,40 @@
         while ((nl = buf.indexOf("\n")) >= 0) {
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
-          if (line) tailLine(t, JSON.parse(line));
+          if (line) tailLine(JSON.parse(line));
         }
       }
-      t.state.textContent = "· reconnecting";
+      tailState("· reconnecting");
     } catch (e) {
       if (ctrl.signal.aborted) return;
-      t.state.textContent = "· not live: " + e.message;
+      tailState("· not live: " + e.message);
+      stream.delay = Math.min(stream.delay * 2, 60000); // refused (too many tails) or away: back off
     }
-    // The stream ended (baton dropped or closed it, or the network):
-    // go on from the last record shown, unless the view moved on.
-    if (t.ctrl === ctrl && tails.get(t.version) === t && !tailPaused) {
-      setTimeout(() => { if (t.ctrl === ctrl && !tailPaused) openTail(poolName, t); }, 2000);
+    // The stream ended (baton dropped or closed it, or the network): go
+    // on from the last record shown, unless the view moved on.
+    if (stream.ctrl === ctrl && !tailPaused) {
+      setTimeout(() => { if (stream.ctrl === ctrl && !tailPaused && !document.hidden) openTail(); }, stream.delay);
     }
   }
 
-  function tailLine(t, r) {
-    if (r.type !== "request") return; // heartbeats and notices
-    t.lastSeq = r.seq;
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      stopTail();
+      tailState("· paused while the tab is hidden");
+    } else if (!tailPaused && stream.pool && !stream.ctrl) {
+      openTail();
+    }
+  });
+
+  function tailLine(r) {
+    if (r.type === "gap") {
+      for (const p of panels.values()) p.list.prepend(el("li", { class: "gap", text: "— " + r.message }));
+      return;
+    }
+    if (r.type !== "request") return; // heartbeats and the notices that end a stream
+    stream.lastSeq = r.seq;
+    const t = panels.get(r.version);
+    if (!t) return; // a version neither stable nor canary
     const li = el("li", { "data-failed": r.failed ? "true" : "false", "data-slow": r.slow ? "true" : "false",
       "data-signature": r.signature || "", "data-seq": r.seq },
       el("span", { class: "when", text: new Date(r.time).toLocaleTimeString() }),
@@ -841,10 +880,10 @@
     b.setAttribute("aria-pressed", String(tailPaused));
     b.textContent = tailPaused ? "Resume" : "Pause";
     if (tailPaused) {
-      stopTails();
-      for (const t of tails.values()) t.state.textContent = "· paused";
-    } else {
-      for (const t of tails.values()) openTail(report.pool, t);
+      stopTail();
+      tailState("· paused");
+    } else if (stream.pool) {
+      openTail();
     }
   });
 

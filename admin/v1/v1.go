@@ -203,10 +203,13 @@ type TailRecord struct {
 	Body           string `json:"body,omitempty"` // the start of a failed response's body
 }
 
-// TailNotice is what a tail says besides requests: "dropped" when baton
-// stopped sending because the reader fell behind, "closing" when baton
-// shuts down, "heartbeat" now and then on an idle tail (newline-delimited
-// JSON only; SSE gets a comment). SSE sends it as an event of its Type.
+// TailNotice is what a tail says besides requests: "gap" first when
+// records after the one asked for are no longer kept (the tail goes on);
+// and, ending it, "dropped" when baton stopped sending because the reader
+// fell behind, "closing" when baton shuts down, "removed" when the pool
+// left the config, "revoked" when its token is no longer accepted;
+// "heartbeat" now and then on an idle tail (newline-delimited JSON only;
+// SSE gets a comment). SSE sends it as an event of its Type.
 type TailNotice struct {
 	Type    string    `json:"type"`
 	Time    time.Time `json:"time"`

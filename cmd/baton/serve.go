@@ -315,7 +315,7 @@ func (s *server) startAdmin() error {
 	// handing the socket over) ends them, or it would wait for them.
 	tailsStop := make(chan struct{})
 	var stopTails sync.Once
-	opts = append(opts, admin.WithStop(tailsStop))
+	opts = append(opts, admin.WithStop(tailsStop), admin.WithTailLimit(max(1, ac.MaxConnections/4)))
 	s.adminSrv = &http.Server{
 		Handler:           admin.Handler(s.reg, s.metrics, s.log, opts...),
 		ReadHeaderTimeout: min(10*time.Second, ac.ReadTimeout),

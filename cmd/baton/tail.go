@@ -147,10 +147,22 @@ func (p *tailPrinter) copy(r io.Reader) error {
 			}
 			p.record(&rec)
 		case "heartbeat":
+		case "gap":
+			var n v1.TailNotice
+			_ = json.Unmarshal(line, &n)
+			if p.json {
+				fmt.Fprintf(p.out, "%s\n", line)
+			} else {
+				fmt.Fprintf(p.out, "-- %s\n", n.Message)
+			}
 		case "dropped", "closing":
 			var n v1.TailNotice
 			_ = json.Unmarshal(line, &n)
 			return fail(exitFail, "%s (last seq %d: --since %d goes on from there)", n.Message, n.LastSeq, n.LastSeq)
+		case "removed", "revoked":
+			var n v1.TailNotice
+			_ = json.Unmarshal(line, &n)
+			return fail(exitFail, "the tail ended: %s", n.Message)
 		}
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, context.Canceled) {
