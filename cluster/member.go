@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -118,16 +119,14 @@ func (m *Member) session(ctx context.Context, report func() Report) bool {
 	campaigned := make(chan struct{})
 	defer func() {
 		// The campaign ends before leading is cleared above, so a late
-		// win cannot outlive this session.
+		// win cannot outlive this session. It returns as soon as cctx
+		// ends, whether etcd answers or not.
 		stopCampaign()
 		<-campaigned
 	}()
 	go func() {
 		defer close(campaigned)
-		el := concurrency.NewElection(sess, m.s.key("judge"))
-		if el.Campaign(cctx, m.s.instance) == nil && cctx.Err() == nil {
-			m.leading.Store(true)
-		}
+		m.campaign(cctx, sess.Lease())
 	}()
 	key := m.s.key("instances/" + m.s.instance + "/" + m.process)
 	t := time.NewTicker(PublishEvery)
@@ -147,6 +146,133 @@ func (m *Member) session(ctx context.Context, report func() Report) bool {
 		case <-t.C:
 		case <-m.kick:
 		}
+	}
+}
+
+// campaign runs the election for the judge under lease until ctx ends,
+// the way etcd's concurrency.Election does — a candidate's key under
+// judge/ named by its lease; the oldest key leads — but with every call
+// bounded by ctx. etcd's Campaign, cancelled, resigns with the client's
+// own context, which waits for etcd for as long as it is away: a baton
+// that did not lead could not stop during an outage, nor start a new
+// session after its lease ran out in one.
+func (m *Member) campaign(ctx context.Context, lease clientv3.LeaseID) {
+	defer m.leading.Store(false)
+	k := m.s.key(fmt.Sprintf("judge/%x", int64(lease)))
+	delay := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		created, err := m.enter(ctx, k, lease)
+		if err == nil {
+			err = m.waitTurn(ctx, created)
+		}
+		if err == nil {
+			delay = 100 * time.Millisecond
+			m.leading.Store(true)
+			m.lead(ctx, k, created)
+			m.leading.Store(false)
+			continue
+		}
+		pause(ctx, delay)
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// enter puts this process's candidate key k under its lease, unless it is
+// there already, and returns the key's create revision: its place in the
+// queue.
+func (m *Member) enter(ctx context.Context, k string, lease clientv3.LeaseID) (int64, error) {
+	cctx, cancel := m.s.callCtx(ctx)
+	defer cancel()
+	resp, err := m.s.c.Txn(cctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, m.s.instance, clientv3.WithLease(lease))).
+		Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return 0, err
+	}
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return 0, errors.New("the candidate key went between the compare and the read")
+	}
+	return kvs[0].CreateRevision, nil
+}
+
+// waitTurn returns once no candidate key older than created is left, or
+// with ctx's error; any other error sends the caller round again.
+func (m *Member) waitTurn(ctx context.Context, created int64) error {
+	for {
+		gctx, cancel := m.s.callCtx(ctx)
+		resp, err := m.s.c.Get(gctx, m.s.key("judge/"), clientv3.WithPrefix(),
+			clientv3.WithMaxCreateRev(created-1), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend))
+		cancel()
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) == 0 {
+			return nil
+		}
+		// The newest of the older ones goes last (its lease runs out, or
+		// it resigns): wait for it, then look again.
+		if !m.waitDelete(ctx, string(resp.Kvs[0].Key), resp.Header.Revision) && !pause(ctx, 200*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+// waitDelete reports whether key was deleted after revision rev. It
+// returns false when ctx ends or the watch is lost (a compaction, say),
+// for the caller to read again.
+func (m *Member) waitDelete(ctx context.Context, key string, rev int64) bool {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for wr := range m.s.c.Watch(wctx, key, clientv3.WithRev(rev+1)) {
+		if wr.Err() != nil || wr.CompactRevision != 0 {
+			return false
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// pause waits d, or less when ctx ends; it reports whether ctx lives on.
+func pause(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// lead returns when ctx ends or this process's candidate key k (created
+// at created) is gone — deleted by hand, say: leading then ends, and the
+// caller campaigns again.
+func (m *Member) lead(ctx context.Context, k string, created int64) {
+	rev := created
+	for {
+		if !m.waitDelete(ctx, k, rev) && !pause(ctx, 200*time.Millisecond) {
+			return
+		}
+		gctx, cancel := m.s.callCtx(ctx)
+		resp, err := m.s.c.Get(gctx, k)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			// etcd away: the lease's keep-alive decides (the session ends
+			// when it runs out); watch again meanwhile.
+			continue
+		case len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != created:
+			return
+		}
+		rev = resp.Header.Revision
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -460,6 +461,27 @@ func TestClusterAffinityCookieHoldsOnEveryInstance(t *testing.T) {
 		}
 		if !seen["web-1"] || !seen["web-2"] {
 			t.Fatalf("%s: a forged cookie kept every request on %v", x.name, seen)
+		}
+	}
+}
+
+// TestClusterStopWithEtcdAway: SIGTERM stops a baton that does not lead
+// the judge, and then the leader, while etcd cannot be reached: a stop
+// never waits for etcd.
+func TestClusterStopWithEtcdAway(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	a, b := startClusterPair(t, etcd, nil)
+	leader, other := leaderFirst(t, a, b)
+	etcd.Stop()
+	for _, cb := range []*clusterBaton{other, leader} {
+		_ = cb.proc.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-cb.proc.exited:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%s did not exit within 15s of SIGTERM with etcd away", cb.name)
+		}
+		if code := cb.proc.waitExit(t, time.Second); code != 0 {
+			t.Fatalf("%s exited with %d after SIGTERM", cb.name, code)
 		}
 	}
 }
