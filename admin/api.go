@@ -105,6 +105,8 @@ func asAPIError(err error) *apiError {
 		return &apiError{status: 400, code: "invalid_value", msg: strings.TrimPrefix(err.Error(), control.ErrInvalid.Error()+": ")}
 	case errors.Is(err, control.ErrConflict):
 		return &apiError{status: 409, code: "conflict", msg: strings.TrimPrefix(err.Error(), control.ErrConflict.Error()+": ")}
+	case errors.Is(err, control.ErrClusterOutcomeUnknown):
+		return &apiError{status: 503, code: "cluster_outcome_unknown", msg: err.Error()}
 	case errors.Is(err, control.ErrClusterUnavailable):
 		return &apiError{status: 503, code: "cluster_unavailable", msg: err.Error()}
 	case errors.Is(err, control.ErrUpgrading):

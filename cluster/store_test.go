@@ -88,6 +88,12 @@ func TestWatchCatchesUpAndFollows(t *testing.T) {
 	eventually(t, 10*time.Second, "the watch did not follow s2 and s3", func() bool { return len(got()) == 3 })
 	// etcd away and back: the watch goes on with what was written since.
 	e.Stop()
+	// Once the client knows etcd is gone, a commit is never sent: nothing
+	// was written. (Sent just before it knew, its outcome is unknown.)
+	eventually(t, 10*time.Second, "reads still answered with etcd stopped", func() bool {
+		_, _, err := a.Load(ctx)
+		return errors.Is(err, cluster.ErrUnavailable)
+	})
 	if _, err := a.Commit(ctx, []byte("lost"), rev); !errors.Is(err, cluster.ErrUnavailable) {
 		t.Fatalf("commit with etcd stopped: want ErrUnavailable, got %v", err)
 	}

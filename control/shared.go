@@ -21,6 +21,12 @@ import (
 // it has.
 var ErrClusterUnavailable = errors.New("the cluster's etcd cannot be reached; nothing changed")
 
+// ErrClusterOutcomeUnknown: the decision was sent to etcd, but etcd did
+// not say whether it committed it, and could not be asked in time (503).
+// It may have been committed, and then applies on every instance: read
+// the state again before deciding again.
+var ErrClusterOutcomeUnknown = errors.New("etcd did not confirm the decision and could not be asked whether it took it; it may have been applied on every instance: read the pool again before deciding again")
+
 // maxSharedState is the largest desired state written to etcd: its
 // request limit is 1.5 MiB.
 const maxSharedState = 1 << 20
@@ -117,7 +123,10 @@ func countDecisions(st *State) int {
 // revision this instance applied. When another instance changed it first,
 // its state is applied here and the decision refused with
 // v1.CodeStateChanged; when etcd cannot be reached, with
-// ErrClusterUnavailable. Either way nothing changed.
+// ErrClusterUnavailable. Either way nothing changed. A decision whose
+// answer from etcd was lost is settled by asking etcd again; when that
+// cannot be done in time it is refused with ErrClusterOutcomeUnknown, as
+// it may have been applied.
 func (r *Registry) commitSharedLocked(next *State) error {
 	sh := r.shared
 	data, err := encodeState(next)
@@ -136,6 +145,8 @@ func (r *Registry) commitSharedLocked(next *State) error {
 		}
 		return conflictf(v1.CodeStateChanged,
 			"another baton changed the shared state first (revision %d), and this one has applied it; nothing changed: look at the state now and ask again", c.Rev)
+	case errors.Is(err, cluster.ErrOutcomeUnknown):
+		return fmt.Errorf("%w (%v)", ErrClusterOutcomeUnknown, err)
 	case err != nil:
 		return fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
 	}

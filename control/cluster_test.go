@@ -1,0 +1,162 @@
+package control_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/baton-lb/baton/control"
+	"github.com/baton-lb/baton/internal/testbed"
+	"github.com/baton-lb/baton/pool"
+)
+
+// clPrefix is where the tests' batons keep their keys in etcd.
+const clPrefix = "/baton/test/"
+
+// clStart starts a baton in process as instance name of a cluster on the
+// etcd at endpoint, with its state file in a directory of its own and the
+// given pools (YAML). request_timeout is 3s.
+func clStart(t *testing.T, endpoint, name, pools string) *testbed.Baton {
+	t.Helper()
+	return clStartIn(t, t.TempDir(), endpoint, name, pools)
+}
+
+// clStartIn is clStart with the state file in dir.
+func clStartIn(t *testing.T, dir, endpoint, name, pools string) *testbed.Baton {
+	t.Helper()
+	return testbed.Start(t, fmt.Sprintf(`admin: {listen: "off"}
+log: {level: debug, access: false}
+state_file: %q
+cluster:
+  instance: %s
+  etcd: {endpoints: [%q], prefix: %s, dial_timeout: 500ms, request_timeout: 3s}
+%s`, filepath.Join(dir, "baton.state.json"), name, endpoint, clPrefix, pools))
+}
+
+// clPools is pool shop with backends web-1 and web-2 at addresses that
+// need not answer: the tests here look at decisions, not traffic.
+const clPools = `pools:
+  - name: shop
+    health_check: {interval: 1s, timeout: 500ms}
+    backends:
+      - {name: web-1, address: "127.0.0.1:9", version: v1}
+      - {name: web-2, address: "127.0.0.1:7", version: v1}
+`
+
+// clRaw is a plain etcd client on e, for what the tests read or write
+// behind the batons' backs.
+func clRaw(t *testing.T, e *testbed.Etcd) *clientv3.Client {
+	t.Helper()
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return raw
+}
+
+// clState reads the shared state's raw value ("" when there is none).
+func clState(t *testing.T, raw *clientv3.Client) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := raw.Get(ctx, clPrefix+"state")
+	if err != nil || len(resp.Kvs) == 0 {
+		return ""
+	}
+	return string(resp.Kvs[0].Value)
+}
+
+// clBackendState is the admin state of a backend of pool shop on b.
+func clBackendState(b *testbed.Baton, name string) pool.State {
+	if be := b.Reg.Pool("shop").Backend(name); be != nil {
+		return be.State()
+	}
+	return pool.Active
+}
+
+// clAudited reports whether b's audit log has a change with action on
+// backend, made by actor.
+func clAudited(b *testbed.Baton, action, backend, actor string) bool {
+	for _, ev := range b.Reg.Events(0, false) {
+		if ev.Action == action && ev.Backend == backend && ev.Actor == actor {
+			return true
+		}
+	}
+	return false
+}
+
+// clWaitStarted waits until b has read etcd: it answers for the cluster.
+func clWaitStarted(t *testing.T, b *testbed.Baton) {
+	t.Helper()
+	testbed.Eventually(t, 15*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := b.Reg.Cluster(ctx)
+		return err == nil && st != nil && len(st.Instances) > 0
+	}, "the baton to join the cluster")
+}
+
+// TestClusterDecisionWhoseAnswerWasLost: etcd commits a decision and its
+// answer never reaches the baton that asked. Once etcd can be asked, the
+// baton finds the commit is its own: the decision succeeds and is
+// audited. When etcd cannot be asked in time, the decision is refused as
+// of unknown outcome — never as "nothing changed" — and it applies once
+// etcd is back, as it was committed.
+func TestClusterDecisionWhoseAnswerWasLost(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	proxy := testbed.NewEtcdProxy(t, e)
+	raw := clRaw(t, e)
+	a := clStart(t, proxy.Endpoint(), "a", clPools)
+	clWaitStarted(t, a)
+
+	proxy.Swallow(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Reg.Drain("shop", "web-2", control.By("ops"))
+		done <- err
+	}()
+	testbed.Eventually(t, 10*time.Second, func() bool { return strings.Contains(clState(t, raw), "web-2") },
+		"etcd to commit the drain")
+	// Committed, and the answer lost: the connection fails, the baton
+	// dials again and asks.
+	proxy.Swallow(false)
+	proxy.Cut()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("a drain etcd committed, its answer lost: %v; want it settled as made", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the drain did not return within 20s")
+	}
+	if s := clBackendState(a, "web-2"); s != pool.Draining && s != pool.Drained {
+		t.Fatalf("web-2 is %s after its drain succeeded", s)
+	}
+	if !clAudited(a, "drain", "web-2", "ops") {
+		t.Fatalf("the drain is not in the audit log: %+v", a.Reg.Events(0, false))
+	}
+
+	// etcd cannot be asked in time: the outcome is unknown, and said so.
+	proxy.Swallow(true)
+	_, err := a.Reg.Drain("shop", "web-1", control.By("ops"))
+	if !errors.Is(err, control.ErrClusterOutcomeUnknown) || !strings.Contains(err.Error(), "may have been applied") ||
+		strings.Contains(err.Error(), "nothing changed") {
+		t.Fatalf("a drain whose answer was lost with etcd out of reach after: %v; want ErrClusterOutcomeUnknown", err)
+	}
+	if !strings.Contains(clState(t, raw), "web-1") {
+		t.Fatal("etcd did not commit the second drain; the test needs it to")
+	}
+	proxy.Swallow(false)
+	proxy.Cut()
+	testbed.Eventually(t, 20*time.Second, func() bool {
+		s := clBackendState(a, "web-1")
+		return s == pool.Draining || s == pool.Drained
+	}, "the committed drain of web-1 to apply once etcd answers")
+}
