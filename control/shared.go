@@ -40,7 +40,12 @@ type shared struct {
 	// applied the same, for readers without the lock.
 	rev     int64
 	applied atomic.Int64
-	out     outbox // evidence on its way to etcd
+	// unreadable says why the desired state in etcd cannot be used here
+	// ("" when it can): this instance serves with the last one it applied
+	// and its decisions are refused until a state it reads is written
+	// (under r.mu).
+	unreadable string
+	out        outbox // evidence on its way to etcd
 	// verdictFailing: the last verdict could not be published (logged
 	// once).
 	verdictFailing atomic.Bool
@@ -91,10 +96,16 @@ func openShared(cfg *config.Config, st *State, log zerolog.Logger) (*shared, *St
 	if data == nil {
 		return sh, &State{Format: stateFormat}, nil
 	}
-	shared, warning, err := decodeState(data, "etcd key "+store.Prefix()+"state")
+	shared, warning, err := decodeState(data, sharedSource(store.Prefix()))
 	if err != nil {
-		store.Close()
-		return nil, nil, fmt.Errorf("the cluster's desired state cannot be used: %w", err)
+		// Not a reason to stay down: this instance serves with the state
+		// file (the last revision it applied), as while etcd is away, and
+		// refuses decisions with the reason until a readable state is
+		// written — by a baton that reads it, or reset-state.
+		log.Error().Err(err).Int64("revision", rev).
+			Msg("the cluster's desired state cannot be used; serving with the decisions of the state file, and refusing new ones until a state this baton reads is written")
+		sh.unreadable = err.Error()
+		return sh, st, nil
 	}
 	if warning != "" {
 		log.Warn().Msg(warning)
@@ -141,7 +152,7 @@ func (r *Registry) commitSharedLocked(next *State) error {
 	switch {
 	case errors.As(err, &c):
 		if err := r.adoptSharedLocked(c.Current, c.Rev); err != nil {
-			return fmt.Errorf("%w: the shared state at revision %d cannot be used by this baton (%v)", ErrClusterUnavailable, c.Rev, err)
+			return fmt.Errorf("nothing changed: the shared state is at revision %d: %w", c.Rev, err)
 		}
 		return conflictf(v1.CodeStateChanged,
 			"another baton changed the shared state first (revision %d), and this one has applied it; nothing changed: look at the state now and ask again", c.Rev)
@@ -170,10 +181,13 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) error {
 	if data != nil {
 		var warning string
 		var err error
-		st, warning, err = decodeState(data, "etcd key "+sh.store.Prefix()+"state")
+		st, warning, err = decodeState(data, sharedSource(sh.store.Prefix()))
 		if err != nil {
-			// Not applied; the next decision here replaces it.
+			// Not applied: decisions here, made on the revision before,
+			// are refused (their commit finds this one) until a state
+			// this baton reads is written.
 			r.log.Error().Err(err).Int64("revision", rev).Msg("the cluster's desired state cannot be used; this instance keeps the decisions it has and refuses new ones until a state it can read is written")
+			sh.unreadable = err.Error()
 			return err
 		}
 		if warning != "" {
@@ -182,6 +196,7 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) error {
 	}
 	reconcile(st, r.cfg, r.log, r.gone)
 	sh.setRev(rev)
+	sh.unreadable = ""
 	defer sh.member.Kick()
 	if reflect.DeepEqual(st, r.state) {
 		return nil
@@ -265,6 +280,9 @@ type ClusterStatus struct {
 	Instances   []ClusterInstance
 	JudgeLeader string
 	Leading     bool
+	// Unreadable says why the desired state in etcd cannot be used here
+	// ("" when it can).
+	Unreadable string
 }
 
 // Cluster returns the instances alive now and the judge leader, read from
@@ -275,6 +293,9 @@ func (r *Registry) Cluster(ctx context.Context) (*ClusterStatus, error) {
 		return nil, nil
 	}
 	out := &ClusterStatus{Instance: sh.store.Instance(), Applied: sh.applied.Load(), Leading: sh.member.Leading()}
+	r.mu.Lock()
+	out.Unreadable = sh.unreadable
+	r.mu.Unlock()
 	reps, err := sh.store.Instances(ctx)
 	if err != nil {
 		return out, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
@@ -318,6 +339,64 @@ func (r *Registry) BusyElsewhere(ctx context.Context, poolName, backend string, 
 	}
 	sort.Strings(busy)
 	return busy, nil
+}
+
+// ResetSharedState overwrites a desired state in etcd that this baton
+// cannot read (a newer baton's format, or garbage) with the one this
+// instance serves by, in a commit against the revision it replaces, and
+// audits it; it returns the new revision. A state this baton reads is
+// not overwritten (409 shared_state_readable): decisions are made on it
+// as usual. The other instances apply the new state from their watch.
+func (r *Registry) ResetSharedState(opts ...Opt) (int64, error) {
+	sh := r.shared
+	if sh == nil {
+		return 0, conflictf(v1.CodeNotClustered, "this baton is not in a cluster: there is no shared state to reset")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.frozen.Load() {
+		return 0, ErrUpgrading
+	}
+	data, rev, err := sh.store.Load(context.Background())
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
+	}
+	if data == nil {
+		return 0, conflictf(v1.CodeSharedStateReadable, "etcd holds no shared state; nothing to reset: the next decision writes one")
+	}
+	_, _, why := decodeState(data, sharedSource(sh.store.Prefix()))
+	if why == nil {
+		return 0, conflictf(v1.CodeSharedStateReadable, "the shared state at revision %d reads; nothing to reset: make decisions on it as usual", rev)
+	}
+	next := r.state.clone()
+	next.compact()
+	enc, err := encodeState(next)
+	if err != nil {
+		return 0, fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
+	}
+	newRev, err := sh.store.Commit(context.Background(), enc, rev)
+	var c *cluster.Conflict
+	switch {
+	case errors.As(err, &c):
+		if aerr := r.adoptSharedLocked(c.Current, c.Rev); aerr != nil {
+			return 0, conflictf(v1.CodeStateChanged, "the shared state changed again (revision %d) and still cannot be used here; nothing changed: ask again", c.Rev)
+		}
+		return 0, conflictf(v1.CodeStateChanged, "another baton wrote a readable shared state first (revision %d), and this one has applied it; nothing changed", c.Rev)
+	case errors.Is(err, cluster.ErrOutcomeUnknown):
+		return 0, fmt.Errorf("%w (%v)", ErrClusterOutcomeUnknown, err)
+	case err != nil:
+		return 0, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
+	}
+	sh.setRev(newRev)
+	sh.unreadable = ""
+	sh.member.Kick()
+	if err := saveState(r.stateFile, next); err != nil {
+		r.log.Error().Err(err).Msg("could not keep the reset shared state in the state file; etcd has it, and it applies")
+	}
+	r.state = next
+	r.recordLocked(Event{Actor: actorOf(opts), Action: "cluster_reset_state",
+		Detail: fmt.Sprintf("revision %d, which this baton could not read (%v), replaced by this instance's state as revision %d", rev, why, newRev)})
+	return newRev, nil
 }
 
 // judgeLeads reports whether this instance's judge may act: always alone;

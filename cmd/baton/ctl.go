@@ -278,6 +278,8 @@ type ctlCommand struct {
 	// positional arguments the command takes.
 	args  string
 	nargs int
+	// more is how many positional arguments it may take beyond nargs.
+	more int
 	// doc says what it does, a line of the help each; forms, when set,
 	// are the help's lines instead, one per form of the command.
 	doc   string
@@ -311,8 +313,10 @@ var ctlCommands = []ctlCommand{
 		doc: "blue/green: all traffic to the standby servers\nof V at once; guards switch back if they fire;\n--wait until the watch ends (exit 1 if switched back)",
 		run: (*ctlClient).switchVersion},
 	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
-	{names: []string{"cluster"}, doc: "the batons sharing decisions through etcd: each\ninstance's heartbeat and applied revision, the judge leader",
-		run: (*ctlClient).cluster},
+	{names: []string{"cluster"}, args: "[reset-state]", more: 1, run: (*ctlClient).cluster, forms: []ctlForm{
+		{"", "the batons sharing decisions through etcd: each\ninstance's heartbeat and applied revision, the judge leader"},
+		{"reset-state", "overwrite a shared state in etcd that this baton\ncannot read with the state it serves by (audited)"},
+	}},
 	{names: []string{"upgrade"}, doc: "start the baton binary again (a new version at the\nsame path) and hand it the sockets; exit 0 once it serves",
 		run: (*ctlClient).upgrade},
 }
@@ -378,7 +382,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 	name := a.pos[0]
 	for _, cmd := range ctlCommands {
 		if slices.Contains(cmd.names, name) {
-			if len(a.pos)-1 != cmd.nargs {
+			if n := len(a.pos) - 1; n < cmd.nargs || n > cmd.nargs+cmd.more {
 				return fail(exitUsage, "usage: baton ctl %s", usageLine(name, cmd.args))
 			}
 			return cmd.run(c, a)
@@ -613,6 +617,17 @@ func (c *ctlClient) events(a *ctlArgs) error {
 }
 
 func (c *ctlClient) cluster(a *ctlArgs) error {
+	if len(a.pos) == 2 {
+		if a.pos[1] != "reset-state" {
+			return fail(exitUsage, "usage: baton ctl cluster [reset-state]")
+		}
+		var out v1.ClusterReset
+		if _, err := c.call("POST", "/v1/cluster/reset-state", nil, nil, &out); err != nil || c.output == "json" {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "the shared state is this instance's now, at revision %d; every instance applies it\n", out.Revision)
+		return nil
+	}
 	var cl v1.Cluster
 	if _, err := c.call("GET", "/v1/cluster", nil, nil, &cl); err != nil || c.output == "json" {
 		return err
@@ -625,7 +640,11 @@ func (c *ctlClient) cluster(a *ctlArgs) error {
 	if leader == "" {
 		leader = "none (electing)"
 	}
-	fmt.Fprintf(c.stdout, "instance %s, applied revision %d, judge leader %s\n\n", cl.Instance, cl.AppliedRevision, leader)
+	fmt.Fprintf(c.stdout, "instance %s, applied revision %d, judge leader %s\n", cl.Instance, cl.AppliedRevision, leader)
+	if cl.SharedStateError != "" {
+		fmt.Fprintf(c.stdout, "the shared state cannot be used here: %s\n", cl.SharedStateError)
+	}
+	fmt.Fprintln(c.stdout)
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tPID\tHEARTBEAT\tAPPLIED\tROLE")
 	for _, in := range cl.Instances {
