@@ -88,11 +88,13 @@ func (r *Registry) persistLocked(edit func(*State) error) error {
 	}
 	next.compact()
 	if r.shared != nil {
-		// Acknowledged once etcd has it; the state file is the local copy.
-		if err := r.commitSharedLocked(next); err != nil {
+		// Acknowledged once etcd has it; the state file is the local copy
+		// of what etcd has.
+		committed, err := r.commitSharedLocked(next)
+		if err != nil {
 			return err
 		}
-		if err := saveState(r.stateFile, next); err != nil {
+		if err := saveState(r.stateFile, committed); err != nil {
 			r.log.Error().Err(err).Msg("could not keep the decision in the state file; etcd has it, and it applies")
 		}
 	} else if err := saveState(r.stateFile, next); err != nil {

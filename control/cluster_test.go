@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/control"
 	"github.com/baton-lb/baton/internal/testbed"
 	"github.com/baton-lb/baton/pool"
@@ -30,13 +31,19 @@ func clStart(t *testing.T, endpoint, name, pools string) *testbed.Baton {
 // clStartIn is clStart with the state file in dir.
 func clStartIn(t *testing.T, dir, endpoint, name, pools string) *testbed.Baton {
 	t.Helper()
-	return testbed.Start(t, fmt.Sprintf(`admin: {listen: "off"}
+	return testbed.Start(t, clConfig(dir, endpoint, name, pools))
+}
+
+// clConfig is the config of clStartIn.
+func clConfig(dir, endpoint, name, pools string) string {
+	return fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: "off"}
 log: {level: debug, access: false}
 state_file: %q
 cluster:
   instance: %s
   etcd: {endpoints: [%q], prefix: %s, dial_timeout: 500ms, request_timeout: 3s}
-%s`, filepath.Join(dir, "baton.state.json"), name, endpoint, clPrefix, pools))
+%s`, filepath.Join(dir, "baton.state.json"), name, endpoint, clPrefix, pools)
 }
 
 // clPools is pool shop with backends web-1 and web-2 at addresses that
@@ -159,4 +166,57 @@ func TestClusterDecisionWhoseAnswerWasLost(t *testing.T) {
 		s := clBackendState(a, "web-1")
 		return s == pool.Draining || s == pool.Drained
 	}, "the committed drain of web-1 to apply once etcd answers")
+}
+
+// TestClusterConfigsThatDifferKeepOthersDecisions: during a rolling config
+// push a has pool extra, b not yet. A decision through b commits only what
+// it changed: a's drain of extra/x-2, which b's config does not know,
+// stays in force — on a, and in etcd for b once its file has the pool.
+func TestClusterConfigsThatDifferKeepOthersDecisions(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := clRaw(t, e)
+	extra := `  - name: extra
+    routes: [{path_prefix: /extra/}]
+    health_check: {interval: 1s, timeout: 500ms}
+    backends:
+      - {name: x-1, address: "127.0.0.1:5", version: v1}
+      - {name: x-2, address: "127.0.0.1:3", version: v1}
+`
+	a := clStart(t, e.Endpoint(), "a", clPools+extra)
+	bDir := t.TempDir()
+	b := clStartIn(t, bDir, e.Endpoint(), "b", clPools)
+	clWaitStarted(t, a)
+	clWaitStarted(t, b)
+
+	if _, err := a.Reg.Drain("extra", "x-2", control.By("ops")); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool { return b.Reg.SharedRevision() == a.Reg.SharedRevision() },
+		"b to apply a's drain")
+	if _, err := b.Reg.SetWeight("shop", "web-1", 40, control.By("ops")); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool { return a.Reg.SharedRevision() == b.Reg.SharedRevision() },
+		"a to apply b's weight")
+	if w := a.Reg.Pool("shop").Backend("web-1").Weight(); w != 40 {
+		t.Fatalf("a: web-1 at weight %d, want 40", w)
+	}
+	if s := a.Reg.Pool("extra").Backend("x-2").State(); s != pool.Draining && s != pool.Drained {
+		t.Fatalf("a: extra/x-2 is %s after a decision through b, whose config lacks pool extra; want it still drained", s)
+	}
+	if !strings.Contains(clState(t, raw), `"x-2"`) {
+		t.Fatalf("the shared state lost extra/x-2's drain: %s", clState(t, raw))
+	}
+	// b's file gets pool extra: the drain, kept in the shared state, now
+	// applies on b too.
+	next, err := config.Parse([]byte(clConfig(bDir, e.Endpoint(), "b", clPools+extra)), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Reg.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.Reg.Pool("extra").Backend("x-2").State(); s != pool.Draining && s != pool.Drained {
+		t.Fatalf("b: extra/x-2 is %s once b's config has pool extra; want drained, as the cluster decided", s)
+	}
 }

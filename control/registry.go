@@ -134,13 +134,16 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		baselines: make(map[string]*baseline), judges: judges{by: map[string]*poolJudge{}},
 		switchPublished: map[string]time.Time{}, switchWaits: map[string]string{}, forgetPending: map[string]bool{}, switchBase: map[string]*canary.VersionSnapshot{},
 		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals, shared: sh}
-	r.pruneLocked()
 	if sh != nil {
-		// The local copy of the cluster's state, as it applies here.
-		if err := saveState(stateFile, st); err != nil {
+		// The base of this instance's commits, and the local copy of the
+		// cluster's state: as etcd has it, before pruneLocked drops what
+		// this config lacks (see shared.base).
+		sh.base = st.clone()
+		if err := saveState(stateFile, sh.base); err != nil {
 			log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file")
 		}
 	}
+	r.pruneLocked()
 	for _, pc := range cfg.Pools {
 		// A restart reaches the pools the way a live decision does: from
 		// the desired state, through Apply. A backend that was draining
@@ -425,11 +428,21 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		r.log.Warn().Msg(w)
 	}
 	// The overlay as it stands against the new file, first: overrides of
-	// fields the file changed give way.
-	st := r.state.clone()
-	stChanged := reconcile(st, cfg, r.log, r.gone)
-	if r.gone.restore(st, cfg, r.log) {
-		stChanged = true
+	// fields the file changed give way. In a cluster, from the desired
+	// state as etcd has it: a pool or backend the file brings back gets
+	// the cluster's decisions on it, which etcd kept; the base itself is
+	// neither changed nor saved.
+	var st *State
+	stChanged := false
+	if r.shared != nil && r.shared.base != nil {
+		st = r.shared.base.clone()
+		reconcile(st, cfg, r.log, nil)
+	} else {
+		st = r.state.clone()
+		stChanged = reconcile(st, cfg, r.log, r.gone)
+		if r.gone.restore(st, cfg, r.log) {
+			stChanged = true
+		}
 	}
 	prevPools := r.pools
 	next := make(map[string]*pool.Pool, len(cfg.Pools))

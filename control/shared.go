@@ -40,6 +40,11 @@ type shared struct {
 	// applied the same, for readers without the lock.
 	rev     int64
 	applied atomic.Int64
+	// base is the desired state at rev as etcd holds it, before it was
+	// reconciled with this instance's config: commits are made on it, so
+	// that what another instance's config has and this one's lacks (a
+	// rolling config push) passes through untouched (under r.mu).
+	base *State
 	// unreadable says why the desired state in etcd cannot be used here
 	// ("" when it can): this instance serves with the last one it applied
 	// and its decisions are refused until a state it reads is written
@@ -130,39 +135,109 @@ func countDecisions(st *State) int {
 	return n
 }
 
-// commitSharedLocked writes next to etcd, if the desired state is still the
-// revision this instance applied. When another instance changed it first,
-// its state is applied here and the decision refused with
-// v1.CodeStateChanged; when etcd cannot be reached, with
+// commitSharedLocked writes to etcd the decision that takes this
+// instance's state from r.state to next, if the desired state is still the
+// revision this instance applied: the desired state as etcd has it (the
+// base) with the pools' and backends' entries the decision changed
+// replaced; the others, those this instance's config does not know
+// included, stay as they are. It returns what was committed. When another
+// instance changed it first, its state is applied here and the decision
+// refused with v1.CodeStateChanged; when etcd cannot be reached, with
 // ErrClusterUnavailable. Either way nothing changed. A decision whose
 // answer from etcd was lost is settled by asking etcd again; when that
 // cannot be done in time it is refused with ErrClusterOutcomeUnknown, as
 // it may have been applied.
-func (r *Registry) commitSharedLocked(next *State) error {
+func (r *Registry) commitSharedLocked(next *State) (*State, error) {
 	sh := r.shared
-	data, err := encodeState(next)
+	commit := onto(sh.base, r.state, next)
+	data, err := encodeState(commit)
 	if err != nil {
-		return fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
+		return nil, fmt.Errorf("%w; nothing changed: %v", ErrPersist, err)
 	}
 	if len(data) > maxSharedState {
-		return fmt.Errorf("%w; nothing changed: the desired state would be %d bytes, over the %d etcd takes", ErrPersist, len(data), maxSharedState)
+		return nil, fmt.Errorf("%w; nothing changed: the desired state would be %d bytes, over the %d etcd takes", ErrPersist, len(data), maxSharedState)
 	}
 	rev, err := sh.store.Commit(context.Background(), data, sh.rev)
 	var c *cluster.Conflict
 	switch {
 	case errors.As(err, &c):
 		if err := r.adoptSharedLocked(c.Current, c.Rev); err != nil {
-			return fmt.Errorf("nothing changed: the shared state is at revision %d: %w", c.Rev, err)
+			return nil, fmt.Errorf("nothing changed: the shared state is at revision %d: %w", c.Rev, err)
 		}
-		return conflictf(v1.CodeStateChanged,
+		return nil, conflictf(v1.CodeStateChanged,
 			"another baton changed the shared state first (revision %d), and this one has applied it; nothing changed: look at the state now and ask again", c.Rev)
 	case errors.Is(err, cluster.ErrOutcomeUnknown):
-		return fmt.Errorf("%w (%v)", ErrClusterOutcomeUnknown, err)
+		return nil, fmt.Errorf("%w (%v)", ErrClusterOutcomeUnknown, err)
 	case err != nil:
-		return fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
+		return nil, fmt.Errorf("%w: %v", ErrClusterUnavailable, err)
 	}
 	sh.setRev(rev)
-	return nil
+	sh.base = commit
+	return commit, nil
+}
+
+// onto returns base with the change from before to after applied entry by
+// entry — each pool's own fields, and each backend — where before and
+// after are the state as this instance sees it, reconciled with its
+// config. Entries the change did not touch stay as base has them. base
+// nil is before.
+func onto(base, before, after *State) *State {
+	if base == nil {
+		base = before
+	}
+	out := base.clone()
+	out.Format = after.Format
+	names := map[string]bool{}
+	for pn := range before.Pools {
+		names[pn] = true
+	}
+	for pn := range after.Pools {
+		names[pn] = true
+	}
+	for pn := range names {
+		b, a := before.Pools[pn], after.Pools[pn]
+		if b == nil {
+			b = &PoolState{}
+		}
+		if a == nil {
+			a = &PoolState{}
+		}
+		if !reflect.DeepEqual(poolFields(b), poolFields(a)) {
+			ps := out.pool(pn)
+			f := a.clone()
+			f.Backends = ps.Backends
+			*ps = *f
+		}
+		bns := map[string]bool{}
+		for bn := range b.Backends {
+			bns[bn] = true
+		}
+		for bn := range a.Backends {
+			bns[bn] = true
+		}
+		for bn := range bns {
+			bb, ab := b.Backends[bn], a.Backends[bn]
+			if reflect.DeepEqual(bb, ab) {
+				continue
+			}
+			ps := out.pool(pn)
+			if ab == nil {
+				delete(ps.Backends, bn)
+				continue
+			}
+			ps.backend(bn) // makes the map
+			ps.Backends[bn] = ab.clone()
+		}
+	}
+	out.compact()
+	return out
+}
+
+// poolFields is ps without its backends.
+func poolFields(ps *PoolState) *PoolState {
+	c := *ps
+	c.Backends = nil
+	return &c
 }
 
 // adoptSharedLocked makes data, the desired state at revision rev written
@@ -194,19 +269,25 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) error {
 			r.log.Warn().Msg(warning)
 		}
 	}
+	base := st.clone()
 	reconcile(st, r.cfg, r.log, r.gone)
 	sh.setRev(rev)
 	sh.unreadable = ""
 	defer sh.member.Kick()
+	if !reflect.DeepEqual(base, sh.base) {
+		// The local copy is etcd's, pools this config lacks included: a
+		// restart with etcd away starts from it.
+		sh.base = base
+		if err := saveState(r.stateFile, base); err != nil {
+			r.log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file; it applies all the same")
+		}
+	}
 	if reflect.DeepEqual(st, r.state) {
 		return nil
 	}
 	r.state = st
 	for _, p := range r.pools {
 		r.applyPoolLocked(p)
-	}
-	if err := saveState(r.stateFile, st); err != nil {
-		r.log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file; it applies all the same")
 	}
 	r.log.Info().Int64("revision", rev).Msg("applied the cluster's desired state")
 	return nil
@@ -368,7 +449,12 @@ func (r *Registry) ResetSharedState(opts ...Opt) (int64, error) {
 	if why == nil {
 		return 0, conflictf(v1.CodeSharedStateReadable, "the shared state at revision %d reads; nothing to reset: make decisions on it as usual", rev)
 	}
+	// The state this instance serves by, as etcd had it (pools its
+	// config lacks included) when it last read one.
 	next := r.state.clone()
+	if sh.base != nil {
+		next = sh.base.clone()
+	}
 	next.compact()
 	enc, err := encodeState(next)
 	if err != nil {
@@ -389,11 +475,11 @@ func (r *Registry) ResetSharedState(opts ...Opt) (int64, error) {
 	}
 	sh.setRev(newRev)
 	sh.unreadable = ""
+	sh.base = next
 	sh.member.Kick()
 	if err := saveState(r.stateFile, next); err != nil {
 		r.log.Error().Err(err).Msg("could not keep the reset shared state in the state file; etcd has it, and it applies")
 	}
-	r.state = next
 	r.recordLocked(Event{Actor: actorOf(opts), Action: "cluster_reset_state",
 		Detail: fmt.Sprintf("revision %d, which this baton could not read (%v), replaced by this instance's state as revision %d", rev, why, newRev)})
 	return newRev, nil

@@ -108,39 +108,47 @@ func (ps *PoolState) backend(name string) *BackendState {
 func (s *State) clone() *State {
 	c := &State{Format: s.Format, Pools: map[string]*PoolState{}}
 	for name, ps := range s.Pools {
-		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable,
-			LastCanary: ps.LastCanary} // a record, never changed once made
-		if ps.Lease != nil {
-			l := *ps.Lease
-			cp.Lease = &l
-		}
-		cp.Switch, cp.LastSwitch = ps.Switch, ps.LastSwitch // replaced, never changed in place
-		if ps.Canary != nil {
-			cc := *ps.Canary
-			cp.Canary = &cc
-		}
-		if ps.FileCanary != nil {
-			cc := *ps.FileCanary
-			cp.FileCanary = &cc
-		}
-		if len(ps.Backends) > 0 {
-			cp.Backends = map[string]*BackendState{}
-			for bn, bs := range ps.Backends {
-				cb := *bs
-				if bs.Weight != nil {
-					w := *bs.Weight
-					cb.Weight = &w
-				}
-				if bs.FileWeight != nil {
-					w := *bs.FileWeight
-					cb.FileWeight = &w
-				}
-				cp.Backends[bn] = &cb
-			}
-		}
-		c.Pools[name] = cp
+		c.Pools[name] = ps.clone()
 	}
 	return c
+}
+
+func (ps *PoolState) clone() *PoolState {
+	cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable,
+		LastCanary: ps.LastCanary} // a record, never changed once made
+	if ps.Lease != nil {
+		l := *ps.Lease
+		cp.Lease = &l
+	}
+	cp.Switch, cp.LastSwitch = ps.Switch, ps.LastSwitch // replaced, never changed in place
+	if ps.Canary != nil {
+		cc := *ps.Canary
+		cp.Canary = &cc
+	}
+	if ps.FileCanary != nil {
+		cc := *ps.FileCanary
+		cp.FileCanary = &cc
+	}
+	if len(ps.Backends) > 0 {
+		cp.Backends = map[string]*BackendState{}
+		for bn, bs := range ps.Backends {
+			cp.Backends[bn] = bs.clone()
+		}
+	}
+	return cp
+}
+
+func (bs *BackendState) clone() *BackendState {
+	cb := *bs
+	if bs.Weight != nil {
+		w := *bs.Weight
+		cb.Weight = &w
+	}
+	if bs.FileWeight != nil {
+		w := *bs.FileWeight
+		cb.FileWeight = &w
+	}
+	return &cb
 }
 
 // compact drops empty entries.
