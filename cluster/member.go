@@ -200,7 +200,8 @@ func (m *Member) enter(ctx context.Context, k string, lease clientv3.LeaseID) (i
 }
 
 // waitTurn returns once no candidate key older than created is left, or
-// with ctx's error; any other error sends the caller round again.
+// with ctx's error; any other error sends the caller round again. Keys
+// that are no live candidate's are deleted on the way (see candidate).
 func (m *Member) waitTurn(ctx context.Context, created int64) error {
 	for {
 		gctx, cancel := m.s.callCtx(ctx)
@@ -210,15 +211,53 @@ func (m *Member) waitTurn(ctx context.Context, created int64) error {
 		if err != nil {
 			return err
 		}
-		if len(resp.Kvs) == 0 {
+		// The newest live candidate of the older ones goes last (its
+		// lease runs out, or it resigns): wait for it, then look again.
+		wait := ""
+		for _, kv := range resp.Kvs {
+			ok, err := m.s.candidate(ctx, kv.Key, kv.Lease)
+			if err != nil {
+				return err
+			}
+			if ok {
+				wait = string(kv.Key)
+				break
+			}
+			m.s.dropStray(ctx, kv.Key, kv.ModRevision)
+		}
+		if wait == "" {
 			return nil
 		}
-		// The newest of the older ones goes last (its lease runs out, or
-		// it resigns): wait for it, then look again.
-		if !m.waitDelete(ctx, string(resp.Kvs[0].Key), resp.Header.Revision) && !pause(ctx, 200*time.Millisecond) {
+		if !m.waitDelete(ctx, wait, resp.Header.Revision) && !pause(ctx, 200*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
+}
+
+// candidate reports whether key, under lease, is a live campaigner's:
+// named by its lease, as a campaign writes it, and the lease alive.
+// Anything else under judge/ would hold the election up, for ever when it
+// has no lease.
+func (s *Store) candidate(ctx context.Context, key []byte, lease int64) (bool, error) {
+	if lease == 0 || string(key) != s.key(fmt.Sprintf("judge/%x", lease)) {
+		return false, nil
+	}
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	resp, err := s.c.TimeToLive(cctx, clientv3.LeaseID(lease))
+	if err != nil {
+		return false, err
+	}
+	return resp.TTL != -1, nil // -1: no such lease (it ran out)
+}
+
+// dropStray deletes key, which is no candidate's, unless it changed since
+// revision mod; a failure leaves it, to be passed over again.
+func (s *Store) dropStray(ctx context.Context, key []byte, mod int64) {
+	cctx, cancel := s.callCtx(ctx)
+	defer cancel()
+	k := string(key)
+	_, _ = s.c.Txn(cctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", mod)).Then(clientv3.OpDelete(k)).Commit()
 }
 
 // waitDelete reports whether key was deleted after revision rev. It
@@ -306,18 +345,25 @@ func (s *Store) Instances(ctx context.Context) ([]Report, error) {
 	return out, nil
 }
 
-// Leader returns the instance whose judge leads ("" while none does).
+// Leader returns the instance whose judge leads ("" while none does): the
+// oldest live candidate's (see candidate).
 func (s *Store) Leader(ctx context.Context) (string, error) {
-	ctx, cancel := s.callCtx(ctx)
-	defer cancel()
-	resp, err := s.c.Get(ctx, s.key("judge")+"/", clientv3.WithFirstCreate()...)
+	gctx, cancel := s.callCtx(ctx)
+	resp, err := s.c.Get(gctx, s.key("judge/"), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	cancel()
 	if err != nil {
 		return "", unavailable(err)
 	}
-	if len(resp.Kvs) == 0 {
-		return "", nil
+	for _, kv := range resp.Kvs {
+		ok, err := s.candidate(ctx, kv.Key, kv.Lease)
+		if err != nil {
+			return "", unavailable(err)
+		}
+		if ok {
+			return string(kv.Value), nil
+		}
 	}
-	return string(resp.Kvs[0].Value), nil
+	return "", nil
 }
 
 // String names the store in logs.

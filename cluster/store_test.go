@@ -267,3 +267,36 @@ func TestMembersComeBackAfterTheirLeasesRanOut(t *testing.T) {
 	})
 	eventually(t, 20*time.Second, "no leader once etcd was back", func() bool { return ma.Leading() != mb.Leading() })
 }
+
+// TestStrayJudgeKeysDoNotBlockTheElection: keys under judge/ that no
+// campaign wrote — one without a lease would never go — are not
+// candidates: a lone member leads, and Leader names it.
+func TestStrayJudgeKeysDoNotBlockTheElection(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := rawClient(t, e)
+	ctx := context.Background()
+	if _, err := raw.Put(ctx, "/baton/test/judge/stray", "ghost"); err != nil {
+		t.Fatal(err)
+	}
+	// Under a live lease, but not named by it: no campaign wrote it.
+	lease, err := raw.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, "/baton/test/judge/1", "phantom", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	a := dial(t, e, "a")
+	if leader, err := a.Leader(ctx); err != nil || leader != "" {
+		t.Fatalf("leader before any campaign: %q %v; want none", leader, err)
+	}
+	m := a.NewMember()
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(mctx, func() cluster.Report { return cluster.Report{} }) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 10*time.Second, "a lone member behind stray judge keys did not lead", m.Leading)
+	if leader, err := a.Leader(ctx); err != nil || leader != "a" {
+		t.Fatalf("leader %q %v; want a", leader, err)
+	}
+}
