@@ -220,3 +220,62 @@ func TestClusterConfigsThatDifferKeepOthersDecisions(t *testing.T) {
 		t.Fatalf("b: extra/x-2 is %s once b's config has pool extra; want drained, as the cluster decided", s)
 	}
 }
+
+// TestClusterSwitchHealthGuardWithoutALeaderThatActs: the switch's health
+// guard is each instance's own checks, so it does not wait for a judge
+// leader that acts — here a candidate that is no baton holds the lead.
+// When every new server fails its checks, the instances switch back.
+func TestClusterSwitchHealthGuardWithoutALeaderThatActs(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := clRaw(t, e)
+	ctx := context.Background()
+	lease, err := raw.Grant(ctx, 120)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, fmt.Sprintf("%sjudge/%x", clPrefix, int64(lease.ID)), "ghost", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	blue := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "b1", "b2")
+	green := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "g1", "g2")
+	pools := fmt.Sprintf(`pools:
+  - name: shop
+    health_check: {path: /healthz, interval: 100ms, timeout: 80ms, rise: 1, fall: 1}
+    backends:
+      - {name: b1, address: %q, version: v1}
+      - {name: b2, address: %q, version: v1}
+`, blue[0].Addr(), blue[1].Addr())
+	a := clStart(t, e.Endpoint(), "a", pools)
+	b := clStart(t, e.Endpoint(), "b", pools)
+	clWaitStarted(t, a)
+	clWaitStarted(t, b)
+	for _, g := range green {
+		if _, err := a.Reg.Add("shop", control.AddSpec{Name: g.Name(), Address: g.Addr(), Version: "v2", Standby: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, x := range []*testbed.Baton{a, b} {
+		testbed.Eventually(t, 10*time.Second, func() bool {
+			p := x.Reg.Pool("shop")
+			g1, g2 := p.Backend("g1"), p.Backend("g2")
+			return g1 != nil && g2 != nil && g1.Health() == pool.Up && g2.Health() == pool.Up
+		}, "the standby servers healthy on every instance")
+	}
+	if _, err := a.Reg.Switch("shop", control.SwitchSpec{To: "v2", Watch: time.Minute}, control.By("deployer")); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool { sw, _ := b.Reg.SwitchStatus("shop"); return sw != nil },
+		"b to apply the switch")
+	for _, g := range green {
+		g.SetHealthy(false)
+	}
+	for _, x := range []*testbed.Baton{a, b} {
+		testbed.Eventually(t, 15*time.Second, func() bool {
+			sw, last := x.Reg.SwitchStatus("shop")
+			return sw == nil && last != nil && last.Outcome == "switched_back"
+		}, "the switch back, with no new server passing its checks and the lead held by no baton")
+	}
+	if got := a.Reg.Pool("shop").StableVersion(); got != "v1" {
+		t.Fatalf("stable version %s after the switch back, want v1", got)
+	}
+}
