@@ -279,3 +279,78 @@ func TestClusterSwitchHealthGuardWithoutALeaderThatActs(t *testing.T) {
 		t.Fatalf("stable version %s after the switch back, want v1", got)
 	}
 }
+
+// TestClusterJudgeDoesNotOverrideLaterDecisions: between the judge's
+// reading of a pool and its action — a verdict written to etcd on the
+// way — an operator holds the pool or moves the canary by hand, through
+// any instance. The judge's step, promotion or rollback then does
+// nothing: a hold stays a hold, a weight set by hand stays.
+func TestClusterJudgeDoesNotOverrideLaterDecisions(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	be := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "web-1")
+	ca := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "web-2")
+	a := clStart(t, e.Endpoint(), "a", fmt.Sprintf(`pools:
+  - name: shop
+    stable_version: v1
+    health_check: {path: /healthz, interval: 100ms, timeout: 80ms, rise: 1}
+    canary: {version: v2, weight: 10, steps: [10, 25, 50], auto_promote: true, auto_rollback: true}
+    backends:
+      - {name: web-1, address: %q, version: v1}
+      - {name: web-2, address: %q, version: v2}
+`, be[0].Addr(), ca[0].Addr()))
+	testbed.Eventually(t, 15*time.Second, func() bool {
+		st, err := a.Reg.Cluster(context.Background())
+		return err == nil && st.Leading
+	}, "a to lead the judge")
+	canaryIs := func(what, v string, w float64) {
+		t.Helper()
+		if cv, cw := a.Reg.Pool("shop").Canary(); cv != v || cw != w {
+			t.Fatalf("%s: canary %q at %g%%, want %q at %g%%", what, cv, cw, v, w)
+		}
+	}
+	by := control.By("ops")
+	if err := a.Reg.SetCanary("shop", "v2", 10, by); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reg.Hold("shop", true, by); err != nil {
+		t.Fatal(err)
+	}
+	a.Reg.JudgeActs("shop", "v2", 10, "pass", false)
+	canaryIs("a step judged before a hold", "v2", 10)
+	if !a.Reg.Held("shop") {
+		t.Fatal("the hold is gone after a step judged before it")
+	}
+	a.Reg.JudgeActs("shop", "v2", 10, "fail", false)
+	canaryIs("a rollback judged before a hold", "v2", 10)
+
+	if err := a.Reg.Hold("shop", false, by); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reg.SetCanary("shop", "v2", 20, by); err != nil {
+		t.Fatal(err)
+	}
+	a.Reg.JudgeActs("shop", "v2", 10, "pass", false)
+	canaryIs("a step judged at 10% after a manual 20%", "v2", 20)
+
+	if err := a.Reg.SetCanary("shop", "v2", 50, by); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reg.Hold("shop", true, by); err != nil {
+		t.Fatal(err)
+	}
+	a.Reg.JudgeActs("shop", "v2", 50, "pass", false)
+	canaryIs("a promotion judged before a hold", "v2", 50)
+	if !a.Reg.Held("shop") {
+		t.Fatal("the hold is gone after a promotion judged before it")
+	}
+
+	// As judged, the judge acts.
+	if err := a.Reg.Hold("shop", false, by); err != nil {
+		t.Fatal(err)
+	}
+	a.Reg.JudgeActs("shop", "v2", 50, "pass", false)
+	canaryIs("a promotion as judged", "", 0)
+	if got := a.Reg.Pool("shop").StableVersion(); got != "v2" {
+		t.Fatalf("stable %s after a promotion as judged, want v2", got)
+	}
+}

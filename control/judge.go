@@ -2,11 +2,13 @@ package control
 
 import (
 	"context"
+	"errors"
 	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/pool"
@@ -461,37 +463,47 @@ func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[str
 // act carries out what a verdict calls for, as far as the pool's automation
 // allows: a failing canary is rolled back, a passing step moves to the next
 // share, and passing the last one promotes. Held pools and dry runs only
-// report.
+// report. Each action is made only if the pool is still as judged — canary
+// cv at weight, not held — checked under the registry's lock with the
+// decision: a hold or a share set by hand between the verdict and the
+// action (the verdict's write to etcd takes a while) wins over it.
 func (r *Registry) act(p *pool.Pool, cfg *config.Pool, cv string, weight float64, res canary.Result, held bool) {
 	c := cfg.Canary
 	if c.DryRun || held || !r.judgeLeads() {
 		return // in a cluster, the leader's judge acts
 	}
 	name := p.Name()
-	by := By("judge")
+	opts := []Opt{By("judge"), asJudged(cv, weight)}
 	switch res.Verdict {
 	case canary.Fail:
 		if !c.AutoRollback {
 			return
 		}
 		r.log.Warn().Str("pool", name).Str("canary", cv).Str("reason", res.Reason).Msg("judge rolls the canary back")
-		if err := r.rollback(name, res.Reason, by); err != nil {
-			r.log.Error().Err(err).Str("pool", name).Msg("judge could not roll the canary back")
-		}
+		r.logAct(name, "roll the canary back", r.rollback(name, res.Reason, opts...))
 	case canary.Pass:
 		for _, s := range c.Steps {
 			if s > weight {
-				if err := r.SetCanary(name, cv, s, by); err != nil {
-					r.log.Error().Err(err).Str("pool", name).Msg("judge could not move the canary to its next step")
-				}
+				r.logAct(name, "move the canary to its next step", r.SetCanary(name, cv, s, opts...))
 				return
 			}
 		}
 		if c.AutoPromote {
-			if err := r.promote(name, res.Reason, by); err != nil {
-				r.log.Error().Err(err).Str("pool", name).Msg("judge could not promote the canary")
-			}
+			r.logAct(name, "promote the canary", r.promote(name, res.Reason, opts...))
 		}
+	}
+}
+
+// logAct logs why the judge could not do what: a decision that overtook
+// the verdict is no failure.
+func (r *Registry) logAct(name, what string, err error) {
+	var c *Conflict
+	switch {
+	case err == nil:
+	case errors.As(err, &c) && (c.Code == v1.CodeVerdictOvertaken || c.Code == v1.CodeStateChanged):
+		r.log.Info().Err(err).Str("pool", name).Msg("the judge did not " + what + ": a decision overtook its verdict")
+	default:
+		r.log.Error().Err(err).Str("pool", name).Msg("judge could not " + what)
 	}
 }
 

@@ -25,6 +25,7 @@ const (
 	CodeStateChanged        = "state_changed"         // another baton of the cluster changed the state first
 	CodeNotClustered        = "not_clustered"         // a cluster action on a baton alone
 	CodeSharedStateReadable = "shared_state_readable" // reset-state of a shared state that reads
+	CodeVerdictOvertaken    = "verdict_overtaken"     // the judge's action after a decision changed the pool (logged, not answered)
 )
 
 // Backend is a backend as the API shows it.
