@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,19 +50,52 @@ const (
 
 // Member is this process's membership: it publishes reports under a lease
 // and campaigns to be the judge leader, from Run until its context ends.
+//
+// It is safe for concurrent use.
 type Member struct {
 	s       *Store
 	process string
 	leading atomic.Bool
 	kick    chan struct{}
 	ttl     int
+
+	mu sync.Mutex // protects standing and changed
+	// standing: this process campaigns for the judge; changed is closed
+	// (and replaced) when standing changes.
+	standing bool
+	changed  chan struct{}
 }
 
 // NewMember returns the membership of this process in the store's cluster.
 func (s *Store) NewMember() *Member {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return &Member{s: s, process: hex.EncodeToString(b[:]), kick: make(chan struct{}, 1), ttl: LeaseTTL}
+	return &Member{s: s, process: hex.EncodeToString(b[:]), kick: make(chan struct{}, 1), ttl: LeaseTTL,
+		standing: true, changed: make(chan struct{})}
+}
+
+// Stand makes this process campaign for the judge (true, the default) or
+// withdraw (false): it gives the lead up at once, and its candidate key
+// goes, while its report is published as before. A process frozen for a
+// hitless upgrade, which does not judge, withdraws, so that another
+// judges meanwhile.
+func (m *Member) Stand(on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.standing == on {
+		return
+	}
+	m.standing = on
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+// stand returns whether this process stands, and a channel closed at the
+// next change.
+func (m *Member) stand() (bool, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.standing, m.changed
 }
 
 // Process tells this process apart from another of the same instance.
@@ -161,19 +195,63 @@ func (m *Member) campaign(ctx context.Context, lease clientv3.LeaseID) {
 	k := m.s.key(fmt.Sprintf("judge/%x", int64(lease)))
 	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		created, err := m.enter(ctx, k, lease)
+		on, changed := m.stand()
+		if !on {
+			m.withdraw(ctx, k, changed)
+			select {
+			case <-ctx.Done():
+			case <-changed:
+			}
+			continue
+		}
+		// Standing down ends this round at once, leading included.
+		sctx, cancel := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			select {
+			case <-changed:
+				cancel()
+			case <-sctx.Done():
+			}
+		}()
+		created, err := m.enter(sctx, k, lease)
 		if err == nil {
-			err = m.waitTurn(ctx, created)
+			err = m.waitTurn(sctx, created)
 		}
 		if err == nil {
 			delay = 100 * time.Millisecond
 			m.leading.Store(true)
-			m.lead(ctx, k, created)
+			m.lead(sctx, k, created)
 			m.leading.Store(false)
-			continue
 		}
-		pause(ctx, delay)
-		delay = min(2*delay, 2*time.Second)
+		won := err == nil
+		if !won {
+			pause(sctx, delay)
+			delay = min(2*delay, 2*time.Second)
+		}
+		cancel()
+		<-watched
+	}
+}
+
+// withdraw deletes this process's candidate key k, trying again until it
+// is gone or ctx ends or standing changes again.
+func (m *Member) withdraw(ctx context.Context, k string, changed <-chan struct{}) {
+	for {
+		dctx, cancel := m.s.callCtx(ctx)
+		_, err := m.s.c.Delete(dctx, k)
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
 

@@ -354,3 +354,59 @@ func TestClusterJudgeDoesNotOverrideLaterDecisions(t *testing.T) {
 		t.Fatalf("stable %s after a promotion as judged, want v2", got)
 	}
 }
+
+// TestClusterFrozenProcessHandsTheJudgeOver: a process frozen for a
+// hitless upgrade does not judge, so it gives the lead up at once —
+// another instance judges meanwhile — while it keeps publishing its
+// report (drains count its requests in flight). Thawed (the upgrade
+// failed), it stands for the lead again.
+func TestClusterFrozenProcessHandsTheJudgeOver(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := clRaw(t, e)
+	a := clStart(t, e.Endpoint(), "a", clPools)
+	b := clStart(t, e.Endpoint(), "b", clPools)
+	leading := func(x *testbed.Baton) bool {
+		st, err := x.Reg.Cluster(context.Background())
+		return err == nil && st.Leading
+	}
+	testbed.Eventually(t, 15*time.Second, func() bool { return leading(a) != leading(b) }, "one leader")
+	leader, other := a, b
+	if leading(b) {
+		leader, other = b, a
+	}
+	candidates := func() int64 {
+		resp, err := raw.Get(context.Background(), clPrefix+"judge/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return -1
+		}
+		return resp.Count
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool { return candidates() == 2 }, "both to stand for the lead")
+
+	frozenAt := time.Now().UTC()
+	leader.Reg.Freeze(true)
+	testbed.Eventually(t, 10*time.Second, func() bool { return leading(other) && !leading(leader) },
+		"the other instance to lead once the leader is frozen")
+	if n := candidates(); n != 1 {
+		t.Fatalf("%d candidates with one process frozen, want 1", n)
+	}
+	// Its report goes on: heartbeats after the freeze.
+	testbed.Eventually(t, 10*time.Second, func() bool {
+		st, err := other.Reg.Cluster(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, in := range st.Instances {
+			if in.Name == leader.Reg.Config().Cluster.Instance && in.Heartbeat.After(frozenAt.Add(time.Second)) {
+				return true
+			}
+		}
+		return false
+	}, "the frozen process's report to go on")
+
+	leader.Reg.Freeze(false)
+	testbed.Eventually(t, 10*time.Second, func() bool { return candidates() == 2 }, "the thawed process to stand again")
+	if !leading(other) {
+		t.Fatal("the lead moved back once the process thawed; it should stay until its holder goes")
+	}
+}

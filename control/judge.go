@@ -163,9 +163,13 @@ func (r *Registry) runJudges(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if r.frozen.Load() {
+			if r.frozen.Load() && r.shared == nil {
 				continue // handing over: the new process judges
 			}
+			// In a cluster a frozen process has given the lead up: its
+			// judge follows the leader's — it publishes its evidence, as
+			// a live instance must for the leader to judge, and never
+			// acts.
 			for _, p := range r.Pools() {
 				r.judgeSafely(p, now)
 			}

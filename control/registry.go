@@ -343,6 +343,12 @@ func (r *Registry) Freeze(on bool) {
 	defer r.mu.Unlock()
 	was := r.frozen.Load()
 	r.frozen.Store(on)
+	if r.shared != nil {
+		// A frozen process does not act on verdicts: it gives the judge's
+		// lead to another instance meanwhile (its report goes on, for
+		// the drains).
+		r.shared.member.Stand(!on)
+	}
 	if was && !on {
 		r.rereadStateLocked()
 	}

@@ -486,5 +486,8 @@ func (r *Registry) ResetSharedState(opts ...Opt) (int64, error) {
 }
 
 // judgeLeads reports whether this instance's judge may act: always alone;
-// in a cluster only the elected leader's does.
-func (r *Registry) judgeLeads() bool { return r.shared == nil || r.shared.member.Leading() }
+// in a cluster only the elected leader's does. Never while frozen (the
+// lead is given up then, and the flag may lag a moment).
+func (r *Registry) judgeLeads() bool {
+	return !r.frozen.Load() && (r.shared == nil || r.shared.member.Leading())
+}

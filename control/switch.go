@@ -222,7 +222,7 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 			r.publishEvidence(switchSpace(name), local)
 		}
 		if !r.judgeLeads() {
-			if healthy == 0 {
+			if healthy == 0 && !r.frozen.Load() {
 				r.switchBack(name, sw, fmt.Sprintf("no %s backend passes its health check", sw.To))
 			}
 			return // the leader watches the rest
