@@ -332,7 +332,8 @@ func (s *Store) Swap(ctx context.Context, name string, data []byte, rev int64) (
 // instance that was away catches up), then each change. It resynchronises
 // by reading the key after a lost watch or a compaction. apply is called
 // from one goroutine; data is nil, at revision 0, when the key was
-// deleted.
+// deleted, and on every read that finds it missing (deleted while the
+// watch was lost, or never written): the caller tells which.
 func (s *Store) Watch(ctx context.Context, rev int64, apply func(data []byte, rev int64)) {
 	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
@@ -349,9 +350,16 @@ func (s *Store) Watch(ctx context.Context, rev int64, apply func(data []byte, re
 			continue
 		}
 		delay = 100 * time.Millisecond
-		if len(resp.Kvs) > 0 && resp.Kvs[0].ModRevision > rev {
+		switch {
+		case len(resp.Kvs) > 0 && resp.Kvs[0].ModRevision > rev:
 			rev = resp.Kvs[0].ModRevision
 			apply(resp.Kvs[0].Value, rev)
+		case len(resp.Kvs) == 0:
+			// Deleted while the watch was lost, or never written: apply
+			// knows which (this watch's rev may lag the caller's own
+			// writes).
+			rev = 0
+			apply(nil, 0)
 		}
 		// Watched from the read's revision, not the key's: the key may be
 		// older than a compaction the cluster's other writes moved past.
@@ -366,7 +374,8 @@ func (s *Store) Watch(ctx context.Context, rev int64, apply func(data []byte, re
 				}
 				rev = ev.Kv.ModRevision
 				if ev.Type == clientv3.EventTypeDelete {
-					apply(nil, 0) // the next write starts the key again
+					rev = 0 // the next write starts the key again
+					apply(nil, 0)
 				} else {
 					apply(ev.Kv.Value, rev)
 				}

@@ -126,7 +126,7 @@ func (r *Registry) persistLocked(edit func(*State) error) error {
 		if err != nil {
 			return err
 		}
-		if err := saveState(r.stateFile, committed); err != nil {
+		if err := saveStateAt(r.stateFile, committed, r.shared.rev); err != nil {
 			r.log.Error().Err(err).Msg("could not keep the decision in the state file; etcd has it, and it applies")
 		}
 	} else if err := saveState(r.stateFile, next); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -408,5 +409,71 @@ func TestClusterFrozenProcessHandsTheJudgeOver(t *testing.T) {
 	testbed.Eventually(t, 10*time.Second, func() bool { return candidates() == 2 }, "the thawed process to stand again")
 	if !leading(other) {
 		t.Fatal("the lead moved back once the process thawed; it should stay until its holder goes")
+	}
+}
+
+// TestClusterDeletedStateKeyResetsEverywhere: deleting the shared state's
+// key resets the cluster's decisions, the same way on every path, and each
+// instance audits it: one that sees the delete, one whose watch re-reads
+// (its stream broke, the history compacted), and one that was down with
+// a state file of the old revision, which must not push it back.
+func TestClusterDeletedStateKeyResetsEverywhere(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := clRaw(t, e)
+	proxy := testbed.NewEtcdProxy(t, e)
+	a := clStart(t, e.Endpoint(), "a", clPools)
+	bDir := t.TempDir()
+	b := clStartIn(t, bDir, proxy.Endpoint(), "b", clPools)
+	clWaitStarted(t, a)
+	clWaitStarted(t, b)
+	if _, err := a.Reg.Drain("shop", "web-2", control.By("ops")); err != nil {
+		t.Fatal(err)
+	}
+	drained := func(x *testbed.Baton) bool {
+		s := clBackendState(x, "web-2")
+		return s == pool.Draining || s == pool.Drained
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool { return drained(b) }, "b to apply the drain")
+	// c was down with b's state file of this revision.
+	cDir := t.TempDir()
+	data, err := os.ReadFile(filepath.Join(bDir, "baton.state.json"))
+	if err != nil || !strings.Contains(string(data), "web-2") {
+		t.Fatalf("b's state file: %s %v", data, err)
+	}
+	if err := os.WriteFile(filepath.Join(cDir, "baton.state.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.Swallow(true) // b hears nothing of the delete
+	ctx := context.Background()
+	del, err := raw.Delete(ctx, clPrefix+"state")
+	if err != nil || del.Deleted != 1 {
+		t.Fatalf("deleting the state key: %+v %v", del, err)
+	}
+	if _, err := raw.Compact(ctx, del.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	reset := func(x *testbed.Baton) bool {
+		if drained(x) {
+			return false
+		}
+		for _, ev := range x.Reg.Events(0, false) {
+			if ev.Action == "cluster_state_deleted" {
+				return true
+			}
+		}
+		return false
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool { return reset(a) }, "a to apply and audit the reset")
+	proxy.Swallow(false)
+	proxy.Cut()
+	testbed.Eventually(t, 20*time.Second, func() bool { return reset(b) }, "b, its watch re-reading, to apply and audit the reset")
+
+	c := clStartIn(t, cDir, e.Endpoint(), "c", clPools)
+	if got := clState(t, raw); got != "" {
+		t.Fatalf("c, started on a state file of a deleted revision, wrote it back: %s", got)
+	}
+	if !reset(c) {
+		t.Fatalf("c did not apply and audit the reset: web-2 %s, events %+v", clBackendState(c, "web-2"), c.Reg.Events(0, false))
 	}
 }

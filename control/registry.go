@@ -102,7 +102,7 @@ type Registry struct {
 // error: baton does not start by forgetting decisions. Nothing runs until
 // Start.
 func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, error) {
-	st, warning, err := loadState(stateFile)
+	st, fileRev, warning, err := loadStateAt(stateFile)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	}
 	var sh *shared
 	if cfg.Cluster.Enabled() {
-		if sh, st, err = openShared(cfg, st, log); err != nil {
+		if sh, st, err = openShared(cfg, st, fileRev, log); err != nil {
 			return nil, err
 		}
 	}
@@ -139,8 +139,11 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		// cluster's state: as etcd has it, before pruneLocked drops what
 		// this config lacks (see shared.base).
 		sh.base = st.clone()
-		if err := saveState(stateFile, sh.base); err != nil {
+		if err := saveStateAt(stateFile, sh.base, sh.rev); err != nil {
 			log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file")
+		}
+		if sh.deleted != "" {
+			r.recordLocked(Event{Actor: "cluster", Action: "cluster_state_deleted", Detail: sh.deleted})
 		}
 	}
 	r.pruneLocked()

@@ -45,6 +45,9 @@ type shared struct {
 	// that what another instance's config has and this one's lacks (a
 	// rolling config push) passes through untouched (under r.mu).
 	base *State
+	// deleted, set at start, says the cluster's state was deleted while
+	// this instance was away (for the audit log, once it opens).
+	deleted string
 	// unreadable says why the desired state in etcd cannot be used here
 	// ("" when it can): this instance serves with the last one it applied
 	// and its decisions are refused until a state it reads is written
@@ -57,10 +60,14 @@ type shared struct {
 }
 
 // openShared connects to the cluster's etcd and returns the desired state
-// to start from: etcd's when it can be read, the state file's (st) when
-// etcd is out of reach or holds none yet, in which case it is written
-// there so that the other instances adopt it.
-func openShared(cfg *config.Config, st *State, log zerolog.Logger) (*shared, *State, error) {
+// to start from: etcd's when it can be read, the state file's (st, a copy
+// of revision fileRev) when etcd is out of reach, or holds none yet and
+// this file is no copy of a revision (a baton that ran alone joins), in
+// which case it is written there so that the other instances adopt it. A
+// file that is a copy of a revision whose key is gone now was the
+// cluster's before its state was deleted: the reset applies here too
+// (shared.deleted says so, for the audit log).
+func openShared(cfg *config.Config, st *State, fileRev int64, log zerolog.Logger) (*shared, *State, error) {
 	store, err := cluster.Dial(cfg.Cluster)
 	if err != nil {
 		return nil, nil, err
@@ -71,9 +78,19 @@ func openShared(cfg *config.Config, st *State, log zerolog.Logger) (*shared, *St
 	defer cancel()
 	data, rev, err := store.Load(ctx)
 	if err != nil {
-		log.Warn().Err(err).Str("etcd", store.String()).
+		log.Warn().Err(err).Str("etcd", store.String()).Int64("revision", fileRev).
 			Msg("etcd cannot be read at start: serving with the decisions of the state file (the last revision this instance applied); decisions are refused until etcd answers")
+		// Commits compare the file's revision; the watch applies what
+		// changed since, a deletion included.
+		sh.setRev(fileRev)
 		return sh, st, nil
+	}
+	if data == nil && fileRev > 0 {
+		sh.deleted = fmt.Sprintf("the cluster's desired state (revision %d here, %d decisions) was deleted from etcd while this instance was away; it starts again from its config, as the others did",
+			fileRev, countDecisions(st))
+		log.Error().Int64("revision", fileRev).Int("decisions", countDecisions(st)).
+			Msg("the cluster's desired state was deleted from etcd: every runtime decision is reset, and this instance's state file is not written back")
+		return sh, &State{Format: stateFormat}, nil
 	}
 	if data == nil {
 		if countDecisions(st) == 0 {
@@ -110,6 +127,7 @@ func openShared(cfg *config.Config, st *State, log zerolog.Logger) (*shared, *St
 		log.Error().Err(err).Int64("revision", rev).
 			Msg("the cluster's desired state cannot be used; serving with the decisions of the state file, and refusing new ones until a state this baton reads is written")
 		sh.unreadable = err.Error()
+		sh.setRev(fileRev) // what this instance serves by is that revision
 		return sh, st, nil
 	}
 	if warning != "" {
@@ -163,6 +181,10 @@ func (r *Registry) commitSharedLocked(next *State) (*State, error) {
 	case errors.As(err, &c):
 		if err := r.adoptSharedLocked(c.Current, c.Rev); err != nil {
 			return nil, fmt.Errorf("nothing changed: the shared state is at revision %d: %w", c.Rev, err)
+		}
+		if c.Current == nil {
+			return nil, conflictf(v1.CodeStateChanged,
+				"the shared state was deleted from etcd, and this baton has applied that: every runtime decision is reset; nothing changed: look at the state now and ask again")
 		}
 		return nil, conflictf(v1.CodeStateChanged,
 			"another baton changed the shared state first (revision %d), and this one has applied it; nothing changed: look at the state now and ask again", c.Rev)
@@ -252,8 +274,19 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) error {
 	if rev != 0 && rev <= sh.rev {
 		return nil // this instance's own write, or older
 	}
+	if data == nil && sh.rev == 0 {
+		return nil // none shared yet, or reset already
+	}
 	st := &State{Format: stateFormat}
-	if data != nil {
+	if data == nil {
+		// The key was deleted (seen by the watch, on a re-read, or by a
+		// commit): every instance resets to its config alike, loudly.
+		r.log.Error().Int64("revision", sh.rev).Int("decisions", countDecisions(sh.base)).
+			Msg("the cluster's desired state was deleted from etcd: every runtime decision is reset, on every instance")
+		r.recordLocked(Event{Actor: "cluster", Action: "cluster_state_deleted",
+			Detail: fmt.Sprintf("the cluster's desired state (revision %d here, %d decisions) was deleted from etcd: every instance starts again from its config",
+				sh.rev, countDecisions(sh.base))})
+	} else {
 		var warning string
 		var err error
 		st, warning, err = decodeState(data, sharedSource(sh.store.Prefix()))
@@ -278,7 +311,7 @@ func (r *Registry) adoptSharedLocked(data []byte, rev int64) error {
 		// The local copy is etcd's, pools this config lacks included: a
 		// restart with etcd away starts from it.
 		sh.base = base
-		if err := saveState(r.stateFile, base); err != nil {
+		if err := saveStateAt(r.stateFile, base, rev); err != nil {
 			r.log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file; it applies all the same")
 		}
 	}
@@ -477,7 +510,7 @@ func (r *Registry) ResetSharedState(opts ...Opt) (int64, error) {
 	sh.unreadable = ""
 	sh.base = next
 	sh.member.Kick()
-	if err := saveState(r.stateFile, next); err != nil {
+	if err := saveStateAt(r.stateFile, next, newRev); err != nil {
 		r.log.Error().Err(err).Msg("could not keep the reset shared state in the state file; etcd has it, and it applies")
 	}
 	r.recordLocked(Event{Actor: actorOf(opts), Action: "cluster_reset_state",

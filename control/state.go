@@ -188,18 +188,33 @@ func ReadStateFile(path string) (*State, string, error) { return loadState(path)
 // baton does not know (a newer baton added them within the same format)
 // are ignored, and said in the warning returned; a newer format is refused.
 func loadState(path string) (*State, string, error) {
+	s, _, warning, err := loadStateAt(path)
+	return s, warning, err
+}
+
+// loadStateAt is loadState that also returns the cluster revision the file
+// is a copy of (see stateRecord.ClusterRevision).
+func loadStateAt(path string) (*State, int64, string, error) {
 	s := &State{Format: stateFormat}
 	if path == "" {
-		return s, "", nil
+		return s, 0, "", nil
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return s, "", nil
+		return s, 0, "", nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
+		return nil, 0, "", fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
 	}
-	return decodeState(data, stateSource{name: path, err: ErrCorruptState, hint: fixHint})
+	s, warning, err := decodeState(data, stateSource{name: path, err: ErrCorruptState, hint: fixHint})
+	if err != nil {
+		return nil, 0, "", err
+	}
+	var rec struct {
+		Rev int64 `json:"cluster_revision"`
+	}
+	_ = json.Unmarshal(data, &rec) // decoded once already
+	return s, rec.Rev, warning, nil
 }
 
 // encodeState is the state as the state file and etcd hold it.
@@ -407,15 +422,21 @@ func MoveAsideState(path string) (string, error) {
 
 // saveState writes the state atomically: a temporary file in the same
 // directory, fsync, rename over the old one, fsync of the directory.
-func saveState(path string, s *State) error {
+func saveState(path string, s *State) error { return saveStateAt(path, s, 0) }
+
+// saveStateAt is saveState for a copy of the cluster's desired state at
+// revision rev.
+func saveStateAt(path string, s *State, rev int64) error {
 	if path == "" {
 		return nil
 	}
-	data, err := encodeState(s)
+	rec := s.record()
+	rec.ClusterRevision = rev
+	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, data, "state")
+	return writeAtomic(path, append(data, '\n'), "state")
 }
 
 // writeAtomic writes data to path atomically: a temporary file in the same
