@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -475,5 +476,74 @@ func TestClusterDeletedStateKeyResetsEverywhere(t *testing.T) {
 	}
 	if !reset(c) {
 		t.Fatalf("c did not apply and audit the reset: web-2 %s, events %+v", clBackendState(c, "web-2"), c.Reg.Events(0, false))
+	}
+}
+
+// TestClusterCloseDoesNotWaitForTheJudgesEtcdCalls: the judge's calls to
+// etcd end with the registry: a stop while etcd takes a request and never
+// answers returns at once, not after the request timeout (30s here).
+func TestClusterCloseDoesNotWaitForTheJudgesEtcdCalls(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	proxy := testbed.NewEtcdProxy(t, e)
+	be := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "web-1")
+	ca := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "web-2")
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`listen: 127.0.0.1:0
+admin: {listen: "off"}
+log: {level: debug, access: false}
+state_file: %q
+cluster:
+  instance: a
+  etcd: {endpoints: [%q], prefix: %s, dial_timeout: 500ms, request_timeout: 30s}
+pools:
+  - name: shop
+    stable_version: v1
+    health_check: {path: /healthz, interval: 100ms, timeout: 80ms, rise: 1}
+    canary: {version: v2, weight: 10}
+    judge: {interval: 100ms}
+    backends:
+      - {name: web-1, address: %q, version: v1}
+      - {name: web-2, address: %q, version: v2}
+`, filepath.Join(t.TempDir(), "baton.state.json"), proxy.Endpoint(), clPrefix, be[0].Addr(), ca[0].Addr())), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := control.New(cfg, cfg.StateFile, ctLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Start()
+	stopped := make(chan struct{})
+	stop := sync.OnceFunc(func() {
+		go func() {
+			reg.Close()
+			close(stopped)
+		}()
+	})
+	defer func() {
+		stop()
+		proxy.Swallow(false)
+		proxy.Cut()
+		<-stopped
+	}()
+	testbed.Eventually(t, 15*time.Second, func() bool {
+		st, err := reg.Cluster(context.Background())
+		return err == nil && st.Leading
+	}, "a to lead the judge")
+	testbed.Eventually(t, 15*time.Second, func() bool {
+		rep, err := reg.Canary("shop")
+		return err == nil && rep.VerdictAt != nil
+	}, "a verdict")
+	proxy.Swallow(true)
+	// The judge's next etcd call goes out and no answer comes: its
+	// verdicts, every tick before, stop.
+	testbed.Eventually(t, 15*time.Second, func() bool {
+		rep, err := reg.Canary("shop")
+		return err == nil && rep.VerdictAt != nil && time.Since(*rep.VerdictAt) > 2*time.Second
+	}, "the judge to wait on etcd")
+	stop()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return within 5s while etcd kept the judge's requests unanswered")
 	}
 }

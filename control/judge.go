@@ -171,7 +171,7 @@ func (r *Registry) runJudges(ctx context.Context) {
 			// a live instance must for the leader to judge, and never
 			// acts.
 			for _, p := range r.Pools() {
-				r.judgeSafely(p, now)
+				r.judgeSafely(ctx, p, now)
 			}
 		}
 	}
@@ -180,15 +180,15 @@ func (r *Registry) runJudges(ctx context.Context) {
 // judgeSafely judges one pool and watches its switch; a fault in either is
 // logged and that pool waits for the next tick, never taking the process
 // (and the traffic it serves) down with it.
-func (r *Registry) judgeSafely(p *pool.Pool, now time.Time) {
+func (r *Registry) judgeSafely(ctx context.Context, p *pool.Pool, now time.Time) {
 	defer func() {
 		if v := recover(); v != nil {
 			r.log.Error().Str("pool", p.Name()).Interface("panic", v).Str("stack", string(debug.Stack())).
 				Msg("the judge failed on this pool; it tries again at the next tick")
 		}
 	}()
-	r.judgePool(p, now)
-	r.watchSwitch(p, now)
+	r.judgePool(ctx, p, now)
+	r.watchSwitch(ctx, p, now)
 }
 
 func snapshotVersions(p *pool.Pool) map[string]*canary.VersionSnapshot {
@@ -210,7 +210,10 @@ func since(now, base map[string]*canary.VersionSnapshot, version string) *canary
 // judgePool takes one verdict for p when its interval has passed, and acts
 // on it as the pool's automation allows. In a cluster every instance
 // gathers and publishes its evidence; the leader judges on all of it.
-func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
+//
+// Its calls to etcd end with ctx, the registry's: a stop does not wait
+// for them.
+func (r *Registry) judgePool(ctx context.Context, p *pool.Pool, now time.Time) {
 	name := p.Name()
 	cfg := p.Settings()
 	cv, weight := p.Canary()
@@ -222,7 +225,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 				r.forgetPending[name] = true
 			}
 		}
-		if r.forgetPending[name] && r.forgetEvidence(canarySpace(name)) {
+		if r.forgetPending[name] && r.forgetEvidence(ctx, canarySpace(name)) {
 			delete(r.forgetPending, name)
 		}
 		r.judges.end(name)
@@ -259,14 +262,14 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 		pj.published = now
 		r.publishEvidence(canarySpace(name), local)
 		if !r.judgeLeads() {
-			r.followVerdict(name, pj, run, cfg.Judge.Interval, now)
+			r.followVerdict(ctx, name, pj, run, cfg.Judge.Interval, now)
 			pj.nextWindow(p, cfg, stable, cv, now)
 			return
 		}
 		var err error
-		if pooled, err = r.poolEvidence(canarySpace(name), run, weight, local); err != nil {
+		if pooled, err = r.poolEvidence(ctx, canarySpace(name), run, weight, local); err != nil {
 			// Never a verdict on part of the evidence: the judge waits.
-			r.pauseLeading(name, pj, err, now)
+			r.pauseLeading(ctx, name, pj, err, now)
 			pj.nextWindow(p, cfg, stable, cv, now)
 			return
 		}
@@ -296,7 +299,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	if pooled != nil {
 		pooled.Canary, pooled.Stable, pooled.At = cv, stable, now.UTC()
 		pooled.Result, pooled.Signatures = res, res.Signatures
-		r.publishVerdict(name, pooled)
+		r.publishVerdict(ctx, name, pooled)
 	}
 	r.judges.record(name, pj, res, now, pooled)
 	r.logVerdict(name, cv, prev, res)

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
@@ -175,13 +176,13 @@ func orNobody(names []string) string {
 // keeps the lead until its lease runs out). Several instances switching
 // back at once make one decision: each is compared on the revision, and
 // endSwitch finds the switch ended already.
-func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
+func (r *Registry) watchSwitch(ctx context.Context, p *pool.Pool, now time.Time) {
 	name := p.Name()
 	r.mu.Lock()
 	ps := r.state.Pools[name]
 	if ps == nil || ps.Switch == nil {
 		r.mu.Unlock()
-		if _, ok := r.switchPublished[name]; ok && r.forgetEvidence(switchSpace(name)) {
+		if _, ok := r.switchPublished[name]; ok && r.forgetEvidence(ctx, switchSpace(name)) {
 			delete(r.switchPublished, name) // the switch ended: so does its evidence
 		}
 		return
@@ -227,7 +228,7 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 			}
 			return // the leader watches the rest
 		}
-		pv, err := r.poolEvidence(switchSpace(name), run, 0, local)
+		pv, err := r.poolEvidence(ctx, switchSpace(name), run, 0, local)
 		if err != nil {
 			incomplete = err.Error()
 			if r.switchWaits[name] != incomplete {
