@@ -2,6 +2,7 @@ package control_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/control"
 	"github.com/baton-lb/baton/internal/testbed"
@@ -545,5 +547,68 @@ pools:
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return within 5s while etcd kept the judge's requests unanswered")
+	}
+}
+
+// TestClusterFollowersShowOnlyTheLeadersVerdict: a verdict under
+// verdicts/ written by an instance that does not lead now (a leader that
+// lost the lead and wrote once more) is not shown as the judge's word:
+// the followers pause instead. Here the lead is held by a candidate that
+// is no baton, and the verdict names a, alive and fresh.
+func TestClusterFollowersShowOnlyTheLeadersVerdict(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := clRaw(t, e)
+	ctx := context.Background()
+	lease, err := raw.Grant(ctx, 120)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, fmt.Sprintf("%sjudge/%x", clPrefix, int64(lease.ID)), "ghost", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	be := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "web-1")
+	ca := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "web-2")
+	pools := fmt.Sprintf(`pools:
+  - name: shop
+    stable_version: v1
+    health_check: {path: /healthz, interval: 100ms, timeout: 80ms, rise: 1}
+    canary: {version: v2, weight: 10}
+    judge: {interval: 100ms}
+    backends:
+      - {name: web-1, address: %q, version: v1}
+      - {name: web-2, address: %q, version: v2}
+`, be[0].Addr(), ca[0].Addr())
+	a := clStart(t, e.Endpoint(), "a", pools)
+	b := clStart(t, e.Endpoint(), "b", pools)
+	clWaitStarted(t, a)
+	clWaitStarted(t, b)
+	// b's own evidence makes a verdict's figures that pass its checks.
+	var evidence []byte
+	testbed.Eventually(t, 10*time.Second, func() bool {
+		resp, err := raw.Get(ctx, clPrefix+"evidence/canary/shop/b/", clientv3.WithPrefix())
+		if err != nil || len(resp.Kvs) == 0 {
+			return false
+		}
+		evidence = resp.Kvs[0].Value
+		return true
+	}, "b's evidence")
+	written := time.Now().UTC()
+	forged, err := json.Marshal(map[string]any{"run": "v2@0", "canary": "v2", "stable": "v1", "leader": "a",
+		"at": written.Add(-time.Millisecond), "result": map[string]string{"verdict": "pass", "rule": "forged", "reason": "not the leader's"},
+		"evidence": json.RawMessage(evidence), "instances": []string{"a/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, clPrefix+"verdicts/shop", string(forged)); err != nil {
+		t.Fatal(err)
+	}
+	// b's first look after the write.
+	var rep *v1.CanaryReport
+	testbed.Eventually(t, 10*time.Second, func() bool {
+		rep, err = b.Reg.Canary("shop")
+		return err == nil && (rep.Verdict == "pass" || rep.VerdictAt != nil && rep.VerdictAt.After(written))
+	}, "b to look at the verdicts again")
+	if rep.Verdict == "pass" || rep.Rule != "cluster_paused" || !strings.Contains(rep.Reason, "ghost") {
+		t.Fatalf("b shows %s (%s: %s) for a verdict by a, which does not lead; want a pause naming the leader", rep.Verdict, rep.Rule, rep.Reason)
 	}
 }

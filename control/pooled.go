@@ -200,8 +200,9 @@ func (r *Registry) publishVerdict(ctx context.Context, poolName string, pv *pool
 }
 
 // followVerdict takes the leader's verdict on run as this instance's. A
-// verdict the leader stopped renewing (it is gone, or cut off) is shown
-// as a pause, not as the judge's word.
+// verdict the leader stopped renewing (it is gone, or cut off), or one by
+// an instance that does not lead now, is shown as a pause, not as the
+// judge's word.
 func (r *Registry) followVerdict(ctx context.Context, poolName string, pj *poolJudge, run string, interval time.Duration, now time.Time) {
 	data, err := r.shared.store.Verdict(ctx, poolName)
 	if err != nil {
@@ -213,6 +214,22 @@ func (r *Registry) followVerdict(ctx context.Context, poolName string, pj *poolJ
 		// None yet on this run, or not one a leader would write.
 		r.judges.record(poolName, pj, canary.Result{Verdict: canary.Inconclusive, Rule: "cluster",
 			Reason: "the judge leader has not judged this canary on the pooled evidence yet"}, now, nil)
+		return
+	}
+	// Only the leader's word counts: a verdict by an instance that does
+	// not lead now (it lost the lead and wrote once more, or wrote last
+	// before another took over) is shown as a pause until the leader's.
+	leader, err := r.shared.store.Leader(ctx)
+	if err != nil {
+		r.pause(poolName, pj, err, nil, now)
+		return
+	}
+	if leader != pv.Leader {
+		who := leader
+		if who == "" {
+			who = "none (electing)"
+		}
+		r.pause(poolName, pj, fmt.Errorf("the verdict is by %s, which does not lead the judge now; the leader is %s", pv.Leader, who), pv, now)
 		return
 	}
 	live, err := r.shared.store.Instances(ctx)
