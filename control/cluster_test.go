@@ -612,3 +612,41 @@ func TestClusterFollowersShowOnlyTheLeadersVerdict(t *testing.T) {
 		t.Fatalf("b shows %s (%s: %s) for a verdict by a, which does not lead; want a pause naming the leader", rep.Verdict, rep.Rule, rep.Reason)
 	}
 }
+
+// TestClusterLeaderRefusesLatencyNoRequestsBack: evidence in etcd whose
+// latency counts are more than its requests — a million slow canary
+// requests on one request — is no baton's: the leader deletes it rather
+// than let it outweigh every instance's figures.
+func TestClusterLeaderRefusesLatencyNoRequestsBack(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := clRaw(t, e)
+	be := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "web-1")
+	ca := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "web-2")
+	a := clStart(t, e.Endpoint(), "a", fmt.Sprintf(`pools:
+  - name: shop
+    stable_version: v1
+    health_check: {path: /healthz, interval: 100ms, timeout: 80ms, rise: 1}
+    canary: {version: v2, weight: 10}
+    judge: {interval: 100ms}
+    backends:
+      - {name: web-1, address: %q, version: v1}
+      - {name: web-2, address: %q, version: v2}
+`, be[0].Addr(), ca[0].Addr()))
+	testbed.Eventually(t, 15*time.Second, func() bool {
+		st, err := a.Reg.Cluster(context.Background())
+		return err == nil && st.Leading
+	}, "a to lead the judge")
+	ctx := context.Background()
+	key := clPrefix + "evidence/canary/shop/ghost/p1"
+	forged := fmt.Sprintf(`{"run":"v2@0","at":%q,"weight":10,
+"stable":{"version":"v1","requests":0,"all":{"count":0,"sum_us":0}},
+"canary":{"version":"v2","requests":1,"all":{"count":1000000,"sum_us":9000000000,"buckets":[[60,1000000]]},
+  "latency":{"/":{"count":1000000,"sum_us":9000000000,"buckets":[[60,1000000]]}}}}`, time.Now().UTC().Format(time.RFC3339Nano))
+	if _, err := raw.Put(ctx, key, forged); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 10*time.Second, func() bool {
+		resp, err := raw.Get(ctx, key)
+		return err == nil && len(resp.Kvs) == 0
+	}, "the leader to delete evidence whose latency counts are above its requests")
+}

@@ -464,6 +464,15 @@ func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[str
 		l := g.Latency
 		out.Latency[groups.Name(i)] = &l
 	}
+	// A request is counted before its latency is observed, and a snapshot
+	// reads the count first: one that ends between the two reads (or was
+	// counted before the base snapshot and observed after) has a latency
+	// and no request here. It was served all the same: count it, so that
+	// the contribution passes the others' check (latencies ≤ requests).
+	out.Requests = max(out.Requests, out.All.Count)
+	for _, l := range out.Latency {
+		out.Requests = max(out.Requests, l.Count)
+	}
 	return out
 }
 
