@@ -109,6 +109,10 @@ func asAPIError(err error) *apiError {
 		return &apiError{status: 400, code: "invalid_value", msg: strings.TrimPrefix(err.Error(), control.ErrInvalid.Error()+": ")}
 	case errors.Is(err, control.ErrConflict):
 		return &apiError{status: 409, code: "conflict", msg: strings.TrimPrefix(err.Error(), control.ErrConflict.Error()+": ")}
+	case errors.Is(err, control.ErrSharedStateUnusable):
+		return &apiError{status: 503, code: "shared_state_unusable", msg: err.Error()}
+	case errors.Is(err, control.ErrClusterOutcomeUnknown):
+		return &apiError{status: 503, code: "cluster_outcome_unknown", msg: err.Error()}
 	case errors.Is(err, control.ErrClusterUnavailable):
 		return &apiError{status: 503, code: "cluster_unavailable", msg: err.Error()}
 	case errors.Is(err, control.ErrUpgrading):
@@ -368,6 +372,7 @@ func (a *api) register(mux *http.ServeMux) {
 	a.route(mux, "/v1/pools/{pool}/canary/resume", map[string]handlerFunc{"POST": a.hold(false)})
 	a.route(mux, "/v1/events", map[string]handlerFunc{"GET": a.events})
 	a.route(mux, "/v1/cluster", map[string]handlerFunc{"GET": a.getCluster})
+	a.route(mux, "/v1/cluster/reset-state", map[string]handlerFunc{"POST": a.resetSharedState})
 	a.route(mux, "/v1/upgrade", map[string]handlerFunc{"POST": a.upgradeBaton})
 	a.route(mux, "/v1/", map[string]handlerFunc{})
 }
@@ -509,6 +514,7 @@ func (a *api) getCluster(r *http.Request, _ string) (int, any, error) {
 		return 200, out, nil
 	}
 	out.Instance, out.AppliedRevision, out.JudgeLeader, out.Leading = st.Instance, st.Applied, st.JudgeLeader, st.Leading
+	out.SharedStateError = st.Unreadable
 	for _, in := range st.Instances {
 		out.Instances = append(out.Instances, v1.ClusterInstance{Name: in.Name, PID: in.PID, Heartbeat: in.Heartbeat,
 			AppliedRevision: in.Applied, Self: in.Self})
@@ -518,6 +524,14 @@ func (a *api) getCluster(r *http.Request, _ string) (int, any, error) {
 		return 503, out, nil
 	}
 	return 200, out, nil
+}
+
+func (a *api) resetSharedState(r *http.Request, actor string) (int, any, error) {
+	rev, err := a.ctl.ResetSharedState(control.By(actor))
+	if err != nil {
+		return 0, nil, err
+	}
+	return 200, v1.ClusterReset{Revision: rev}, nil
 }
 
 func (a *api) drain(r *http.Request, actor string) (int, any, error) {

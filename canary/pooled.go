@@ -70,9 +70,17 @@ func (c *Contribution) Check() error {
 		if len(s.Latency) > MaxGroups {
 			return fmt.Errorf("%s: latency of %d route groups, at most %d", s.Version, len(s.Latency), MaxGroups)
 		}
+		// Every latency observed is a request's: more would let one
+		// contribution outweigh every other's latency.
+		if s.All.Count > s.Requests {
+			return fmt.Errorf("%s: %d latencies of %d requests", s.Version, s.All.Count, s.Requests)
+		}
 		for g, l := range s.Latency {
 			if l == nil {
 				return fmt.Errorf("%s: no latency for route group %q", s.Version, g)
+			}
+			if l.Count > s.Requests {
+				return fmt.Errorf("%s: %d latencies in route group %q of %d requests", s.Version, l.Count, g, s.Requests)
 			}
 		}
 	}
@@ -213,6 +221,10 @@ func (s *Snapshot) UnmarshalJSON(b []byte) error {
 	for _, p := range w.Buckets {
 		if p[0] >= NumBuckets {
 			return fmt.Errorf("latency bucket %d out of range (0 to %d)", p[0], NumBuckets-1)
+		}
+		// Counts that wrap could add up to a count they are not.
+		if s.Buckets[p[0]] > math.MaxUint64-p[1] || s.Count > math.MaxUint64-p[1] {
+			return fmt.Errorf("latency buckets hold more than %d observations", uint64(math.MaxUint64))
 		}
 		s.Buckets[p[0]] += p[1]
 		s.Count += p[1]

@@ -2,6 +2,7 @@ package canary
 
 import (
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -103,5 +104,30 @@ func TestContributionCheckRefusesWhatNoBatonWrites(t *testing.T) {
 	}
 	if err := contribution("v2@0", 10, 900, 100, time.Millisecond).Check(); err != nil {
 		t.Fatalf("a baton's own contribution refused: %v", err)
+	}
+}
+
+// Pooled latency cannot wrap: buckets, counts and sums saturate, and
+// buckets on the wire that overflow are refused; a contribution with more
+// latencies than requests is no baton's.
+func TestPooledLatencyCannotWrap(t *testing.T) {
+	var huge Snapshot
+	huge.Buckets[3], huge.Count, huge.SumUS = math.MaxUint64-1, math.MaxUint64-1, math.MaxUint64-1
+	a := &Contribution{Run: "v2@0", Canary: SideEvidence{Version: "v2", Requests: math.MaxUint64, All: huge}}
+	b := contribution("v2@0", 10, 900, 100, time.Millisecond)
+	p := Pool("v2@0", 10, []*Contribution{a, b})
+	if c := p.Canary.All; c.Count != math.MaxUint64 || c.SumUS != math.MaxUint64 || c.Buckets[3] < huge.Buckets[3] {
+		t.Fatalf("pooled latency wrapped: count %d, sum %d, bucket %d", c.Count, c.SumUS, c.Buckets[3])
+	}
+	var s Snapshot
+	if err := json.Unmarshal([]byte(`{"count":1,"buckets":[[3,18446744073709551615],[4,2]]}`), &s); err == nil {
+		t.Fatalf("buckets that wrap to the count accepted: %+v", s.Count)
+	}
+	var c Contribution
+	if err := json.Unmarshal([]byte(`{"run":"v2@0","canary":{"requests":1,"all":{"count":5,"buckets":[[3,5]]}}}`), &c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Check(); err == nil {
+		t.Fatal("5 latencies of 1 request passed the check")
 	}
 }

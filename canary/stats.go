@@ -321,12 +321,15 @@ func (s *VersionSnapshot) Latency() *Snapshot {
 // Add adds o's observations to s: two backends' latencies as one.
 func (s *Snapshot) Add(o *Snapshot) { s.add(o) }
 
+// add adds o's observations, saturating: pooled evidence comes from etcd,
+// where any number may have been written, and a sum that wrapped would
+// read as a few fast requests.
 func (s *Snapshot) add(o *Snapshot) {
 	for i := range s.Buckets {
-		s.Buckets[i] += o.Buckets[i]
+		s.Buckets[i] = addSat(s.Buckets[i], o.Buckets[i])
 	}
-	s.Count += o.Count
-	s.SumUS += o.SumUS
+	s.Count = addSat(s.Count, o.Count)
+	s.SumUS = addSat(s.SumUS, o.SumUS)
 }
 
 // Failure is one failed request, as the request path reports it for error

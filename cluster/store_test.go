@@ -88,6 +88,12 @@ func TestWatchCatchesUpAndFollows(t *testing.T) {
 	eventually(t, 10*time.Second, "the watch did not follow s2 and s3", func() bool { return len(got()) == 3 })
 	// etcd away and back: the watch goes on with what was written since.
 	e.Stop()
+	// Once the client knows etcd is gone, a commit is never sent: nothing
+	// was written. (Sent just before it knew, its outcome is unknown.)
+	eventually(t, 10*time.Second, "reads still answered with etcd stopped", func() bool {
+		_, _, err := a.Load(ctx)
+		return errors.Is(err, cluster.ErrUnavailable)
+	})
 	if _, err := a.Commit(ctx, []byte("lost"), rev); !errors.Is(err, cluster.ErrUnavailable) {
 		t.Fatalf("commit with etcd stopped: want ErrUnavailable, got %v", err)
 	}
@@ -181,4 +187,116 @@ func TestLeaderLosesLeadWhenEtcdIsAway(t *testing.T) {
 	eventually(t, 20*time.Second, "did not lead again once etcd was back", m.Leading)
 	cancel()
 	<-done
+}
+
+// TestFollowerStopsWithEtcdAway: a member that does not lead, stopped
+// while etcd cannot be reached, returns at once: its campaign waits on
+// nothing that needs etcd to answer (a stop of baton must never hang on
+// the cluster).
+func TestFollowerStopsWithEtcdAway(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	a, b := dial(t, e, "a"), dial(t, e, "b")
+	ma, mb := a.NewMember(), b.NewMember()
+	actx, stopA := context.WithCancel(context.Background())
+	defer stopA()
+	bctx, stopB := context.WithCancel(context.Background())
+	defer stopB()
+	aDone, bDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(aDone); ma.Run(actx, func() cluster.Report { return cluster.Report{} }) }()
+	eventually(t, 10*time.Second, "a did not lead", ma.Leading)
+	go func() { defer close(bDone); mb.Run(bctx, func() cluster.Report { return cluster.Report{} }) }()
+	eventually(t, 10*time.Second, "b did not campaign", func() bool {
+		resp, err := b.Instances(context.Background())
+		return err == nil && len(resp) == 2
+	})
+	// b's campaign has its key in, behind a's: wait for it to be there.
+	raw := rawClient(t, e)
+	eventually(t, 10*time.Second, "b's candidate key is not in etcd", func() bool {
+		resp, err := raw.Get(context.Background(), "/baton/test/judge/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 2
+	})
+	e.Stop()
+	stopB()
+	select {
+	case <-bDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the follower's Run did not return within 10s of its stop with etcd away")
+	}
+	stopA()
+	select {
+	case <-aDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leader's Run did not return within 10s of its stop with etcd away")
+	}
+}
+
+// rawClient is a plain etcd client, for what no baton would write.
+func rawClient(t *testing.T, e *testbed.Etcd) *clientv3.Client {
+	t.Helper()
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return raw
+}
+
+// TestMembersComeBackAfterTheirLeasesRanOut: etcd away for longer than
+// the lease, the leader and the other both lose theirs; once etcd is back
+// both report again and one leads.
+func TestMembersComeBackAfterTheirLeasesRanOut(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	a, b := dial(t, e, "a"), dial(t, e, "b")
+	ma, mb := a.NewMember(), b.NewMember()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	for _, m := range []*cluster.Member{ma, mb} {
+		wg.Add(1)
+		go func() { defer wg.Done(); m.Run(ctx, func() cluster.Report { return cluster.Report{} }) }()
+	}
+	eventually(t, 10*time.Second, "no leader", func() bool { return ma.Leading() != mb.Leading() })
+	e.Stop()
+	// The leader stops leading once its lease ran out unrenewed; the
+	// other's runs out about then too.
+	eventually(t, time.Duration(cluster.LeaseTTL+5)*time.Second, "still leading with etcd away", func() bool { return !ma.Leading() && !mb.Leading() })
+	e.Start()
+	eventually(t, 20*time.Second, "both did not report again once etcd was back", func() bool {
+		reps, err := a.Instances(context.Background())
+		return err == nil && len(reps) == 2
+	})
+	eventually(t, 20*time.Second, "no leader once etcd was back", func() bool { return ma.Leading() != mb.Leading() })
+}
+
+// TestStrayJudgeKeysDoNotBlockTheElection: keys under judge/ that no
+// campaign wrote — one without a lease would never go — are not
+// candidates: a lone member leads, and Leader names it.
+func TestStrayJudgeKeysDoNotBlockTheElection(t *testing.T) {
+	e := testbed.StartEtcd(t)
+	raw := rawClient(t, e)
+	ctx := context.Background()
+	if _, err := raw.Put(ctx, "/baton/test/judge/stray", "ghost"); err != nil {
+		t.Fatal(err)
+	}
+	// Under a live lease, but not named by it: no campaign wrote it.
+	lease, err := raw.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, "/baton/test/judge/1", "phantom", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	a := dial(t, e, "a")
+	if leader, err := a.Leader(ctx); err != nil || leader != "" {
+		t.Fatalf("leader before any campaign: %q %v; want none", leader, err)
+	}
+	m := a.NewMember()
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(mctx, func() cluster.Report { return cluster.Report{} }) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 10*time.Second, "a lone member behind stray judge keys did not lead", m.Leading)
+	if leader, err := a.Leader(ctx); err != nil || leader != "a" {
+		t.Fatalf("leader %q %v; want a", leader, err)
+	}
 }

@@ -44,17 +44,49 @@ var (
 // Opt qualifies an action.
 type Opt func(*actionInfo)
 
-type actionInfo struct{ actor string }
+type actionInfo struct {
+	actor string
+	// judged: the judge acts on a verdict on this canary, at this share.
+	judged *CanaryState
+}
 
 // By names who asked for an action (an API token's name), for the audit log.
 func By(actor string) Opt { return func(a *actionInfo) { a.actor = actor } }
 
-func actorOf(opts []Opt) string {
+// asJudged makes a judge's action conditional on the pool being as it
+// judged it: the canary cv at weight, not held. A decision made between
+// the verdict and the action (through any instance) wins.
+func asJudged(cv string, weight float64) Opt {
+	return func(a *actionInfo) { a.judged = &CanaryState{Version: cv, Weight: weight} }
+}
+
+func infoOf(opts []Opt) actionInfo {
 	a := actionInfo{actor: "system"}
 	for _, o := range opts {
 		o(&a)
 	}
-	return a.actor
+	return a
+}
+
+func actorOf(opts []Opt) string { return infoOf(opts).actor }
+
+// stillAsJudgedLocked refuses (v1.CodeVerdictOvertaken) a judge's action
+// on pool p once a decision overtook its verdict: the pool is held now, or
+// its canary is not the one, or not at the share, the verdict was on.
+// Other actions pass.
+func (r *Registry) stillAsJudgedLocked(p *pool.Pool, opts []Opt) error {
+	j := infoOf(opts).judged
+	if j == nil {
+		return nil
+	}
+	if ps := r.state.Pools[p.Name()]; ps != nil && ps.Held {
+		return conflictf(v1.CodeVerdictOvertaken, "pool %q was held after the verdict; the judge does nothing", p.Name())
+	}
+	if cv, w := p.Canary(); cv != j.Version || w != j.Weight {
+		return conflictf(v1.CodeVerdictOvertaken, "the canary of pool %q is %q at %g%% now, the verdict was on %q at %g%%; the judge does nothing",
+			p.Name(), cv, w, j.Version, j.Weight)
+	}
+	return nil
 }
 
 // changeLocked is how every decision is made: edit computes the next
@@ -91,11 +123,13 @@ func (r *Registry) persistLocked(edit func(*State) error) error {
 	}
 	next.compact()
 	if r.shared != nil {
-		// Acknowledged once etcd has it; the state file is the local copy.
-		if err := r.commitSharedLocked(next); err != nil {
+		// Acknowledged once etcd has it; the state file is the local copy
+		// of what etcd has.
+		committed, err := r.commitSharedLocked(next)
+		if err != nil {
 			return err
 		}
-		if err := saveState(r.stateFile, next); err != nil {
+		if err := saveStateAt(r.stateFile, committed, r.shared.rev); err != nil {
 			r.log.Error().Err(err).Msg("could not keep the decision in the state file; etcd has it, and it applies")
 		}
 	} else if err := saveState(r.stateFile, next); err != nil {
@@ -516,6 +550,9 @@ func (r *Registry) SetCanary(poolName, version string, weight float64, opts ...O
 	if err != nil {
 		return err
 	}
+	if err := r.stillAsJudgedLocked(p, opts); err != nil {
+		return err
+	}
 	if version == p.StableVersion() {
 		return conflictf(v1.CodeAlreadyStable, "%s is the stable version of pool %q", version, poolName)
 	}
@@ -574,6 +611,9 @@ func (r *Registry) endCanary(poolName, outcome, reason string, opts ...Opt) erro
 	defer r.mu.Unlock()
 	p, _, err := r.lookupLocked(poolName, "")
 	if err != nil {
+		return err
+	}
+	if err := r.stillAsJudgedLocked(p, opts); err != nil {
 		return err
 	}
 	promote := outcome == "promoted"

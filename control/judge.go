@@ -2,11 +2,13 @@ package control
 
 import (
 	"context"
+	"errors"
 	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/canary"
 	"github.com/baton-lb/baton/config"
 	"github.com/baton-lb/baton/pool"
@@ -161,11 +163,15 @@ func (r *Registry) runJudges(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if r.frozen.Load() {
+			if r.frozen.Load() && r.shared == nil {
 				continue // handing over: the new process judges
 			}
+			// In a cluster a frozen process has given the lead up: its
+			// judge follows the leader's — it publishes its evidence, as
+			// a live instance must for the leader to judge, and never
+			// acts.
 			for _, p := range r.Pools() {
-				r.judgeSafely(p, now)
+				r.judgeSafely(ctx, p, now)
 			}
 		}
 	}
@@ -174,15 +180,15 @@ func (r *Registry) runJudges(ctx context.Context) {
 // judgeSafely judges one pool and watches its switch; a fault in either is
 // logged and that pool waits for the next tick, never taking the process
 // (and the traffic it serves) down with it.
-func (r *Registry) judgeSafely(p *pool.Pool, now time.Time) {
+func (r *Registry) judgeSafely(ctx context.Context, p *pool.Pool, now time.Time) {
 	defer func() {
 		if v := recover(); v != nil {
 			r.log.Error().Str("pool", p.Name()).Interface("panic", v).Str("stack", string(debug.Stack())).
 				Msg("the judge failed on this pool; it tries again at the next tick")
 		}
 	}()
-	r.judgePool(p, now)
-	r.watchSwitch(p, now)
+	r.judgePool(ctx, p, now)
+	r.watchSwitch(ctx, p, now)
 }
 
 func snapshotVersions(p *pool.Pool) map[string]*canary.VersionSnapshot {
@@ -204,7 +210,10 @@ func since(now, base map[string]*canary.VersionSnapshot, version string) *canary
 // judgePool takes one verdict for p when its interval has passed, and acts
 // on it as the pool's automation allows. In a cluster every instance
 // gathers and publishes its evidence; the leader judges on all of it.
-func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
+//
+// Its calls to etcd end with ctx, the registry's: a stop does not wait
+// for them.
+func (r *Registry) judgePool(ctx context.Context, p *pool.Pool, now time.Time) {
 	name := p.Name()
 	cfg := p.Settings()
 	cv, weight := p.Canary()
@@ -216,7 +225,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 				r.forgetPending[name] = true
 			}
 		}
-		if r.forgetPending[name] && r.forgetEvidence(canarySpace(name)) {
+		if r.forgetPending[name] && r.forgetEvidence(ctx, canarySpace(name)) {
 			delete(r.forgetPending, name)
 		}
 		r.judges.end(name)
@@ -253,14 +262,14 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 		pj.published = now
 		r.publishEvidence(canarySpace(name), local)
 		if !r.judgeLeads() {
-			r.followVerdict(name, pj, run, cfg.Judge.Interval, now)
+			r.followVerdict(ctx, name, pj, run, cfg.Judge.Interval, now)
 			pj.nextWindow(p, cfg, stable, cv, now)
 			return
 		}
 		var err error
-		if pooled, err = r.poolEvidence(canarySpace(name), run, weight, local); err != nil {
+		if pooled, err = r.poolEvidence(ctx, canarySpace(name), run, weight, local); err != nil {
 			// Never a verdict on part of the evidence: the judge waits.
-			r.pauseLeading(name, pj, err, now)
+			r.pauseLeading(ctx, name, pj, err, now)
 			pj.nextWindow(p, cfg, stable, cv, now)
 			return
 		}
@@ -290,7 +299,7 @@ func (r *Registry) judgePool(p *pool.Pool, now time.Time) {
 	if pooled != nil {
 		pooled.Canary, pooled.Stable, pooled.At = cv, stable, now.UTC()
 		pooled.Result, pooled.Signatures = res, res.Signatures
-		r.publishVerdict(name, pooled)
+		r.publishVerdict(ctx, name, pooled)
 	}
 	r.judges.record(name, pj, res, now, pooled)
 	r.logVerdict(name, cv, prev, res)
@@ -455,43 +464,62 @@ func side(s *canary.VersionSnapshot, groups *canary.Groups, warm map[int]map[str
 		l := g.Latency
 		out.Latency[groups.Name(i)] = &l
 	}
+	// A request is counted before its latency is observed, and a snapshot
+	// reads the count first: one that ends between the two reads (or was
+	// counted before the base snapshot and observed after) has a latency
+	// and no request here. It was served all the same: count it, so that
+	// the contribution passes the others' check (latencies ≤ requests).
+	out.Requests = max(out.Requests, out.All.Count)
+	for _, l := range out.Latency {
+		out.Requests = max(out.Requests, l.Count)
+	}
 	return out
 }
 
 // act carries out what a verdict calls for, as far as the pool's automation
 // allows: a failing canary is rolled back, a passing step moves to the next
 // share, and passing the last one promotes. Held pools and dry runs only
-// report.
+// report. Each action is made only if the pool is still as judged — canary
+// cv at weight, not held — checked under the registry's lock with the
+// decision: a hold or a share set by hand between the verdict and the
+// action (the verdict's write to etcd takes a while) wins over it.
 func (r *Registry) act(p *pool.Pool, cfg *config.Pool, cv string, weight float64, res canary.Result, held bool) {
 	c := cfg.Canary
 	if c.DryRun || held || !r.judgeLeads() {
 		return // in a cluster, the leader's judge acts
 	}
 	name := p.Name()
-	by := By("judge")
+	opts := []Opt{By("judge"), asJudged(cv, weight)}
 	switch res.Verdict {
 	case canary.Fail:
 		if !c.AutoRollback {
 			return
 		}
 		r.log.Warn().Str("pool", name).Str("canary", cv).Str("reason", res.Reason).Msg("judge rolls the canary back")
-		if err := r.rollback(name, res.Reason, by); err != nil {
-			r.log.Error().Err(err).Str("pool", name).Msg("judge could not roll the canary back")
-		}
+		r.logAct(name, "roll the canary back", r.rollback(name, res.Reason, opts...))
 	case canary.Pass:
 		for _, s := range c.Steps {
 			if s > weight {
-				if err := r.SetCanary(name, cv, s, by); err != nil {
-					r.log.Error().Err(err).Str("pool", name).Msg("judge could not move the canary to its next step")
-				}
+				r.logAct(name, "move the canary to its next step", r.SetCanary(name, cv, s, opts...))
 				return
 			}
 		}
 		if c.AutoPromote {
-			if err := r.promote(name, res.Reason, by); err != nil {
-				r.log.Error().Err(err).Str("pool", name).Msg("judge could not promote the canary")
-			}
+			r.logAct(name, "promote the canary", r.promote(name, res.Reason, opts...))
 		}
+	}
+}
+
+// logAct logs why the judge could not do what: a decision that overtook
+// the verdict is no failure.
+func (r *Registry) logAct(name, what string, err error) {
+	var c *Conflict
+	switch {
+	case err == nil:
+	case errors.As(err, &c) && (c.Code == v1.CodeVerdictOvertaken || c.Code == v1.CodeStateChanged):
+		r.log.Info().Err(err).Str("pool", name).Msg("the judge did not " + what + ": a decision overtook its verdict")
+	default:
+		r.log.Error().Err(err).Str("pool", name).Msg("judge could not " + what)
 	}
 }
 

@@ -115,9 +115,8 @@ func (r *Registry) runPublisher(ctx context.Context) {
 // etcd cannot be read, or a live instance has not published evidence on
 // this run yet. Processes no longer alive keep their part. Evidence of
 // other runs is deleted.
-func (r *Registry) poolEvidence(space, run string, weight float64, local *canary.Contribution) (*pooledVerdict, error) {
+func (r *Registry) poolEvidence(ctx context.Context, space, run string, weight float64, local *canary.Contribution) (*pooledVerdict, error) {
 	sh := r.shared
-	ctx := context.Background() // the store bounds each call
 	live, err := sh.store.Instances(ctx)
 	if err != nil {
 		return nil, err
@@ -185,14 +184,14 @@ func decodeChecked(data []byte, c *canary.Contribution) error {
 
 // publishVerdict writes the leader's verdict for the other instances; a
 // failure is logged once until it works again.
-func (r *Registry) publishVerdict(poolName string, pv *pooledVerdict) {
+func (r *Registry) publishVerdict(ctx context.Context, poolName string, pv *pooledVerdict) {
 	data, err := json.Marshal(pv)
 	if err == nil {
-		err = r.shared.store.PublishVerdict(context.Background(), poolName, data)
+		err = r.shared.store.PublishVerdict(ctx, poolName, data)
 	}
 	failing := r.shared.verdictFailing.Load()
 	switch {
-	case err != nil && !failing:
+	case err != nil && !failing && ctx.Err() == nil:
 		r.log.Warn().Err(err).Str("pool", poolName).Msg("could not publish the judge's verdict to the other instances")
 	case err == nil && failing:
 		r.log.Info().Str("pool", poolName).Msg("publishing the judge's verdicts again")
@@ -201,10 +200,10 @@ func (r *Registry) publishVerdict(poolName string, pv *pooledVerdict) {
 }
 
 // followVerdict takes the leader's verdict on run as this instance's. A
-// verdict the leader stopped renewing (it is gone, or cut off) is shown
-// as a pause, not as the judge's word.
-func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, interval time.Duration, now time.Time) {
-	ctx := context.Background()
+// verdict the leader stopped renewing (it is gone, or cut off), or one by
+// an instance that does not lead now, is shown as a pause, not as the
+// judge's word.
+func (r *Registry) followVerdict(ctx context.Context, poolName string, pj *poolJudge, run string, interval time.Duration, now time.Time) {
 	data, err := r.shared.store.Verdict(ctx, poolName)
 	if err != nil {
 		r.pause(poolName, pj, err, nil, now)
@@ -215,6 +214,22 @@ func (r *Registry) followVerdict(poolName string, pj *poolJudge, run string, int
 		// None yet on this run, or not one a leader would write.
 		r.judges.record(poolName, pj, canary.Result{Verdict: canary.Inconclusive, Rule: "cluster",
 			Reason: "the judge leader has not judged this canary on the pooled evidence yet"}, now, nil)
+		return
+	}
+	// Only the leader's word counts: a verdict by an instance that does
+	// not lead now (it lost the lead and wrote once more, or wrote last
+	// before another took over) is shown as a pause until the leader's.
+	leader, err := r.shared.store.Leader(ctx)
+	if err != nil {
+		r.pause(poolName, pj, err, nil, now)
+		return
+	}
+	if leader != pv.Leader {
+		who := leader
+		if who == "" {
+			who = "none (electing)"
+		}
+		r.pause(poolName, pj, fmt.Errorf("the verdict is by %s, which does not lead the judge now; the leader is %s", pv.Leader, who), pv, now)
 		return
 	}
 	live, err := r.shared.store.Instances(ctx)
@@ -256,12 +271,12 @@ func (r *Registry) pause(poolName string, pj *poolJudge, why error, last *pooled
 }
 
 // pauseLeading is pause on the leader, which also publishes it.
-func (r *Registry) pauseLeading(poolName string, pj *poolJudge, why error, now time.Time) {
+func (r *Registry) pauseLeading(ctx context.Context, poolName string, pj *poolJudge, why error, now time.Time) {
 	r.pause(poolName, pj, why, nil, now)
 	if last := r.judges.pooledOf(poolName, pj.canary); last != nil {
 		pv := *last
 		pv.Leader, pv.At, pv.Result, pv.Signatures = r.shared.store.Instance(), now.UTC(), pj.result, nil
-		r.publishVerdict(poolName, &pv)
+		r.publishVerdict(ctx, poolName, &pv)
 	}
 }
 
@@ -269,11 +284,10 @@ func (r *Registry) pauseLeading(poolName string, pj *poolJudge, why error, now t
 // (the leader does; another instance reports done, the leader deletes
 // it). It reports whether that is done; the judge loop tries again at
 // each tick until it is.
-func (r *Registry) forgetEvidence(space string) bool {
+func (r *Registry) forgetEvidence(ctx context.Context, space string) bool {
 	if r.shared == nil || !r.judgeLeads() {
 		return true
 	}
-	ctx := context.Background()
 	raw, err := r.shared.store.Evidence(ctx, space)
 	if err != nil {
 		return false

@@ -106,7 +106,7 @@ type Registry struct {
 // error: baton does not start by forgetting decisions. Nothing runs until
 // Start.
 func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, error) {
-	st, warning, err := loadState(stateFile)
+	st, fileRev, warning, err := loadStateAt(stateFile)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	}
 	var sh *shared
 	if cfg.Cluster.Enabled() {
-		if sh, st, err = openShared(cfg, st, log); err != nil {
+		if sh, st, err = openShared(cfg, st, fileRev, log); err != nil {
 			return nil, err
 		}
 	}
@@ -139,13 +139,19 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 		switchPublished: map[string]time.Time{}, switchWaits: map[string]string{}, forgetPending: map[string]bool{}, switchBase: map[string]*canary.VersionSnapshot{},
 		auditFile: audit, refusedFile: refusedLog, events: changes, refusals: refusals, shared: sh}
 	r.cookieW = cookieWriter{path: AffinityPath(stateFile), kick: make(chan struct{}, 1)}
-	r.pruneLocked()
 	if sh != nil {
-		// The local copy of the cluster's state, as it applies here.
-		if err := saveState(stateFile, st); err != nil {
+		// The base of this instance's commits, and the local copy of the
+		// cluster's state: as etcd has it, before pruneLocked drops what
+		// this config lacks (see shared.base).
+		sh.base = st.clone()
+		if err := saveStateAt(stateFile, sh.base, sh.rev); err != nil {
 			log.Error().Err(err).Msg("could not keep the cluster's desired state in the state file")
 		}
+		if sh.deleted != "" {
+			r.recordLocked(Event{Actor: "cluster", Action: "cluster_state_deleted", Detail: sh.deleted})
+		}
 	}
+	r.pruneLocked()
 	for _, pc := range cfg.Pools {
 		// A restart reaches the pools the way a live decision does: from
 		// the desired state, through Apply. A backend that was draining
@@ -356,6 +362,12 @@ func (r *Registry) Freeze(on bool) {
 	r.mu.Lock()
 	was := r.frozen.Load()
 	r.frozen.Store(on)
+	if r.shared != nil {
+		// A frozen process does not act on verdicts: it gives the judge's
+		// lead to another instance meanwhile (its report goes on, for
+		// the drains).
+		r.shared.member.Stand(!on)
+	}
 	if was && !on {
 		r.rereadStateLocked()
 	}
@@ -451,11 +463,21 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		r.log.Warn().Msg(w)
 	}
 	// The overlay as it stands against the new file, first: overrides of
-	// fields the file changed give way.
-	st := r.state.clone()
-	stChanged := reconcile(st, cfg, r.log, r.gone)
-	if r.gone.restore(st, cfg, r.log) {
-		stChanged = true
+	// fields the file changed give way. In a cluster, from the desired
+	// state as etcd has it: a pool or backend the file brings back gets
+	// the cluster's decisions on it, which etcd kept; the base itself is
+	// neither changed nor saved.
+	var st *State
+	stChanged := false
+	if r.shared != nil && r.shared.base != nil {
+		st = r.shared.base.clone()
+		reconcile(st, cfg, r.log, nil)
+	} else {
+		st = r.state.clone()
+		stChanged = reconcile(st, cfg, r.log, r.gone)
+		if r.gone.restore(st, cfg, r.log) {
+			stChanged = true
+		}
 	}
 	prevPools := r.pools
 	next := make(map[string]*pool.Pool, len(cfg.Pools))

@@ -112,40 +112,48 @@ func (ps *PoolState) backend(name string) *BackendState {
 func (s *State) clone() *State {
 	c := &State{Format: s.Format, Pools: map[string]*PoolState{}}
 	for name, ps := range s.Pools {
-		cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable,
-			LastCanary: ps.LastCanary} // a record, never changed once made
-		if ps.Lease != nil {
-			l := *ps.Lease
-			cp.Lease = &l
-		}
-		cp.Switch, cp.LastSwitch = ps.Switch, ps.LastSwitch // replaced, never changed in place
-		cp.Rollout = ps.Rollout.clone()
-		if ps.Canary != nil {
-			cc := *ps.Canary
-			cp.Canary = &cc
-		}
-		if ps.FileCanary != nil {
-			cc := *ps.FileCanary
-			cp.FileCanary = &cc
-		}
-		if len(ps.Backends) > 0 {
-			cp.Backends = map[string]*BackendState{}
-			for bn, bs := range ps.Backends {
-				cb := *bs
-				if bs.Weight != nil {
-					w := *bs.Weight
-					cb.Weight = &w
-				}
-				if bs.FileWeight != nil {
-					w := *bs.FileWeight
-					cb.FileWeight = &w
-				}
-				cp.Backends[bn] = &cb
-			}
-		}
-		c.Pools[name] = cp
+		c.Pools[name] = ps.clone()
 	}
 	return c
+}
+
+func (ps *PoolState) clone() *PoolState {
+	cp := &PoolState{StableVersion: ps.StableVersion, Held: ps.Held, FileStable: ps.FileStable,
+		LastCanary: ps.LastCanary} // a record, never changed once made
+	if ps.Lease != nil {
+		l := *ps.Lease
+		cp.Lease = &l
+	}
+	cp.Switch, cp.LastSwitch = ps.Switch, ps.LastSwitch // replaced, never changed in place
+	cp.Rollout = ps.Rollout.clone()
+	if ps.Canary != nil {
+		cc := *ps.Canary
+		cp.Canary = &cc
+	}
+	if ps.FileCanary != nil {
+		cc := *ps.FileCanary
+		cp.FileCanary = &cc
+	}
+	if len(ps.Backends) > 0 {
+		cp.Backends = map[string]*BackendState{}
+		for bn, bs := range ps.Backends {
+			cp.Backends[bn] = bs.clone()
+		}
+	}
+	return cp
+}
+
+func (bs *BackendState) clone() *BackendState {
+	cb := *bs
+	if bs.Weight != nil {
+		w := *bs.Weight
+		cb.Weight = &w
+	}
+	if bs.FileWeight != nil {
+		w := *bs.FileWeight
+		cb.FileWeight = &w
+	}
+	return &cb
 }
 
 // compact drops empty entries.
@@ -185,18 +193,33 @@ func ReadStateFile(path string) (*State, string, error) { return loadState(path)
 // baton does not know (a newer baton added them within the same format)
 // are ignored, and said in the warning returned; a newer format is refused.
 func loadState(path string) (*State, string, error) {
+	s, _, warning, err := loadStateAt(path)
+	return s, warning, err
+}
+
+// loadStateAt is loadState that also returns the cluster revision the file
+// is a copy of (see stateRecord.ClusterRevision).
+func loadStateAt(path string) (*State, int64, string, error) {
 	s := &State{Format: stateFormat}
 	if path == "" {
-		return s, "", nil
+		return s, 0, "", nil
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return s, "", nil
+		return s, 0, "", nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
+		return nil, 0, "", fmt.Errorf("%w: %s: %v", ErrCorruptState, path, err)
 	}
-	return decodeState(data, path)
+	s, warning, err := decodeState(data, stateSource{name: path, err: ErrCorruptState, hint: fixHint})
+	if err != nil {
+		return nil, 0, "", err
+	}
+	var rec struct {
+		Rev int64 `json:"cluster_revision"`
+	}
+	_ = json.Unmarshal(data, &rec) // decoded once already
+	return s, rec.Rev, warning, nil
 }
 
 // encodeState is the state as the state file and etcd hold it.
@@ -208,27 +231,44 @@ func encodeState(s *State) ([]byte, error) {
 	return append(data, '\n'), nil
 }
 
-// decodeState reads a state written by encodeState; path names where it
-// came from in errors (the state file, or etcd's key).
-func decodeState(data []byte, path string) (*State, string, error) {
+// stateSource is where a state is read from, for errors: the state file,
+// or the cluster's key in etcd.
+type stateSource struct {
+	name string // the file, or the key
+	err  error  // the sentinel errors wrap
+	hint string // what an operator can do about one that cannot be used
+}
+
+// sharedSource is the cluster's desired state under prefix.
+func sharedSource(prefix string) stateSource {
+	return stateSource{name: "etcd key " + prefix + "state", err: ErrSharedStateUnusable, hint: clusterFixHint}
+}
+
+// ErrSharedStateUnusable: the cluster's desired state in etcd cannot be
+// read by this baton. It serves on with the last state it applied.
+var ErrSharedStateUnusable = errors.New("the cluster's shared state cannot be used by this baton")
+
+// decodeState reads a state written by encodeState from src.
+func decodeState(data []byte, src stateSource) (*State, string, error) {
+	path, hint := src.name, src.hint
 	var rec stateRecord
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&rec); err != nil {
-		return nil, "", fmt.Errorf("%w: %s%s: %v (%s)", ErrCorruptState, path, where(data, err, dec), err, fixHint)
+		return nil, "", fmt.Errorf("%w: %s%s: %v (%s)", src.err, path, where(data, err, dec), err, hint)
 	}
 	end := dec.InputOffset()
 	if err := dec.Decode(&struct{}{}); err != io.EOF {
 		for end < int64(len(data)) && strings.ContainsRune(" \t\r\n", rune(data[end])) {
 			end++
 		}
-		return nil, "", fmt.Errorf("%w: %s%s: data after the state object (%s)", ErrCorruptState, path, at(data, end), fixHint)
+		return nil, "", fmt.Errorf("%w: %s%s: data after the state object (%s)", src.err, path, at(data, end), hint)
 	}
 	switch {
 	case rec.Format > stateFormat:
-		return nil, "", fmt.Errorf("%w: %s is of format %d, written by a newer baton; this one reads format %d: run the newer baton, or start with --state-recover to move the file aside and start from the config alone",
-			ErrCorruptState, path, rec.Format, stateFormat)
+		return nil, "", fmt.Errorf("%w: %s is of format %d, written by a newer baton; this one reads format %d (run the newer baton; or %s)",
+			src.err, path, rec.Format, stateFormat, hint)
 	case rec.Format != stateFormat:
-		return nil, "", fmt.Errorf("%w: %s: format %d, this baton reads format %d (%s)", ErrCorruptState, path, rec.Format, stateFormat, fixHint)
+		return nil, "", fmt.Errorf("%w: %s: format %d, this baton reads format %d (%s)", src.err, path, rec.Format, stateFormat, hint)
 	}
 	warning := unknownFields(data)
 	if warning != "" {
@@ -237,18 +277,18 @@ func decodeState(data []byte, path string) (*State, string, error) {
 	for pn, pr := range rec.Pools {
 		for bn, br := range pr.backends() {
 			if _, ok := pool.ParseState(br.State); !ok || br.State == "active" {
-				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has state %q (%s)", ErrCorruptState, path, bn, pn, br.State, fixHint)
+				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has state %q (%s)", src.err, path, bn, pn, br.State, hint)
 			}
 		}
 	}
 	s := rec.state()
 	for pn, ps := range s.Pools {
 		if ps == nil {
-			return nil, "", fmt.Errorf("%w: %s: pool %q has no entry (%s)", ErrCorruptState, path, pn, fixHint)
+			return nil, "", fmt.Errorf("%w: %s: pool %q has no entry (%s)", src.err, path, pn, hint)
 		}
 		for bn, bs := range ps.Backends {
 			if bs == nil {
-				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has no entry (%s)", ErrCorruptState, path, bn, pn, fixHint)
+				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has no entry (%s)", src.err, path, bn, pn, hint)
 			}
 			bad := ""
 			switch {
@@ -262,11 +302,11 @@ func decodeState(data []byte, path string) (*State, string, error) {
 				bad = "no address for a backend added at runtime"
 			}
 			if bad != "" {
-				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has %s (%s)", ErrCorruptState, path, bn, pn, bad, fixHint)
+				return nil, "", fmt.Errorf("%w: %s: backend %q of pool %q has %s (%s)", src.err, path, bn, pn, bad, hint)
 			}
 		}
 		if c := ps.Canary; c != nil && (!(c.Weight >= 0 && c.Weight <= 100) || (c.Version != "" && !config.ValidName(c.Version))) {
-			return nil, "", fmt.Errorf("%w: %s: pool %q has canary %q at %g%% (%s)", ErrCorruptState, path, pn, c.Version, c.Weight, fixHint)
+			return nil, "", fmt.Errorf("%w: %s: pool %q has canary %q at %g%% (%s)", src.err, path, pn, c.Version, c.Weight, hint)
 		}
 	}
 	return s, warning, nil
@@ -345,6 +385,11 @@ func walkUnknown(v any, t reflect.Type, path string, found *[]string) {
 // fixHint says what an operator can do about a corrupt state file.
 const fixHint = "fix the file, or start with baton serve --state-recover to move it aside and start from the config alone"
 
+// clusterFixHint says what an operator can do about a shared state in
+// etcd that this baton cannot use. Not --state-recover: that moves the
+// local state file aside, which is not what is wrong.
+const clusterFixHint = "overwrite it with this instance's state: baton ctl cluster reset-state (POST /v1/cluster/reset-state)"
+
 // where returns " (line L, column C)" for a JSON error in data.
 func where(data []byte, err error, dec *json.Decoder) string {
 	var se *json.SyntaxError
@@ -382,15 +427,21 @@ func MoveAsideState(path string) (string, error) {
 
 // saveState writes the state atomically: a temporary file in the same
 // directory, fsync, rename over the old one, fsync of the directory.
-func saveState(path string, s *State) error {
+func saveState(path string, s *State) error { return saveStateAt(path, s, 0) }
+
+// saveStateAt is saveState for a copy of the cluster's desired state at
+// revision rev.
+func saveStateAt(path string, s *State, rev int64) error {
 	if path == "" {
 		return nil
 	}
-	data, err := encodeState(s)
+	rec := s.record()
+	rec.ClusterRevision = rev
+	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, data, "state")
+	return writeAtomic(path, append(data, '\n'), "state")
 }
 
 // writeAtomic writes data to path atomically: a temporary file in the same

@@ -19,6 +19,10 @@ import (
 type stateRecord struct {
 	Format int                    `json:"format"`
 	Pools  map[string]*poolRecord `json:"pools,omitempty"`
+	// ClusterRevision, in a clustered baton's state file, is the revision
+	// of the cluster's desired state the file is a copy of (0: none, or
+	// reset). Not in etcd's value, whose revision is etcd's own.
+	ClusterRevision int64 `json:"cluster_revision,omitempty"`
 }
 
 type poolRecord struct {

@@ -1,6 +1,8 @@
 package control
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -166,16 +168,21 @@ func orNobody(names []string) string {
 // fires or ends the watch when its time is up.
 //
 // In a cluster every instance publishes what the new version served it,
-// and the leader's guards watch the sum: a leader that serves little of
-// the traffic still sees a failing version. While that sum cannot be had
-// (etcd away, a live instance's figures missing) the guards wait.
-func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
+// and the leader's error guards watch the sum: a leader that serves little
+// of the traffic still sees a failing version. While that sum cannot be
+// had (etcd away, a live instance's figures missing) they wait. The
+// health guard is each instance's own checks and runs on every instance,
+// leader or not: it must not wait for a leader that acts (one that died
+// keeps the lead until its lease runs out). Several instances switching
+// back at once make one decision: each is compared on the revision, and
+// endSwitch finds the switch ended already.
+func (r *Registry) watchSwitch(ctx context.Context, p *pool.Pool, now time.Time) {
 	name := p.Name()
 	r.mu.Lock()
 	ps := r.state.Pools[name]
 	if ps == nil || ps.Switch == nil {
 		r.mu.Unlock()
-		if _, ok := r.switchPublished[name]; ok && r.forgetEvidence(switchSpace(name)) {
+		if _, ok := r.switchPublished[name]; ok && r.forgetEvidence(ctx, switchSpace(name)) {
 			delete(r.switchPublished, name) // the switch ended: so does its evidence
 		}
 		return
@@ -216,9 +223,12 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 			r.publishEvidence(switchSpace(name), local)
 		}
 		if !r.judgeLeads() {
-			return // the leader watches
+			if healthy == 0 && !r.frozen.Load() {
+				r.switchBack(name, sw, fmt.Sprintf("no %s backend passes its health check", sw.To))
+			}
+			return // the leader watches the rest
 		}
-		pv, err := r.poolEvidence(switchSpace(name), run, 0, local)
+		pv, err := r.poolEvidence(ctx, switchSpace(name), run, 0, local)
 		if err != nil {
 			incomplete = err.Error()
 			if r.switchWaits[name] != incomplete {
@@ -245,10 +255,7 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 	}
 	switch {
 	case reason != "":
-		r.log.Warn().Str("pool", name).Str("from", sw.From).Str("to", sw.To).Str("reason", reason).Msg("switching back")
-		if err := r.endSwitch(name, sw, "switched_back", reason, By("judge")); err != nil {
-			r.log.Error().Err(err).Str("pool", name).Msg("could not switch back")
-		}
+		r.switchBack(name, sw, reason)
 	case now.After(sw.Until):
 		reason := fmt.Sprintf("the guards held for %s: %d requests, %d errors", sw.Until.Sub(sw.At).Round(time.Second), d.Requests, d.Errors)
 		if incomplete != "" {
@@ -258,6 +265,20 @@ func (r *Registry) watchSwitch(p *pool.Pool, now time.Time) {
 		if err := r.endSwitch(name, sw, "done", reason, By("judge")); err != nil {
 			r.log.Error().Err(err).Str("pool", name).Msg("could not end the switch's watch")
 		}
+	}
+}
+
+// switchBack ends sw by switching back, for reason. Another instance
+// that did first is no failure.
+func (r *Registry) switchBack(name string, sw SwitchState, reason string) {
+	r.log.Warn().Str("pool", name).Str("from", sw.From).Str("to", sw.To).Str("reason", reason).Msg("switching back")
+	err := r.endSwitch(name, sw, "switched_back", reason, By("judge"))
+	var c *Conflict
+	switch {
+	case errors.As(err, &c) && c.Code == v1.CodeStateChanged:
+		r.log.Info().Str("pool", name).Msg("another instance changed the pool first; the switch is looked at again on its state")
+	case err != nil:
+		r.log.Error().Err(err).Str("pool", name).Msg("could not switch back")
 	}
 }
 

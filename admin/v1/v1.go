@@ -15,19 +15,22 @@ import (
 // Codes of the 409 refusals (the "code" beside "error"): what a client
 // branches on, never the message.
 const (
-	CodeLeaseHeld         = "lease_held"          // another holder's lease is running
-	CodeLeaseNotHeld      = "lease_not_held"      // releasing a lease someone else holds
-	CodeNoCanary          = "no_canary"           // promote with no canary
-	CodeCanaryRunning     = "canary_running"      // another canary, or a switch while one runs
-	CodeSwitchRunning     = "switch_running"      // a switch is being watched
-	CodeAlreadyStable     = "already_stable"      // the version is the stable one
-	CodeVersionNotRunning = "version_not_running" // no backend runs the version
-	CodeBackendExists     = "backend_exists"      // a backend of that name is there
-	CodeAddressInUse      = "address_in_use"      // another backend has the address
-	CodeNotHealthy        = "not_healthy"         // the version's backends are not all healthy
-	CodeStateChanged      = "state_changed"       // another baton of the cluster changed the state first
-	CodeNoRollout         = "no_rollout"          // a gate reported for a rollout baton has no record of
-	CodeGateDone          = "gate_done"           // a migration gate that ran already: it is not run twice
+	CodeLeaseHeld           = "lease_held"            // another holder's lease is running
+	CodeLeaseNotHeld        = "lease_not_held"        // releasing a lease someone else holds
+	CodeNoCanary            = "no_canary"             // promote with no canary
+	CodeCanaryRunning       = "canary_running"        // another canary, or a switch while one runs
+	CodeSwitchRunning       = "switch_running"        // a switch is being watched
+	CodeAlreadyStable       = "already_stable"        // the version is the stable one
+	CodeVersionNotRunning   = "version_not_running"   // no backend runs the version
+	CodeBackendExists       = "backend_exists"        // a backend of that name is there
+	CodeAddressInUse        = "address_in_use"        // another backend has the address
+	CodeNotHealthy          = "not_healthy"           // the version's backends are not all healthy
+	CodeStateChanged        = "state_changed"         // another baton of the cluster changed the state first
+	CodeNotClustered        = "not_clustered"         // a cluster action on a baton alone
+	CodeSharedStateReadable = "shared_state_readable" // reset-state of a shared state that reads
+	CodeVerdictOvertaken    = "verdict_overtaken"     // the judge's action after a decision changed the pool (logged, not answered)
+	CodeNoRollout           = "no_rollout"            // a gate reported for a rollout baton has no record of
+	CodeGateDone            = "gate_done"             // a migration gate that ran already: it is not run twice
 )
 
 // Backend is a backend as the API shows it.
@@ -165,6 +168,16 @@ type Cluster struct {
 	Leading     bool   `json:"leading"`
 	// Error says why etcd could not be read (with status 503).
 	Error string `json:"error,omitempty"`
+	// SharedStateError says why the shared state in etcd cannot be used
+	// by the answering baton, which then serves with the last one it
+	// applied and refuses decisions (see POST /v1/cluster/reset-state).
+	SharedStateError string `json:"shared_state_error,omitempty"`
+}
+
+// ClusterReset is the answer to POST /v1/cluster/reset-state: the
+// revision of the shared state written.
+type ClusterReset struct {
+	Revision int64 `json:"revision"`
 }
 
 // ClusterInstance is one live baton process of the cluster.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -312,12 +313,15 @@ func TestClusterEtcdOutageAndRestart(t *testing.T) {
 	client := &http.Client{Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()
 	for _, cb := range []*clusterBaton{a, b} {
+		// Once the baton knows etcd is gone, a decision is never sent, so
+		// nothing changed. (One sent just before it knew is refused as
+		// cluster_outcome_unknown: etcd may have taken it as it went.)
+		if !poll(10*time.Second, func() bool { status, _ := cb.cluster(t); return status == 503 }) {
+			t.Fatalf("%s: GET /v1/cluster did not answer 503 within 10s of etcd going away", cb.name)
+		}
 		status, data, err := cb.admin.do("POST", "/v1/pools/shop/backends/web-2/enable", "")
 		if err != nil || status != 503 || !strings.Contains(string(data), `"code": "cluster_unavailable"`) {
 			t.Fatalf("%s: a decision with etcd away: %d %s %v; want 503 cluster_unavailable", cb.name, status, data, err)
-		}
-		if status, _ := cb.cluster(t); status != 503 {
-			t.Fatalf("%s: GET /v1/cluster with etcd away answered %d, want 503", cb.name, status)
 		}
 		for i := 0; i < 20; i++ {
 			resp, err := client.Get("http://" + cb.traffic + "/")
@@ -462,4 +466,101 @@ func TestClusterAffinityCookieHoldsOnEveryInstance(t *testing.T) {
 			t.Fatalf("%s: a forged cookie kept every request on %v", x.name, seen)
 		}
 	}
+}
+
+// TestClusterStopWithEtcdAway: SIGTERM stops a baton that does not lead
+// the judge, and then the leader, while etcd cannot be reached: a stop
+// never waits for etcd.
+func TestClusterStopWithEtcdAway(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	a, b := startClusterPair(t, etcd, nil)
+	leader, other := leaderFirst(t, a, b)
+	etcd.Stop()
+	for _, cb := range []*clusterBaton{other, leader} {
+		_ = cb.proc.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-cb.proc.exited:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%s did not exit within 15s of SIGTERM with etcd away", cb.name)
+		}
+		if code := cb.proc.waitExit(t, time.Second); code != 0 {
+			t.Fatalf("%s exited with %d after SIGTERM", cb.name, code)
+		}
+	}
+}
+
+// TestClusterUnreadableSharedState: a shared state in etcd that no baton
+// of this version reads does not keep a restarted baton down: it serves
+// with its state file and refuses decisions with the reason, pointing at
+// reset-state, not at --state-recover. baton ctl cluster reset-state
+// writes its state over the unreadable one, audited; every instance
+// applies it, and decisions work again.
+func TestClusterUnreadableSharedState(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	a, b := startClusterPair(t, etcd, nil)
+	a.admin.must("POST", "/v1/pools/shop/backends/web-2/drain?wait=10s", "", 200, nil)
+	backendOf(t, b, "web-2", "drained", func(be v1.Backend) bool { return be.State == "drained" })
+	_ = b.proc.cmd.Process.Kill()
+	b.proc.waitExit(t, 10*time.Second)
+
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if _, err := raw.Put(context.Background(), "/baton/test/state", `{"Format": 9, "Pools": {}}`); err != nil {
+		t.Fatal(err)
+	}
+	b.start(t)
+	p := waitServing(t, b.proc, b.admin, "shop", "web-1")
+	if be := findBackend(p, "web-2"); be.State != "drained" && be.State != "draining" {
+		t.Fatalf("b, started on an unreadable shared state: web-2 %s, want drained as its state file has it", be.State)
+	}
+	for _, cb := range []*clusterBaton{a, b} {
+		var status int
+		var data []byte
+		// a learns of the unreadable state from its watch.
+		poll(10*time.Second, func() bool {
+			status, data, _ = cb.admin.do("PATCH", "/v1/pools/shop/backends/web-1", `{"weight":30}`)
+			return status == 503
+		})
+		if status != 503 || !strings.Contains(string(data), `"code": "shared_state_unusable"`) ||
+			!strings.Contains(string(data), "format 9") || !strings.Contains(string(data), "reset-state") ||
+			strings.Contains(string(data), "state-recover") {
+			t.Fatalf("%s: a decision on an unreadable shared state: %d %s; want 503 shared_state_unusable naming the format and reset-state", cb.name, status, data)
+		}
+	}
+	if _, cl := b.cluster(t); !strings.Contains(cl.SharedStateError, "format 9") {
+		t.Fatalf("b: GET /v1/cluster says shared_state_error %q", cl.SharedStateError)
+	}
+
+	out, errOut, code := runBinary(t, "ctl", "--admin", b.admin.base, "cluster", "reset-state")
+	if code != 0 || !strings.Contains(out, "revision") {
+		t.Fatalf("baton ctl cluster reset-state: exit %d\n%s%s", code, out, errOut)
+	}
+	// A state that reads is not reset.
+	if _, errOut, code := runBinary(t, "ctl", "--admin", a.admin.base, "cluster", "reset-state"); code != 1 || !strings.Contains(errOut, "reads") {
+		t.Fatalf("reset-state of a readable state: exit %d: %s", code, errOut)
+	}
+	var evs []struct {
+		Action string `json:"action"`
+		Detail string `json:"detail"`
+	}
+	b.admin.must("GET", "/v1/events", "", 200, &evs)
+	found := false
+	for _, ev := range evs {
+		found = found || ev.Action == "cluster_reset_state" && strings.Contains(ev.Detail, "format 9")
+	}
+	if !found {
+		t.Fatalf("the reset is not in b's audit log: %+v", evs)
+	}
+	// a applies the reset state (web-2 stays drained) and decides again.
+	backendOf(t, a, "web-2", "drained", func(be v1.Backend) bool { return be.State == "drained" })
+	if !poll(10*time.Second, func() bool {
+		status, _, _ := a.admin.do("PATCH", "/v1/pools/shop/backends/web-1", `{"weight":30}`)
+		return status == 200
+	}) {
+		t.Fatal("a decision through a after the reset was not taken within 10s")
+	}
+	backendOf(t, b, "web-1", "weight 30", func(be v1.Backend) bool { return be.Weight == 30 })
 }

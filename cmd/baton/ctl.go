@@ -288,9 +288,10 @@ type ctlCommand struct {
 	// args follow the name in the help and in a usage error ("usage:
 	// baton ctl drain POOL NAME [--wait 60s]"); nargs is how many
 	// positional arguments the command takes.
-	args     string
-	nargs    int
-	optional int // positional arguments that may follow the nargs
+	args  string
+	nargs int
+	// more is how many positional arguments it may take beyond nargs.
+	more int
 	// doc says what it does, a line of the help each; forms, when set,
 	// are the help's lines instead, one per form of the command.
 	doc   string
@@ -324,7 +325,7 @@ var ctlCommands = []ctlCommand{
 	{names: []string{"switch"}, args: "POOL --to V [--watch 60s] [--max-error-rate 0.05] [--wait 90s]", nargs: 1,
 		doc: "blue/green: all traffic to the standby servers\nof V at once; guards switch back if they fire;\n--wait until the watch ends (exit 1 if switched back)",
 		run: (*ctlClient).switchVersion},
-	{names: []string{"tail"}, args: "POOL [NAME] [--errors | --slow 200ms] [--version V] [--sample 0.01] [--since 5m]", nargs: 1, optional: 1,
+	{names: []string{"tail"}, args: "POOL [NAME] [--errors | --slow 200ms] [--version V] [--sample 0.01] [--since 5m]", nargs: 1, more: 1,
 		doc: "the pool's (or one backend's) requests as they end,\na line each, failures in red, until Ctrl-C;\n-o json: newline-delimited JSON records", run: (*ctlClient).tail},
 	{names: []string{"versions"}, args: "POOL", nargs: 1,
 		doc: "every version present: backends by state, in flight,\nopen connections, affinity cookies still valid",
@@ -333,8 +334,10 @@ var ctlCommands = []ctlCommand{
 		doc: "wait until no backend in rotation runs VERSION, nothing\nis in flight or open on one, and no affinity cookie of\nit can still be valid; exit 3 naming what holds it",
 		run: (*ctlClient).waitGone},
 	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
-	{names: []string{"cluster"}, doc: "the batons sharing decisions through etcd: each\ninstance's heartbeat and applied revision, the judge leader",
-		run: (*ctlClient).cluster},
+	{names: []string{"cluster"}, args: "[reset-state]", more: 1, run: (*ctlClient).cluster, forms: []ctlForm{
+		{"", "the batons sharing decisions through etcd: each\ninstance's heartbeat and applied revision, the judge leader"},
+		{"reset-state", "overwrite a shared state in etcd that this baton\ncannot read with the state it serves by (audited)"},
+	}},
 	{names: []string{"upgrade"}, doc: "start the baton binary again (a new version at the\nsame path) and hand it the sockets; exit 0 once it serves",
 		run: (*ctlClient).upgrade},
 }
@@ -400,7 +403,7 @@ func (c *ctlClient) run(a *ctlArgs) error {
 	name := a.pos[0]
 	for _, cmd := range ctlCommands {
 		if slices.Contains(cmd.names, name) {
-			if n := len(a.pos) - 1; n < cmd.nargs || n > cmd.nargs+cmd.optional {
+			if n := len(a.pos) - 1; n < cmd.nargs || n > cmd.nargs+cmd.more {
 				return fail(exitUsage, "usage: baton ctl %s", usageLine(name, cmd.args))
 			}
 			return cmd.run(c, a)
@@ -768,6 +771,17 @@ func (c *ctlClient) printGone(pv v1.PoolVersions, version string, v *v1.VersionP
 }
 
 func (c *ctlClient) cluster(a *ctlArgs) error {
+	if len(a.pos) == 2 {
+		if a.pos[1] != "reset-state" {
+			return fail(exitUsage, "usage: baton ctl cluster [reset-state]")
+		}
+		var out v1.ClusterReset
+		if _, err := c.call("POST", "/v1/cluster/reset-state", nil, nil, &out); err != nil || c.output == "json" {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "the shared state is this instance's now, at revision %d; every instance applies it\n", out.Revision)
+		return nil
+	}
 	var cl v1.Cluster
 	if _, err := c.call("GET", "/v1/cluster", nil, nil, &cl); err != nil || c.output == "json" {
 		return err
@@ -780,7 +794,11 @@ func (c *ctlClient) cluster(a *ctlArgs) error {
 	if leader == "" {
 		leader = "none (electing)"
 	}
-	fmt.Fprintf(c.stdout, "instance %s, applied revision %d, judge leader %s\n\n", cl.Instance, cl.AppliedRevision, leader)
+	fmt.Fprintf(c.stdout, "instance %s, applied revision %d, judge leader %s\n", cl.Instance, cl.AppliedRevision, leader)
+	if cl.SharedStateError != "" {
+		fmt.Fprintf(c.stdout, "the shared state cannot be used here: %s\n", cl.SharedStateError)
+	}
+	fmt.Fprintln(c.stdout)
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tPID\tHEARTBEAT\tAPPLIED\tROLE")
 	for _, in := range cl.Instances {
