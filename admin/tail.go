@@ -159,9 +159,12 @@ func (s *tailStream) serve(w http.ResponseWriter, r *http.Request) {
 	_ = rc.SetReadDeadline(time.Time{})
 	// A stop or a gone client ends a write in progress at once: a reader
 	// that does not read must not hold a shutdown up for the write's 10 s.
-	done := make(chan struct{})
-	defer close(done)
+	// The watcher is gone before serve returns: a deadline set after the
+	// handler would fall on the connection's next request.
+	done, exited := make(chan struct{}), make(chan struct{})
+	defer func() { close(done); <-exited }()
 	go func() {
+		defer close(exited)
 		select {
 		case <-s.a.stop:
 		case <-r.Context().Done():
