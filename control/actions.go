@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/config"
@@ -151,6 +152,7 @@ func (r *Registry) applyPoolLocked(p *pool.Pool, proven ...string) {
 		}
 	}
 	p.Apply(d)
+	r.noteKnownLocked(p, time.Now())
 	r.syncBaselineLocked(p)
 }
 

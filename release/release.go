@@ -49,6 +49,10 @@ type Options struct {
 	// RequiresGone are versions that must be gone from the pool (as
 	// above) before the release may start: To cannot run beside them.
 	RequiresGone []string
+	// AllowUnknown lets a version of RequiresGone that baton never saw in
+	// the pool count as gone; without it the release is refused, since
+	// baton cannot tell a typo from a version long gone.
+	AllowUnknown bool
 	// MaxUnavailable is how many servers may be out of rotation at once
 	// after the canary. Default 1.
 	MaxUnavailable int
