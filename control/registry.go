@@ -499,6 +499,10 @@ func (r *Registry) Reload(cfg *config.Config) error {
 	var added, removed, changed []string
 	for _, pc := range cfg.Pools {
 		d := desired(pc, st.Pools[pc.Name])
+		if names := retiredInFile(pc, st.Pools[pc.Name]); len(names) > 0 {
+			r.log.Warn().Str("pool", pc.Name).Strs("backends", names).
+				Msg("the file puts backends of a retired version in the pool; they stay out of rotation until a rollout to that version (see the cascade section of the README)")
+		}
 		if p := prevPools[pc.Name]; p != nil {
 			if !reflect.DeepEqual(*p.Settings(), d.Config) {
 				changed = append(changed, pc.Name)

@@ -56,7 +56,7 @@ type PoolState struct {
 	// until a rollout to it begins. It is a decision, shared in a cluster
 	// and kept across restarts, so that nothing brings back a version
 	// whose database columns are being dropped.
-	Retired map[string]time.Time `json:",omitempty"`
+	Retired map[string]time.Time
 
 	// What the file said when the overrides above were made. When the file
 	// later says something else, someone edited it on purpose: the file wins
@@ -513,7 +513,33 @@ func desired(pc config.Pool, ps *PoolState) pool.Desired {
 		}
 		d.Admin[name] = bs.State
 	}
+	// A retired version never comes back into rotation, whatever the
+	// file says: its backends stay out (drained) until a rollout to it
+	// clears the tombstone. A reload warns of them (retiredInFile).
+	for _, b := range d.Config.Backends {
+		if _, retired := ps.Retired[b.Version]; retired {
+			if d.Admin == nil {
+				d.Admin = make(map[string]pool.State)
+			}
+			d.Admin[b.Name] = pool.Drained
+		}
+	}
 	return d
+}
+
+// retiredInFile names the backends of pc that run a version ps retired:
+// desired keeps them out of rotation.
+func retiredInFile(pc config.Pool, ps *PoolState) []string {
+	if ps == nil || len(ps.Retired) == 0 {
+		return nil
+	}
+	var out []string
+	for _, b := range effective(pc, ps).Backends {
+		if _, retired := ps.Retired[b.Version]; retired {
+			out = append(out, b.Name+" ("+b.Version+")")
+		}
+	}
+	return out
 }
 
 // effective returns the pool's configuration with the overlay applied:

@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/baton-lb/baton/pool"
@@ -71,6 +72,30 @@ func (v *VersionPresence) Gone(ignoreAffinity bool) bool {
 		return false
 	}
 	return ignoreAffinity || (v.Cookies.Count() == 0 && v.CountsUnknownUntil.IsZero())
+}
+
+// holds says in a few words what holds the version (for a refusal).
+func (v *VersionPresence) holds() string {
+	var out []string
+	if v.Role != "" {
+		out = append(out, "it is the pool's "+v.Role+" version")
+	}
+	if !v.Known {
+		out = append(out, "baton never saw it in this pool")
+	}
+	if in := v.InRotation(); len(in) > 0 {
+		out = append(out, "in rotation on "+strings.Join(in, ", "))
+	}
+	if v.Inflight > 0 || v.Conns > 0 {
+		out = append(out, fmt.Sprintf("%d in flight, %d open connections", v.Inflight, v.Conns))
+	}
+	if n := v.Cookies.Count(); n > 0 {
+		out = append(out, fmt.Sprintf("%d affinity cookies valid until %s", n, v.Cookies.Until.UTC().Format(time.RFC3339)))
+	}
+	if !v.CountsUnknownUntil.IsZero() {
+		out = append(out, "affinity cookie counts unknown until "+v.CountsUnknownUntil.UTC().Format(time.RFC3339))
+	}
+	return strings.Join(out, "; ")
 }
 
 // PoolVersions is every version present in a pool, at a moment.

@@ -31,6 +31,8 @@ const (
 	CodeVerdictOvertaken    = "verdict_overtaken"     // the judge's action after a decision changed the pool (logged, not answered)
 	CodeNoRollout           = "no_rollout"            // a gate reported for a rollout baton has no record of
 	CodeGateDone            = "gate_done"             // a migration gate that ran already: it is not run twice
+	CodeVersionPresent      = "version_present"       // the after_gone gate while the version it waits for is not gone
+	CodeVersionRetired      = "version_retired"       // a version a rollout's after_gone gate retired, put back in rotation
 )
 
 // Backend is a backend as the API shows it.
