@@ -111,9 +111,10 @@ func untouched(p v1.Pool, from string) bool {
 	return true
 }
 
-// expandGate fills a gate's template: {pool}, {from} and {to}.
+// expandGate fills a gate's template: {pool}, {from} and {to},
+// shell-quoted (see expand).
 func (r *Release) expandGate(tmpl string) string {
-	return strings.NewReplacer("{pool}", r.pool, "{from}", r.rec.From, "{to}", r.o.To).Replace(tmpl)
+	return strings.NewReplacer("{pool}", shellQuote(r.pool), "{from}", shellQuote(r.rec.From), "{to}", shellQuote(r.o.To)).Replace(tmpl)
 }
 
 // gate runs a migration gate once: not when baton records it done, and
