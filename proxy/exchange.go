@@ -672,9 +672,13 @@ func (x *exchange) finish() {
 		// The client starts the cookie's Max-Age when it receives the
 		// head, which for a streamed response may be long after the
 		// backend's first byte: counted again now, with the later
-		// expiry. Twice is safe: the count is an upper bound.
+		// expiry. Twice is safe (the count is an upper bound), but only
+		// needed past a second: the count's 2 s slack covers less, and
+		// the figures operators read stay one per cookie.
 		x.cookieCount = nil
-		c.Issued(time.Now(), x.cfg.Affinity.MaxAge)
+		if now := time.Now(); now.Sub(x.start.Add(x.ttfb)) >= time.Second {
+			c.Issued(now, x.cfg.Affinity.MaxAge)
+		}
 	}
 	b := x.b
 	if b != nil {
