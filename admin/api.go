@@ -330,10 +330,18 @@ func rolloutJSON(rr *control.RolloutRecord) *v1.Rollout {
 func versionsJSON(pv *control.PoolVersions) v1.PoolVersions {
 	out := v1.PoolVersions{Pool: pv.Pool, At: pv.At, StableVersion: pv.StableVersion, CanaryVersion: pv.CanaryVersion,
 		AffinityMaxAge: pv.AffinityMaxAge.String(), Versions: []v1.VersionPresence{}}
+	if !pv.CountsUnknownUntil.IsZero() {
+		u := pv.CountsUnknownUntil
+		out.CountsUnknownUntil = &u
+	}
 	for _, v := range pv.Versions {
 		j := v1.VersionPresence{Version: v.Version, Role: v.Role, States: map[string]int{}, Backends: []v1.VersionBackend{},
 			Inflight: v.Inflight, OpenConnections: v.Conns, AffinityCookies: v.Cookies.Count(),
-			Serving: v.Serving(), Gone: v.Gone(false)}
+			Serving: v.Serving(), Gone: v.Gone(false), Known: v.Known}
+		if !v.CountsUnknownUntil.IsZero() {
+			u := v.CountsUnknownUntil
+			j.CountsUnknownUntil = &u
+		}
 		if !v.Cookies.Until.IsZero() {
 			u := v.Cookies.Until
 			j.AffinityUntil = &u
@@ -616,7 +624,9 @@ func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {
 }
 
 func (a *api) getVersions(r *http.Request, _ string) (int, any, error) {
-	pv, err := a.ctl.Versions(r.PathValue("pool"))
+	// ?version=V (repeatable) lists V even when absent, with whether
+	// baton ever saw it: a client asks about the version it waits for.
+	pv, err := a.ctl.Versions(r.PathValue("pool"), r.URL.Query()["version"]...)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -22,19 +22,26 @@ func versionOf(t *testing.T, body map[string]any, version string) map[string]any
 // present with its backends by state, what is in flight and open, and the
 // affinity cookies issued for it that are still valid; a version whose
 // backends are out of rotation and idle is still present while its
-// cookies are; an unknown pool is 404.
+// cookies are; a version never seen is unknown, not gone; an unknown pool
+// is 404.
 func TestAPIVersions(t *testing.T) {
 	f := startAPI(t)
 	f.api(t, "GET", "/v1/pools/nope/versions", "").wantError(t, 404, "unknown_pool", []string{`"nope"`})
 
 	body := f.api(t, "GET", "/v1/pools/shop/versions", "").want(t, 200)
-	wantKeys(t, "versions", body, []string{"pool", "at", "stable_version", "affinity_max_age", "versions"}, []string{"canary_version"})
+	wantKeys(t, "versions", body, []string{"pool", "at", "stable_version", "affinity_max_age", "versions"}, []string{"canary_version", "counts_unknown_until"})
 	v1 := versionOf(t, body, "v1")
-	wantKeys(t, "version", v1, []string{"version", "states", "backends", "inflight", "open_connections", "affinity_cookies", "serving", "gone"},
-		[]string{"role", "affinity_until"})
+	wantKeys(t, "version", v1, []string{"version", "states", "backends", "inflight", "open_connections", "affinity_cookies", "serving", "known", "gone"},
+		[]string{"role", "affinity_until", "counts_unknown_until"})
 	if v1["role"] != "stable" || v1["states"].(map[string]any)["active"] != float64(3) || v1["affinity_cookies"] != float64(0) ||
 		v1["serving"] != true || v1["gone"] != false {
 		t.Errorf("v1 before any canary: %v", v1)
+	}
+	// A version asked for that baton never saw is listed, unknown and not
+	// gone: a typo must not release a migration.
+	v9 := versionOf(t, f.api(t, "GET", "/v1/pools/shop/versions?version=v9", "").want(t, 200), "v9")
+	if v9["known"] != false || v9["gone"] != false {
+		t.Errorf("v9, never seen: %v; want known false, gone false", v9)
 	}
 
 	// A canary at 20 %: every response to a client without a cookie

@@ -450,6 +450,9 @@ func readForceSecret(file string) ([]byte, error) {
 // 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit.
 func ValidName(s string) bool { return nameRE.MatchString(s) }
 
+// zoneRE is an IPv6 zone baton accepts: an interface name or index.
+var zoneRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
 // CheckBackendAddress returns what is wrong with a backend address, or "".
 func CheckBackendAddress(addr string) string { return checkBackendAddr(addr) }
 
@@ -462,7 +465,14 @@ func checkBackendAddr(addr string) string {
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return fmt.Sprintf("port must be 1..65535, got %q", port)
 	}
-	if _, err := netip.ParseAddr(host); err != nil {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		// An IPv6 zone is an interface name; netip takes any text there,
+		// and the address reaches shell commands of baton rollout
+		// ({host}, {address}): `[fe80::1%$(id)]:80` must not pass.
+		if z := ip.Zone(); z != "" && !zoneRE.MatchString(z) {
+			return fmt.Sprintf("IPv6 zone must be letters, digits, '.', '_' or '-', got %q", z)
+		}
+	} else {
 		for _, l := range strings.Split(host, ".") {
 			if !labelRE.MatchString(l) {
 				return fmt.Sprintf("host must be an IP address or a host name, got %q", host)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/baton-lb/baton/admin/v1"
 	"github.com/baton-lb/baton/config"
@@ -151,6 +152,7 @@ func (r *Registry) applyPoolLocked(p *pool.Pool, proven ...string) {
 		}
 	}
 	p.Apply(d)
+	r.noteKnownLocked(p, time.Now())
 	r.syncBaselineLocked(p)
 }
 
@@ -173,8 +175,15 @@ func (r *Registry) lookupLocked(poolName, name string) (*pool.Pool, *pool.Backen
 // for the pool's release: the stable version or the running canary's is
 // fine; a new version starts a canary at the pool's initial share; a second
 // new version while a canary runs is refused.
+//
+// A version a rollout retired (its after_gone gate ran) is refused
+// outright: its database columns may be gone.
 func (r *Registry) versionPolicyLocked(p *pool.Pool, s *State, version string) error {
 	ps := s.pool(p.Name())
+	if at, retired := ps.Retired[version]; retired {
+		return conflictf(v1.CodeVersionRetired, "version %s of pool %q was retired at %s by a rollout's --after-gone gate (what it needs may be dropped); a rollout to %s clears that (baton rollout %s --to %s)",
+			version, p.Name(), at.UTC().Format(time.RFC3339), version, p.Name(), version)
+	}
 	stable := p.StableVersion()
 	if ps.StableVersion != "" {
 		stable = ps.StableVersion

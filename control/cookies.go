@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -36,8 +37,9 @@ import (
 // before it applies), count as pinned for one more max_age from the start,
 // plus server.shutdown_timeout, the longest the process before may have
 // gone on answering after a handover. A clean stop's file is exact and
-// needs no such margin. An unreadable file makes every version present
-// count as pinned that long.
+// needs no such margin. When the counts cannot be restored at all (see
+// restoreCookies) every version, present or not, counts as pinned that
+// long.
 
 // cookieFlush is how often the counts are written when they changed.
 const cookieFlush = 5 * time.Second
@@ -61,6 +63,8 @@ type cookieFile struct {
 	WrittenAt time.Time                    `json:"written_at"`
 	Closed    bool                         `json:"closed,omitempty"` // written at a clean stop: nothing was issued after
 	Pools     map[string]*cookiePoolRecord `json:"pools,omitempty"`
+	// Known: the versions seen per pool, and when last (see knownVersions).
+	Known map[string]map[string]time.Time `json:"known,omitempty"`
 }
 
 type cookiePoolRecord struct {
@@ -86,7 +90,9 @@ type cookieWriter struct {
 	path string
 	kick chan struct{} // a decision was made: write soon
 	last map[string]map[string]cookiePrint
-	done bool // a new process took over or the registry closed: no more writes
+	// lastKnown: the known versions last written.
+	lastKnown map[string]map[string]time.Time
+	done      bool // a new process took over or the registry closed: no more writes
 }
 
 // cookiePrint is what tells that a version's cookies were issued since
@@ -97,7 +103,7 @@ type cookiePrint struct{ until, count int64 }
 // cookieRecord returns what the pools' counts are now, and, per pool and
 // version, a fingerprint of them to tell a change.
 func (r *Registry) cookieRecord(now time.Time) (*cookieFile, map[string]map[string]cookiePrint) {
-	f := &cookieFile{Format: cookieFileFormat, WrittenAt: now.UTC(), Pools: map[string]*cookiePoolRecord{}}
+	f := &cookieFile{Format: cookieFileFormat, WrittenAt: now.UTC(), Pools: map[string]*cookiePoolRecord{}, Known: r.known.snapshot()}
 	prints := map[string]map[string]cookiePrint{}
 	for _, p := range r.Pools() {
 		counts := p.Cookies(now)
@@ -130,7 +136,7 @@ func (r *Registry) writeCookies(closing bool) {
 		return
 	}
 	f, prints := r.cookieRecord(time.Now())
-	changed := closing || len(prints) != len(w.last)
+	changed := closing || len(prints) != len(w.last) || !reflect.DeepEqual(f.Known, w.lastKnown)
 	for pn, vs := range prints {
 		changed = changed || len(vs) != len(w.last[pn])
 		for v, fp := range vs {
@@ -155,7 +161,7 @@ func (r *Registry) writeCookies(closing bool) {
 		r.log.Error().Err(err).Msg("could not keep the affinity cookies' counts; after a restart they count as valid for another max_age")
 		return
 	}
-	w.last = prints
+	w.last, w.lastKnown = prints, f.Known
 }
 
 // stopCookies writes the counts a last time and no more: the registry
@@ -202,14 +208,29 @@ func (r *Registry) runCookies(ctx context.Context) {
 
 // restoreCookies gives each pool what the file says the process before
 // issued, with the margins above. It runs before the pools take traffic.
-func (r *Registry) restoreCookies(cfgShutdown time.Duration, now time.Time) {
+//
+// When the counts cannot be restored — the file is unreadable, missing
+// while a state file shows that a process ran before (a crash before the
+// first write, an upgrade from a baton that kept none, a file that
+// stopped being written), or there is no state file to keep it beside —
+// nothing tells which versions clients are pinned to: every version, even
+// one no backend and no record names, counts as held until a max_age
+// (and the shutdown timeout) from now (Registry.countsUnknown), and the
+// versions the state names count one cookie each that long, so they show.
+func (r *Registry) restoreCookies(cfgShutdown time.Duration, stateExisted bool, now time.Time) {
 	path := r.cookieW.path
 	var f cookieFile
 	unreadable := ""
-	if path != "" {
+	switch {
+	case path == "":
+		unreadable = "there is no state file (state_file: off) to keep them beside"
+	default:
 		data, err := os.ReadFile(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
+			if stateExisted {
+				unreadable = "the file is missing while the state file exists"
+			}
 		case err != nil:
 			unreadable = err.Error()
 		default:
@@ -222,10 +243,14 @@ func (r *Registry) restoreCookies(cfgShutdown time.Duration, now time.Time) {
 		}
 	}
 	if unreadable != "" {
-		r.log.Error().Str("file", path).Str("problem", unreadable).
-			Msg("the affinity cookies' counts cannot be read; every version present counts as pinned for another max_age")
 		f = cookieFile{}
 	}
+	for pn, vs := range f.Known {
+		for v, at := range vs {
+			r.known.note(pn, v, at)
+		}
+	}
+	var longest time.Duration
 	for _, p := range r.Pools() {
 		maxAge := p.Settings().Affinity.MaxAge
 		pr := f.Pools[p.Name()]
@@ -234,6 +259,7 @@ func (r *Registry) restoreCookies(cfgShutdown time.Duration, now time.Time) {
 				maxAge = max(maxAge, d)
 			}
 		}
+		longest = max(longest, maxAge)
 		// Pinned at least this long: one cookie the file cannot show.
 		margin := pool.CookieBucket{Expires: now.Add(maxAge + cfgShutdown + 2*time.Second).UTC().Truncate(time.Second), Count: 1}
 		by := map[string]*pool.CookieCounts{}
@@ -265,6 +291,9 @@ func (r *Registry) restoreCookies(cfgShutdown time.Duration, now time.Time) {
 				pinned[v] = true
 			}
 			pinned[p.StableVersion()] = true
+			for _, v := range stateVersions(r.state.Pools[p.Name()]) {
+				pinned[v] = true
+			}
 		}
 		for v, on := range pinned {
 			if on {
@@ -283,4 +312,14 @@ func (r *Registry) restoreCookies(cfgShutdown time.Duration, now time.Time) {
 		}
 		p.RestoreCookies(counts)
 	}
+	if unreadable != "" {
+		r.countsUnknown = now.Add(longest + cfgShutdown + 2*time.Second).UTC().Truncate(time.Second).Add(time.Second)
+		r.log.Error().Str("file", path).Str("problem", unreadable).Time("until", r.countsUnknown).
+			Msg("the affinity cookies' counts cannot be restored; every version counts as pinned by cookies until then")
+	}
 }
+
+// cookiesUnknownUntil is until when no version's cookies can be told
+// (zero: they can). A pool added by a reload shares it: the process
+// before may have served it too.
+func (r *Registry) cookiesUnknownUntil() time.Time { return r.countsUnknown }

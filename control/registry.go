@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"reflect"
 	"sort"
 	"sync"
@@ -78,10 +79,14 @@ type Registry struct {
 	switchBase map[string]*canary.VersionSnapshot
 	history    histories // per-version time series, for the dashboard (its own lock)
 
-	cookieMu sync.Mutex         // protects cookieW's last and done; serialises writes of the cookie file
-	cookieW  cookieWriter       // the affinity cookies' counts on disk (see cookies.go)
-	stop     context.CancelFunc // ends the judge loop and the history sampler; set once by Start
-	wg       sync.WaitGroup
+	cookieMu sync.Mutex   // protects cookieW's last and done; serialises writes of the cookie file
+	cookieW  cookieWriter // the affinity cookies' counts on disk (see cookies.go)
+	// countsUnknown: until when no version's cookies can be told (set
+	// once in New, read-only after; see restoreCookies).
+	countsUnknown time.Time
+	known         knownVersions      // the versions seen per pool (its own lock)
+	stop          context.CancelFunc // ends the judge loop and the history sampler; set once by Start
+	wg            sync.WaitGroup
 
 	// reloadMu makes loading a file and applying it one step, so two
 	// reloads (an event and a SIGHUP) cannot apply an older file last; it
@@ -106,6 +111,13 @@ type Registry struct {
 // error: baton does not start by forgetting decisions. Nothing runs until
 // Start.
 func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, error) {
+	// Whether a process ran before with this state file, before anything
+	// writes it: its cookie counts must then be found beside it.
+	stateExisted := false
+	if stateFile != "" {
+		_, err := os.Stat(stateFile)
+		stateExisted = err == nil
+	}
 	st, fileRev, warning, err := loadStateAt(stateFile)
 	if err != nil {
 		return nil, err
@@ -169,7 +181,10 @@ func New(cfg *config.Config, stateFile string, log zerolog.Logger) (*Registry, e
 	}
 	// Before any request: the cookies the process before gave out.
 	now := time.Now()
-	r.restoreCookies(cfg.Server.ShutdownTimeout, now)
+	r.restoreCookies(cfg.Server.ShutdownTimeout, stateExisted, now)
+	for _, p := range r.pools {
+		r.noteKnownLocked(p, now)
+	}
 	_, r.cookieW.last = r.cookieRecord(now)
 	r.table = t
 	r.generation = 1
@@ -484,16 +499,22 @@ func (r *Registry) Reload(cfg *config.Config) error {
 	var added, removed, changed []string
 	for _, pc := range cfg.Pools {
 		d := desired(pc, st.Pools[pc.Name])
+		if names := retiredInFile(pc, st.Pools[pc.Name]); len(names) > 0 {
+			r.log.Warn().Str("pool", pc.Name).Strs("backends", names).
+				Msg("the file puts backends of a retired version in the pool; they stay out of rotation until a rollout to that version (see the cascade section of the README)")
+		}
 		if p := prevPools[pc.Name]; p != nil {
 			if !reflect.DeepEqual(*p.Settings(), d.Config) {
 				changed = append(changed, pc.Name)
 			}
 			p.Apply(d)
+			r.noteKnownLocked(p, time.Now())
 			next[pc.Name] = p
 			continue
 		}
 		p := pool.New(d.Config, r.log)
 		p.Apply(d)
+		r.noteKnownLocked(p, time.Now())
 		if r.started {
 			p.Start()
 		}

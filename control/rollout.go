@@ -5,7 +5,17 @@ import (
 	"time"
 
 	"github.com/baton-lb/baton/admin/v1"
+	"github.com/baton-lb/baton/pool"
 )
+
+// retired reports whether ps retired version, and when.
+func (ps *PoolState) retired(version string) (time.Time, bool) {
+	if ps == nil {
+		return time.Time{}, false
+	}
+	at, ok := ps.Retired[version]
+	return at, ok
+}
 
 // RolloutRecord is what baton keeps of a pool's release by baton rollout
 // beyond what the pool itself shows: which version it replaces (once the
@@ -113,9 +123,22 @@ func (r *Registry) BeginRollout(poolName, holder, from, to string, opts ...Opt) 
 		return *ps.Rollout.clone(), nil
 	}
 	rec := RolloutRecord{From: from, To: to, By: holder, Started: time.Now().UTC()}
-	err := r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "rollout", Pool: poolName, Detail: fmt.Sprintf("%s → %s by %s", from, to, holder)},
+	detail := fmt.Sprintf("%s → %s by %s", from, to, holder)
+	_, unretire := r.state.Pools[poolName].retired(to)
+	if unretire {
+		detail += "; " + to + " is no longer retired"
+	}
+	p := r.pools[poolName]
+	if !unretire {
+		p = nil // nothing about the pool changes
+	}
+	err := r.changeLocked(p, Event{Actor: actorOf(opts), Action: "rollout", Pool: poolName, Detail: detail},
 		func(s *State) error {
-			s.pool(poolName).Rollout = rec.clone()
+			ps := s.pool(poolName)
+			ps.Rollout = rec.clone()
+			// Releasing a retired version again is the operator saying
+			// it may run: its tombstone goes.
+			delete(ps.Retired, to)
 			return nil
 		})
 	return rec, err
@@ -171,15 +194,49 @@ func (r *Registry) RecordGate(poolName string, spec GateSpec, opts ...Opt) (Roll
 		return RolloutRecord{}, conflictf(v1.CodeGateDone, "the %s gate of the rollout of %s to pool %q ran at %s already (%s); it is not run twice",
 			spec.Gate, spec.To, poolName, g.At.UTC().Format(time.RFC3339), g.Command)
 	}
+	from := ps.Rollout.From
+	retire := spec.Gate == GateAfterGone && spec.State == GateRunning
+	if retire {
+		// Check and act in one step: from must be gone now, under the
+		// lock that every change of the pool takes, and the same change
+		// retires it, so nothing brings it back while the gate drops
+		// what it needs.
+		pv, err := r.versionsLocked(poolName, from)
+		if err != nil {
+			return RolloutRecord{}, err
+		}
+		for _, v := range pv.Versions {
+			if v.Version == from && !v.Gone(false) {
+				return RolloutRecord{}, conflictf(v1.CodeVersionPresent, "the %s gate of the rollout of %s to pool %q cannot start: %s is not gone (%s)",
+					spec.Gate, spec.To, poolName, from, v.holds())
+			}
+		}
+	}
 	run := GateRun{Gate: spec.Gate, Command: spec.Command, State: spec.State, At: time.Now().UTC(), Detail: spec.Detail}
 	var rec RolloutRecord
 	detail := spec.Gate + " " + spec.State + ": " + spec.Command
 	if spec.Detail != "" {
 		detail += " (" + spec.Detail + ")"
 	}
-	err := r.changeLocked(nil, Event{Actor: actorOf(opts), Action: "gate", Pool: poolName, Detail: detail},
+	if retire {
+		detail += "; " + from + " is retired"
+	}
+	var p *pool.Pool
+	if retire {
+		p = r.pools[poolName] // its backends of from, if any, stay out
+	}
+	err := r.changeLocked(p, Event{Actor: actorOf(opts), Action: "gate", Pool: poolName, Detail: detail},
 		func(s *State) error {
 			rr := s.pool(poolName).Rollout
+			if retire {
+				ps := s.pool(poolName)
+				if ps.Retired == nil {
+					ps.Retired = map[string]time.Time{}
+				}
+				if _, ok := ps.Retired[from]; !ok {
+					ps.Retired[from] = run.At
+				}
+			}
 			if g := rr.Gate(spec.Gate); g != nil {
 				*g = run
 			} else {

@@ -51,6 +51,12 @@ type PoolState struct {
 	// it replaces and the migration gates it ran (a record, not an
 	// override).
 	Rollout *RolloutRecord
+	// Retired are the versions a rollout's after_gone gate retired, and
+	// when: no backend of one is put in rotation again (version_retired)
+	// until a rollout to it begins. It is a decision, shared in a cluster
+	// and kept across restarts, so that nothing brings back a version
+	// whose database columns are being dropped.
+	Retired map[string]time.Time
 
 	// What the file said when the overrides above were made. When the file
 	// later says something else, someone edited it on purpose: the file wins
@@ -126,6 +132,12 @@ func (ps *PoolState) clone() *PoolState {
 	}
 	cp.Switch, cp.LastSwitch = ps.Switch, ps.LastSwitch // replaced, never changed in place
 	cp.Rollout = ps.Rollout.clone()
+	if len(ps.Retired) > 0 {
+		cp.Retired = make(map[string]time.Time, len(ps.Retired))
+		for v, at := range ps.Retired {
+			cp.Retired[v] = at
+		}
+	}
 	if ps.Canary != nil {
 		cc := *ps.Canary
 		cp.Canary = &cc
@@ -173,7 +185,7 @@ func (s *State) compact() {
 			}
 		}
 		if ps.StableVersion == "" && ps.Canary == nil && !ps.Held && len(ps.Backends) == 0 && ps.LastCanary == nil && ps.Lease == nil &&
-			ps.Switch == nil && ps.LastSwitch == nil && ps.Rollout == nil {
+			ps.Switch == nil && ps.LastSwitch == nil && ps.Rollout == nil && len(ps.Retired) == 0 {
 			delete(s.Pools, name)
 		}
 	}
@@ -501,7 +513,33 @@ func desired(pc config.Pool, ps *PoolState) pool.Desired {
 		}
 		d.Admin[name] = bs.State
 	}
+	// A retired version never comes back into rotation, whatever the
+	// file says: its backends stay out (drained) until a rollout to it
+	// clears the tombstone. A reload warns of them (retiredInFile).
+	for _, b := range d.Config.Backends {
+		if _, retired := ps.Retired[b.Version]; retired {
+			if d.Admin == nil {
+				d.Admin = make(map[string]pool.State)
+			}
+			d.Admin[b.Name] = pool.Drained
+		}
+	}
 	return d
+}
+
+// retiredInFile names the backends of pc that run a version ps retired:
+// desired keeps them out of rotation.
+func retiredInFile(pc config.Pool, ps *PoolState) []string {
+	if ps == nil || len(ps.Retired) == 0 {
+		return nil
+	}
+	var out []string
+	for _, b := range effective(pc, ps).Backends {
+		if _, retired := ps.Retired[b.Version]; retired {
+			out = append(out, b.Name+" ("+b.Version+")")
+		}
+	}
+	return out
 }
 
 // effective returns the pool's configuration with the overlay applied:

@@ -35,6 +35,7 @@ type poolRecord struct {
 	Switch        *switchRecord             `json:"switch,omitempty"`
 	LastSwitch    *switchOutcomeRecord      `json:"last_switch,omitempty"`
 	Rollout       *rolloutRecord            `json:"rollout,omitempty"`
+	Retired       map[string]time.Time      `json:"retired,omitempty"` // version → when its after_gone gate began
 	FileStable    string                    `json:"file_stable,omitempty"`
 	FileCanary    *canaryRecord             `json:"file_canary,omitempty"`
 }
@@ -189,6 +190,12 @@ func (s *State) record() *stateRecord {
 			pr.LastSwitch = &switchOutcomeRecord{From: o.From, To: o.To, Outcome: o.Outcome, Reason: o.Reason, At: o.At}
 		}
 		pr.Rollout = rolloutToRecord(ps.Rollout)
+		for v, at := range ps.Retired {
+			if pr.Retired == nil {
+				pr.Retired = map[string]time.Time{}
+			}
+			pr.Retired[v] = at.UTC()
+		}
 		out.Pools[name] = pr
 	}
 	return out
@@ -243,6 +250,12 @@ func (rec *stateRecord) state() *State {
 			ps.LastSwitch = &SwitchOutcome{From: o.From, To: o.To, Outcome: o.Outcome, Reason: o.Reason, At: o.At}
 		}
 		ps.Rollout = rolloutFromRecord(pr.Rollout)
+		for v, at := range pr.Retired {
+			if ps.Retired == nil {
+				ps.Retired = map[string]time.Time{}
+			}
+			ps.Retired[v] = at
+		}
 		s.Pools[name] = ps
 	}
 	return s

@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/baton-lb/baton/pool"
@@ -22,6 +23,15 @@ type VersionPresence struct {
 	Inflight int64
 	Conns    int
 	Cookies  pool.CookieCounts
+	// Known: this baton has seen the version in the pool (a backend ran
+	// it, it was stable or canary, a rollout named it) within what it
+	// remembers. A version never seen is not "gone": a typo, or a pool
+	// asked about on the wrong baton, must not release a migration.
+	Known bool
+	// CountsUnknownUntil, when set, is until when the cookies of every
+	// version count as unknown: this process could not read what the one
+	// before it issued (see Registry.CookiesUnknownUntil).
+	CountsUnknownUntil time.Time
 }
 
 // BackendPresence is one backend of a version.
@@ -53,8 +63,39 @@ func (v *VersionPresence) Serving() bool {
 
 // Gone reports whether the version is gone: not serving, and no cookie
 // of it can still be valid (unless ignoreAffinity).
+//
+// It is never gone while it is the pool's stable or canary version (a
+// backend may take it again at any moment), while it is not known, or,
+// unless affinity is ignored, while the cookie counts are unknown.
 func (v *VersionPresence) Gone(ignoreAffinity bool) bool {
-	return !v.Serving() && (ignoreAffinity || v.Cookies.Count() == 0)
+	if v.Serving() || v.Role != "" || !v.Known {
+		return false
+	}
+	return ignoreAffinity || (v.Cookies.Count() == 0 && v.CountsUnknownUntil.IsZero())
+}
+
+// holds says in a few words what holds the version (for a refusal).
+func (v *VersionPresence) holds() string {
+	var out []string
+	if v.Role != "" {
+		out = append(out, "it is the pool's "+v.Role+" version")
+	}
+	if !v.Known {
+		out = append(out, "baton never saw it in this pool")
+	}
+	if in := v.InRotation(); len(in) > 0 {
+		out = append(out, "in rotation on "+strings.Join(in, ", "))
+	}
+	if v.Inflight > 0 || v.Conns > 0 {
+		out = append(out, fmt.Sprintf("%d in flight, %d open connections", v.Inflight, v.Conns))
+	}
+	if n := v.Cookies.Count(); n > 0 {
+		out = append(out, fmt.Sprintf("%d affinity cookies valid until %s", n, v.Cookies.Until.UTC().Format(time.RFC3339)))
+	}
+	if !v.CountsUnknownUntil.IsZero() {
+		out = append(out, "affinity cookie counts unknown until "+v.CountsUnknownUntil.UTC().Format(time.RFC3339))
+	}
+	return strings.Join(out, "; ")
 }
 
 // PoolVersions is every version present in a pool, at a moment.
@@ -65,15 +106,25 @@ type PoolVersions struct {
 	CanaryVersion string
 	// AffinityMaxAge is how long a cookie issued now pins its client.
 	AffinityMaxAge time.Duration
-	Versions       []VersionPresence
+	// CountsUnknownUntil: see VersionPresence.CountsUnknownUntil.
+	CountsUnknownUntil time.Time
+	Versions           []VersionPresence
 }
 
 // Versions lists every version present in a pool: those its backends run
 // (removed ones still finishing included), the stable and canary
-// versions, and those with affinity cookies that may still be valid —
-// stable first, then by name.
-func (r *Registry) Versions(poolName string) (*PoolVersions, error) {
-	p := r.Pool(poolName)
+// versions, those with affinity cookies that may still be valid, and
+// those asked about even when absent — stable first, then by name.
+func (r *Registry) Versions(poolName string, ask ...string) (*PoolVersions, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.versionsLocked(poolName, ask...)
+}
+
+// versionsLocked is Versions with r.mu held (RecordGate re-checks under
+// it that a version is gone, in the same step that retires it).
+func (r *Registry) versionsLocked(poolName string, ask ...string) (*PoolVersions, error) {
+	p := r.pools[poolName]
 	if p == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
 	}
@@ -81,11 +132,15 @@ func (r *Registry) Versions(poolName string) (*PoolVersions, error) {
 	cv, _ := p.Canary()
 	out := &PoolVersions{Pool: poolName, At: now.UTC(), StableVersion: p.StableVersion(), CanaryVersion: cv,
 		AffinityMaxAge: p.Settings().Affinity.MaxAge}
+	if u := r.cookiesUnknownUntil(); now.Before(u) {
+		out.CountsUnknownUntil = u.UTC()
+	}
+	r.noteKnownLocked(p, now)
 	by := map[string]*VersionPresence{}
 	get := func(v string) *VersionPresence {
 		vp := by[v]
 		if vp == nil {
-			vp = &VersionPresence{Version: v}
+			vp = &VersionPresence{Version: v, CountsUnknownUntil: out.CountsUnknownUntil}
 			switch v {
 			case out.StableVersion:
 				vp.Role = "stable"
@@ -121,7 +176,11 @@ func (r *Registry) Versions(poolName string) (*PoolVersions, error) {
 	for _, c := range p.Cookies(now) {
 		get(c.Version).Cookies = c
 	}
+	for _, v := range ask {
+		get(v)
+	}
 	for _, vp := range by {
+		vp.Known = r.known.has(poolName, vp.Version)
 		out.Versions = append(out.Versions, *vp)
 	}
 	sort.Slice(out.Versions, func(i, j int) bool {

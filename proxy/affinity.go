@@ -199,6 +199,7 @@ func (x *exchange) setAffinity(ctx *fasthttp.RequestCtx) {
 	// Counted before it is sent: a release asking whether any client may
 	// still be pinned to v must never miss a cookie that is out there.
 	issued.Issued(x.start.Add(x.ttfb), a.MaxAge)
+	x.cookieCount = issued
 	if !x.hasClientID {
 		binary.LittleEndian.PutUint64(x.clientID[:], rand.Uint64())
 	}

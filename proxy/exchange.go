@@ -59,6 +59,9 @@ type exchange struct {
 	aff         *affinityTable
 	clientID    [8]byte // from the client's verified affinity cookie, or new
 	hasClientID bool
+	// cookieCount is the counter a Set-Cookie was counted in; finish
+	// counts it again (see setAffinity).
+	cookieCount *pool.CookieCounter
 	sharedPeer  bool   // the peer's address is shared (loopback, a trusted proxy): not a client's
 	fwdClient   []byte // the client's address a trusted proxy forwarded
 	addrBuf     []byte
@@ -665,6 +668,18 @@ func (x *exchange) CloseWithError(werr error) error {
 
 // finish records the outcome on the backend and writes the access log line.
 func (x *exchange) finish() {
+	if c := x.cookieCount; c != nil {
+		// The client starts the cookie's Max-Age when it receives the
+		// head, which for a streamed response may be long after the
+		// backend's first byte: counted again now, with the later
+		// expiry. Twice is safe (the count is an upper bound), but only
+		// needed past a second: the count's 2 s slack covers less, and
+		// the figures operators read stay one per cookie.
+		x.cookieCount = nil
+		if now := time.Now(); now.Sub(x.start.Add(x.ttfb)) >= time.Second {
+			c.Issued(now, x.cfg.Affinity.MaxAge)
+		}
+	}
 	b := x.b
 	if b != nil {
 		x.b = nil // released once, even if logging below panics

@@ -25,9 +25,12 @@ func gateFlag(gate string) string {
 	return "--after-gone"
 }
 
-func (r *Release) getVersions(ctx context.Context) (v1.PoolVersions, error) {
+// getVersions asks what holds the pool's versions, those named listed
+// even when absent (with whether baton ever saw them).
+func (r *Release) getVersions(ctx context.Context, versions ...string) (v1.PoolVersions, error) {
 	var pv v1.PoolVersions
-	err := r.call(ctx, "GET", r.poolPath()+"/versions", nil, nil, &pv)
+	q := url.Values{"version": versions}
+	err := r.call(ctx, "GET", r.poolPath()+"/versions", q, nil, &pv)
 	return pv, err
 }
 
@@ -38,14 +41,21 @@ func (r *Release) requiresGone(ctx context.Context) error {
 	if len(r.o.RequiresGone) == 0 {
 		return nil
 	}
-	pv, err := r.getVersions(ctx)
+	pv, err := r.getVersions(ctx, r.o.RequiresGone...)
 	if err != nil {
 		return err
 	}
 	for _, version := range r.o.RequiresGone {
 		v := pv.Find(version)
-		if v == nil {
-			continue
+		if v == nil || !v.Known {
+			if !r.o.AllowUnknown {
+				return &failure{kind: ErrRequiresGone, msg: fmt.Sprintf("refusing to release %s to %s: baton has never seen %s in the pool, so it cannot say it is gone (a typo, or the wrong pool or baton?); --allow-unknown lets it count as gone",
+					r.o.To, r.pool, version)}
+			}
+			if v == nil {
+				continue
+			}
+			v.Known = true // the operator vouches for it
 		}
 		if held := v.HeldBy(false, time.Local); len(held) > 0 {
 			return &failure{kind: ErrRequiresGone, msg: fmt.Sprintf("refusing to release %s to %s: %s is still present (%s), and %s must not run beside it. Finish the release that replaces %s first; baton ctl wait-gone %s %s returns once it is gone",
@@ -101,9 +111,10 @@ func untouched(p v1.Pool, from string) bool {
 	return true
 }
 
-// expandGate fills a gate's template: {pool}, {from} and {to}.
+// expandGate fills a gate's template: {pool}, {from} and {to},
+// shell-quoted (see expand).
 func (r *Release) expandGate(tmpl string) string {
-	return strings.NewReplacer("{pool}", r.pool, "{from}", r.rec.From, "{to}", r.o.To).Replace(tmpl)
+	return strings.NewReplacer("{pool}", shellQuote(r.pool), "{from}", shellQuote(r.rec.From), "{to}", shellQuote(r.o.To)).Replace(tmpl)
 }
 
 // gate runs a migration gate once: not when baton records it done, and
@@ -173,12 +184,15 @@ func (r *Release) waitGone(ctx context.Context) error {
 	deadline := time.Now().Add(r.o.GoneWait)
 	last, lastAt := "", time.Time{}
 	for {
-		pv, err := r.getVersions(ctx)
+		pv, err := r.getVersions(ctx, from)
 		if err != nil {
 			return err
 		}
 		var held []string
 		if v := pv.Find(from); v != nil {
+			// The rollout record names from, so baton knows it; a baton
+			// that never saw it holds it (its HeldBy says so) until
+			// GoneWait rather than call it gone.
 			held = v.HeldBy(false, time.Local)
 		}
 		if len(held) == 0 {

@@ -49,6 +49,10 @@ type Options struct {
 	// RequiresGone are versions that must be gone from the pool (as
 	// above) before the release may start: To cannot run beside them.
 	RequiresGone []string
+	// AllowUnknown lets a version of RequiresGone that baton never saw in
+	// the pool count as gone; without it the release is refused, since
+	// baton cannot tell a typo from a version long gone.
+	AllowUnknown bool
 	// MaxUnavailable is how many servers may be out of rotation at once
 	// after the canary. Default 1.
 	MaxUnavailable int
@@ -781,14 +785,25 @@ func (r *Release) plan(ctx context.Context, p v1.Pool) Plan {
 }
 
 // expand fills a command template for one server: {name}, {address},
-// {host}, {port}, {pool}, {version} and {from}.
+// {host}, {port}, {pool}, {version} and {from}, each shell-quoted: the
+// line runs with sh -c, and the values come from the admin API, so a
+// token holder must not be able to run commands here through them.
 func expand(tmpl, poolName string, b v1.Backend, version, from string) string {
 	host, port, err := net.SplitHostPort(b.Address)
 	if err != nil {
 		host, port = b.Address, ""
 	}
-	return strings.NewReplacer("{name}", b.Name, "{address}", b.Address, "{host}", host, "{port}", port,
-		"{pool}", poolName, "{version}", version, "{from}", from).Replace(tmpl)
+	return strings.NewReplacer("{name}", shellQuote(b.Name), "{address}", shellQuote(b.Address), "{host}", shellQuote(host),
+		"{port}", shellQuote(port), "{pool}", shellQuote(poolName), "{version}", shellQuote(version), "{from}", shellQuote(from)).Replace(tmpl)
+}
+
+// shellQuote returns s as one sh word: as it is when it holds only
+// characters sh treats as plain, else in single quotes.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/@%+=,-") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // trimFloat formats a share as the messages show it: at most two decimals,

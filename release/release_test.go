@@ -503,7 +503,8 @@ func (s *shop) gatesRun() []string {
 // gate runs once, the release goes through, and the --after-gone gate runs
 // only once v1 is gone (its last cookies expired); a third run runs
 // neither gate again. A release that requires v1 gone is refused while
-// any v1 server is in rotation, and allowed once none is.
+// any v1 server is in rotation, and allowed once none is; one that
+// requires gone a version baton never saw is refused.
 func TestReleaseMigrationGates(t *testing.T) {
 	s := startShop(t, "")
 	failed := s.load(t)
@@ -521,6 +522,23 @@ func TestReleaseMigrationGates(t *testing.T) {
 	if !errors.Is(err, release.ErrRequiresGone) || !strings.Contains(err.Error(), "v1 is still present (web-1 active") ||
 		!strings.Contains(err.Error(), "v3 must not run beside it") {
 		t.Fatalf("a release requiring v1 gone while it serves: %v", err)
+	}
+	if len(s.ran) != 0 || s.pool(t).Lease != nil {
+		t.Fatalf("the refused release ran %v or took the lease", s.ran)
+	}
+	// A version baton never saw is refused too (a typo must not let v3
+	// in), unless the operator vouches for it.
+	o.RequiresGone = []string{"v0"}
+	err = release.New(s.api, "shop", o).Run(context.Background())
+	if !errors.Is(err, release.ErrRequiresGone) || !strings.Contains(err.Error(), "baton has never seen v0 in the pool") {
+		t.Fatalf("a release requiring v0, never seen, gone: %v", err)
+	}
+	// (This baton keeps no state file, so for a while after its start
+	// the cookies' counts are unknown and hold every version: that may
+	// still refuse it, but not for being unknown.)
+	o.AllowUnknown = true
+	if _, err := release.New(s.api, "shop", o).Plan(context.Background()); err != nil && strings.Contains(err.Error(), "never seen") {
+		t.Fatalf("the plan of a release requiring v0 gone with AllowUnknown: %v", err)
 	}
 	if len(s.ran) != 0 || s.pool(t).Lease != nil {
 		t.Fatalf("the refused release ran %v or took the lease", s.ran)

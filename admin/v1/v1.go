@@ -31,6 +31,8 @@ const (
 	CodeVerdictOvertaken    = "verdict_overtaken"     // the judge's action after a decision changed the pool (logged, not answered)
 	CodeNoRollout           = "no_rollout"            // a gate reported for a rollout baton has no record of
 	CodeGateDone            = "gate_done"             // a migration gate that ran already: it is not run twice
+	CodeVersionPresent      = "version_present"       // the after_gone gate while the version it waits for is not gone
+	CodeVersionRetired      = "version_retired"       // a version a rollout's after_gone gate retired, put back in rotation
 )
 
 // Backend is a backend as the API shows it.
@@ -239,8 +241,12 @@ type PoolVersions struct {
 	CanaryVersion string    `json:"canary_version,omitempty"`
 	// AffinityMaxAge is how long a cookie given now pins its client
 	// (a duration such as 1h0m0s).
-	AffinityMaxAge string            `json:"affinity_max_age"`
-	Versions       []VersionPresence `json:"versions"`
+	AffinityMaxAge string `json:"affinity_max_age"`
+	// CountsUnknownUntil: this baton could not restore the affinity
+	// cookies' counts at its start (see the cascade section of the
+	// README), so every version counts as pinned by cookies until then.
+	CountsUnknownUntil *time.Time        `json:"counts_unknown_until,omitempty"`
+	Versions           []VersionPresence `json:"versions"`
 }
 
 // VersionPresence is one version of a pool and what still holds it.
@@ -261,8 +267,16 @@ type VersionPresence struct {
 	// Serving: a backend in rotation (active) runs it, or a request or a
 	// connection to one is still open.
 	Serving bool `json:"serving"`
-	// Gone: not serving, and no affinity cookie of it can still be valid.
+	// Known: baton has seen the version in the pool. A version asked for
+	// (?version=) that it never saw is listed with known false and gone
+	// false: it cannot tell a typo from a version long gone.
+	Known bool `json:"known"`
+	// Gone: known, neither stable nor canary, not serving, and no
+	// affinity cookie of it can still be valid (nor can the counts be
+	// unknown).
 	Gone bool `json:"gone"`
+	// CountsUnknownUntil: as PoolVersions.CountsUnknownUntil.
+	CountsUnknownUntil *time.Time `json:"counts_unknown_until,omitempty"`
 }
 
 // VersionBackend is one backend of a version.
@@ -287,7 +301,8 @@ func (pv *PoolVersions) Find(version string) *VersionPresence {
 // HeldBy says what still holds the version, one phrase each ("web-2
 // active (1 in flight, 1 open connection)", "12 affinity cookies valid
 // until 10:42:03"), in loc's time; none when it is gone (ignoring
-// affinity cookies when asked to).
+// affinity cookies when asked to). A version baton never saw is held by
+// that alone: callers that accept it check Known first.
 func (v *VersionPresence) HeldBy(ignoreAffinity bool, loc *time.Location) []string {
 	var out []string
 	for _, b := range v.Backends {
@@ -302,6 +317,15 @@ func (v *VersionPresence) HeldBy(ignoreAffinity bool, loc *time.Location) []stri
 			phrase += fmt.Sprintf(" (%s in flight, %s)", plural(b.Inflight, "request", "requests"), plural(int64(b.OpenConnections), "open connection", "open connections"))
 		}
 		out = append(out, phrase)
+	}
+	if v.Role != "" {
+		out = append(out, "it is the pool's "+v.Role+" version")
+	}
+	if !v.Known {
+		out = append(out, "baton has never seen it in this pool")
+	}
+	if !ignoreAffinity && v.CountsUnknownUntil != nil {
+		out = append(out, "affinity cookie counts unknown until "+v.CountsUnknownUntil.In(loc).Format(time.TimeOnly)+" (baton restarted without them)")
 	}
 	if !ignoreAffinity && v.AffinityCookies > 0 {
 		phrase := plural(v.AffinityCookies, "affinity cookie", "affinity cookies")

@@ -38,7 +38,7 @@ var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "outp
 	"to": true, "watch": true, "max-error-rate": true, "ca": true, "slow": true, "sample": true, "since": true, "timeout": true}
 
 var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true, "errors": true,
-	"ignore-affinity": true}
+	"ignore-affinity": true, "allow-unknown": true}
 
 func parseCtlArgs(args []string) (*ctlArgs, error) {
 	a := &ctlArgs{flags: map[string]string{}}
@@ -330,8 +330,8 @@ var ctlCommands = []ctlCommand{
 	{names: []string{"versions"}, args: "POOL", nargs: 1,
 		doc: "every version present: backends by state, in flight,\nopen connections, affinity cookies still valid",
 		run: (*ctlClient).versions},
-	{names: []string{"wait-gone"}, args: "POOL VERSION [--timeout 10m] [--ignore-affinity]", nargs: 2,
-		doc: "wait until no backend in rotation runs VERSION, nothing\nis in flight or open on one, and no affinity cookie of\nit can still be valid; exit 3 naming what holds it",
+	{names: []string{"wait-gone"}, args: "POOL VERSION [--timeout 10m] [--ignore-affinity] [--allow-unknown]", nargs: 2,
+		doc: "wait until no backend in rotation runs VERSION, nothing\nis in flight or open on one, and no affinity cookie of\nit can still be valid; exit 3 naming what holds it,\n1 if baton never saw VERSION (--allow-unknown: wait anyway)",
 		run: (*ctlClient).waitGone},
 	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
 	{names: []string{"cluster"}, args: "[reset-state]", more: 1, run: (*ctlClient).cluster, forms: []ctlForm{
@@ -717,6 +717,7 @@ func (c *ctlClient) waitGone(a *ctlArgs) error {
 		timeout = d
 	}
 	ignore := a.flags["ignore-affinity"] != ""
+	allowUnknown := a.flags["allow-unknown"] != ""
 	out := c.output
 	c.output = "text" // each look prints nothing; the last answer is printed below
 	defer func() { c.output = out }()
@@ -724,14 +725,22 @@ func (c *ctlClient) waitGone(a *ctlArgs) error {
 	last := ""
 	for {
 		var pv v1.PoolVersions
-		if _, err := c.call("GET", a.poolPath()+"/versions", nil, nil, &pv); err != nil {
+		if _, err := c.call("GET", a.poolPath()+"/versions?version="+url.QueryEscape(version), nil, nil, &pv); err != nil {
 			return err
 		}
 		v := pv.Find(version)
-		var held []string
-		if v != nil {
-			held = v.HeldBy(ignore, time.Local)
+		if v == nil {
+			// A baton before ?version= lists only versions present: it
+			// cannot tell an absent version from one it never saw.
+			v = &v1.VersionPresence{Version: version, States: map[string]int{}, Backends: []v1.VersionBackend{}}
 		}
+		if !v.Known {
+			if !allowUnknown {
+				return fail(exitFail, "baton has never seen %s in pool %s, so it cannot say it is gone (a typo, or the wrong pool or baton?); --allow-unknown waits for it anyway", version, pv.Pool)
+			}
+			v.Known = true // the caller vouches for it
+		}
+		held := v.HeldBy(ignore, time.Local)
 		if len(held) == 0 {
 			c.output = out
 			return c.printGone(pv, version, v, ignore)
