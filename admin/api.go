@@ -329,7 +329,8 @@ func rolloutJSON(rr *control.RolloutRecord) *v1.Rollout {
 // versionsJSON is what holds each version of a pool, as the API shows it.
 func versionsJSON(pv *control.PoolVersions) v1.PoolVersions {
 	out := v1.PoolVersions{Pool: pv.Pool, At: pv.At, StableVersion: pv.StableVersion, CanaryVersion: pv.CanaryVersion,
-		AffinityMaxAge: pv.AffinityMaxAge.String(), Versions: []v1.VersionPresence{}}
+		AffinityMaxAge: pv.AffinityMaxAge.String(), Versions: []v1.VersionPresence{},
+		Clustered: pv.Clustered, ThisInstanceOnly: pv.ThisInstanceOnly}
 	if !pv.CountsUnknownUntil.IsZero() {
 		u := pv.CountsUnknownUntil
 		out.CountsUnknownUntil = &u
@@ -337,7 +338,7 @@ func versionsJSON(pv *control.PoolVersions) v1.PoolVersions {
 	for _, v := range pv.Versions {
 		j := v1.VersionPresence{Version: v.Version, Role: v.Role, States: map[string]int{}, Backends: []v1.VersionBackend{},
 			Inflight: v.Inflight, OpenConnections: v.Conns, AffinityCookies: v.Cookies.Count(),
-			Serving: v.Serving(), Gone: v.Gone(false), Known: v.Known}
+			Serving: v.Serving(), Gone: v.Gone(false), Known: v.Known, OthersUncounted: v.OthersUncounted}
 		if !v.CountsUnknownUntil.IsZero() {
 			u := v.CountsUnknownUntil
 			j.CountsUnknownUntil = &u
@@ -626,7 +627,15 @@ func (a *api) getHistory(r *http.Request, _ string) (int, any, error) {
 func (a *api) getVersions(r *http.Request, _ string) (int, any, error) {
 	// ?version=V (repeatable) lists V even when absent, with whether
 	// baton ever saw it: a client asks about the version it waits for.
-	pv, err := a.ctl.Versions(r.PathValue("pool"), r.URL.Query()["version"]...)
+	versions := a.ctl.Versions
+	switch v := r.URL.Query().Get("this_instance_only"); v {
+	case "", "false":
+	case "true":
+		versions = a.ctl.VersionsHere
+	default:
+		return 0, nil, errorf(400, "invalid_parameter", "this_instance_only must be true or false, got %q", v)
+	}
+	pv, err := versions(r.PathValue("pool"), r.URL.Query()["version"]...)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -662,7 +671,7 @@ func (a *api) recordGate(r *http.Request, actor string) (int, any, error) {
 		return 0, nil, err
 	}
 	rec, err := a.ctl.RecordGate(r.PathValue("pool"), control.GateSpec{Holder: body.Holder, To: body.To, Gate: r.PathValue("gate"),
-		State: body.State, Command: body.Command, Detail: body.Detail}, control.By(actor))
+		State: body.State, Command: body.Command, Detail: body.Detail, ThisInstanceOnly: body.ThisInstanceOnly}, control.By(actor))
 	if err != nil {
 		return 0, nil, err
 	}

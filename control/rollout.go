@@ -152,6 +152,10 @@ type GateSpec struct {
 	State   string // GateRunning, GateDone or GateFailed
 	Command string
 	Detail  string
+	// ThisInstanceOnly: in a cluster, the after_gone gate's check judges
+	// by this baton's figures alone (the caller checked every other one);
+	// otherwise a cluster never finds a version gone here.
+	ThisInstanceOnly bool
 }
 
 // RecordGate records a step of a migration gate of the pool's rollout to
@@ -201,7 +205,7 @@ func (r *Registry) RecordGate(poolName string, spec GateSpec, opts ...Opt) (Roll
 		// lock that every change of the pool takes, and the same change
 		// retires it, so nothing brings it back while the gate drops
 		// what it needs.
-		pv, err := r.versionsLocked(poolName, from)
+		pv, err := r.versionsLocked(poolName, spec.ThisInstanceOnly, from)
 		if err != nil {
 			return RolloutRecord{}, err
 		}

@@ -32,6 +32,11 @@ type VersionPresence struct {
 	// version count as unknown: this process could not read what the one
 	// before it issued (see Registry.CookiesUnknownUntil).
 	CountsUnknownUntil time.Time
+	// OthersUncounted: in a cluster, the other batons' requests in flight
+	// and the cookies they gave are not in these figures (each baton
+	// counts its own), so this one cannot call the version gone unless
+	// its caller asked for this instance alone.
+	OthersUncounted bool
 }
 
 // BackendPresence is one backend of a version.
@@ -68,7 +73,7 @@ func (v *VersionPresence) Serving() bool {
 // backend may take it again at any moment), while it is not known, or,
 // unless affinity is ignored, while the cookie counts are unknown.
 func (v *VersionPresence) Gone(ignoreAffinity bool) bool {
-	if v.Serving() || v.Role != "" || !v.Known {
+	if v.Serving() || v.Role != "" || !v.Known || v.OthersUncounted {
 		return false
 	}
 	return ignoreAffinity || (v.Cookies.Count() == 0 && v.CountsUnknownUntil.IsZero())
@@ -82,6 +87,9 @@ func (v *VersionPresence) holds() string {
 	}
 	if !v.Known {
 		out = append(out, "baton never saw it in this pool")
+	}
+	if v.OthersUncounted {
+		out = append(out, "the other batons of the cluster are not counted here (ask each with this_instance_only)")
 	}
 	if in := v.InRotation(); len(in) > 0 {
 		out = append(out, "in rotation on "+strings.Join(in, ", "))
@@ -108,22 +116,38 @@ type PoolVersions struct {
 	AffinityMaxAge time.Duration
 	// CountsUnknownUntil: see VersionPresence.CountsUnknownUntil.
 	CountsUnknownUntil time.Time
-	Versions           []VersionPresence
+	// Clustered: this baton shares decisions with others through etcd;
+	// ThisInstanceOnly: the figures were judged by this one alone, as
+	// asked.
+	Clustered, ThisInstanceOnly bool
+	Versions                    []VersionPresence
 }
 
 // Versions lists every version present in a pool: those its backends run
 // (removed ones still finishing included), the stable and canary
 // versions, those with affinity cookies that may still be valid, and
 // those asked about even when absent — stable first, then by name.
+//
+// In a cluster each baton counts only its own requests and cookies: no
+// version is gone by these figures (OthersUncounted) — see VersionsHere.
 func (r *Registry) Versions(poolName string, ask ...string) (*PoolVersions, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.versionsLocked(poolName, ask...)
+	return r.versionsLocked(poolName, false, ask...)
+}
+
+// VersionsHere is Versions judged by this baton's figures alone, in a
+// cluster too: for a caller that asks every instance in turn.
+func (r *Registry) VersionsHere(poolName string, ask ...string) (*PoolVersions, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.versionsLocked(poolName, true, ask...)
 }
 
 // versionsLocked is Versions with r.mu held (RecordGate re-checks under
-// it that a version is gone, in the same step that retires it).
-func (r *Registry) versionsLocked(poolName string, ask ...string) (*PoolVersions, error) {
+// it that a version is gone, in the same step that retires it); here
+// judges by this instance's figures even in a cluster.
+func (r *Registry) versionsLocked(poolName string, here bool, ask ...string) (*PoolVersions, error) {
 	p := r.pools[poolName]
 	if p == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownPool, poolName)
@@ -181,8 +205,10 @@ func (r *Registry) versionsLocked(poolName string, ask ...string) (*PoolVersions
 	}
 	for _, vp := range by {
 		vp.Known = r.known.has(poolName, vp.Version)
+		vp.OthersUncounted = r.shared != nil && !here
 		out.Versions = append(out.Versions, *vp)
 	}
+	out.Clustered, out.ThisInstanceOnly = r.shared != nil, here
 	sort.Slice(out.Versions, func(i, j int) bool {
 		a, b := out.Versions[i], out.Versions[j]
 		if (a.Role == "stable") != (b.Role == "stable") {

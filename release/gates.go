@@ -30,6 +30,9 @@ func gateFlag(gate string) string {
 func (r *Release) getVersions(ctx context.Context, versions ...string) (v1.PoolVersions, error) {
 	var pv v1.PoolVersions
 	q := url.Values{"version": versions}
+	if r.o.ThisInstanceOnly {
+		q.Set("this_instance_only", "true")
+	}
 	err := r.call(ctx, "GET", r.poolPath()+"/versions", q, nil, &pv)
 	return pv, err
 }
@@ -38,12 +41,23 @@ func (r *Release) getVersions(ctx context.Context, versions ...string) (v1.PoolV
 // still present in the pool: the new version must never meet it (v3, which
 // dropped a column, beside a v1 that still reads it).
 func (r *Release) requiresGone(ctx context.Context) error {
-	if len(r.o.RequiresGone) == 0 {
+	if len(r.o.RequiresGone) == 0 && r.o.AfterGone == "" {
 		return nil
 	}
 	pv, err := r.getVersions(ctx, r.o.RequiresGone...)
 	if err != nil {
 		return err
+	}
+	if pv.Clustered && !pv.ThisInstanceOnly {
+		// Each baton of a cluster counts only its own requests in flight
+		// and the cookies it gave: one of them cannot say a version is
+		// gone, and waiting on it would wait for ever. Say so before
+		// anything is drained.
+		return &failure{kind: ErrRequiresGone, msg: fmt.Sprintf("refusing to release %s to %s with --requires-gone or --after-gone: this baton is one of a cluster, and each counts only its own requests and affinity cookies. Check every other instance yourself (baton ctl wait-gone POOL VERSION --this-instance-only against each) and run this with --this-instance-only",
+			r.pool, r.o.To)}
+	}
+	if len(r.o.RequiresGone) == 0 {
+		return nil
 	}
 	for _, version := range r.o.RequiresGone {
 		v := pv.Find(version)
@@ -130,7 +144,7 @@ func (r *Release) gate(ctx context.Context, gate, tmpl string) error {
 	path := r.poolPath() + "/rollout/gates/" + url.PathEscape(gate)
 	record := func(ctx context.Context, state, detail string) error {
 		var rec v1.Rollout
-		err := r.call(ctx, "POST", path, nil, v1.RecordGate{Holder: r.o.Holder, To: r.o.To, State: state, Command: line, Detail: detail}, &rec)
+		err := r.call(ctx, "POST", path, nil, v1.RecordGate{Holder: r.o.Holder, To: r.o.To, State: state, Command: line, Detail: detail, ThisInstanceOnly: r.o.ThisInstanceOnly}, &rec)
 		if err == nil {
 			r.rec = &rec
 		}

@@ -53,6 +53,12 @@ type Options struct {
 	// the pool count as gone; without it the release is refused, since
 	// baton cannot tell a typo from a version long gone.
 	AllowUnknown bool
+	// ThisInstanceOnly judges "gone" (--requires-gone, --after-gone) by
+	// the baton the release talks to alone, in a cluster too, where each
+	// baton counts only its own requests and cookies: for a caller that
+	// checked every other instance itself. Without it a cluster never
+	// finds a version gone.
+	ThisInstanceOnly bool
 	// MaxUnavailable is how many servers may be out of rotation at once
 	// after the canary. Default 1.
 	MaxUnavailable int

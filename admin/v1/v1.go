@@ -245,8 +245,14 @@ type PoolVersions struct {
 	// CountsUnknownUntil: this baton could not restore the affinity
 	// cookies' counts at its start (see the cascade section of the
 	// README), so every version counts as pinned by cookies until then.
-	CountsUnknownUntil *time.Time        `json:"counts_unknown_until,omitempty"`
-	Versions           []VersionPresence `json:"versions"`
+	CountsUnknownUntil *time.Time `json:"counts_unknown_until,omitempty"`
+	// Clustered: this baton shares decisions with others through etcd,
+	// and each counts only its own requests and cookies, so no version is
+	// gone by one baton's figures unless ThisInstanceOnly was asked
+	// (?this_instance_only=true): ask every instance.
+	Clustered        bool              `json:"clustered,omitempty"`
+	ThisInstanceOnly bool              `json:"this_instance_only,omitempty"`
+	Versions         []VersionPresence `json:"versions"`
 }
 
 // VersionPresence is one version of a pool and what still holds it.
@@ -277,6 +283,9 @@ type VersionPresence struct {
 	Gone bool `json:"gone"`
 	// CountsUnknownUntil: as PoolVersions.CountsUnknownUntil.
 	CountsUnknownUntil *time.Time `json:"counts_unknown_until,omitempty"`
+	// OthersUncounted: in a cluster, the other batons' requests and
+	// cookies are not in these figures, so it is not gone by them.
+	OthersUncounted bool `json:"others_uncounted,omitempty"`
 }
 
 // VersionBackend is one backend of a version.
@@ -323,6 +332,9 @@ func (v *VersionPresence) HeldBy(ignoreAffinity bool, loc *time.Location) []stri
 	}
 	if !v.Known {
 		out = append(out, "baton has never seen it in this pool")
+	}
+	if v.OthersUncounted {
+		out = append(out, "the other batons of the cluster are not counted by this one (check each with --this-instance-only)")
 	}
 	if !ignoreAffinity && v.CountsUnknownUntil != nil {
 		out = append(out, "affinity cookie counts unknown until "+v.CountsUnknownUntil.In(loc).Format(time.TimeOnly)+" (baton restarted without them)")
@@ -389,4 +401,7 @@ type RecordGate struct {
 	State   string `json:"state"`
 	Command string `json:"command"`
 	Detail  string `json:"detail,omitempty"`
+	// ThisInstanceOnly: in a cluster, the after_gone gate's check judges
+	// by this baton's figures alone (the caller has checked the others).
+	ThisInstanceOnly bool `json:"this_instance_only,omitempty"`
 }

@@ -564,3 +564,47 @@ func TestClusterUnreadableSharedState(t *testing.T) {
 	}
 	backendOf(t, b, "web-1", "weight 30", func(be v1.Backend) bool { return be.Weight == 30 })
 }
+
+// TestClusterGoneIsNotOneBatonsWord: each baton of a cluster counts only
+// its own requests in flight and the affinity cookies it gave, so none of
+// them calls a version gone by itself. /versions says so; wait-gone and
+// rollout --after-gone refuse at once, naming the way out
+// (--this-instance-only against every instance), instead of waiting for
+// ever or deciding on part of the figures.
+func TestClusterGoneIsNotOneBatonsWord(t *testing.T) {
+	etcd := testbed.StartEtcd(t)
+	a, _ := startClusterPair(t, etcd, nil)
+
+	var pv v1.PoolVersions
+	a.admin.must("GET", "/v1/pools/shop/versions", "", 200, &pv)
+	if !pv.Clustered || pv.ThisInstanceOnly || len(pv.Versions) == 0 || !pv.Versions[0].OthersUncounted || pv.Versions[0].Gone {
+		t.Fatalf("a cluster's /versions: %+v", pv)
+	}
+	pv = v1.PoolVersions{}
+	a.admin.must("GET", "/v1/pools/shop/versions?this_instance_only=true", "", 200, &pv)
+	if !pv.Clustered || !pv.ThisInstanceOnly || pv.Versions[0].OthersUncounted {
+		t.Fatalf("/versions?this_instance_only=true: %+v", pv)
+	}
+
+	_, stderr, code := runBinary(t, "ctl", "wait-gone", "shop", "v1", "--admin", a.admin.base)
+	if code != 1 || !strings.Contains(stderr, "served by a cluster of batons") || !strings.Contains(stderr, "--this-instance-only") {
+		t.Errorf("wait-gone in a cluster: exit %d, %q", code, stderr)
+	}
+	// Judged by one instance, as asked: v1 is stable here, so it waits.
+	_, stderr, code = runBinary(t, "ctl", "wait-gone", "shop", "v1", "--this-instance-only", "--timeout", "1s", "--admin", a.admin.base)
+	if code != 3 || !strings.Contains(stderr, "stable version") {
+		t.Errorf("wait-gone --this-instance-only: exit %d, %q", code, stderr)
+	}
+
+	_, stderr, code = runBinary(t, "rollout", "shop", "--to", "v2", "--upgrade", "true", "--after-gone", "true", "--admin", a.admin.base)
+	if code != 2 || !strings.Contains(stderr, "one of a cluster") {
+		t.Errorf("rollout --after-gone in a cluster: exit %d, %q", code, stderr)
+	}
+	var p v1.Pool
+	a.admin.must("GET", "/v1/pools/shop", "", 200, &p)
+	for _, b := range p.Backends {
+		if b.State != "active" {
+			t.Errorf("the refused rollout left %s %s", b.Name, b.State)
+		}
+	}
+}

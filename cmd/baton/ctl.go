@@ -38,7 +38,7 @@ var valued = map[string]bool{"admin": true, "token-file": true, "o": true, "outp
 	"to": true, "watch": true, "max-error-rate": true, "ca": true, "slow": true, "sample": true, "since": true, "timeout": true}
 
 var switches = map[string]bool{"check": true, "h": true, "help": true, "standby": true, "refused": true, "errors": true,
-	"ignore-affinity": true, "allow-unknown": true}
+	"ignore-affinity": true, "this-instance-only": true, "allow-unknown": true}
 
 func parseCtlArgs(args []string) (*ctlArgs, error) {
 	a := &ctlArgs{flags: map[string]string{}}
@@ -330,7 +330,7 @@ var ctlCommands = []ctlCommand{
 	{names: []string{"versions"}, args: "POOL", nargs: 1,
 		doc: "every version present: backends by state, in flight,\nopen connections, affinity cookies still valid",
 		run: (*ctlClient).versions},
-	{names: []string{"wait-gone"}, args: "POOL VERSION [--timeout 10m] [--ignore-affinity] [--allow-unknown]", nargs: 2,
+	{names: []string{"wait-gone"}, args: "POOL VERSION [--timeout 10m] [--ignore-affinity] [--this-instance-only] [--allow-unknown]", nargs: 2,
 		doc: "wait until no backend in rotation runs VERSION, nothing\nis in flight or open on one, and no affinity cookie of\nit can still be valid; exit 3 naming what holds it,\n1 if baton never saw VERSION (--allow-unknown: wait anyway)",
 		run: (*ctlClient).waitGone},
 	{names: []string{"events"}, args: "[--limit N] [--refused]", doc: "the audit log, newest first (--refused: refused requests)", run: (*ctlClient).events},
@@ -725,7 +725,11 @@ func (c *ctlClient) waitGone(a *ctlArgs) error {
 	last := ""
 	for {
 		var pv v1.PoolVersions
-		if _, err := c.call("GET", a.poolPath()+"/versions?version="+url.QueryEscape(version), nil, nil, &pv); err != nil {
+		path := a.poolPath() + "/versions?version=" + url.QueryEscape(version)
+		if a.flags["this-instance-only"] != "" {
+			path += "&this_instance_only=true"
+		}
+		if _, err := c.call("GET", path, nil, nil, &pv); err != nil {
 			return err
 		}
 		v := pv.Find(version)
@@ -733,6 +737,9 @@ func (c *ctlClient) waitGone(a *ctlArgs) error {
 			// A baton before ?version= lists only versions present: it
 			// cannot tell an absent version from one it never saw.
 			v = &v1.VersionPresence{Version: version, States: map[string]int{}, Backends: []v1.VersionBackend{}}
+		}
+		if pv.Clustered && !pv.ThisInstanceOnly {
+			return fail(exitFail, "pool %s is served by a cluster of batons, and each counts only its own requests in flight and the affinity cookies it gave: run wait-gone against every instance with --this-instance-only (each must exit 0)", pv.Pool)
 		}
 		if !v.Known {
 			if !allowUnknown {
