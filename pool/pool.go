@@ -372,11 +372,15 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 		// A new address is a new server: it must pass a check first.
 		b.resetHealthLocked()
 	}
+	relabelled := old.version != sp.version
 	c := b.conns.Load()
-	if old.address == sp.address && c.dialTimeout == p.cfg.Timeouts.Connect &&
+	if old.address == sp.address && !relabelled && c.dialTimeout == p.cfg.Timeouts.Connect &&
 		c.idleTimeout == p.cfg.Connections.IdleTimeout && c.max == p.cfg.Connections.Max {
-		return // a weight or version change keeps the pooled connections
+		return // a weight change keeps the pooled connections
 	}
+	// A new version gets a new set too: the connections of the old one
+	// close as their requests end, and until then they are the old
+	// version's, not the new one's.
 	prev := b.conns.Swap(p.newConns(sp.address))
 	if State(b.state.Load()) != Active {
 		b.conns.Load().reuse.Store(false)
@@ -385,6 +389,11 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 	// Requests still using the old set keep it open; a drain must see and,
 	// at its timeout, close those connections too.
 	b.retireConns(prev)
+	if relabelled {
+		// Read after the new spec is stored: a request picked under the
+		// old one is counted in flight by now (acquire counts first).
+		b.noteFormer(old.version, prev, b.inflight.Load() > 0)
+	}
 }
 
 func (p *Pool) removeLocked(b *Backend) {
