@@ -319,7 +319,7 @@ func rolloutJSON(rr *control.RolloutRecord) *v1.Rollout {
 	if rr == nil {
 		return nil
 	}
-	out := &v1.Rollout{From: rr.From, To: rr.To, By: rr.By, Started: rr.Started, Gates: []v1.GateRun{}}
+	out := &v1.Rollout{From: rr.From, Also: rr.Also, To: rr.To, AfterGone: rr.AfterGone, By: rr.By, Started: rr.Started, Gates: []v1.GateRun{}}
 	for _, g := range rr.Gates {
 		out.Gates = append(out.Gates, v1.GateRun{Gate: g.Gate, Command: g.Command, State: g.State, At: g.At, Detail: g.Detail})
 	}
@@ -658,7 +658,14 @@ func (a *api) beginRollout(r *http.Request, actor string) (int, any, error) {
 	if err := decode(r, &body); err != nil {
 		return 0, nil, err
 	}
-	rec, err := a.ctl.BeginRollout(r.PathValue("pool"), body.Holder, body.From, body.To, control.By(actor))
+	opts := []control.Opt{control.By(actor)}
+	if body.AfterGone {
+		opts = append(opts, control.WithAfterGone())
+	}
+	if body.Replace {
+		opts = append(opts, control.ReplaceUnfinished())
+	}
+	rec, err := a.ctl.BeginRollout(r.PathValue("pool"), body.Holder, body.From, body.To, opts...)
 	if err != nil {
 		return 0, nil, err
 	}

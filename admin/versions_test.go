@@ -151,3 +151,81 @@ func TestAPIRollout(t *testing.T) {
 		t.Errorf("the state file does not hold the rollout record")
 	}
 }
+
+// TestAPIVersionsNameReusedWhileLeaving: a backend removed while a request
+// is in flight on it, then added again under the same name with the next
+// version, still counts for its old version until that request ends — the
+// new backend taking its name must not make the old one's request vanish
+// (review item 6).
+func TestAPIVersionsNameReusedWhileLeaving(t *testing.T) {
+	f := startAPI(t)
+	name, done := f.holdRequest(t)
+	f.api(t, "DELETE", "/v1/pools/shop/backends/"+name, "").want(t, 202)
+	f.api(t, "POST", "/v1/pools/shop/backends", `{"name":"`+name+`","address":"`+f.spare+`","version":"v2"}`).want(t, 201)
+
+	v1 := versionOf(t, f.api(t, "GET", "/v1/pools/shop/versions", "").want(t, 200), "v1")
+	removed := false
+	for _, b := range v1["backends"].([]any) {
+		if m := b.(map[string]any); m["name"] == name && m["state"] == "removed" && m["inflight"] == float64(1) {
+			removed = true
+		}
+	}
+	if v1["inflight"] != float64(1) || !removed {
+		t.Errorf("v1 with a request held on removed %s, its name taken by a v2 backend: %v; want the removed backend listed with 1 in flight", name, v1)
+	}
+
+	f.releaseHeld()
+	if s := <-done; s != 200 {
+		t.Fatalf("the held request ended with %d", s)
+	}
+	if !pollFor(10*time.Second, func() bool {
+		v1 := versionOf(t, f.api(t, "GET", "/v1/pools/shop/versions", "").want(t, 200), "v1")
+		return v1["inflight"] == float64(0) && len(v1["backends"].([]any)) == 2
+	}) {
+		t.Errorf("the removed backend is still listed once idle: %v", versionOf(t, f.api(t, "GET", "/v1/pools/shop/versions", "").want(t, 200), "v1"))
+	}
+}
+
+// TestAPIVersionsRelabelKeepsFormer: a backend given another version while
+// a request is in flight on it — enabled with --version while draining, or
+// PATCHed with a version and an address — still holds its former version
+// with that request and the connection it uses until the request ends,
+// rather than moving them to the new version (review item 7).
+func TestAPIVersionsRelabelKeepsFormer(t *testing.T) {
+	for _, how := range []string{"enable", "patch"} {
+		t.Run(how, func(t *testing.T) {
+			f := startAPI(t)
+			name, done := f.holdRequest(t)
+			path := "/v1/pools/shop/backends/" + name
+			if how == "enable" {
+				f.api(t, "POST", path+"/drain", "").want(t, 202)
+				f.api(t, "POST", path+"/enable", `{"version":"v2"}`).want(t, 200)
+			} else {
+				f.api(t, "PATCH", path, `{"version":"v2","address":"`+f.spare+`"}`).want(t, 200)
+			}
+			body := f.api(t, "GET", "/v1/pools/shop/versions", "").want(t, 200)
+			v1 := versionOf(t, body, "v1")
+			var entry map[string]any
+			for _, b := range v1["backends"].([]any) {
+				if m := b.(map[string]any); m["name"] == name {
+					entry = m
+				}
+			}
+			if v1["inflight"] != float64(1) || v1["open_connections"] != float64(1) || entry == nil ||
+				entry["state"] != "relabelled" || entry["inflight"] != float64(1) {
+				t.Errorf("v1 with a request held on %s, now v2: %v; want %s listed relabelled with the request and its connection", name, v1, name)
+			}
+
+			f.releaseHeld()
+			if s := <-done; s != 200 {
+				t.Fatalf("the held request ended with %d", s)
+			}
+			if !pollFor(10*time.Second, func() bool {
+				v1 := versionOf(t, f.api(t, "GET", "/v1/pools/shop/versions", "").want(t, 200), "v1")
+				return v1["inflight"] == float64(0) && v1["open_connections"] == float64(0) && len(v1["backends"].([]any)) == 2
+			}) {
+				t.Errorf("v1 still held by %s once its request ended: %v", name, versionOf(t, f.api(t, "GET", "/v1/pools/shop/versions", "").want(t, 200), "v1"))
+			}
+		})
+	}
+}

@@ -47,6 +47,9 @@ type Opt func(*actionInfo)
 
 type actionInfo struct {
 	actor string
+	// afterGone, replace: a rollout begun with an after_gone gate, and
+	// allowed to replace an unfinished one (see BeginRollout).
+	afterGone, replace bool
 	// judged: the judge acts on a verdict on this canary, at this share.
 	judged *CanaryState
 }
@@ -60,6 +63,13 @@ func By(actor string) Opt { return func(a *actionInfo) { a.actor = actor } }
 func asJudged(cv string, weight float64) Opt {
 	return func(a *actionInfo) { a.judged = &CanaryState{Version: cv, Weight: weight} }
 }
+
+// WithAfterGone says the rollout being begun has an after_gone gate.
+func WithAfterGone() Opt { return func(a *actionInfo) { a.afterGone = true } }
+
+// ReplaceUnfinished lets a rollout being begun replace the record of one
+// whose after_gone gate has not run.
+func ReplaceUnfinished() Opt { return func(a *actionInfo) { a.replace = true } }
 
 func infoOf(opts []Opt) actionInfo {
 	a := actionInfo{actor: "system"}

@@ -2,6 +2,8 @@ package control
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/baton-lb/baton/admin/v1"
@@ -25,9 +27,17 @@ func (ps *PoolState) retired(version string) (time.Time, bool) {
 // a record, not a decision: it changes no traffic.
 type RolloutRecord struct {
 	From, To string
-	By       string // the lease holder that began it
-	Started  time.Time
-	Gates    []GateRun // in the order they were first recorded
+	// Also are the other versions present in the pool when it began —
+	// in a mixed pool, servers an earlier release left on its old
+	// version. The after_gone gate waits until they are gone as well as
+	// From: what it drops, they may need too.
+	Also []string
+	// AfterGone: the rollout has an after_gone gate; until that is done
+	// another rollout does not silently replace the record.
+	AfterGone bool
+	By        string // the lease holder that began it
+	Started   time.Time
+	Gates     []GateRun // in the order they were first recorded
 }
 
 // GateRun is one migration gate of a rollout.
@@ -70,6 +80,7 @@ func (rr *RolloutRecord) clone() *RolloutRecord {
 		return nil
 	}
 	c := *rr
+	c.Also = slices.Clone(rr.Also)
 	c.Gates = append([]GateRun(nil), rr.Gates...)
 	return &c
 }
@@ -97,10 +108,27 @@ func (r *Registry) holdsLeaseLocked(poolName, holder string) error {
 	return nil
 }
 
+// Waited returns every version the after_gone gate waits for: From, then
+// Also.
+func (rr *RolloutRecord) Waited() []string { return append([]string{rr.From}, rr.Also...) }
+
+// unfinished reports whether the rollout has an after_gone gate not done.
+func (rr *RolloutRecord) unfinished() bool {
+	if rr == nil || !rr.AfterGone {
+		return false
+	}
+	g := rr.Gate(GateAfterGone)
+	return g == nil || g.State != GateDone
+}
+
 // BeginRollout records that holder, who holds the pool's lease, releases
-// to into the pool, replacing from. A record of a rollout to the same
-// version is kept as it is and returned — the rollout resumes, with the
-// version it replaced and the gates it ran — and any other is replaced.
+// to into the pool, replacing from and every other version present now
+// (Also). A record of a rollout to the same version is kept as it is and
+// returned — the rollout resumes, with the versions it replaced and the
+// gates it ran. Any other is replaced, except one whose after_gone gate
+// has not run: its versions would never be waited for, and its gate never
+// run, so that is refused (rollout_unfinished) unless ReplaceUnfinished.
+// WithAfterGone says this rollout has an after_gone gate.
 func (r *Registry) BeginRollout(poolName, holder, from, to string, opts ...Opt) (RolloutRecord, error) {
 	if err := checkName("from", from); err != nil {
 		return RolloutRecord{}, err
@@ -119,11 +147,34 @@ func (r *Registry) BeginRollout(poolName, holder, from, to string, opts ...Opt) 
 	if err := r.holdsLeaseLocked(poolName, holder); err != nil {
 		return RolloutRecord{}, err
 	}
-	if ps := r.state.Pools[poolName]; ps != nil && ps.Rollout != nil && ps.Rollout.To == to {
-		return *ps.Rollout.clone(), nil
+	info := infoOf(opts)
+	if ps := r.state.Pools[poolName]; ps != nil && ps.Rollout != nil {
+		old := ps.Rollout
+		if old.To == to {
+			return *old.clone(), nil
+		}
+		if old.unfinished() && !info.replace {
+			return RolloutRecord{}, conflictf(v1.CodeRolloutUnfinished, "pool %q has a rollout to %s (begun %s by %s) whose --after-gone gate has not run; finish it first (run the same baton rollout command again), or replace it and run that gate by hand (--replace-unfinished, replace: true)",
+				poolName, old.To, old.Started.Format(time.RFC3339), old.By)
+		}
 	}
-	rec := RolloutRecord{From: from, To: to, By: holder, Started: time.Now().UTC()}
+	// Every version present now besides to: what the after_gone gate
+	// drops, the servers a release left behind may still need.
+	pv, err := r.versionsLocked(poolName, true)
+	if err != nil {
+		return RolloutRecord{}, err
+	}
+	var also []string
+	for _, v := range pv.Versions {
+		if v.Version != from && v.Version != to && !v.Gone(false) {
+			also = append(also, v.Version)
+		}
+	}
+	rec := RolloutRecord{From: from, Also: also, To: to, AfterGone: info.afterGone, By: holder, Started: time.Now().UTC()}
 	detail := fmt.Sprintf("%s → %s by %s", from, to, holder)
+	if len(also) > 0 {
+		detail = fmt.Sprintf("%s (and %s) → %s by %s", from, strings.Join(also, ", "), to, holder)
+	}
 	_, unretire := r.state.Pools[poolName].retired(to)
 	if unretire {
 		detail += "; " + to + " is no longer retired"
@@ -132,7 +183,7 @@ func (r *Registry) BeginRollout(poolName, holder, from, to string, opts ...Opt) 
 	if !unretire {
 		p = nil // nothing about the pool changes
 	}
-	err := r.changeLocked(p, Event{Actor: actorOf(opts), Action: "rollout", Pool: poolName, Detail: detail},
+	err = r.changeLocked(p, Event{Actor: actorOf(opts), Action: "rollout", Pool: poolName, Detail: detail},
 		func(s *State) error {
 			ps := s.pool(poolName)
 			ps.Rollout = rec.clone()
@@ -198,21 +249,21 @@ func (r *Registry) RecordGate(poolName string, spec GateSpec, opts ...Opt) (Roll
 		return RolloutRecord{}, conflictf(v1.CodeGateDone, "the %s gate of the rollout of %s to pool %q ran at %s already (%s); it is not run twice",
 			spec.Gate, spec.To, poolName, g.At.UTC().Format(time.RFC3339), g.Command)
 	}
-	from := ps.Rollout.From
+	waited := ps.Rollout.Waited()
 	retire := spec.Gate == GateAfterGone && spec.State == GateRunning
 	if retire {
-		// Check and act in one step: from must be gone now, under the
-		// lock that every change of the pool takes, and the same change
-		// retires it, so nothing brings it back while the gate drops
-		// what it needs.
-		pv, err := r.versionsLocked(poolName, spec.ThisInstanceOnly, from)
+		// Check and act in one step: every version it replaced must be
+		// gone now, under the lock that every change of the pool takes,
+		// and the same change retires them, so nothing brings one back
+		// while the gate drops what they needed.
+		pv, err := r.versionsLocked(poolName, spec.ThisInstanceOnly, waited...)
 		if err != nil {
 			return RolloutRecord{}, err
 		}
 		for _, v := range pv.Versions {
-			if v.Version == from && !v.Gone(false) {
+			if slices.Contains(waited, v.Version) && !v.Gone(false) {
 				return RolloutRecord{}, conflictf(v1.CodeVersionPresent, "the %s gate of the rollout of %s to pool %q cannot start: %s is not gone (%s)",
-					spec.Gate, spec.To, poolName, from, v.holds())
+					spec.Gate, spec.To, poolName, v.Version, v.holds())
 			}
 		}
 	}
@@ -223,7 +274,7 @@ func (r *Registry) RecordGate(poolName string, spec GateSpec, opts ...Opt) (Roll
 		detail += " (" + spec.Detail + ")"
 	}
 	if retire {
-		detail += "; " + from + " is retired"
+		detail += "; " + strings.Join(waited, ", ") + " retired"
 	}
 	var p *pool.Pool
 	if retire {
@@ -237,8 +288,10 @@ func (r *Registry) RecordGate(poolName string, spec GateSpec, opts ...Opt) (Roll
 				if ps.Retired == nil {
 					ps.Retired = map[string]time.Time{}
 				}
-				if _, ok := ps.Retired[from]; !ok {
-					ps.Retired[from] = run.At
+				for _, v := range waited {
+					if _, ok := ps.Retired[v]; !ok {
+						ps.Retired[v] = run.At
+					}
 				}
 			}
 			if g := rr.Gate(spec.Gate); g != nil {

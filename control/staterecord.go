@@ -110,11 +110,13 @@ type switchOutcomeRecord struct {
 }
 
 type rolloutRecord struct {
-	From    string          `json:"from"`
-	To      string          `json:"to"`
-	By      string          `json:"by"`
-	Started time.Time       `json:"started"`
-	Gates   []gateRunRecord `json:"gates,omitempty"`
+	From      string          `json:"from"`
+	Also      []string        `json:"also,omitempty"`
+	To        string          `json:"to"`
+	AfterGone bool            `json:"after_gone,omitempty"`
+	By        string          `json:"by"`
+	Started   time.Time       `json:"started"`
+	Gates     []gateRunRecord `json:"gates,omitempty"`
 }
 
 type gateRunRecord struct {
@@ -129,7 +131,7 @@ func rolloutToRecord(rr *RolloutRecord) *rolloutRecord {
 	if rr == nil {
 		return nil
 	}
-	out := &rolloutRecord{From: rr.From, To: rr.To, By: rr.By, Started: rr.Started}
+	out := &rolloutRecord{From: rr.From, Also: rr.Also, To: rr.To, AfterGone: rr.AfterGone, By: rr.By, Started: rr.Started}
 	for _, g := range rr.Gates {
 		out.Gates = append(out.Gates, gateRunRecord{Gate: g.Gate, Command: g.Command, State: g.State, At: g.At, Detail: g.Detail})
 	}
@@ -140,7 +142,7 @@ func rolloutFromRecord(rec *rolloutRecord) *RolloutRecord {
 	if rec == nil {
 		return nil
 	}
-	out := &RolloutRecord{From: rec.From, To: rec.To, By: rec.By, Started: rec.Started}
+	out := &RolloutRecord{From: rec.From, Also: rec.Also, To: rec.To, AfterGone: rec.AfterGone, By: rec.By, Started: rec.Started}
 	for _, g := range rec.Gates {
 		out.Gates = append(out.Gates, GateRun{Gate: g.Gate, Command: g.Command, State: g.State, At: g.At, Detail: g.Detail})
 	}

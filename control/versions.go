@@ -41,8 +41,11 @@ type VersionPresence struct {
 
 // BackendPresence is one backend of a version.
 type BackendPresence struct {
-	Name     string
-	State    string // active, draining, drained, ejected, or removed (still finishing)
+	Name string
+	// State is active, draining, drained, ejected, removed (still
+	// finishing), or relabelled (it runs another version now, and still
+	// finishes what it had of this one).
+	State    string
 	Healthy  bool
 	Inflight int64
 	Conns    int
@@ -176,6 +179,14 @@ func (r *Registry) versionsLocked(poolName string, here bool, ask ...string) (*P
 		return vp
 	}
 	add := func(b *pool.Backend, state string) {
+		// The versions it ran before first: a request counted there and
+		// finishing meanwhile may only be counted twice, never nowhere.
+		for _, f := range b.Former() {
+			vp := get(f.Version)
+			vp.Backends = append(vp.Backends, BackendPresence{Name: b.Name(), State: "relabelled", Inflight: f.Inflight, Conns: f.Conns})
+			vp.Inflight += f.Inflight
+			vp.Conns += f.Conns
+		}
 		vp := get(b.Version())
 		in, conns := b.Inflight(), b.OpenConns()
 		vp.Backends = append(vp.Backends, BackendPresence{Name: b.Name(), State: state, Healthy: b.Health() == pool.Up,

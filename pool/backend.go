@@ -153,6 +153,75 @@ type Backend struct {
 
 	tunnelMu sync.Mutex      // protects tunnels
 	tunnels  map[*int]func() // open Upgrade tunnels: how to close each
+
+	formerMu sync.Mutex // protects former
+	// former are the versions the backend ran before its current one that
+	// still hold something: a version must not look gone while a request
+	// sent to it runs on, or a connection opened to it is open.
+	former []*former
+}
+
+// former is what a backend still holds of a version it no longer runs.
+type former struct {
+	version string
+	conns   *Conns // the connections opened while it ran the version
+	// busy: requests picked while it ran the version may still run. A
+	// request does not say which version it was picked for, so every
+	// request in flight counts until none is: the first moment nothing
+	// is in flight, each request picked before the change has ended.
+	busy bool
+}
+
+// Former is a version the backend ran before its current one, with what
+// it still holds of it.
+type Former struct {
+	Version string
+	// Inflight is every request in flight on the backend while one picked
+	// under the former version may still run (an upper bound).
+	Inflight int64
+	Conns    int
+}
+
+// noteFormer records that the backend ran version until now, with its
+// connections conns and, if busy, requests that may still run.
+func (b *Backend) noteFormer(version string, conns *Conns, busy bool) {
+	if !busy && conns.Open() == 0 {
+		return
+	}
+	b.formerMu.Lock()
+	b.former = append(b.former, &former{version: version, conns: conns, busy: busy})
+	b.formerMu.Unlock()
+}
+
+// Former returns the versions the backend ran before its current one that
+// still hold a request in flight or an open connection, and forgets those
+// that hold nothing any more.
+func (b *Backend) Former() []Former {
+	b.formerMu.Lock()
+	defer b.formerMu.Unlock()
+	if len(b.former) == 0 {
+		return nil
+	}
+	var out []Former
+	kept := b.former[:0]
+	for _, f := range b.former {
+		if f.busy && b.inflight.Load() == 0 {
+			f.busy = false
+		}
+		open := f.conns.Open()
+		if !f.busy && open == 0 {
+			continue
+		}
+		kept = append(kept, f)
+		e := Former{Version: f.version, Conns: open}
+		if f.busy {
+			e.Inflight = b.inflight.Load()
+		}
+		out = append(out, e)
+	}
+	clear(b.former[len(kept):])
+	b.former = kept
+	return out
 }
 
 // AddTunnel registers an open Upgrade tunnel (a WebSocket, say) and how to

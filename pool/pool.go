@@ -85,8 +85,10 @@ type Pool struct {
 	// (readable while its report is).
 	signatures, prevSignatures atomic.Pointer[canary.Signatures]
 	// leaving are backends removed from the pool that still finish
-	// requests; housekeeping enforces their drain timeout until idle.
-	leaving map[string]*Backend
+	// requests, oldest first; housekeeping enforces their drain timeout
+	// until idle. Several may share a name: a backend added under the name
+	// of one still finishing does not make the old one's requests vanish.
+	leaving []*Backend
 	retired bool
 	// cookies count the affinity cookies issued per version (see
 	// CookieCounter); kept apart from stats, which go with the last
@@ -113,7 +115,6 @@ func New(cfg config.Pool, log zerolog.Logger) *Pool {
 		log:      log.With().Str("pool", cfg.Name).Logger(),
 		backends: make(map[string]*Backend),
 		stats:    make(map[string]*canary.VersionStats),
-		leaving:  make(map[string]*Backend),
 		cookies:  make(map[string]*versionCookies),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -341,7 +342,6 @@ func (p *Pool) newBackendLocked(name string, sp *spec) *Backend {
 	b.stats.Store(p.statsLocked(sp.version))
 	b.health.Store(int32(Unknown))
 	p.backends[name] = b
-	delete(p.leaving, name) // the old one still finishes, but the name is this one's
 	if p.running() {
 		p.startHealth(b)
 	}
@@ -372,11 +372,15 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 		// A new address is a new server: it must pass a check first.
 		b.resetHealthLocked()
 	}
+	relabelled := old.version != sp.version
 	c := b.conns.Load()
-	if old.address == sp.address && c.dialTimeout == p.cfg.Timeouts.Connect &&
+	if old.address == sp.address && !relabelled && c.dialTimeout == p.cfg.Timeouts.Connect &&
 		c.idleTimeout == p.cfg.Connections.IdleTimeout && c.max == p.cfg.Connections.Max {
-		return // a weight or version change keeps the pooled connections
+		return // a weight change keeps the pooled connections
 	}
+	// A new version gets a new set too: the connections of the old one
+	// close as their requests end, and until then they are the old
+	// version's, not the new one's.
 	prev := b.conns.Swap(p.newConns(sp.address))
 	if State(b.state.Load()) != Active {
 		b.conns.Load().reuse.Store(false)
@@ -385,6 +389,11 @@ func (p *Pool) updateBackendLocked(b *Backend, sp *spec) {
 	// Requests still using the old set keep it open; a drain must see and,
 	// at its timeout, close those connections too.
 	b.retireConns(prev)
+	if relabelled {
+		// Read after the new spec is stored: a request picked under the
+		// old one is counted in flight by now (acquire counts first).
+		b.noteFormer(old.version, prev, b.inflight.Load() > 0)
+	}
 }
 
 func (p *Pool) removeLocked(b *Backend) {
@@ -395,7 +404,7 @@ func (p *Pool) removeLocked(b *Backend) {
 	b.state.Store(int32(Draining))
 	b.conns.Load().Retire()
 	close(b.stop)
-	p.leaving[b.name] = b
+	p.leaving = append(p.leaving, b)
 	p.logb(p.log.Info(), b).Msg("backend removed from the pool; its in-flight requests finish")
 }
 
@@ -760,9 +769,7 @@ func (p *Pool) checkDrain(b *Backend) (DrainStatus, bool) {
 	st := b.Status()
 	if st.Idle() {
 		p.mu.Lock()
-		if p.leaving[b.name] == b {
-			delete(p.leaving, b.name) // a removed backend is gone once idle
-		}
+		p.forgetLeavingLocked(b) // a removed backend is gone once idle
 		p.mu.Unlock()
 		if b.state.CompareAndSwap(int32(Draining), int32(Drained)) {
 			p.logb(p.log.Info(), b).Dur("took", time.Duration(Nanotime()-b.drainStart.Load())).Msg("drain finished")
@@ -819,12 +826,25 @@ func (p *Pool) Retire() {
 	}
 }
 
-// Leaving returns a backend removed from the pool that still finishes
-// requests, or nil.
+// Leaving returns the backend of that name removed last from the pool
+// that still finishes requests, or nil.
 func (p *Pool) Leaving(name string) *Backend {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.leaving[name]
+	for i := len(p.leaving) - 1; i >= 0; i-- {
+		if p.leaving[i].name == name {
+			return p.leaving[i]
+		}
+	}
+	return nil
+}
+
+// forgetLeavingLocked drops b from the backends leaving, once it is idle
+// (or its drain timeout closed what it had).
+func (p *Pool) forgetLeavingLocked(b *Backend) {
+	if i := slices.Index(p.leaving, b); i >= 0 {
+		p.leaving = slices.Delete(p.leaving, i, i+1)
+	}
 }
 
 // Close stops the pool's background work and closes every connection.
@@ -861,9 +881,7 @@ func (p *Pool) housekeeping() {
 		for _, b := range p.LeavingBackends() {
 			if _, done := p.checkDrain(b); done {
 				p.mu.Lock()
-				if p.leaving[b.name] == b {
-					delete(p.leaving, b.name)
-				}
+				p.forgetLeavingLocked(b)
 				p.mu.Unlock()
 			}
 		}
@@ -879,16 +897,12 @@ func (p *Pool) housekeeping() {
 	}
 }
 
-// LeavingBackends returns the backends removed from the pool that still
-// finish requests.
+// LeavingBackends returns every backend removed from the pool that still
+// finishes requests, oldest first, those sharing a name included.
 func (p *Pool) LeavingBackends() []*Backend {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*Backend, 0, len(p.leaving))
-	for _, b := range p.leaving {
-		out = append(out, b)
-	}
-	return out
+	return slices.Clone(p.leaving)
 }
 
 func (p *Pool) totalRequests() int64 {

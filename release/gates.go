@@ -107,7 +107,7 @@ func (r *Release) begin(ctx context.Context, p v1.Pool) error {
 		}
 	}
 	var rec v1.Rollout
-	body := v1.BeginRollout{Holder: r.o.Holder, From: from, To: r.o.To}
+	body := v1.BeginRollout{Holder: r.o.Holder, From: from, To: r.o.To, AfterGone: r.o.AfterGone != "", Replace: r.o.ReplaceUnfinished}
 	if err := r.call(ctx, "PUT", r.poolPath()+"/rollout", nil, body, &rec); err != nil {
 		return err
 	}
@@ -190,35 +190,44 @@ func (r *Release) gate(ctx context.Context, gate, tmpl string) error {
 	return nil
 }
 
-// waitGone waits until the version the release replaced is gone from the
-// pool — no server of it in rotation, nothing in flight on one, no
-// affinity cookie that may still pin a client — up to GoneWait.
+// waitGone waits until every version the release replaced — From, and
+// the others present when it began (Also) — is gone from the pool — no
+// server of it in rotation, nothing in flight on one, no affinity cookie
+// that may still pin a client — up to GoneWait.
 func (r *Release) waitGone(ctx context.Context) error {
-	from := r.rec.From
 	deadline := time.Now().Add(r.o.GoneWait)
 	last, lastAt := "", time.Time{}
+	waited := append([]string{r.rec.From}, r.rec.Also...)
 	for {
-		pv, err := r.getVersions(ctx, from)
+		pv, err := r.getVersions(ctx, waited...)
 		if err != nil {
 			return err
 		}
+		from := ""
 		var held []string
-		if v := pv.Find(from); v != nil {
-			// The rollout record names from, so baton knows it; a baton
-			// that never saw it holds it (its HeldBy says so) until
-			// GoneWait rather than call it gone.
-			held = v.HeldBy(false, time.Local)
+		for _, version := range waited {
+			if v := pv.Find(version); v != nil {
+				// The rollout record names it, so baton knows it; a
+				// baton that never saw it holds it (its HeldBy says so)
+				// until GoneWait rather than call it gone.
+				if held = v.HeldBy(false, time.Local); len(held) > 0 {
+					from = version
+					break
+				}
+			}
 		}
 		if len(held) == 0 {
-			r.say("gone", "", from, "%s is gone from %s: no server in rotation runs it, nothing is in flight on one, no affinity cookie of it can still be valid", from, r.pool)
+			for _, from := range waited {
+				r.say("gone", "", from, "%s is gone from %s: no server in rotation runs it, nothing is in flight on one, no affinity cookie of it can still be valid", from, r.pool)
+			}
 			return nil
 		}
 		line := strings.Join(held, "; ")
 		// A line when what holds it changes (not each time a bucket of
 		// cookies expires), and every 30 s while it does not.
-		key := strings.Join(held[:len(held)-1], "; ")
+		key := from + ": " + strings.Join(held[:len(held)-1], "; ")
 		if v := pv.Find(from); v.AffinityCookies == 0 {
-			key = line
+			key = from + ": " + line
 		}
 		if time.Now().After(deadline) {
 			return &failure{kind: ErrNotGone, msg: fmt.Sprintf("%s is still present in %s after %s (%s); every server runs %s, and the --after-gone gate has not run. Run the same command again to keep waiting",

@@ -59,6 +59,10 @@ type Options struct {
 	// checked every other instance itself. Without it a cluster never
 	// finds a version gone.
 	ThisInstanceOnly bool
+	// ReplaceUnfinished lets the release replace baton's record of an
+	// earlier rollout whose after_gone gate has not run; without it baton
+	// refuses, as the versions that gate waits for would be forgotten.
+	ReplaceUnfinished bool
 	// MaxUnavailable is how many servers may be out of rotation at once
 	// after the canary. Default 1.
 	MaxUnavailable int

@@ -33,6 +33,7 @@ const (
 	CodeGateDone            = "gate_done"             // a migration gate that ran already: it is not run twice
 	CodeVersionPresent      = "version_present"       // the after_gone gate while the version it waits for is not gone
 	CodeVersionRetired      = "version_retired"       // a version a rollout's after_gone gate retired, put back in rotation
+	CodeRolloutUnfinished   = "rollout_unfinished"    // a new rollout over one whose after_gone gate has not run (replace: true overrides)
 )
 
 // Backend is a backend as the API shows it.
@@ -359,11 +360,17 @@ func plural(n int64, one, many string) string {
 // Rollout is a pool's release by baton rollout as baton records it: the
 // version it replaces and the migration gates it ran.
 type Rollout struct {
-	From    string    `json:"from"`
-	To      string    `json:"to"`
-	By      string    `json:"by"`
-	Started time.Time `json:"started"`
-	Gates   []GateRun `json:"gates"`
+	From string `json:"from"`
+	// Also are the other versions present when it began (servers not yet
+	// upgraded by an earlier release, say): the after_gone gate waits
+	// for them as for From.
+	Also []string `json:"also,omitempty"`
+	To   string   `json:"to"`
+	// AfterGone: the rollout has an after_gone gate to run.
+	AfterGone bool      `json:"after_gone,omitempty"`
+	By        string    `json:"by"`
+	Started   time.Time `json:"started"`
+	Gates     []GateRun `json:"gates"`
 }
 
 // GateRun is one migration gate of a rollout: before (expand, before the
@@ -392,6 +399,10 @@ type BeginRollout struct {
 	Holder string `json:"holder"` // must hold the pool's lease
 	From   string `json:"from"`
 	To     string `json:"to"`
+	// AfterGone: the rollout has an after_gone gate; until it is done
+	// another rollout does not replace the record unless Replace.
+	AfterGone bool `json:"after_gone,omitempty"`
+	Replace   bool `json:"replace,omitempty"`
 }
 
 // RecordGate is the body of POST /v1/pools/{pool}/rollout/gates/{gate}.

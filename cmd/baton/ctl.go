@@ -679,7 +679,7 @@ func (c *ctlClient) versions(a *ctlArgs) error {
 // statesText counts backends by state: "active 2, drained 1".
 func statesText(states map[string]int) string {
 	var parts []string
-	for _, s := range []string{"active", "draining", "drained", "ejected", "removed"} {
+	for _, s := range []string{"active", "draining", "drained", "ejected", "removed", "relabelled"} {
 		if n := states[s]; n > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", s, n))
 		}

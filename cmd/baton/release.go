@@ -85,6 +85,7 @@ func cmdRollout(args []string, stdout, stderr io.Writer) int {
 		return nil
 	})
 	fs.BoolVar(&o.AllowUnknown, "allow-unknown", false, "let a --requires-gone version baton never saw in the pool count as gone")
+	fs.BoolVar(&o.ReplaceUnfinished, "replace-unfinished", false, "replace the record of an earlier rollout whose --after-gone gate has not run (run that gate by hand)")
 	fs.BoolVar(&o.ThisInstanceOnly, "this-instance-only", false, "in a cluster, judge a version gone by this baton's requests and cookies alone (check the others yourself)")
 	dryRun := fs.Bool("dry-run", false, "print the plan and change nothing")
 	output := fs.String("o", "text", "text, or json: one event per line")
