@@ -105,7 +105,10 @@ type cookiePrint struct{ until, count int64 }
 func (r *Registry) cookieRecord(now time.Time) (*cookieFile, map[string]map[string]cookiePrint) {
 	f := &cookieFile{Format: cookieFileFormat, WrittenAt: now.UTC(), Pools: map[string]*cookiePoolRecord{}, Known: r.known.snapshot()}
 	prints := map[string]map[string]cookiePrint{}
-	for _, p := range r.Pools() {
+	for _, p := range append(r.Pools(), r.retiredPools()...) {
+		if f.Pools[p.Name()] != nil {
+			continue // a retired pool the file brought back: the new one has its counts
+		}
 		counts := p.Cookies(now)
 		if len(counts) == 0 {
 			continue

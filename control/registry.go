@@ -42,7 +42,7 @@ type Registry struct {
 	// Nothing takes mu while holding a leaf lock, and the request path
 	// takes none of these.
 	//
-	// mu protects cfg, state, pools, table, onTable, started, generation,
+	// mu protects cfg, state, pools, retired, table, onTable, started, generation,
 	// events, refusals, gone, auditFile, refusedFile, baselines and
 	// switchBase, and serialises every decision and its write to the
 	// state file.
@@ -50,6 +50,12 @@ type Registry struct {
 	cfg        *config.Config
 	state      *State
 	pools      map[string]*pool.Pool
+	// retired are pools a reload removed, by name, kept while their
+	// affinity cookies may be valid or a request still runs on one of
+	// their backends: a pool the file brings back takes their cookie
+	// counts, and what holds a version counts what still runs there (the
+	// cascade's "gone" must not forget them).
+	retired    map[string]*pool.Pool
 	table      *proxy.Table
 	onTable    func(*proxy.Table)
 	started    bool
@@ -514,6 +520,9 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		}
 		p := pool.New(d.Config, r.log)
 		p.Apply(d)
+		if old := r.retired[pc.Name]; old != nil {
+			p.RestoreCookies(old.Cookies(time.Now()))
+		}
 		r.noteKnownLocked(p, time.Now())
 		if r.started {
 			p.Start()
@@ -535,8 +544,13 @@ func (r *Registry) Reload(cfg *config.Config) error {
 		if next[name] == nil {
 			removed = append(removed, name)
 			p.Retire()
+			if r.retired == nil {
+				r.retired = map[string]*pool.Pool{}
+			}
+			r.retired[name] = p
 		}
 	}
+	r.pruneRetiredLocked(time.Now())
 	r.cfg = cfg
 	r.pools = next
 	r.table = t
@@ -688,4 +702,27 @@ func (r *Registry) poolConfigLocked(name string) config.Pool {
 		return pc
 	}
 	return config.Pool{Name: name}
+}
+
+// pruneRetiredLocked forgets the retired pools that hold nothing any
+// more: no affinity cookie of theirs can be valid and no request runs on
+// their backends.
+func (r *Registry) pruneRetiredLocked(now time.Time) {
+	for name, p := range r.retired {
+		if len(p.Cookies(now)) == 0 && len(p.LeavingBackends()) == 0 {
+			delete(r.retired, name)
+		}
+	}
+}
+
+// retiredPools returns the pools a reload removed that still hold
+// something (see retired).
+func (r *Registry) retiredPools() []*pool.Pool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*pool.Pool, 0, len(r.retired))
+	for _, p := range r.retired {
+		out = append(out, p)
+	}
+	return out
 }

@@ -208,6 +208,13 @@ func (r *Registry) versionsLocked(poolName string, here bool, ask ...string) (*P
 	for _, b := range leaving {
 		add(b, "removed")
 	}
+	if old := r.retired[poolName]; old != nil && old != p {
+		// The pool was removed by a reload and brought back: what runs
+		// on its former backends still holds their versions.
+		for _, b := range old.LeavingBackends() {
+			add(b, "removed")
+		}
+	}
 	for _, c := range p.Cookies(now) {
 		get(c.Version).Cookies = c
 	}

@@ -96,3 +96,38 @@ func TestVersionsStableAndUnknownNeverGone(t *testing.T) {
 	}
 
 }
+
+// TestPoolRemovedAndBroughtBackKeepsItsCookies: a reload that drops a
+// pool and one that brings it back do not make its versions' cookies
+// vanish (a reviewer's false "gone": the new pool started empty).
+func TestPoolRemovedAndBroughtBackKeepsItsCookies(t *testing.T) {
+	dir := t.TempDir()
+	r := cookieRegistry(t, dir)
+	issueCookies(t, r, "b1", 5)
+	before, err := r.Versions("web", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := versionIn(t, before, "v1").Cookies.Count(); n != 5 {
+		t.Fatalf("v1 has %d cookies before the reloads, want 5", n)
+	}
+	full := r.cfg
+	without := *full
+	other := full.Pools[0]
+	other.Name = "other"
+	without.Pools = []config.Pool{other}
+	if err := r.Reload(&without); err != nil {
+		t.Fatal(err)
+	}
+	back := *full
+	if err := r.Reload(&back); err != nil {
+		t.Fatal(err)
+	}
+	after, err := r.Versions("web", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := versionIn(t, after, "v1"); v.Cookies.Count() != 5 || v.Gone(false) {
+		t.Fatalf("after the pool left and came back v1 has %d cookies (gone %v), want the 5 issued before", v.Cookies.Count(), v.Gone(false))
+	}
+}
