@@ -46,10 +46,10 @@ type Registry struct {
 	// events, refusals, gone, auditFile, refusedFile, baselines and
 	// switchBase, and serialises every decision and its write to the
 	// state file.
-	mu         sync.Mutex
-	cfg        *config.Config
-	state      *State
-	pools      map[string]*pool.Pool
+	mu    sync.Mutex
+	cfg   *config.Config
+	state *State
+	pools map[string]*pool.Pool
 	// retired are pools a reload removed, by name, kept while their
 	// affinity cookies may be valid or a request still runs on one of
 	// their backends: a pool the file brings back takes their cookie
