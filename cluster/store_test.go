@@ -210,7 +210,7 @@ func TestFollowerStopsWithEtcdAway(t *testing.T) {
 		return err == nil && len(resp) == 2
 	})
 	// b's campaign has its key in, behind a's: wait for it to be there.
-	raw := rawClient(t, e)
+	raw := e.Client(t)
 	eventually(t, 10*time.Second, "b's candidate key is not in etcd", func() bool {
 		resp, err := raw.Get(context.Background(), "/baton/test/judge/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 		return err == nil && resp.Count == 2
@@ -228,17 +228,6 @@ func TestFollowerStopsWithEtcdAway(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the leader's Run did not return within 10s of its stop with etcd away")
 	}
-}
-
-// rawClient is a plain etcd client, for what no baton would write.
-func rawClient(t *testing.T, e *testbed.Etcd) *clientv3.Client {
-	t.Helper()
-	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, DialTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close() })
-	return raw
 }
 
 // TestMembersComeBackAfterTheirLeasesRanOut: etcd away for longer than
@@ -273,7 +262,7 @@ func TestMembersComeBackAfterTheirLeasesRanOut(t *testing.T) {
 // candidates: a lone member leads, and Leader names it.
 func TestStrayJudgeKeysDoNotBlockTheElection(t *testing.T) {
 	e := testbed.StartEtcd(t)
-	raw := rawClient(t, e)
+	raw := e.Client(t)
 	ctx := context.Background()
 	if _, err := raw.Put(ctx, "/baton/test/judge/stray", "ghost"); err != nil {
 		t.Fatal(err)

@@ -60,18 +60,6 @@ const clPools = `pools:
       - {name: web-2, address: "127.0.0.1:7", version: v1}
 `
 
-// clRaw is a plain etcd client on e, for what the tests read or write
-// behind the batons' backs.
-func clRaw(t *testing.T, e *testbed.Etcd) *clientv3.Client {
-	t.Helper()
-	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, DialTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close() })
-	return raw
-}
-
 // clState reads the shared state's raw value ("" when there is none).
 func clState(t *testing.T, raw *clientv3.Client) string {
 	t.Helper()
@@ -123,7 +111,7 @@ func clWaitStarted(t *testing.T, b *testbed.Baton) {
 func TestClusterDecisionWhoseAnswerWasLost(t *testing.T) {
 	e := testbed.StartEtcd(t)
 	proxy := testbed.NewEtcdProxy(t, e)
-	raw := clRaw(t, e)
+	raw := e.Client(t)
 	a := clStart(t, proxy.Endpoint(), "a", clPools)
 	clWaitStarted(t, a)
 
@@ -178,7 +166,7 @@ func TestClusterDecisionWhoseAnswerWasLost(t *testing.T) {
 // stays in force — on a, and in etcd for b once its file has the pool.
 func TestClusterConfigsThatDifferKeepOthersDecisions(t *testing.T) {
 	e := testbed.StartEtcd(t)
-	raw := clRaw(t, e)
+	raw := e.Client(t)
 	extra := `  - name: extra
     routes: [{path_prefix: /extra/}]
     health_check: {interval: 1s, timeout: 500ms}
@@ -231,15 +219,8 @@ func TestClusterConfigsThatDifferKeepOthersDecisions(t *testing.T) {
 // When every new server fails its checks, the instances switch back.
 func TestClusterSwitchHealthGuardWithoutALeaderThatActs(t *testing.T) {
 	e := testbed.StartEtcd(t)
-	raw := clRaw(t, e)
-	ctx := context.Background()
-	lease, err := raw.Grant(ctx, 120)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := raw.Put(ctx, fmt.Sprintf("%sjudge/%x", clPrefix, int64(lease.ID)), "ghost", clientv3.WithLease(lease.ID)); err != nil {
-		t.Fatal(err)
-	}
+	raw := e.Client(t)
+	ghostLeads(t, raw)
 	blue := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "b1", "b2")
 	green := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "g1", "g2")
 	pools := fmt.Sprintf(`pools:
@@ -366,7 +347,7 @@ func TestClusterJudgeDoesNotOverrideLaterDecisions(t *testing.T) {
 // failed), it stands for the lead again.
 func TestClusterFrozenProcessHandsTheJudgeOver(t *testing.T) {
 	e := testbed.StartEtcd(t)
-	raw := clRaw(t, e)
+	raw := e.Client(t)
 	a := clStart(t, e.Endpoint(), "a", clPools)
 	b := clStart(t, e.Endpoint(), "b", clPools)
 	leading := func(x *testbed.Baton) bool {
@@ -422,7 +403,7 @@ func TestClusterFrozenProcessHandsTheJudgeOver(t *testing.T) {
 // a state file of the old revision, which must not push it back.
 func TestClusterDeletedStateKeyResetsEverywhere(t *testing.T) {
 	e := testbed.StartEtcd(t)
-	raw := clRaw(t, e)
+	raw := e.Client(t)
 	proxy := testbed.NewEtcdProxy(t, e)
 	a := clStart(t, e.Endpoint(), "a", clPools)
 	bDir := t.TempDir()
@@ -557,15 +538,8 @@ pools:
 // is no baton, and the verdict names a, alive and fresh.
 func TestClusterFollowersShowOnlyTheLeadersVerdict(t *testing.T) {
 	e := testbed.StartEtcd(t)
-	raw := clRaw(t, e)
-	ctx := context.Background()
-	lease, err := raw.Grant(ctx, 120)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := raw.Put(ctx, fmt.Sprintf("%sjudge/%x", clPrefix, int64(lease.ID)), "ghost", clientv3.WithLease(lease.ID)); err != nil {
-		t.Fatal(err)
-	}
+	raw := e.Client(t)
+	ghostLeads(t, raw)
 	be := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "web-1")
 	ca := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "web-2")
 	pools := fmt.Sprintf(`pools:
@@ -583,6 +557,7 @@ func TestClusterFollowersShowOnlyTheLeadersVerdict(t *testing.T) {
 	clWaitStarted(t, a)
 	clWaitStarted(t, b)
 	// b's own evidence makes a verdict's figures that pass its checks.
+	ctx := context.Background()
 	var evidence []byte
 	testbed.Eventually(t, 10*time.Second, func() bool {
 		resp, err := raw.Get(ctx, clPrefix+"evidence/canary/shop/b/", clientv3.WithPrefix())
@@ -619,7 +594,7 @@ func TestClusterFollowersShowOnlyTheLeadersVerdict(t *testing.T) {
 // than let it outweigh every instance's figures.
 func TestClusterLeaderRefusesLatencyNoRequestsBack(t *testing.T) {
 	e := testbed.StartEtcd(t)
-	raw := clRaw(t, e)
+	raw := e.Client(t)
 	be := testbed.NewBackends(t, testbed.BackendOptions{Version: "v1"}, "web-1")
 	ca := testbed.NewBackends(t, testbed.BackendOptions{Version: "v2"}, "web-2")
 	a := clStart(t, e.Endpoint(), "a", fmt.Sprintf(`pools:
@@ -649,4 +624,18 @@ func TestClusterLeaderRefusesLatencyNoRequestsBack(t *testing.T) {
 		resp, err := raw.Get(ctx, key)
 		return err == nil && len(resp.Kvs) == 0
 	}, "the leader to delete evidence whose latency counts are above its requests")
+}
+
+// ghostLeads puts a live candidate that is no baton first in the judge's
+// election, so that no baton leads while it lives (120 s).
+func ghostLeads(t *testing.T, raw *clientv3.Client) {
+	t.Helper()
+	ctx := context.Background()
+	lease, err := raw.Grant(ctx, 120)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, fmt.Sprintf("%sjudge/%x", clPrefix, int64(lease.ID)), "ghost", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Etcd is a real etcd server on loopback, one member, its data in a
@@ -138,4 +140,17 @@ func (e *Etcd) Stop() {
 func freeLoopbackPort(t testing.TB) string {
 	t.Helper()
 	return FreeAddr(t)
+}
+
+// Client is a plain etcd client on e, closed at the test's end: for what
+// a test reads or writes behind the batons' backs, or that no baton would
+// write.
+func (e *Etcd) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint()}, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return raw
 }
