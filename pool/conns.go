@@ -3,11 +3,14 @@ package pool
 import (
 	"bufio"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/baton-lb/baton/internal/sockio"
 )
 
 // Upstream buffer sizes. The read buffer also bounds a response's header
@@ -45,6 +48,8 @@ var ErrClosing = errors.New("backend connections are closing")
 // time, between Conns.Get and Conn.Release or Conn.Close.
 type Conn struct {
 	nc        net.Conn
+	rw        io.ReadWriter // nc's socket read and written with sockio, or nc
+	io        *sockio.IO    // nil for a connection that is no plain socket
 	raw       syscall.RawConn
 	br        *bufio.Reader
 	head      []byte
@@ -85,7 +90,11 @@ func (c *Conn) WriteHead(head, body []byte) (int64, error) {
 		c.head = head[:0]
 	}
 	if len(body) == 0 {
-		n, err := c.nc.Write(head)
+		n, err := c.rw.Write(head)
+		return int64(n), err
+	}
+	if c.io != nil {
+		n, err := c.io.Write2(head, body)
 		return int64(n), err
 	}
 	c.bufs[0], c.bufs[1] = head, body
@@ -96,7 +105,11 @@ func (c *Conn) WriteHead(head, body []byte) (int64, error) {
 }
 
 // Write writes p to the backend.
-func (c *Conn) Write(p []byte) (int, error) { return c.nc.Write(p) }
+func (c *Conn) Write(p []byte) (int, error) { return c.rw.Write(p) }
+
+// RawConn returns the connection's descriptor access, for moving a body
+// between sockets in the kernel; nil when the connection has none.
+func (c *Conn) RawConn() syscall.RawConn { return c.raw }
 
 // stale reports whether the backend closed the connection (or sent bytes
 // nobody asked for) while it sat in the pool. This is the keep-alive race:
@@ -287,13 +300,14 @@ func (c *Conns) dial(deadline time.Time) (*Conn, error) {
 	}
 	conn := &Conn{
 		nc:    nc,
-		br:    bufio.NewReaderSize(nc, ReadBufferSize),
+		rw:    nc,
 		head:  make([]byte, 0, headBufferSize),
 		owner: c,
 	}
-	if sc, ok := nc.(syscall.Conn); ok {
-		conn.raw, _ = sc.SyscallConn()
+	if conn.io = sockio.New(nc); conn.io != nil {
+		conn.rw, conn.raw = conn.io, conn.io.RawConn()
 	}
+	conn.br = bufio.NewReaderSize(conn.rw, ReadBufferSize)
 	return conn, nil
 }
 

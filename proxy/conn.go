@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/baton-lb/baton/internal/sockio"
 )
 
 // fasthttp ends a request head only at CRLF CRLF. A head whose empty line
@@ -129,15 +132,16 @@ func (h *headWatch) written(p []byte) {
 var httpVersionPrefix = []byte("HTTP/1.")
 
 // read is Read of a watched connection c.
-func (h *headWatch) read(c net.Conn, p []byte) (int, error) {
+// (r reads c's bytes; it may bypass c's own Read).
+func (h *headWatch) read(c net.Conn, r io.Reader, p []byte) (int, error) {
 	if h.off.Load() {
-		return c.Read(p)
+		return r.Read(p)
 	}
 	if h.bareEnd {
 		return 0, errBareLF
 	}
 	body := !h.inHead
-	n, err := c.Read(p)
+	n, err := r.Read(p)
 	if body && n > 0 && h.bodyIdle > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(h.bodyIdle))
 	}
@@ -146,21 +150,23 @@ func (h *headWatch) read(c net.Conn, p []byte) (int, error) {
 }
 
 // write is Write of a watched connection c.
-func (h *headWatch) write(c net.Conn, p []byte) (int, error) {
+func (h *headWatch) write(w io.Writer, p []byte) (int, error) {
 	if !h.off.Load() {
 		h.written(p)
 	}
-	return c.Write(p)
+	return w.Write(p)
 }
 
 // clientConn is a plain client connection with its head watch.
 type clientConn struct {
 	net.Conn
-	h headWatch
+	h  headWatch
+	rw io.ReadWriter // the socket's raw reads and writes (sockio), or Conn
+	io *sockio.IO    // nil when Conn is no plain socket
 }
 
-func (c *clientConn) Read(p []byte) (int, error)  { return c.h.read(c.Conn, p) }
-func (c *clientConn) Write(p []byte) (int, error) { return c.h.write(c.Conn, p) }
+func (c *clientConn) Read(p []byte) (int, error)  { return c.h.read(c.Conn, c.rw, p) }
+func (c *clientConn) Write(p []byte) (int, error) { return c.h.write(c.rw, p) }
 func (c *clientConn) watch() *headWatch           { return &c.h }
 
 // tlsClientConn is clientConn for HTTPS. It embeds the *tls.Conn so that
@@ -170,7 +176,7 @@ type tlsClientConn struct {
 	h headWatch
 }
 
-func (c *tlsClientConn) Read(p []byte) (int, error)  { return c.h.read(c.Conn, p) }
+func (c *tlsClientConn) Read(p []byte) (int, error)  { return c.h.read(c.Conn, c.Conn, p) }
 func (c *tlsClientConn) Write(p []byte) (int, error) { return c.h.write(c.Conn, p) }
 func (c *tlsClientConn) watch() *headWatch           { return &c.h }
 
@@ -203,7 +209,14 @@ func (l watchingListener) Accept() (net.Conn, error) {
 		tc.h.bodyIdle = l.bodyIdle
 		return tc, nil
 	}
-	cc := &clientConn{Conn: c}
+	cc := &clientConn{Conn: c, rw: c}
+	nc := c
+	if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = u.NetConn() // the listener's counting wrapper
+	}
+	if cc.io = sockio.New(nc); cc.io != nil {
+		cc.rw = cc.io
+	}
 	cc.h.reset()
 	cc.h.bodyIdle = l.bodyIdle
 	return cc, nil

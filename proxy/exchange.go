@@ -98,16 +98,19 @@ type exchange struct {
 	pathBuf []byte
 	absBuf  []byte
 	ioBuf   []byte
+	sp      *splicer // a body's pipe, see splice_linux.go
 }
 
 func (x *exchange) reset() {
+	x.dropPipe()
+	sp := x.sp
 	s, sc, scratch, pathBuf, absBuf, ioBuf, body := x.s, x.sc, x.scratch, x.pathBuf, x.absBuf, x.ioBuf, x.body
 	method, target, host, ip, code, exc, want := x.method, x.target, x.host, x.clientIP, x.appCode, x.excerpt, x.wantVersion
 	mac, macKey, macBuf, fwd, addrBuf := x.mac, x.macKey, x.macBuf, x.fwdClient, x.addrBuf
 	*x = exchange{s: s, sc: sc, scratch: scratch[:0], pathBuf: pathBuf[:0], absBuf: absBuf[:0], ioBuf: ioBuf,
 		body: body[:0], method: method[:0], target: target[:0], host: host[:0], clientIP: ip[:0],
 		appCode: code[:0], excerpt: exc[:0], wantVersion: want[:0], mac: mac, macKey: macKey, macBuf: macBuf,
-		fwdClient: fwd[:0], addrBuf: addrBuf[:0]}
+		fwdClient: fwd[:0], addrBuf: addrBuf[:0], sp: sp}
 	x.sc.Conn.Reset()
 }
 
@@ -385,6 +388,7 @@ func (x *exchange) replyClientError(ctx *fasthttp.RequestCtx, err error) bool {
 // roundTrip sends the request to b and reads the response head (and a small
 // body) into ctx.Response.
 func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, absHost []byte) (stage, error) {
+	x.dropPipe() // an earlier attempt's answer, not sent
 	h := &ctx.Request.Header
 	now := time.Now()
 	conn, err := b.Conns().Get(pool.Nanotime(), x.bound(now.Add(x.cfg.Timeouts.Connect)))
@@ -427,7 +431,11 @@ func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, 
 	x.closeConn, x.announced = rh.CloseConn, rh.Announced
 	framing := rh.Framing
 	if framing == h1.FrameLength && rh.Length <= maxBufferedResponseBody {
-		if err := x.readSmallBody(ctx, conn, int(rh.Length)); err != nil {
+		piped, err := x.readBodyToPipe(ctx, conn, int(rh.Length))
+		if !piped && err == nil {
+			err = x.readSmallBody(ctx, conn, int(rh.Length))
+		}
+		if err != nil {
 			return stageBody, err
 		}
 		framing = h1.FrameNone
@@ -537,6 +545,16 @@ func (x *exchange) respond(ctx *fasthttp.RequestCtx) bool {
 		}
 		framing = h1.FrameNone
 	}
+	if x.piped() {
+		// The body is read (into a pipe): the backend connection goes
+		// back, and fasthttp sends the head alone so that the body can
+		// go to the socket after it.
+		x.bytesOut = 0
+		x.releaseConn(!x.closeConn)
+		ctx.Response.ImmediateHeaderFlush = true
+		ctx.Response.SetBodyStream(x, x.pipedLen())
+		return true
+	}
 	if framing == h1.FrameNone {
 		if x.announced && x.conn != nil {
 			x.conn.MarkSuspect()
@@ -629,6 +647,9 @@ func (x *exchange) SupportsBodyWriteTo() bool { return true }
 // allocation. For chunked bodies each piece is one client chunk, written and
 // flushed as it arrives.
 func (x *exchange) WriteTo(w io.Writer) (int64, error) {
+	if x.piped() {
+		return x.writePiped()
+	}
 	if x.readErr != nil && !x.respBody.Done() {
 		return 0, x.readErr
 	}
@@ -660,6 +681,7 @@ func (x *exchange) CloseWithError(werr error) error {
 		x.class = pool.ClassClientGone
 	}
 	x.releaseConn(x.respBody.Done() && !x.closeConn && x.readErr == nil && werr == nil)
+	x.dropPipe()
 	x.clientConn = nil
 	x.finish()
 	x.s.putExchange(x)

@@ -30,14 +30,17 @@ import (
 //
 // It is safe for concurrent use. Server values must not be copied.
 type Server struct {
-	log       zerolog.Logger
-	access    zerolog.Logger
-	accessLog bool
-	maxBody   int64
-	bodyIdle  time.Duration
-	table     atomic.Pointer[Table]
-	srv       *fasthttp.Server
-	exchanges sync.Pool
+	// piped counts response bodies sent through a pipe; readBack those
+	// whose pipe ran out of room and were read into memory after all.
+	piped, readBack atomic.Uint64
+	log             zerolog.Logger
+	access          zerolog.Logger
+	accessLog       bool
+	maxBody         int64
+	bodyIdle        time.Duration
+	table           atomic.Pointer[Table]
+	srv             *fasthttp.Server
+	exchanges       sync.Pool
 	// gate caps client connections across the HTTP and HTTPS listeners,
 	// tunnels included (fasthttp's own cap does not see hijacked ones).
 	gate *listener.Gate
@@ -118,6 +121,13 @@ func New(cfg *config.Config, t *Table, log zerolog.Logger) *Server {
 		SecureErrorLogMessage:        true,
 	}
 	return s
+}
+
+// PipedBodies returns how many response bodies went from backend to client
+// through a pipe (splice), and how many were meant to but were read into
+// memory because their pipe ran out of room.
+func (s *Server) PipedBodies() (piped, readBack uint64) {
+	return s.piped.Load(), s.readBack.Load()
 }
 
 // trustedPeer reports whether a client's X-Forwarded-For is kept: its

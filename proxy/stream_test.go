@@ -830,8 +830,9 @@ func TestStreamSlowlorisHeader(t *testing.T) {
 
 // TestStreamBackendDiesMidBody: a backend that closes the connection in the
 // middle of a response body. A small response (read whole before the client
-// gets a byte) becomes a retry on another backend or a 502, never a short
-// 200; a large one, already streaming, reaches the client visibly cut.
+// gets a byte, into memory or, from 16 KiB, into a pipe) becomes a retry on
+// another backend or a 502, never a short 200; a large one, already
+// streaming, reaches the client visibly cut.
 func TestStreamBackendDiesMidBody(t *testing.T) {
 	big := make([]byte, 300<<10)
 	_, _ = io.ReadFull(&stGen{n: int64(len(big))}, big)
@@ -851,6 +852,10 @@ func TestStreamBackendDiesMidBody(t *testing.T) {
 			// line should be.
 			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
 			_, _ = fmt.Fprintf(c, "%x\r\n%s\r\n", len(big), big)
+		case strings.Contains(line, "/medium "):
+			// Read into a pipe: cut after what the first read takes.
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n")
+			_, _ = c.Write(big[:45000])
 		default:
 			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\n")
 			_, _ = io.WriteString(c, strings.Repeat("s", 500))
@@ -870,46 +875,26 @@ func TestStreamBackendDiesMidBody(t *testing.T) {
 	b.WaitHealthy(t, "one", 1)
 	client := &http.Client{Timeout: 10 * time.Second}
 
-	t.Run("SmallRetriedOrBadGateway", func(t *testing.T) {
-		before := cuts.Load()
-		var statuses []int
-		defer func() { t.Logf("statuses: %v", statuses) }()
-		for i := 0; i < 4; i++ {
-			res, err := client.Get(b.URL("/two/small"))
-			if err != nil {
-				t.Fatalf("GET %d: %v", i, err)
-			}
-			body, err := io.ReadAll(res.Body)
-			res.Body.Close()
-			statuses = append(statuses, res.StatusCode)
-			switch {
-			case err != nil:
-				t.Errorf("GET %d: status %d, reading the body: %v", i, res.StatusCode, err)
-			case res.StatusCode == 200 && string(body) != whole:
-				t.Errorf("GET %d: a 200 with a cut or foreign body (%d bytes: %.20q…)", i, len(body), body)
-			case res.StatusCode != 200 && res.StatusCode != 502:
-				t.Errorf("GET %d: status %d, want 200 from the other backend or 502", i, res.StatusCode)
-			}
-		}
-		if cuts.Load() == before {
-			t.Error("no request reached the failing backend: the test tested nothing")
-		}
-	})
+	for _, size := range []string{"small", "medium"} {
+		t.Run("RetriedOrBadGateway_"+size, func(t *testing.T) { dieMidBodyRetried(t, b, client, size, whole, &cuts) })
+	}
 
 	t.Run("SmallOnlyBackend", func(t *testing.T) {
-		for _, method := range []string{"GET", "POST"} {
-			req, _ := http.NewRequest(method, b.URL("/small"), strings.NewReader("x=1"))
-			if method == "GET" {
-				req.Body, req.ContentLength = nil, 0
-			}
-			res, err := client.Do(req)
-			if err != nil {
-				t.Fatalf("%s: %v", method, err)
-			}
-			body, err := io.ReadAll(res.Body)
-			res.Body.Close()
-			if err != nil || res.StatusCode != 502 {
-				t.Errorf("%s to a backend that cut a small body: status %d, %d bytes, %v; want a whole 502", method, res.StatusCode, len(body), err)
+		for _, path := range []string{"/small", "/medium"} {
+			for _, method := range []string{"GET", "POST"} {
+				req, _ := http.NewRequest(method, b.URL(path), strings.NewReader("x=1"))
+				if method == "GET" {
+					req.Body, req.ContentLength = nil, 0
+				}
+				res, err := client.Do(req)
+				if err != nil {
+					t.Fatalf("%s %s: %v", method, path, err)
+				}
+				body, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || res.StatusCode != 502 {
+					t.Errorf("%s %s to a backend that cut the body: status %d, %d bytes, %v; want a whole 502", method, path, res.StatusCode, len(body), err)
+				}
 			}
 		}
 	})
@@ -935,6 +920,37 @@ func TestStreamBackendDiesMidBody(t *testing.T) {
 				t.Errorf("GET %s: %d bytes arrived, more than the backend sent", path, check.n)
 			}
 		})
+	}
+}
+
+// dieMidBodyRetried asks pool "two" (a backend that cuts bodies and a good
+// one) for a body of the given size: each answer is the good backend's
+// whole body or a 502.
+func dieMidBodyRetried(t *testing.T, b *testbed.Baton, client *http.Client, size, whole string, cuts *atomic.Int64) {
+	{
+		before := cuts.Load()
+		var statuses []int
+		defer func() { t.Logf("statuses: %v", statuses) }()
+		for i := 0; i < 4; i++ {
+			res, err := client.Get(b.URL("/two/" + size))
+			if err != nil {
+				t.Fatalf("GET %d: %v", i, err)
+			}
+			body, err := io.ReadAll(res.Body)
+			res.Body.Close()
+			statuses = append(statuses, res.StatusCode)
+			switch {
+			case err != nil:
+				t.Errorf("GET %d: status %d, reading the body: %v", i, res.StatusCode, err)
+			case res.StatusCode == 200 && string(body) != whole:
+				t.Errorf("GET %d: a 200 with a cut or foreign body (%d bytes: %.20q…)", i, len(body), body)
+			case res.StatusCode != 200 && res.StatusCode != 502:
+				t.Errorf("GET %d: status %d, want 200 from the other backend or 502", i, res.StatusCode)
+			}
+		}
+		if cuts.Load() == before {
+			t.Error("no request reached the failing backend: the test tested nothing")
+		}
 	}
 }
 

@@ -256,6 +256,14 @@ func (s *server) newMetrics() *prometheus.Registry {
 			}
 			return out
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "baton_response_bodies_piped_total",
+			Help: "Response bodies (16 to 64 KiB, to plain-HTTP clients) moved from backend to client in the kernel (splice), never copied through baton's memory.",
+		}, func() float64 { p, _ := s.srv.PipedBodies(); return float64(p) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "baton_response_bodies_read_back_total",
+			Help: "Response bodies meant for a pipe that were read into memory because the backend sent them in more pieces than the pipe had room for.",
+		}, func() float64 { _, r := s.srv.PipedBodies(); return float64(r) }),
 	)
 	return metrics
 }

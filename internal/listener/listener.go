@@ -263,6 +263,9 @@ type conn struct {
 	closed atomic.Bool
 }
 
+// NetConn returns the accepted connection, for what needs its descriptor.
+func (c *conn) NetConn() net.Conn { return c.Conn }
+
 func (c *conn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		c.l.open.Add(-1)

@@ -1,0 +1,190 @@
+// Package sockio reads and writes a connection's non-blocking socket with
+// raw system calls, under the connection's own RawConn (which keeps its
+// deadlines, its lock against a concurrent Close, and the wait for
+// readiness in Go's netpoller).
+//
+// Why: net.Conn's Read and Write enter the system call through the Go
+// scheduler (entersyscall), because a system call may block. A socket in
+// non-blocking mode never does; but while a thread is inside one, the
+// scheduler counts its P as blocked, and with one P (GOMAXPROCS=1, as when
+// baton is held to one core) the runtime's monitor hands the P to another
+// thread when it sees the same system call twice. Under load that is
+// thousands of thread switches a second, each a futex wake and two context
+// switches on the one core, for system calls that were about to return. A
+// raw system call keeps the P: no hand-off, no scheduler bookkeeping per
+// call. Blocking is still done by the netpoller, as before.
+package sockio
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// IO reads and writes one connection. It is safe for one reader and one
+// writer at a time, like a net.Conn's descriptor; the functions handed to
+// RawConn are bound once, so Read and Write allocate nothing.
+type IO struct {
+	c  net.Conn
+	rc syscall.RawConn
+
+	rp    []byte
+	rn    int
+	rerr  syscall.Errno
+	rfunc func(fd uintptr) bool
+
+	wp    []byte
+	wp2   []byte
+	wn    int
+	werr  syscall.Errno
+	wfunc func(fd uintptr) bool
+
+	w2func func(fd uintptr) bool
+}
+
+// New returns an IO for c's socket, or nil when c is not a plain socket
+// (a TLS connection, an in-memory pipe).
+func New(c net.Conn) *IO {
+	var rc syscall.RawConn
+	switch t := c.(type) {
+	case *net.TCPConn:
+		rc, _ = t.SyscallConn()
+	case *net.UnixConn:
+		rc, _ = t.SyscallConn()
+	}
+	if rc == nil {
+		return nil
+	}
+	s := &IO{c: c, rc: rc}
+	s.rfunc, s.wfunc, s.w2func = s.read, s.write, s.writev
+	return s
+}
+
+// RawConn returns the socket's RawConn.
+func (s *IO) RawConn() syscall.RawConn { return s.rc }
+
+func (s *IO) read(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&s.rp[0])), uintptr(len(s.rp)))
+		switch e {
+		case 0:
+			s.rn = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		s.rerr = e
+		return true
+	}
+}
+
+// Read reads from the socket like net.Conn's Read: it waits for data (up
+// to the read deadline) and returns io.EOF when the peer closed.
+func (s *IO) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.rp, s.rn, s.rerr = p, 0, 0
+	err := s.rc.Read(s.rfunc)
+	s.rp = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case s.rerr != 0:
+		return 0, s.opError("read", s.rerr)
+	case s.rn == 0:
+		return 0, io.EOF
+	}
+	return s.rn, nil
+}
+
+func (s *IO) write(fd uintptr) bool {
+	for len(s.wp) > 0 {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.wp[0])), uintptr(len(s.wp)))
+		switch e {
+		case 0:
+			s.wn += int(n)
+			s.wp = s.wp[n:]
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		s.werr = e
+		return true
+	}
+	return true
+}
+
+// Write writes all of p like net.Conn's Write, waiting for room (up to the
+// write deadline).
+func (s *IO) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.wp, s.wn, s.werr = p, 0, 0
+	err := s.rc.Write(s.wfunc)
+	s.wp = nil
+	switch {
+	case err != nil:
+		return s.wn, err
+	case s.werr != 0:
+		return s.wn, s.opError("write", s.werr)
+	}
+	return s.wn, nil
+}
+
+// opError is the error net.Conn would return for errno e.
+func (s *IO) opError(op string, e syscall.Errno) error {
+	return &net.OpError{Op: op, Net: s.c.LocalAddr().Network(), Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: os.NewSyscallError(op, e)}
+}
+
+func (s *IO) writev(fd uintptr) bool {
+	for len(s.wp) > 0 || len(s.wp2) > 0 {
+		var iov [2]syscall.Iovec
+		k := 0
+		for _, b := range [2][]byte{s.wp, s.wp2} {
+			if len(b) > 0 {
+				iov[k].Base = &b[0]
+				iov[k].SetLen(len(b))
+				k++
+			}
+		}
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(k))
+		switch e {
+		case 0:
+			s.wn += int(n)
+			m := min(int(n), len(s.wp))
+			s.wp = s.wp[m:]
+			s.wp2 = s.wp2[int(n)-m:]
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		s.werr = e
+		return true
+	}
+	return true
+}
+
+// Write2 writes a and then b with one system call where the socket takes
+// both (writev), like Write of the two joined.
+func (s *IO) Write2(a, b []byte) (int, error) {
+	s.wp, s.wp2, s.wn, s.werr = a, b, 0, 0
+	err := s.rc.Write(s.w2func)
+	s.wp, s.wp2 = nil, nil
+	switch {
+	case err != nil:
+		return s.wn, err
+	case s.werr != 0:
+		return s.wn, s.opError("writev", s.werr)
+	}
+	return s.wn, nil
+}
