@@ -19,9 +19,25 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
+
+// Reading after writing. A request written to a backend, or an answer
+// written to a client, is answered a moment later; a read made at once
+// finds nothing (EAGAIN), and only then does the goroutine wait in the
+// netpoller: a system call and a park and wake for nothing, about one per
+// request each way. An event loop (HAProxy) never makes that read: it reads
+// a socket when epoll says so. Go cannot wait before reading (RawConn.Read
+// forgets a readiness that came before it), so the first read after a
+// write yields the processor first: the other goroutines that are ready
+// run, and by the time this one reads, the answer is usually there. Where
+// it is not (a backend that takes milliseconds, a client thinking), the
+// yield bought nothing, and the connection stops yielding for its next
+// yieldBackoff reads after writes.
+const yieldBackoff = 16
 
 // IO reads and writes one connection. It is safe for one reader and one
 // writer at a time, like a net.Conn's descriptor; the functions handed to
@@ -29,6 +45,12 @@ import (
 type IO struct {
 	c  net.Conn
 	rc syscall.RawConn
+
+	// wrote: the last call was a write, so the next read may yield
+	// first. Atomic: a tunnel reads and writes at once.
+	wrote  atomic.Bool
+	waited bool // the last read found nothing at first and waited
+	skip   int  // reads after writes left before yielding again
 
 	rp    []byte
 	rn    int
@@ -75,6 +97,7 @@ func (s *IO) read(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			s.waited = true
 			return false
 		}
 		s.rerr = e
@@ -88,9 +111,22 @@ func (s *IO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	s.rp, s.rn, s.rerr = p, 0, 0
+	yielded := false
+	if s.wrote.Load() {
+		s.wrote.Store(false)
+		if s.skip == 0 {
+			runtime.Gosched()
+			yielded = true
+		} else {
+			s.skip--
+		}
+	}
+	s.rp, s.rn, s.rerr, s.waited = p, 0, 0, false
 	err := s.rc.Read(s.rfunc)
 	s.rp = nil
+	if yielded && s.waited {
+		s.skip = yieldBackoff
+	}
 	switch {
 	case err != nil:
 		return 0, err
@@ -127,6 +163,7 @@ func (s *IO) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	s.wrote.Store(true)
 	s.wp, s.wn, s.werr = p, 0, 0
 	err := s.rc.Write(s.wfunc)
 	s.wp = nil
@@ -177,6 +214,7 @@ func (s *IO) writev(fd uintptr) bool {
 // Write2 writes a and then b with one system call where the socket takes
 // both (writev), like Write of the two joined.
 func (s *IO) Write2(a, b []byte) (int, error) {
+	s.wrote.Store(true)
 	s.wp, s.wp2, s.wn, s.werr = a, b, 0, 0
 	err := s.rc.Write(s.w2func)
 	s.wp, s.wp2 = nil, nil

@@ -142,3 +142,40 @@ func TestNewOnlyForSockets(t *testing.T) {
 		t.Fatal("sockio for an in-memory pipe")
 	}
 }
+
+// TestReadAndWriteAtOnce: a tunnel reads and writes one connection from two
+// goroutines (run with -race).
+func TestReadAndWriteAtOnce(t *testing.T) {
+	s, c, peer := pair(t)
+	const n = 1 << 20
+	echoed := make(chan error, 1)
+	go func() { // the peer echoes what it reads
+		_, err := io.CopyN(peer, peer, n)
+		echoed <- err
+	}()
+	wrote := make(chan error, 1)
+	go func() {
+		chunk := bytes.Repeat([]byte("z"), 4096)
+		var err error
+		for i := 0; i < n/len(chunk) && err == nil; i++ {
+			_, err = s.Write(chunk)
+		}
+		wrote <- err
+	}()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got := 0
+	buf := make([]byte, 8192)
+	for got < n {
+		k, err := s.Read(buf)
+		got += k
+		if err != nil {
+			t.Fatalf("Read after %d bytes: %v", got, err)
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if err := <-echoed; err != nil {
+		t.Fatalf("echo: %v", err)
+	}
+}
