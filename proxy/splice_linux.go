@@ -21,7 +21,8 @@ import (
 // before the client gets a byte, so that a failure mid-body is a clean
 // retry or 502 and the backend connection goes back at once. For a large
 // one (spliceMinBody and up) going to a plain-TCP client, what the backend
-// reader has not buffered yet is not read into memory: splice(2) moves it
+// reader holds already is written into a pipe, and what it has not read
+// yet is not read into memory: splice(2) moves it
 // from the backend socket into a pipe, and, once the head went out, from
 // the pipe to the client socket. The pipe plays the part of the buffer, the
 // bytes are never copied through user space, and it takes two syscalls
@@ -183,7 +184,7 @@ func (c *clientConn) spliceTo() syscall.RawConn {
 }
 
 // readBodyToPipe reads a response body of n bytes (Content-Length) into a
-// pipe: what conn's reader holds is copied in (vmsplice), the rest moved
+// pipe: what conn's reader holds is copied in, the rest moved
 // from the socket. It returns false, having read nothing, when the body
 // should be read into memory instead; an error is the backend's, as when
 // reading into memory.
@@ -210,7 +211,7 @@ func (x *exchange) readBodyToPipe(ctx *fasthttp.RequestCtx, conn *pool.Conn, n i
 	sp := x.sp
 	sp.p, sp.dst, sp.full = p, dst, false
 	if b, _ := br.Peek(min(br.Buffered(), n)); len(b) > 0 {
-		k, err := vmsplice(p, b)
+		k, err := pipeWrite(p, b)
 		_, _ = br.Discard(k)
 		if err != nil || k < len(b) {
 			// A pipe with less room than a read buffer: read into memory.
@@ -238,13 +239,13 @@ func (x *exchange) readBodyToPipe(ctx *fasthttp.RequestCtx, conn *pool.Conn, n i
 	return true, nil
 }
 
-// vmsplice copies b into p (which must not be full), returning how much it
-// took.
-func vmsplice(p *pipe, b []byte) (int, error) {
-	iov := syscall.Iovec{Base: &b[0]}
-	iov.SetLen(len(b))
+// pipeWrite copies b into p (which must not be full), returning how much
+// it took. A write, not vmsplice: vmsplice would lend the pipe the pages of
+// b, a reader's buffer that the next response on the backend connection
+// overwrites while the pipe may still hold them.
+func pipeWrite(p *pipe, b []byte) (int, error) {
 	for {
-		k, _, e := unix.RawSyscall6(unix.SYS_VMSPLICE, uintptr(p.w), uintptr(unsafe.Pointer(&iov)), 1, unix.SPLICE_F_NONBLOCK, 0, 0)
+		k, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(p.w), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 		switch e {
 		case 0:
 			p.n += int(k)

@@ -32,10 +32,57 @@ func spliceBackend(t *testing.T) string {
 		size, _ := strconv.ParseInt(r.URL.Query().Get("size"), 10, 64)
 		w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 		w.WriteHeader(200)
-		if r.Method != "HEAD" {
-			_, _ = io.Copy(w, &stGen{n: size})
+		if r.Method == "HEAD" {
+			return
 		}
+		if fill := r.URL.Query().Get("fill"); fill != "" {
+			// Not the pattern: a body that overwrote another shows.
+			_, _ = io.Copy(w, io.LimitReader(strings.NewReader(strings.Repeat(fill[:1], int(size))), size))
+			return
+		}
+		_, _ = io.Copy(w, &stGen{n: size})
 	}))
+}
+
+// TestSplicePipeOwnsItsBytes: a piped body waits in the kernel (the pipe,
+// then the client's socket) after the backend connection went back, so
+// none of it may be memory that connection's next response is read into.
+// One backend connection for all: client A's body is piped and left
+// unread while client B's answers, of other bytes, go through the same
+// connection and its read buffer; A then reads its own body, whole.
+func TestSplicePipeOwnsItsBytes(t *testing.T) {
+	b := testbed.Start(t, testbed.Config(stPool("web", [][2]string{{"b1", spliceBackend(t)}}, "    connections: {max: 1}\n")))
+	b.WaitHealthy(t, "web", 1)
+	for round := 0; round < 5; round++ {
+		a, abr := stDial(t, b.Addr, 20*time.Second)
+		if _, err := io.WriteString(a, "GET /?size=60000 HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// B's answers go through the connection once A's is done with it.
+		c, br := stDial(t, b.Addr, 20*time.Second)
+		for i := 0; i < 4; i++ {
+			res, body := stExchange(t, c, br, "GET", "GET /?size=60000&fill=B HTTP/1.1\r\nHost: a\r\n\r\n")
+			if res.StatusCode != 200 || strings.Trim(string(body), "B") != "" || len(body) != 60000 {
+				t.Fatalf("round %d: B's answer %d: status %d, %d bytes", round, i, res.StatusCode, len(body))
+			}
+		}
+		res, err := http.ReadResponse(abr, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("round %d: A's answer: %v", round, err)
+		}
+		check := newStCheck()
+		_, err = io.Copy(check, res.Body)
+		res.Body.Close()
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("round %d: A's answer: status %d, %v", round, res.StatusCode, err)
+		}
+		if err := check.verify(60000); err != nil {
+			t.Fatalf("round %d: A's body, left unread while B's went through the same connection: %v", round, err)
+		}
+	}
+	if piped, _ := b.Srv.PipedBodies(); piped == 0 {
+		t.Error("no body went through a pipe: the test did not test the pipe")
+	}
 }
 
 func TestSpliceBodiesWholeAndInOrder(t *testing.T) {
