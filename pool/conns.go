@@ -59,6 +59,7 @@ type Conn struct {
 	dedicated bool  // a tunnel's: counted in owner.dedicated while open
 	idleSince int64 // nanotime when last put back
 	uses      int
+	large     bool // the last response's body was large (see ExpectLarge)
 	// suspect: the last response had no body by rule (HEAD, 204, 304) but
 	// announced one; a broken backend may still send it, so the connection
 	// is checked before its next use however briefly it was idle.
@@ -106,6 +107,23 @@ func (c *Conn) WriteHead(head, body []byte) (int64, error) {
 
 // Write writes p to the backend.
 func (c *Conn) Write(p []byte) (int, error) { return c.rw.Write(p) }
+
+// ExpectLarge records whether the response just read had a large body; a
+// connection whose last answer was large reads the next response head in
+// small reads (LargeExpected), so that its body is left in the socket for
+// the caller to move in the kernel.
+func (c *Conn) ExpectLarge(large bool) { c.large = large }
+
+// LargeExpected reports what ExpectLarge recorded.
+func (c *Conn) LargeExpected() bool { return c.large }
+
+// CapReads caps each read from the socket at n bytes (0: no cap), for a
+// response head; see sockio.IO.CapReads.
+func (c *Conn) CapReads(n int) {
+	if c.io != nil {
+		c.io.CapReads(n)
+	}
+}
 
 // RawConn returns the connection's descriptor access, for moving a body
 // between sockets in the kernel; nil when the connection has none.

@@ -29,7 +29,10 @@ const (
 	// retry). Larger ones, chunked and close-delimited ones stream.
 	maxBufferedResponseBody = 64 << 10
 	ioBufSize               = 32 << 10
-	maxLogTarget            = 1024
+	// largeHeadRead: a response head on a connection whose last answer
+	// had a large body is read this much at a time.
+	largeHeadRead = 4 << 10
+	maxLogTarget  = 1024
 )
 
 // exchange is one client request's trip through baton. Exchanges are pooled;
@@ -423,11 +426,21 @@ func (x *exchange) roundTrip(ctx *fasthttp.RequestCtx, b *pool.Backend, target, 
 		}
 	}
 	br := conn.Reader()
+	large := conn.LargeExpected()
+	if large {
+		// The last answer here was piped: read this head in small reads
+		// and leave a large body in the socket (see splice_linux.go).
+		conn.CapReads(largeHeadRead)
+	}
 	rh, scratch, err := h1.ReadResponseHead(br, &ctx.Response.Header, x.isHead, &x.ct, x.scratch)
 	x.scratch = scratch
+	if large {
+		conn.CapReads(0)
+	}
 	if err != nil {
 		return stageResponse, err
 	}
+	conn.ExpectLarge(rh.Framing == h1.FrameLength && rh.Length >= 2*spliceMinBody)
 	x.closeConn, x.announced = rh.CloseConn, rh.Announced
 	framing := rh.Framing
 	if framing == h1.FrameLength && rh.Length <= maxBufferedResponseBody {

@@ -15,6 +15,9 @@ import (
 
 type splicer struct{}
 
+// spliceMinBody: see splice_linux.go; here no body is piped.
+const spliceMinBody = 16 << 10
+
 func (c *clientConn) spliceTo() syscall.RawConn { return nil }
 
 func (x *exchange) readBodyToPipe(*fasthttp.RequestCtx, *pool.Conn, int) (bool, error) {

@@ -35,9 +35,14 @@ import (
 // write yields the processor first: the other goroutines that are ready
 // run, and by the time this one reads, the answer is usually there. Where
 // it is not (a backend that takes milliseconds, a client thinking), the
-// yield bought nothing, and the connection stops yielding for its next
-// yieldBackoff reads after writes.
-const yieldBackoff = 16
+// yield bought nothing; a score per connection keeps the yields where they
+// pay: a read that found its answer raises it, one that had to wait
+// lowers it by more, and below zero the connection yields only once in a
+// while, to find out whether its peer became quick.
+const (
+	scoreMax  = 16
+	scoreMiss = 4
+)
 
 // IO reads and writes one connection. It is safe for one reader and one
 // writer at a time, like a net.Conn's descriptor; the functions handed to
@@ -50,7 +55,8 @@ type IO struct {
 	// first. Atomic: a tunnel reads and writes at once.
 	wrote  atomic.Bool
 	waited bool // the last read found nothing at first and waited
-	skip   int  // reads after writes left before yielding again
+	score  int  // see scoreMax: yield before a read after a write while >= 0
+	rcap   int  // most bytes a Read asks the socket for; 0: as many as given
 
 	rp    []byte
 	rn    int
@@ -84,6 +90,11 @@ func New(c net.Conn) *IO {
 	return s
 }
 
+// CapReads makes each Read ask the socket for at most n bytes (0: no cap),
+// so that a caller reading a message's head does not pull the start of a
+// large body into memory with it.
+func (s *IO) CapReads(n int) { s.rcap = n }
+
 // RawConn returns the socket's RawConn.
 func (s *IO) RawConn() syscall.RawConn { return s.rc }
 
@@ -114,18 +125,25 @@ func (s *IO) Read(p []byte) (int, error) {
 	yielded := false
 	if s.wrote.Load() {
 		s.wrote.Store(false)
-		if s.skip == 0 {
+		if s.score >= 0 {
 			runtime.Gosched()
 			yielded = true
 		} else {
-			s.skip--
+			s.score++
 		}
+	}
+	if s.rcap > 0 && len(p) > s.rcap {
+		p = p[:s.rcap]
 	}
 	s.rp, s.rn, s.rerr, s.waited = p, 0, 0, false
 	err := s.rc.Read(s.rfunc)
 	s.rp = nil
-	if yielded && s.waited {
-		s.skip = yieldBackoff
+	if yielded {
+		if s.waited {
+			s.score -= scoreMiss
+		} else if s.score < scoreMax {
+			s.score++
+		}
 	}
 	switch {
 	case err != nil:
