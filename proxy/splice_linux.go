@@ -134,11 +134,25 @@ func (s *splicer) fillFrom(fd uintptr) bool {
 			if s.p.n == 0 {
 				return false // an empty pipe has room: the socket is empty
 			}
-			// The socket may be empty, or the pipe full. Bytes that
-			// arrived since the splice are tried once more; bytes the
-			// pipe still does not take mean it is full.
-			if k, qerr := unix.IoctlGetInt(int(fd), unix.SIOCINQ); qerr == nil && k == 0 {
+			// The socket may be empty, or the pipe full: a full pipe
+			// says "try again" without looking at the socket, even one
+			// the backend closed or reset, whose readiness this wait
+			// has already consumed. So the socket is asked with a
+			// peek, which also reports its end: bytes (the pipe is
+			// full, unless they arrived since the splice: tried once
+			// more), the close or a reset (the body is cut), or
+			// nothing (wait for it).
+			switch k, perr := peekByte(fd); {
+			case perr == unix.EINTR:
+				continue
+			case perr == unix.EAGAIN:
 				return false
+			case perr != nil:
+				s.moved, s.err = 0, perr
+				return true
+			case k == 0:
+				s.moved, s.err = 0, nil // the backend closed mid-body
+				return true
 			}
 			if !retried {
 				retried = true
@@ -153,6 +167,19 @@ func (s *splicer) fillFrom(fd uintptr) bool {
 		s.moved, s.err = int(n), err
 		return true
 	}
+}
+
+// peekByte looks at the next byte of the socket fd without taking it: 1
+// when there is one, 0 at its end (the peer closed), or an error (EAGAIN:
+// nothing yet).
+func peekByte(fd uintptr) (int, error) {
+	var b [1]byte
+	k, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(k), nil
 }
 
 // drainTo moves what the pipe holds into the socket fd, waiting while the
