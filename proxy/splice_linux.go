@@ -100,7 +100,10 @@ type splicer struct {
 	moved int   // bytes the last call moved
 	err   error // the last call's error
 	// full: the pipe took nothing more while the socket had bytes.
-	full        bool
+	full bool
+	// after: once the body was in, the socket still had bytes, its
+	// close or an error (see fillFrom).
+	after       bool
 	fill, drain func(fd uintptr) bool
 	dst         syscall.RawConn // the client socket
 }
@@ -165,6 +168,18 @@ func (s *splicer) fillFrom(fd uintptr) bool {
 			s.p.n += int(n)
 		}
 		s.moved, s.err = int(n), err
+		if err == nil && n > 0 && n == s.want {
+			// The body is in. What the backend sent after it (a second
+			// response: a broken backend, or one splitting responses)
+			// stays in the socket, where the connection's reader, which
+			// would have taken it along with the body and kept the
+			// connection from reuse, never looks: the next request on
+			// the connection, another client's, would read it as its
+			// answer. So the socket is asked now; anything but "nothing
+			// yet" ends the connection after this exchange.
+			_, perr := peekByte(fd)
+			s.after = perr != unix.EAGAIN
+		}
 		return true
 	}
 }
@@ -236,7 +251,7 @@ func (x *exchange) readBodyToPipe(ctx *fasthttp.RequestCtx, conn *pool.Conn, n i
 		x.sp = newSplicer()
 	}
 	sp := x.sp
-	sp.p, sp.dst, sp.full = p, dst, false
+	sp.p, sp.dst, sp.full, sp.after = p, dst, false, false
 	if b, _ := br.Peek(min(br.Buffered(), n)); len(b) > 0 {
 		k, err := pipeWrite(p, b)
 		_, _ = br.Discard(k)
@@ -262,6 +277,9 @@ func (x *exchange) readBodyToPipe(ctx *fasthttp.RequestCtx, conn *pool.Conn, n i
 		if sp.full {
 			return true, x.unpipe(ctx, conn, n)
 		}
+	}
+	if sp.after {
+		x.closeConn = true // bytes beyond the body: not reused
 	}
 	return true, nil
 }

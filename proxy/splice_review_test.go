@@ -4,6 +4,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -39,5 +40,47 @@ func TestSplicePipeFullThenBackendCloses(t *testing.T) {
 			t.Fatalf("GET %d from a backend that closed mid-body: status %d after %v (%q); want 502 at once (idle timeout 4s)",
 				i, res.StatusCode, took.Round(time.Millisecond), body)
 		}
+	}
+}
+
+// TestSpliceBytesAfterBodyCloseConnection: a backend that sends more than
+// its Content-Length (a second response behind the first: response
+// splitting, or a broken backend) must not have the extra bytes read as
+// the answer to the next request on the connection, another client's. A
+// body read through the backend's reader pulls what follows it into the
+// reader, and the connection is closed for it; a body spliced from the
+// socket leaves what follows in the socket, where the reader does not see
+// it, so the connection must be checked before its next use.
+func TestSpliceBytesAfterBodyCloseConnection(t *testing.T) {
+	body := strings.Repeat("a", 40000)
+	const smuggled = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"
+	addr := stRaw(t, func(c net.Conn, br *bufio.Reader, line string) bool {
+		if strings.Contains(line, " /split ") {
+			// One write: the body, and another response behind it.
+			_, err := io.WriteString(c, fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s%s", len(body), body, smuggled))
+			return err == nil
+		}
+		_, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+		return err == nil
+	})
+	b := testbed.Start(t, testbed.Config(stPool("one", [][2]string{{"b1", addr}},
+		"    connections: {max: 1}\n    outlier: {consecutive_failures: -1}\n")))
+	b.WaitHealthy(t, "one", 1)
+	before, _ := b.Srv.PipedBodies()
+	for round := 0; round < 5; round++ {
+		a, abr := stDial(t, b.Addr, 20*time.Second)
+		res, got := stExchange(t, a, abr, "GET", "GET /split HTTP/1.1\r\nHost: a\r\n\r\n")
+		if res.StatusCode != 200 || string(got) != body {
+			t.Fatalf("round %d: the first answer: status %d, %d bytes", round, res.StatusCode, len(got))
+		}
+		// Another client, at once (before the pool's 50ms idle check).
+		c, cbr := stDial(t, b.Addr, 20*time.Second)
+		res, got = stExchange(t, c, cbr, "GET", "GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+		if string(got) != "good" {
+			t.Fatalf("round %d: another client got %q (status %d), bytes the backend sent after an earlier body", round, got, res.StatusCode)
+		}
+	}
+	if piped, _ := b.Srv.PipedBodies(); piped == before {
+		t.Error("no body went through a pipe: the test did not test the pipe")
 	}
 }
