@@ -119,7 +119,7 @@ const spliceFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
 func rawSplice(in, out, n int) (int, error) {
 	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), spliceFlags)
 	if e != 0 {
-		return int(r), e
+		return 0, e // r is -1: not a count of bytes moved
 	}
 	return int(r), nil
 }
@@ -191,6 +191,12 @@ func peekByte(fd uintptr) (int, error) {
 	var b [1]byte
 	k, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	if e == unix.ENOSYS {
+		// 32-bit x86 before Linux 4.3 has socket calls only through
+		// socketcall(2), which unix.Recvfrom knows.
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return n, err
+	}
 	if e != 0 {
 		return 0, e
 	}
