@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,4 +84,74 @@ func TestSpliceBytesAfterBodyCloseConnection(t *testing.T) {
 	if piped, _ := b.Srv.PipedBodies(); piped == before {
 		t.Error("no body went through a pipe: the test did not test the pipe")
 	}
+}
+
+// TestSpliceStalledEnds: neither end can hold a pipe (and its request)
+// for longer than its timeout. A backend that stops mid-body while it is
+// spliced into the pipe gets timeouts.idle (504); a client that stops
+// reading while the pipe drains into its socket gets body_idle_timeout
+// (fasthttp's write deadline for the response), and its connection
+// closes.
+func TestSpliceStalledEnds(t *testing.T) {
+	addr := stRaw(t, func(c net.Conn, br *bufio.Reader, line string) bool {
+		if strings.Contains(line, " /stall ") {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n"+strings.Repeat("s", 30000))
+			_, _ = io.Copy(io.Discard, br) // until baton closes
+			return false
+		}
+		_, err := fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: 60000\r\n\r\n%s", strings.Repeat("b", 60000))
+		return err == nil
+	})
+	b := testbed.Start(t, stConfig("body_idle_timeout: 1s", stPool("one", [][2]string{{"b1", addr}},
+		"    timeouts: {idle: 500ms}\n    outlier: {consecutive_failures: -1}\n")))
+	b.WaitHealthy(t, "one", 1)
+
+	t.Run("Backend", func(t *testing.T) {
+		c, br := stDial(t, b.Addr, 20*time.Second)
+		start := time.Now()
+		res, body := stExchange(t, c, br, "GET", "GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+		if took := time.Since(start); res.StatusCode != 504 || took > 5*time.Second {
+			t.Fatalf("a backend stalled mid-body: status %d after %v (%q); want 504 after the 500ms idle timeout", res.StatusCode, took, body)
+		}
+	})
+
+	t.Run("Client", func(t *testing.T) {
+		// A client whose socket takes little, asking for more than the
+		// sockets on the way can hold, and reading nothing: a body
+		// cannot all leave its pipe.
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048) })
+		}}
+		waitOpen := func(n int64, what string) {
+			for deadline := time.Now().Add(10 * time.Second); b.Srv.OpenConnections() != n; {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %d client connections open after 10s, want %d (body_idle_timeout 1s)", what, b.Srv.OpenConnections(), n)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+		waitOpen(0, "before")
+		before, _ := b.Srv.PipedBodies()
+		c, err := d.Dial("tcp", b.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var reqs strings.Builder
+		// More than the kernel lets baton's socket hold (4 MiB at most).
+		for i := 0; i < 120; i++ {
+			reqs.WriteString("GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+		}
+		if _, err := io.WriteString(c, reqs.String()); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitOpen(1, "the client's connection")
+		waitOpen(0, "a client that reads nothing")
+		if took := time.Since(start); took < 900*time.Millisecond {
+			t.Errorf("closed after %v, before the 1s body_idle_timeout", took)
+		}
+		piped, _ := b.Srv.PipedBodies()
+		t.Logf("closed after %v; %d bodies went whole through a pipe before the stall", time.Since(start), piped-before)
+	})
 }
