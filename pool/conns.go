@@ -324,6 +324,8 @@ func (c *Conns) dial(deadline time.Time) (*Conn, error) {
 	}
 	if conn.io = sockio.New(nc); conn.io != nil {
 		conn.rw, conn.raw = conn.io, conn.io.RawConn()
+	} else if sc, ok := nc.(syscall.Conn); ok {
+		conn.raw, _ = sc.SyscallConn() // for stale (sockio is Linux only)
 	}
 	conn.br = bufio.NewReaderSize(conn.rw, ReadBufferSize)
 	return conn, nil
