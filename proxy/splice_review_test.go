@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -154,4 +156,78 @@ func TestSpliceStalledEnds(t *testing.T) {
 		piped, _ := b.Srv.PipedBodies()
 		t.Logf("closed after %v; %d bodies went whole through a pipe before the stall", time.Since(start), piped-before)
 	})
+}
+
+// TestSpliceOutOfDescriptorsFallsBack: with no descriptor left for a pipe,
+// a body that would have been piped is read into memory: whole, a 200,
+// not a failure. The connections it needs are open before the limit.
+func TestSpliceOutOfDescriptorsFallsBack(t *testing.T) {
+	b := testbed.Start(t, testbed.Config(stPool("web", [][2]string{{"b1", spliceBackend(t)}}, "")))
+	b.WaitHealthy(t, "web", 1)
+	c, br := stDial(t, b.Addr, 20*time.Second)
+	get := func(what string) {
+		t.Helper()
+		res, body := stExchange(t, c, br, "GET", "GET /?size=40000 HTTP/1.1\r\nHost: a\r\n\r\n")
+		check := newStCheck()
+		_, _ = check.Write(body)
+		if err := check.verify(40000); res.StatusCode != 200 || err != nil {
+			t.Fatalf("%s: status %d, %v", what, res.StatusCode, err)
+		}
+	}
+	get("with descriptors") // the backend connection is open and pooled
+	piped, _ := b.Srv.PipedBodies()
+	if piped == 0 {
+		t.Fatal("no body went through a pipe: the test would not test the fallback")
+	}
+
+	// Every descriptor taken: the limit just above the highest open one,
+	// and the holes under it filled.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	proxy.DropPipes()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	high := 0
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil && n > high {
+			high = n
+		}
+	}
+	low := lim
+	low.Cur = uint64(high + 8)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Skipf("cannot lower RLIMIT_NOFILE: %v", err)
+	}
+	var fillers []int
+	defer func() {
+		for _, fd := range fillers {
+			_ = syscall.Close(fd)
+		}
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}()
+	for i := 0; i < 1<<16; i++ {
+		fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err == syscall.EMFILE {
+			break
+		}
+		if err != nil {
+			t.Fatalf("filling the descriptor table: %v", err)
+		}
+		fillers = append(fillers, fd)
+	}
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC); err != syscall.EMFILE {
+		syscall.Close(fds[0])
+		syscall.Close(fds[1])
+		t.Fatalf("pipe2 with the table full: %v, want EMFILE", err)
+	}
+
+	get("without a descriptor for a pipe")
+	if now, _ := b.Srv.PipedBodies(); now != piped {
+		t.Errorf("%d more bodies piped with no descriptor left", now-piped)
+	}
 }
