@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -229,5 +230,46 @@ func TestSpliceOutOfDescriptorsFallsBack(t *testing.T) {
 	get("without a descriptor for a pipe")
 	if now, _ := b.Srv.PipedBodies(); now != piped {
 		t.Errorf("%d more bodies piped with no descriptor left", now-piped)
+	}
+}
+
+// TestSpliceHTTP10Clients: an HTTP/1.0 client gets a piped body with its
+// Content-Length, then the close; one asking for keep-alive gets the next
+// answer on the same connection.
+func TestSpliceHTTP10Clients(t *testing.T) {
+	b := testbed.Start(t, testbed.Config(stPool("web", [][2]string{{"b1", spliceBackend(t)}}, "")))
+	b.WaitHealthy(t, "web", 1)
+	before, _ := b.Srv.PipedBodies()
+	read := func(br *bufio.Reader, what string, size int64) *http.Response {
+		t.Helper()
+		res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		check := newStCheck()
+		_, err = io.Copy(check, res.Body)
+		res.Body.Close()
+		if err := check.verify(size); err != nil || res.StatusCode != 200 || res.ContentLength != size {
+			t.Fatalf("%s: status %d, Content-Length %d, %v", what, res.StatusCode, res.ContentLength, err)
+		}
+		return res
+	}
+
+	c, br := stDial(t, b.Addr, 20*time.Second)
+	_, _ = io.WriteString(c, "GET /?size=40000 HTTP/1.0\r\nHost: a\r\n\r\n")
+	read(br, "HTTP/1.0", 40000)
+	if k, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after an HTTP/1.0 answer: %q, %v; want the close", k, err)
+	}
+
+	c, br = stDial(t, b.Addr, 20*time.Second)
+	for i := 0; i < 3; i++ {
+		_, _ = io.WriteString(c, "GET /?size=50000 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+		if res := read(br, fmt.Sprintf("HTTP/1.0 keep-alive %d", i), 50000); res.Close {
+			t.Fatalf("HTTP/1.0 keep-alive %d: the connection closes", i)
+		}
+	}
+	if piped, _ := b.Srv.PipedBodies(); piped-before < 4 {
+		t.Errorf("%d bodies piped, want 4: the test did not test the pipe", piped-before)
 	}
 }
