@@ -90,6 +90,9 @@ func putPipe(p *pipe) {
 	}
 	p.cleanup.Stop()
 	closePipe([2]int{p.r, p.w})
+	// Stop works only while p is reachable: a cleanup queued meanwhile
+	// would close the two numbers again, by then maybe another socket's.
+	runtime.KeepAlive(p)
 }
 
 // splicer moves bytes between a socket and its pipe. fill and drain are
