@@ -16,16 +16,3 @@ func SetPipeSize(size int) (restore func()) {
 		runtime.GC()
 	}
 }
-
-// DropPipes closes the pipes kept for reuse, at once (not when a
-// collection gets to them), so that the next body needs a new pipe.
-func DropPipes() {
-	for {
-		p, _ := pipes.Get().(*pipe)
-		if p == nil {
-			return
-		}
-		p.cleanup.Stop()
-		closePipe([2]int{p.r, p.w})
-	}
-}

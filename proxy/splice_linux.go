@@ -50,6 +50,7 @@ func init() { pipeSize.Store(256 << 10) }
 type pipe struct {
 	r, w    int
 	n       int
+	size    int32 // pipeSize when it was made
 	cleanup runtime.Cleanup
 }
 
@@ -70,8 +71,9 @@ func getPipe() *pipe {
 	// pipe); the default is 16 slots. Refused (a user over its pipe
 	// quota), the pipe keeps its size, and a body it cannot hold is read
 	// into memory.
-	_, _ = unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, int(pipeSize.Load()))
-	p := &pipe{r: fds[0], w: fds[1]}
+	size := pipeSize.Load()
+	_, _ = unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, int(size))
+	p := &pipe{r: fds[0], w: fds[1], size: size}
 	p.cleanup = runtime.AddCleanup(p, closePipe, fds)
 	return p
 }
@@ -82,9 +84,11 @@ func closePipe(fds [2]int) {
 }
 
 // putPipe keeps an empty pipe and closes one that still holds bytes: they
-// belong to a body that was not sent and must not start the next one.
+// belong to a body that was not sent and must not start the next one. A
+// pipe made before pipeSize changed (tests) is closed too: one in use
+// while SetPipeSize emptied the pool would otherwise come back into it.
 func putPipe(p *pipe) {
-	if p.n == 0 {
+	if p.n == 0 && p.size == pipeSize.Load() {
 		pipes.Put(p)
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -176,9 +177,31 @@ func TestSpliceOutOfDescriptorsFallsBack(t *testing.T) {
 		}
 	}
 	get("with descriptors") // the backend connection is open and pooled
-	piped, _ := b.Srv.PipedBodies()
+	piped := waitPiped(b, 1)
 	if piped == 0 {
 		t.Fatal("no body went through a pipe: the test would not test the fallback")
+	}
+
+	// No pipe kept for reuse: the pooled ones (all the pipes baton has
+	// open now, nothing being in flight) are dropped by two collections
+	// and closed by their cleanups, which take a moment.
+	open := pipeInodes(t)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		runtime.GC()
+		runtime.GC()
+		still := 0
+		for ino := range pipeInodes(t) {
+			if open[ino] {
+				still++
+			}
+		}
+		if still == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pooled pipes still open after 10s of collections", still)
+		}
+		time.Sleep(time.Millisecond)
 	}
 
 	// Every descriptor taken: the limit just above the highest open one,
@@ -187,7 +210,6 @@ func TestSpliceOutOfDescriptorsFallsBack(t *testing.T) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
 	}
-	proxy.DropPipes()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Skipf("no /proc/self/fd: %v", err)
@@ -228,7 +250,7 @@ func TestSpliceOutOfDescriptorsFallsBack(t *testing.T) {
 	}
 
 	get("without a descriptor for a pipe")
-	if now, _ := b.Srv.PipedBodies(); now != piped {
+	if now := waitPiped(b, piped+1); now != piped {
 		t.Errorf("%d more bodies piped with no descriptor left", now-piped)
 	}
 }
@@ -269,7 +291,51 @@ func TestSpliceHTTP10Clients(t *testing.T) {
 			t.Fatalf("HTTP/1.0 keep-alive %d: the connection closes", i)
 		}
 	}
-	if piped, _ := b.Srv.PipedBodies(); piped-before < 4 {
+	if piped := waitPiped(b, before+4); piped-before < 4 {
 		t.Errorf("%d bodies piped, want 4: the test did not test the pipe", piped-before)
+	}
+}
+
+// pipeInodes returns the pipes this process has open, by inode, but
+// those it had before any test ran (go test's own, for its output).
+func pipeInodes(t *testing.T) map[string]bool {
+	t.Helper()
+	out, err := pipesOpen()
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	for ino := range startPipes {
+		delete(out, ino)
+	}
+	return out
+}
+
+var startPipes, _ = pipesOpen()
+
+func pipesOpen() (map[string]bool, error) {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "pipe:") {
+			out[l] = true
+		}
+	}
+	return out, nil
+}
+
+// waitPiped returns b's count of piped bodies once it reaches want, or
+// after 2s: the count goes up after the body's last byte reached the
+// client, so a client that read it may look before.
+func waitPiped(b *testbed.Baton, want uint64) uint64 {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		piped, _ := b.Srv.PipedBodies()
+		if piped >= want || time.Now().After(deadline) {
+			return piped
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
