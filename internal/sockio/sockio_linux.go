@@ -48,11 +48,10 @@ type IO struct {
 	rerr  syscall.Errno
 	rfunc func(fd uintptr) bool
 
-	wp    []byte
-	wp2   []byte
-	wn    int
-	werr  syscall.Errno
-	wfunc func(fd uintptr) bool
+	wp   []byte
+	wp2  []byte
+	wn   int
+	werr syscall.Errno
 
 	w2func func(fd uintptr) bool
 }
@@ -71,7 +70,7 @@ func New(c net.Conn) *IO {
 		return nil
 	}
 	s := &IO{c: c, rc: rc}
-	s.rfunc, s.wfunc, s.w2func = s.read, s.write, s.writev
+	s.rfunc, s.w2func = s.read, s.writev
 	return s
 }
 
@@ -141,42 +140,13 @@ func (s *IO) Read(p []byte) (int, error) {
 	return s.rn, nil
 }
 
-func (s *IO) write(fd uintptr) bool {
-	for len(s.wp) > 0 {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.wp[0])), uintptr(len(s.wp)))
-		switch e {
-		case 0:
-			s.wn += int(n)
-			s.wp = s.wp[n:]
-			continue
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		s.werr = e
-		return true
-	}
-	return true
-}
-
 // Write writes all of p like net.Conn's Write, waiting for room (up to the
 // write deadline).
 func (s *IO) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	s.wrote.Store(true)
-	s.wp, s.wn, s.werr = p, 0, 0
-	err := s.rc.Write(s.wfunc)
-	s.wp = nil
-	switch {
-	case err != nil:
-		return s.wn, err
-	case s.werr != 0:
-		return s.wn, s.opError("write", s.werr)
-	}
-	return s.wn, nil
+	return s.Write2(p, nil)
 }
 
 // opError is the error net.Conn would return for errno e.
